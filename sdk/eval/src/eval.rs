@@ -1,0 +1,553 @@
+//! The evaluation algorithm, shared by `evaluate` (no tracing, compiled away) and `explain`
+//! (recording every step), so the two can never disagree.
+//!
+//! Order: off → prerequisites → individual targets → rules (first match) → fallthrough.
+//! Everything that can be checked ahead was checked at compile and link time, so this code
+//! only reads: it parses no operand, allocates nothing and indexes defensively (`get`), so
+//! even a broken invariant degrades into `ERROR(MALFORMED)` instead of a panic.
+
+use std::cmp::Ordering;
+
+use serde_json::Value;
+use vexil_schema::{Context, ErrorKind};
+
+use crate::bucket::{bucket_bytes, bucket_json};
+use crate::clause::{Attr, AttrTable, CClause, Found, Outcome};
+use crate::compile::{CServe, FlagBody};
+use crate::evaluation::{EvalReason, Evaluation};
+use crate::link::MISSING;
+use crate::malformed::MAX_DEPTH;
+use crate::needle::Name;
+use crate::snapshot::CompiledSnapshot;
+use crate::table::HashIndex;
+
+/// How many attribute slots per flag or segment are cached during one evaluation; later
+/// slots are looked up each time they are read.
+const CACHED: usize = 16;
+
+/// What a segment evaluation concluded, for explanations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SegmentOutcome {
+    /// The segment is not in the snapshot.
+    NotFound,
+    /// The context key is in the include list.
+    Included,
+    /// The context key is in the exclude list.
+    Excluded,
+    /// A rule matched (and its weight, if any, admitted the context's bucket).
+    Rule { index: usize, bucket: Option<u32> },
+    /// No rule matched.
+    NoMatch,
+    /// The segment cannot be evaluated (never reached for a linked flag).
+    Malformed,
+}
+
+/// Observes an evaluation. Every method defaults to doing nothing, so the untraced path
+/// compiles to the bare algorithm.
+pub(crate) trait Tracer<'a> {
+    /// A prerequisite of the flag at depth 0 was checked; `result` is `None` if it is missing.
+    fn prerequisite(&mut self, _index: usize, _result: Option<&Evaluation<'a>>, _met: bool) {}
+    /// Evaluation enters (`true`) or leaves (`false`) a prerequisite flag.
+    fn nest_flag(&mut self, _enter: bool) {}
+    /// Evaluation enters or leaves a segment.
+    fn nest_segment(&mut self, _enter: bool) {}
+    /// A rule of the flag at depth 0 starts.
+    fn rule(&mut self, _index: usize) {}
+    /// A clause of the current rule concluded.
+    fn clause(&mut self, _index: usize, _found: Found<'_>, _outcome: Outcome) {}
+    /// A segment named by a clause concluded.
+    fn segment(&mut self, _key: &str, _outcome: SegmentOutcome) {}
+    /// The flag at depth 0 served a rollout, bucketing on `attribute`.
+    fn bucket(&mut self, _attribute: &str, _bucket: Option<u32>) {}
+}
+
+/// The tracer of plain evaluation.
+pub(crate) struct NoTrace;
+
+impl Tracer<'_> for NoTrace {}
+
+/// Reads context attributes for one flag or segment, each at most once.
+struct Attrs<'c, 'n> {
+    ctx: &'c Context,
+    table: &'n AttrTable,
+    cache: [Option<&'c Value>; CACHED],
+    /// Bit `i` set: `cache[i]` holds the lookup result for slot `i`.
+    filled: u32,
+}
+
+impl<'c, 'n> Attrs<'c, 'n> {
+    fn new(ctx: &'c Context, table: &'n AttrTable) -> Self {
+        Self {
+            ctx,
+            table,
+            cache: [None; CACHED],
+            filled: 0,
+        }
+    }
+
+    #[inline]
+    fn get(&mut self, attr: Attr) -> Found<'c> {
+        let found = |v: Option<&'c Value>| v.map_or(Found::Missing, Found::Json);
+        match attr {
+            Attr::Key => self.ctx.key().map_or(Found::Missing, Found::Str),
+            Attr::Kind => self.ctx.kind().map_or(Found::Missing, Found::Str),
+            Attr::Slot(slot) => {
+                let slot = usize::from(slot);
+                if slot < CACHED {
+                    if self.filled & (1 << slot) == 0 {
+                        self.fill(slot);
+                    }
+                    found(self.cache[slot])
+                } else {
+                    found(self.lookup(slot))
+                }
+            }
+        }
+    }
+
+    /// Fills the cache for `slot`: with one merge pass over the context for every slot when
+    /// the owner reads several attributes of a context of comparable size, else with one
+    /// binary search.
+    #[cold]
+    fn fill(&mut self, slot: usize) {
+        let names = self.table.names.len();
+        let count = self.ctx.attribute_count();
+        if self.filled == 0 && names >= 3 && count <= 4 * names + 4 {
+            self.merge();
+        } else {
+            self.cache[slot] = self.lookup(slot);
+            self.filled |= 1 << slot;
+        }
+    }
+
+    /// One pass over the context's sorted attributes and the owner's sorted names.
+    fn merge(&mut self) {
+        let (mut i, mut j) = (0, 0);
+        let sorted = &self.table.sorted;
+        let count = self.ctx.attribute_count();
+        while let (Some(&slot), Some((probe, value))) = (sorted.get(j), self.ctx.attribute_at(i)) {
+            let key = Name::probe_key(probe);
+            let Some(name) = self.table.names.get(usize::from(slot)) else {
+                break;
+            };
+            match name.cmp_keyed(key, probe) {
+                Ordering::Less => i += 1,
+                Ordering::Greater => j += 1,
+                Ordering::Equal => {
+                    if usize::from(slot) < CACHED {
+                        self.cache[usize::from(slot)] = Some(value);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+            if i >= count {
+                break;
+            }
+        }
+        // Every slot below CACHED is now known: found above, or absent (still `None`).
+        self.filled = u32::MAX;
+    }
+
+    /// Binary search of the context's sorted attributes, comparing names by their leading
+    /// bytes as integers first (see [`Name`]).
+    fn lookup(&self, slot: usize) -> Option<&'c Value> {
+        let name = self.table.names.get(slot)?;
+        let (mut lo, mut hi) = (0, self.ctx.attribute_count());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let (probe, value) = self.ctx.attribute_at(mid)?;
+            match name.cmp_probe(probe) {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => return Some(value),
+            }
+        }
+        None
+    }
+
+    /// The attribute's name, for explanations.
+    fn name(&self, attr: Attr) -> &'n str {
+        match attr {
+            Attr::Key => "key",
+            Attr::Kind => "kind",
+            Attr::Slot(s) => self
+                .table
+                .names
+                .get(usize::from(s))
+                .map_or("", Name::as_str),
+        }
+    }
+}
+
+/// The bucket of a found value, if its type buckets.
+fn bucket_of(seed: u64, found: Found<'_>) -> Option<u32> {
+    match found {
+        Found::Missing => None,
+        Found::Str(s) => Some(bucket_bytes(seed, s.as_bytes())),
+        Found::Json(v) => bucket_json(seed, v),
+    }
+}
+
+impl CompiledSnapshot {
+    /// Evaluates the flag at position `pos`. `depth` counts prerequisite nesting.
+    pub(crate) fn eval_at<'a, T: Tracer<'a>>(
+        &'a self,
+        pos: u32,
+        ctx: &Context,
+        tracer: &mut T,
+        depth: u32,
+    ) -> Evaluation<'a> {
+        let malformed = Evaluation::error(ErrorKind::Malformed);
+        let (Some(flag), Some(link)) = (
+            self.flags.get(pos as usize),
+            self.links.flags.get(pos as usize),
+        ) else {
+            return Evaluation::error(ErrorKind::FlagNotFound);
+        };
+        let source = &flag.source;
+        let serve = |variation: u32, reason: EvalReason<'a>| match source
+            .variations
+            .get(variation as usize)
+        {
+            Some(v) => Evaluation {
+                value: Some(&v.value),
+                variation: Some(variation as usize),
+                reason,
+                in_experiment: false,
+                split: false,
+            },
+            None => malformed,
+        };
+        let config = &source.config;
+        if !config.on {
+            return match flag.off {
+                Ok(off) => serve(off, EvalReason::Off),
+                Err(_) => malformed,
+            };
+        }
+        let (Ok(body), None) = (&flag.body, link.fault()) else {
+            return malformed;
+        };
+        if depth > MAX_DEPTH {
+            return malformed; // excluded by linking; a guard against unbounded recursion
+        }
+
+        for (i, prerequisite) in config.prerequisites.iter().enumerate() {
+            let target = self
+                .links
+                .targets
+                .get(link.prerequisites as usize + i)
+                .copied()
+                .unwrap_or(MISSING);
+            let met = if target == MISSING {
+                tracer.prerequisite(i, None, false);
+                false
+            } else {
+                tracer.nest_flag(true);
+                let result = self.eval_at(target, ctx, tracer, depth + 1);
+                tracer.nest_flag(false);
+                let met = matches!(
+                    result.reason,
+                    EvalReason::TargetMatch
+                        | EvalReason::RuleMatch { .. }
+                        | EvalReason::Fallthrough
+                ) && result.variation == Some(prerequisite.variation);
+                tracer.prerequisite(i, Some(&result), met);
+                met
+            };
+            if !met {
+                return serve(
+                    body.off,
+                    EvalReason::PrerequisiteFailed {
+                        prerequisite_key: &prerequisite.key,
+                    },
+                );
+            }
+        }
+
+        if !body.targets.is_empty()
+            && let Some(key) = ctx.key()
+            && let Some(p) = body.targets.find(key, |p| target_key(body, source, p))
+            && let Some(&(t, _)) = body.target_entries.get(p as usize)
+            && let Some(target) = config.targets.get(t as usize)
+        {
+            return serve(target.variation as u32, EvalReason::TargetMatch);
+        }
+
+        if body.rules.is_empty()
+            && let CServe::Variation(v) = body.fallthrough
+        {
+            return serve(v, EvalReason::Fallthrough);
+        }
+        let mut attrs = Attrs::new(ctx, &body.attrs);
+        let seg_base = link.segments as usize;
+        for (index, rule) in body.rules.iter().enumerate() {
+            tracer.rule(index);
+            if self.clauses_match(&rule.clauses, &mut attrs, seg_base, tracer) {
+                let rule_id = config.rules.get(index).map_or("", |r| r.id.as_str());
+                return self.serve(
+                    &rule.serve,
+                    body,
+                    source,
+                    &mut attrs,
+                    EvalReason::RuleMatch {
+                        rule_index: index,
+                        rule_id,
+                    },
+                    tracer,
+                );
+            }
+        }
+        self.serve(
+            &body.fallthrough,
+            body,
+            source,
+            &mut attrs,
+            EvalReason::Fallthrough,
+            tracer,
+        )
+    }
+
+    /// Serves a variation or a rollout of a flag.
+    #[inline]
+    fn serve<'a, T: Tracer<'a>>(
+        &'a self,
+        serve: &CServe,
+        body: &FlagBody,
+        source: &'a vexil_schema::Flag,
+        attrs: &mut Attrs<'_, '_>,
+        reason: EvalReason<'a>,
+        tracer: &mut T,
+    ) -> Evaluation<'a> {
+        let (variation, in_experiment, split) = match serve {
+            CServe::Variation(v) => (*v, false, false),
+            CServe::Rollout(rollout) => {
+                let bucket = bucket_of(body.seed, attrs.get(rollout.bucket_by));
+                tracer.bucket(attrs.name(rollout.bucket_by), bucket);
+                (
+                    rollout.variation(bucket.unwrap_or(0)),
+                    rollout.experiment && bucket.is_some(),
+                    true,
+                )
+            }
+        };
+        match source.variations.get(variation as usize) {
+            Some(v) => Evaluation {
+                value: Some(&v.value),
+                variation: Some(variation as usize),
+                reason,
+                in_experiment,
+                split,
+            },
+            None => Evaluation::error(ErrorKind::Malformed),
+        }
+    }
+
+    /// Whether every clause matches. `seg_base` is where the owner's segment references
+    /// start in the link targets.
+    #[inline]
+    fn clauses_match<'a, T: Tracer<'a>>(
+        &'a self,
+        clauses: &[CClause],
+        attrs: &mut Attrs<'_, '_>,
+        seg_base: usize,
+        tracer: &mut T,
+    ) -> bool {
+        for (index, clause) in clauses.iter().enumerate() {
+            let found = attrs.get(clause.attr);
+            let ctx = attrs.ctx;
+            let outcome = clause.test(found, |r| {
+                let pos = self
+                    .links
+                    .targets
+                    .get(seg_base + r as usize)
+                    .copied()
+                    .unwrap_or(MISSING);
+                self.in_segment(pos, ctx, tracer, 0)
+            });
+            tracer.clause(index, found, outcome);
+            if outcome != Outcome::Match {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether the context is in the segment at position `pos`.
+    fn in_segment<'a, T: Tracer<'a>>(
+        &'a self,
+        pos: u32,
+        ctx: &Context,
+        tracer: &mut T,
+        depth: u32,
+    ) -> bool {
+        let outcome = self.segment_outcome(pos, ctx, tracer, depth);
+        let key = self
+            .segments
+            .get(pos as usize)
+            .map_or("", |s| s.source.key.as_str());
+        tracer.segment(key, outcome);
+        matches!(
+            outcome,
+            SegmentOutcome::Included | SegmentOutcome::Rule { .. }
+        )
+    }
+
+    fn segment_outcome<'a, T: Tracer<'a>>(
+        &'a self,
+        pos: u32,
+        ctx: &Context,
+        tracer: &mut T,
+        depth: u32,
+    ) -> SegmentOutcome {
+        let (Some(segment), Some(link)) = (
+            self.segments.get(pos as usize),
+            self.links.segments.get(pos as usize),
+        ) else {
+            return SegmentOutcome::NotFound;
+        };
+        let (Ok(body), None) = (&segment.body, &link.fault) else {
+            return SegmentOutcome::Malformed;
+        };
+        if depth > MAX_DEPTH {
+            return SegmentOutcome::Malformed;
+        }
+        let source = &segment.source;
+        if let Some(key) = ctx.key()
+            && !(body.included.is_empty() && body.excluded.is_empty())
+        {
+            let hash = HashIndex::hash(key);
+            if body
+                .included
+                .find_hashed(hash, key, |p| {
+                    source.included.get(p as usize).map_or("", |s| s)
+                })
+                .is_some()
+            {
+                return SegmentOutcome::Included;
+            }
+            if body
+                .excluded
+                .find_hashed(hash, key, |p| {
+                    source.excluded.get(p as usize).map_or("", |s| s)
+                })
+                .is_some()
+            {
+                return SegmentOutcome::Excluded;
+            }
+        }
+        let mut attrs = Attrs::new(ctx, &body.attrs);
+        let seg_base = link.segments as usize;
+        tracer.nest_segment(true);
+        let mut outcome = SegmentOutcome::NoMatch;
+        for (index, rule) in body.rules.iter().enumerate() {
+            let matched = rule.clauses.iter().all(|clause| {
+                let found = attrs.get(clause.attr);
+                clause.test(found, |r| {
+                    let pos = self
+                        .links
+                        .targets
+                        .get(seg_base + r as usize)
+                        .copied()
+                        .unwrap_or(MISSING);
+                    self.in_segment(pos, ctx, tracer, depth + 1)
+                }) == Outcome::Match
+            });
+            if !matched {
+                continue;
+            }
+            match rule.weight {
+                None => {
+                    outcome = SegmentOutcome::Rule {
+                        index,
+                        bucket: None,
+                    };
+                    break;
+                }
+                Some(weight) => {
+                    let bucket = bucket_of(body.seed, attrs.get(rule.bucket_by));
+                    if bucket.unwrap_or(0) < weight {
+                        outcome = SegmentOutcome::Rule { index, bucket };
+                        break;
+                    }
+                }
+            }
+        }
+        tracer.nest_segment(false);
+        outcome
+    }
+}
+
+/// The key at position `p` of a flag's flattened target list.
+fn target_key<'s>(body: &FlagBody, source: &'s vexil_schema::Flag, p: u32) -> &'s str {
+    body.target_entries
+        .get(p as usize)
+        .and_then(|&(t, v)| {
+            source
+                .config
+                .targets
+                .get(t as usize)?
+                .values
+                .get(v as usize)
+        })
+        .map_or("", |s| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clause::AttrNames;
+    use serde_json::json;
+
+    /// Both ways of filling the cache (one merge pass, or a binary search per slot) agree
+    /// with `Context::attribute`, including names that differ only past 8 bytes or by a
+    /// trailing NUL.
+    #[test]
+    fn attribute_lookups_agree_with_the_context() {
+        let present = [
+            "a",
+            "ab",
+            "ab\0",
+            "abcdefgh",
+            "abcdefghi",
+            "abcdefghz",
+            "b",
+            "zz",
+            "é",
+            "key2",
+        ];
+        let mut ctx = Context::new("k");
+        for (i, n) in present.iter().enumerate() {
+            ctx.set(*n, json!(i));
+        }
+        let wanted = [
+            "abcdefghz",
+            "a",
+            "missing",
+            "ab\0",
+            "abcdefgh",
+            "ab",
+            "zzz",
+            "é",
+            "",
+            "abcdefghi",
+        ];
+        let mut names = AttrNames::default();
+        let attrs: Vec<Attr> = wanted.iter().map(|n| names.intern(n).unwrap()).collect();
+        let table = names.into_table();
+        for merge in [true, false] {
+            let mut a = Attrs::new(&ctx, &table);
+            if merge {
+                a.merge();
+            }
+            for (attr, name) in attrs.iter().zip(wanted) {
+                let got = match a.get(*attr) {
+                    Found::Json(v) => Some(v),
+                    _ => None,
+                };
+                assert_eq!(got, ctx.attribute(name), "{name:?} (merge: {merge})");
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Fast comparisons of short strings against compiled operands.
+//!
+//! Most clause operands and attribute values are short (country codes, plan names, email
+//! domains). Comparing them with `==`, `starts_with` or `ends_with` calls `memcmp` for every
+//! candidate of the same length, which dominated evaluation time. Instead each operand keeps
+//! its length and its first and last 8 bytes as integers ([`Needle`]); a value is loaded the
+//! same way once ([`Hay`]), and most comparisons are then settled by one or two integer
+//! compares, falling back to a byte comparison only for operands longer than 16 bytes.
+
+/// The first `min(8, len)` bytes of `b`, little-endian, zero-padded.
+#[inline]
+fn head(b: &[u8]) -> u64 {
+    match b.first_chunk::<8>() {
+        Some(chunk) => u64::from_le_bytes(*chunk),
+        None => pack(b),
+    }
+}
+
+/// The last `min(8, len)` bytes of `b`, little-endian, zero-padded.
+#[inline]
+fn tail(b: &[u8]) -> u64 {
+    match b.last_chunk::<8>() {
+        Some(chunk) => u64::from_le_bytes(*chunk),
+        None => pack(b),
+    }
+}
+
+/// Up to 8 bytes packed little-endian (bytes past the 8th are ignored). Short strings are
+/// read with two overlapping loads instead of a byte loop.
+#[inline]
+fn pack(b: &[u8]) -> u64 {
+    let n = b.len();
+    if let Some(chunk) = b.first_chunk::<8>() {
+        return u64::from_le_bytes(*chunk);
+    }
+    if n >= 4 {
+        let lo = b.first_chunk::<4>().map_or(0, |c| u32::from_le_bytes(*c));
+        let hi = b.last_chunk::<4>().map_or(0, |c| u32::from_le_bytes(*c));
+        // The loads overlap on equal bytes, so OR-ing them is exact.
+        u64::from(lo) | (u64::from(hi) << (8 * (n - 4)))
+    } else if n >= 2 {
+        let lo = b.first_chunk::<2>().map_or(0, |c| u16::from_le_bytes(*c));
+        let hi = b.last_chunk::<2>().map_or(0, |c| u16::from_le_bytes(*c));
+        u64::from(lo) | (u64::from(hi) << (8 * (n - 2)))
+    } else {
+        b.first().map_or(0, |&x| u64::from(x))
+    }
+}
+
+/// A mask of the low `n` bytes, `n` in `1..=8`.
+#[inline]
+fn low_bytes(n: usize) -> u64 {
+    if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * n)) - 1
+    }
+}
+
+/// A compiled string operand.
+#[derive(Debug, Clone)]
+pub(crate) struct Needle {
+    s: Box<str>,
+    head: u64,
+    tail: u64,
+}
+
+impl Needle {
+    pub(crate) fn new(s: &str) -> Self {
+        Self {
+            head: head(s.as_bytes()),
+            tail: tail(s.as_bytes()),
+            s: s.into(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.s
+    }
+}
+
+/// A value prepared for comparison with needles.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hay<'s> {
+    s: &'s str,
+    head: u64,
+    tail: u64,
+}
+
+impl<'s> Hay<'s> {
+    #[inline]
+    pub(crate) fn new(s: &'s str) -> Self {
+        let b = s.as_bytes();
+        let head = head(b);
+        let tail = if b.len() <= 8 { head } else { tail(b) };
+        Self { s, head, tail }
+    }
+
+    /// Whether the value equals the needle.
+    #[inline]
+    pub(crate) fn eq(&self, n: &Needle) -> bool {
+        let len = n.s.len();
+        // Up to 16 bytes, head and tail together cover every byte.
+        self.s.len() == len
+            && self.head == n.head
+            && self.tail == n.tail
+            && (len <= 16 || self.s == &*n.s)
+    }
+
+    /// Whether the value starts with the needle.
+    #[inline]
+    pub(crate) fn starts_with(&self, n: &Needle) -> bool {
+        let len = n.s.len();
+        if len > self.s.len() {
+            return false;
+        }
+        if len == 0 {
+            return true;
+        }
+        if self.head & low_bytes(len) != n.head {
+            return false;
+        }
+        if len <= 8 {
+            return true;
+        }
+        // Up to 16 bytes: the needle's last 8 bytes against the value's bytes len-8..len.
+        let b = self.s.as_bytes();
+        if len <= 16 {
+            tail(b.get(..len).unwrap_or(b)) == n.tail
+        } else {
+            b.starts_with(n.s.as_bytes())
+        }
+    }
+
+    /// Whether the value ends with the needle.
+    #[inline]
+    pub(crate) fn ends_with(&self, n: &Needle) -> bool {
+        let len = n.s.len();
+        let own = self.s.len();
+        if len > own {
+            return false;
+        }
+        if len == 0 {
+            return true;
+        }
+        // The value's last min(8, len) bytes, aligned low like the needle's tail.
+        let k = len.min(8);
+        let last = if own >= 8 {
+            self.tail >> (8 * (8 - k))
+        } else {
+            (self.head >> (8 * (own - k))) & low_bytes(k)
+        };
+        if last != n.tail {
+            return false;
+        }
+        if len <= 8 {
+            return true;
+        }
+        // Up to 16 bytes: the needle's first 8 bytes against the value's bytes at own-len.
+        let b = self.s.as_bytes();
+        if len <= 16 {
+            head(b.get(own - len..).unwrap_or(b)) == n.head
+        } else {
+            b.ends_with(n.s.as_bytes())
+        }
+    }
+}
+
+/// An attribute name with its first 8 bytes as a big-endian integer: integer order on that
+/// key is byte order on the names, so a sorted search settles most steps without `memcmp`.
+#[derive(Debug, Clone)]
+pub(crate) struct Name {
+    s: Box<str>,
+    key: u64,
+}
+
+/// The first 8 bytes of `b`, big-endian, zero-padded.
+#[inline]
+fn order_key(b: &[u8]) -> u64 {
+    head(b).swap_bytes()
+}
+
+impl Name {
+    pub(crate) fn new(s: &str) -> Self {
+        Self {
+            key: order_key(s.as_bytes()),
+            s: s.into(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.s
+    }
+
+    /// The integer key of a string compared against names.
+    #[inline]
+    pub(crate) fn probe_key(probe: &str) -> u64 {
+        order_key(probe.as_bytes())
+    }
+
+    /// How `probe` orders against this name; the same as `probe.cmp(self.as_str())`.
+    #[inline]
+    pub(crate) fn cmp_probe(&self, probe: &str) -> std::cmp::Ordering {
+        self.cmp_keyed(Self::probe_key(probe), probe)
+    }
+
+    /// [`Name::cmp_probe`] with the probe's key already computed.
+    #[inline]
+    pub(crate) fn cmp_keyed(&self, probe_key: u64, probe: &str) -> std::cmp::Ordering {
+        match probe_key.cmp(&self.key) {
+            // Equal keys and both at most 8 bytes: equal but for trailing NUL padding, so
+            // the shorter orders first.
+            std::cmp::Ordering::Equal if probe.len() <= 8 && self.s.len() <= 8 => {
+                probe.len().cmp(&self.s.len())
+            }
+            std::cmp::Ordering::Equal => probe.cmp(&self.s),
+            unequal => unequal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn edge_cases() {
+        let h = Hay::new("jane@acme-corp.com");
+        assert!(h.ends_with(&Needle::new("@acme-corp.com")));
+        assert!(h.ends_with(&Needle::new("m")));
+        assert!(h.ends_with(&Needle::new("")));
+        assert!(!h.ends_with(&Needle::new("@acme-corp.co")));
+        assert!(h.starts_with(&Needle::new("jane@")));
+        assert!(h.starts_with(&Needle::new("jane@acme-corp.com")));
+        assert!(!h.starts_with(&Needle::new("jane@acme-corp.comX")));
+        assert!(h.eq(&Needle::new("jane@acme-corp.com")));
+        assert!(!h.eq(&Needle::new("jane@acme-corp.con")));
+        let short = Hay::new("DE");
+        assert!(short.eq(&Needle::new("DE")));
+        assert!(!short.eq(&Needle::new("DEU")));
+        assert!(short.ends_with(&Needle::new("E")));
+        assert!(!short.ends_with(&Needle::new("D")));
+        assert!(Hay::new("").eq(&Needle::new("")));
+        assert!(Hay::new("ab\0").ends_with(&Needle::new("\0")));
+        assert!(!Hay::new("ab").eq(&Needle::new("ab\0")));
+    }
+
+    proptest! {
+        /// Name order agrees with string order.
+        #[test]
+        fn name_order_agrees_with_std(a in "[ab\\x00é]{0,12}", b in "[ab\\x00é]{0,12}") {
+            prop_assert_eq!(Name::new(&b).cmp_probe(&a), a.as_str().cmp(b.as_str()));
+        }
+
+        /// The integer shortcuts agree with the standard library on arbitrary strings.
+        #[test]
+        fn agrees_with_std(a in "[ab\\x00é]{0,20}", b in "[ab\\x00é]{0,20}") {
+            prop_assert_eq!(pack(a.as_bytes()), {
+                let mut v = 0u64;
+                for (i, &x) in a.as_bytes().iter().take(8).enumerate() {
+                    v |= u64::from(x) << (8 * i);
+                }
+                v
+            });
+            let (h, n) = (Hay::new(&a), Needle::new(&b));
+            prop_assert_eq!(h.eq(&n), a == b);
+            prop_assert_eq!(h.starts_with(&n), a.starts_with(&b));
+            prop_assert_eq!(h.ends_with(&n), a.ends_with(&b));
+        }
+    }
+}
