@@ -1,0 +1,229 @@
+//! The relay's configuration: command-line flags, each also read from a `VEXIL_*` variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The edge relay's configuration.
+#[derive(Clone, Parser)]
+#[command(
+    name = "vexil-relay",
+    version,
+    about = "Vexil edge relay: serves SDKs and relays of one cluster from an upstream server or relay"
+)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// Base URL of the upstream: the control plane or another relay
+    /// (e.g. `https://flags.example.com`). The relay reads `<url>/relay/v1/stream`.
+    #[arg(long, env = "VEXIL_UPSTREAM_URL")]
+    pub upstream_url: String,
+
+    /// The relay key (`vxr_…`) that scopes which environments this relay serves.
+    #[arg(long, env = "VEXIL_RELAY_KEY", hide_env_values = true)]
+    pub relay_key: String,
+
+    /// Address to listen on for SDKs, relays chained below this one, health and metrics.
+    #[arg(long, env = "VEXIL_LISTEN", default_value = "0.0.0.0:8070")]
+    pub listen: SocketAddr,
+
+    /// Interval between keep-alive comments on every SSE stream this relay serves.
+    #[arg(long, env = "VEXIL_KEEP_ALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub keep_alive: Duration,
+
+    /// On SIGTERM, subscriber streams are closed spread over this window so that SDKs do not
+    /// all reconnect at once.
+    #[arg(long, env = "VEXIL_DRAIN_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub drain_window: Duration,
+
+    /// With no byte (event or keep-alive) from upstream for this long, the connection is
+    /// considered dead and re-established. Upstreams send a keep-alive every 15 s.
+    #[arg(long, env = "VEXIL_UPSTREAM_READ_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    pub upstream_read_timeout: Duration,
+
+    /// Upper bound of the first reconnection delay (doubling per failure, full jitter).
+    #[arg(long, env = "VEXIL_UPSTREAM_BACKOFF_INITIAL", default_value = "1s", value_parser = parse_duration)]
+    pub upstream_backoff_initial: Duration,
+
+    /// Cap of the reconnection delay.
+    #[arg(long, env = "VEXIL_UPSTREAM_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub upstream_backoff_max: Duration,
+
+    /// Delay before retrying after upstream refused the relay key (401/403) or the URL
+    /// (404): long, because retrying sooner cannot help until an operator acts.
+    #[arg(long, env = "VEXIL_UPSTREAM_AUTH_BACKOFF", default_value = "5m", value_parser = parse_duration)]
+    pub upstream_auth_backoff: Duration,
+
+    /// A connection that stayed up this long resets the backoff.
+    #[arg(long, env = "VEXIL_UPSTREAM_HEALTHY_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub upstream_healthy_after: Duration,
+
+    /// Relay keys accepted from relays chained below this one, comma-separated, besides this
+    /// relay's own key. Every accepted key streams everything this relay serves.
+    #[arg(
+        long,
+        env = "VEXIL_DOWNSTREAM_RELAY_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub downstream_relay_keys: Vec<String>,
+
+    /// Serve Prometheus metrics at `/metrics`.
+    #[arg(long, env = "VEXIL_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+
+    /// Log format.
+    #[arg(long, env = "VEXIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("upstream_url", &self.upstream_url)
+            .field("relay_key", &"<redacted>")
+            .field("listen", &self.listen)
+            .field("keep_alive", &self.keep_alive)
+            .field("drain_window", &self.drain_window)
+            .field("upstream_read_timeout", &self.upstream_read_timeout)
+            .field("upstream_backoff_initial", &self.upstream_backoff_initial)
+            .field("upstream_backoff_max", &self.upstream_backoff_max)
+            .field("upstream_auth_backoff", &self.upstream_auth_backoff)
+            .field("upstream_healthy_after", &self.upstream_healthy_after)
+            .field("downstream_relay_keys", &self.downstream_relay_keys.len())
+            .field("metrics", &self.metrics)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+impl RelayConfig {
+    /// The defaults for everything but the upstream and the key (for tests and tools);
+    /// listens on `127.0.0.1:0`.
+    pub fn new(upstream_url: impl Into<String>, relay_key: impl Into<String>) -> Self {
+        Self {
+            upstream_url: upstream_url.into(),
+            relay_key: relay_key.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            keep_alive: Duration::from_secs(15),
+            drain_window: Duration::from_secs(10),
+            upstream_read_timeout: Duration::from_secs(45),
+            upstream_backoff_initial: Duration::from_secs(1),
+            upstream_backoff_max: Duration::from_secs(30),
+            upstream_auth_backoff: Duration::from_secs(300),
+            upstream_healthy_after: Duration::from_secs(60),
+            downstream_relay_keys: Vec::new(),
+            metrics: true,
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// The URL of the upstream's relay stream.
+    pub fn stream_url(&self) -> String {
+        format!(
+            "{}{}",
+            self.upstream_url.trim_end_matches('/'),
+            crate::relay_stream::RELAY_STREAM_PATH
+        )
+    }
+}
+
+/// Parses `250ms`, `15s`, `5m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 15s, 5m or 1h"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        other => Err(format!(
+            "unknown unit {other:?} in {s:?}: use ms, s, m or h"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "1.5s", "-1s", "3d", "ms5"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_new() {
+        let parsed = RelayConfig::try_parse_from([
+            "vexil-relay",
+            "--upstream-url",
+            "http://up:8080/",
+            "--relay-key",
+            "vxr_x",
+        ])
+        .unwrap();
+        let built = RelayConfig::new("http://up:8080/", "vxr_x");
+        assert_eq!(parsed.listen.to_string(), "0.0.0.0:8070");
+        assert_eq!(parsed.keep_alive, built.keep_alive);
+        assert_eq!(parsed.drain_window, built.drain_window);
+        assert_eq!(parsed.upstream_read_timeout, built.upstream_read_timeout);
+        assert_eq!(
+            parsed.upstream_backoff_initial,
+            built.upstream_backoff_initial
+        );
+        assert_eq!(parsed.upstream_backoff_max, built.upstream_backoff_max);
+        assert_eq!(parsed.upstream_auth_backoff, built.upstream_auth_backoff);
+        assert_eq!(parsed.upstream_healthy_after, built.upstream_healthy_after);
+        assert!(parsed.metrics);
+        assert!(parsed.downstream_relay_keys.is_empty());
+        assert_eq!(parsed.stream_url(), "http://up:8080/relay/v1/stream");
+        assert!(
+            !format!("{parsed:?}").contains("vxr_x"),
+            "the key is never logged"
+        );
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let c = RelayConfig::try_parse_from([
+            "vexil-relay",
+            "--upstream-url",
+            "http://up",
+            "--relay-key",
+            "k",
+            "--drain-window",
+            "2s",
+            "--downstream-relay-keys",
+            "a,b",
+            "--metrics",
+            "false",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(c.drain_window, Duration::from_secs(2));
+        assert_eq!(c.downstream_relay_keys, vec!["a", "b"]);
+        assert!(!c.metrics);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+}

@@ -1,0 +1,802 @@
+//! The hub: per-environment state, the publishing API and subscriptions.
+//!
+//! Each environment has an [`EnvChannel`]: its items (for applying changes), the current `put`
+//! frame (for new and resynced subscribers and the snapshot endpoint), the ring of recent
+//! change frames (for `Last-Event-ID` resume) and one `broadcast` channel to its subscribers.
+//! Everything is encoded once, at publish time; subscribers only clone `Bytes`.
+//!
+//! Ordering: publishers and new subscribers meet under the environment's writer lock, so a
+//! subscriber's starting point (a `put` or a replay) and its broadcast receiver always agree:
+//! every change after that point arrives through the receiver, none before it. Broadcast
+//! messages carry a per-environment sequence number so a subscriber that resynchronises
+//! skips whatever its fresh `put` already covers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use tokio::sync::{OnceCell, broadcast, watch};
+use vexil_schema::EnvironmentSnapshot;
+use vexil_schema::stream::{Change, EnvironmentId, SdkKeyHash, parse_version};
+
+use crate::auth::SdkKeyTable;
+
+use crate::frame::Frame;
+use crate::metrics::EnvMetrics;
+use crate::ring::{Resume, Ring};
+use crate::state::{EncodeError, Items};
+use crate::subscriber::{Audience, Start, Subscription};
+
+/// Tuning of the fan-out engine.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// Recent changes kept per environment for `Last-Event-ID` resume.
+    pub ring_capacity: usize,
+    /// Messages a subscriber may fall behind before it is resynchronised with a fresh `put`
+    /// (the capacity of the environment's broadcast channel, shared by all its subscribers).
+    pub subscriber_buffer: usize,
+    /// Resyncs after which a subscriber that keeps falling behind is disconnected instead.
+    pub max_lag_resyncs: u32,
+    /// Interval between keep-alive comments on every stream.
+    pub keep_alive: Duration,
+    /// `Retry-After` sent with 503 answers (no state yet, or shutting down).
+    pub retry_after: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            ring_capacity: 1024,
+            subscriber_buffer: 256,
+            max_lag_resyncs: 2,
+            keep_alive: Duration::from_secs(15),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl HubConfig {
+    /// Sets [`HubConfig::ring_capacity`].
+    pub fn ring_capacity(mut self, n: usize) -> Self {
+        self.ring_capacity = n;
+        self
+    }
+
+    /// Sets [`HubConfig::subscriber_buffer`] (at least 1).
+    pub fn subscriber_buffer(mut self, n: usize) -> Self {
+        self.subscriber_buffer = n.max(1);
+        self
+    }
+
+    /// Sets [`HubConfig::max_lag_resyncs`].
+    pub fn max_lag_resyncs(mut self, n: u32) -> Self {
+        self.max_lag_resyncs = n;
+        self
+    }
+
+    /// Sets [`HubConfig::keep_alive`] (at least 1 ms).
+    pub fn keep_alive(mut self, interval: Duration) -> Self {
+        self.keep_alive = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets [`HubConfig::retry_after`].
+    pub fn retry_after(mut self, d: Duration) -> Self {
+        self.retry_after = d;
+        self
+    }
+}
+
+/// Why a published snapshot or change was not applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// A change arrived for an environment that has no full state yet: publish a snapshot.
+    #[error("no snapshot of the environment yet")]
+    NoSnapshot,
+    /// The change's version is the current version: already applied, ignored.
+    #[error("version {version} is already applied")]
+    Duplicate {
+        /// The version.
+        version: u64,
+    },
+    /// The version is older than the current one: ignored.
+    #[error("version {got} is older than the current version {current}")]
+    Stale {
+        /// The current version.
+        current: u64,
+        /// The version published.
+        got: u64,
+    },
+    /// The change skips versions: some change was missed. Publish a full snapshot.
+    #[error("version {got} does not follow the current version {current}")]
+    Gap {
+        /// The current version.
+        current: u64,
+        /// The version published.
+        got: u64,
+    },
+    /// Encoding failed; nothing was changed.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+impl PublishError {
+    /// Whether the publisher must send a full snapshot to get this environment back in step
+    /// (`false` for harmless duplicates and stale messages).
+    pub fn needs_resync(&self) -> bool {
+        matches!(
+            self,
+            PublishError::NoSnapshot | PublishError::Gap { .. } | PublishError::Encode(_)
+        )
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            PublishError::NoSnapshot => "no_snapshot",
+            PublishError::Duplicate { .. } => "duplicate",
+            PublishError::Stale { .. } => "stale",
+            PublishError::Gap { .. } => "gap",
+            PublishError::Encode(_) => "encode",
+        }
+    }
+}
+
+/// What a published snapshot did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotOutcome {
+    /// It became the current state; subscribers were sent a `put`.
+    Replaced {
+        /// The version it replaced, if there was one.
+        previous: Option<u64>,
+    },
+    /// The environment is already at that version: nothing was sent.
+    Unchanged,
+}
+
+/// Why a subscription or snapshot cannot be served now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotServing {
+    /// The environment has no full state yet (HTTP 503 with `Retry-After`).
+    #[error("the environment's state is not loaded yet")]
+    NotReady,
+    /// The hub is shutting down (HTTP 503 with `Retry-After`).
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// A message on an environment's broadcast channel. Small and cheap to clone: the channel
+/// clones it once per subscriber.
+#[derive(Debug, Clone)]
+pub(crate) enum Signal {
+    /// A change frame, already encoded.
+    Change { seq: u64, frame: Bytes },
+    /// The state was replaced: send the current `put` unless already past `seq`.
+    Snapshot { seq: u64 },
+    /// Send a keep-alive comment.
+    KeepAlive,
+    /// Check whether to close (hub draining or environment removed).
+    Close,
+}
+
+/// The current state of an environment, as subscribers and the snapshot endpoint read it.
+#[derive(Debug)]
+pub(crate) struct Current {
+    pub(crate) version: u64,
+    /// Sequence number of the broadcast message that published this state.
+    pub(crate) seq: u64,
+    pub(crate) put: Frame,
+    gzip: OnceCell<Bytes>,
+}
+
+impl Current {
+    /// The snapshot JSON gzip-compressed, computed at most once per version (off the async
+    /// threads: a large snapshot takes milliseconds to compress).
+    pub(crate) async fn gzip(&self) -> Result<Bytes, std::io::Error> {
+        self.gzip
+            .get_or_try_init(|| {
+                let json = self.put.data();
+                async move {
+                    tokio::task::spawn_blocking(move || gzip(&json))
+                        .await
+                        .map_err(std::io::Error::other)?
+                }
+            })
+            .await
+            .cloned()
+    }
+}
+
+fn gzip(data: &[u8]) -> Result<Bytes, std::io::Error> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::default(),
+    );
+    enc.write_all(data)?;
+    Ok(enc.finish()?.into())
+}
+
+/// What publishers change under the writer lock.
+#[derive(Debug)]
+struct Writer {
+    items: Option<Items>,
+    ring: Ring,
+    seq: u64,
+}
+
+/// One environment's fan-out state.
+#[derive(Debug)]
+pub(crate) struct EnvChannel {
+    pub(crate) id: EnvironmentId,
+    /// To every subscriber of this environment.
+    tx: broadcast::Sender<Signal>,
+    /// Lock-free read of the current state (snapshot endpoint, resyncs).
+    current: ArcSwapOption<Current>,
+    /// Serialises publishers, and subscribers choosing their starting point.
+    writer: Mutex<Writer>,
+    /// Set once the environment is removed: its subscribers close.
+    removed: AtomicBool,
+    pub(crate) metrics: EnvMetrics,
+}
+
+impl EnvChannel {
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // Writers never leave the state half-updated across a panic point, so a poisoned
+        // lock still guards consistent data.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn current(&self) -> Option<Arc<Current>> {
+        self.current.load_full()
+    }
+
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+}
+
+/// State shared by every clone of a [`Hub`].
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: HubConfig,
+    envs: RwLock<HashMap<EnvironmentId, Arc<EnvChannel>>>,
+    /// Set when draining starts: new subscriptions are refused.
+    draining: AtomicBool,
+    /// Subscribers whose ticket is below this (0..=1000) must close: raised step by step
+    /// while draining so that clients reconnect spread over the drain window.
+    close_below: AtomicU32,
+    /// Hands out tickets `0..1000` round-robin.
+    next_ticket: AtomicU32,
+    /// SHA-256 hashes of every environment's SDK keys: the relay's SDK authentication and
+    /// what relay streams send as `keys` events.
+    keys: SdkKeyTable,
+    /// Bumped whenever something relay streams must look at again changes: an environment
+    /// gets its first state or is removed, a key set changes, relay scopes change, or a drain
+    /// step passes. Relay streams hold receivers; SDK streams never look at it.
+    catalog: watch::Sender<Catalog>,
+}
+
+/// Generations of what relay streams watch (see [`Shared::catalog`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Catalog {
+    /// Bumped on every change relay streams must look at.
+    pub(crate) any: u64,
+    /// Bumped when relay scopes may have changed: streams authenticate again.
+    pub(crate) scopes: u64,
+}
+
+impl Shared {
+    pub(crate) fn must_close(&self, ticket: u32) -> bool {
+        ticket < self.close_below.load(Ordering::Acquire)
+    }
+
+    fn bump_catalog(&self) {
+        self.catalog.send_modify(|c| c.any += 1);
+    }
+
+    pub(crate) fn ticket(&self) -> u32 {
+        self.next_ticket.fetch_add(1, Ordering::Relaxed) % 1000
+    }
+}
+
+/// The fan-out engine. Cheap to clone: every clone shares the same state.
+///
+/// Publishers feed it full snapshots and changes per environment; SDK streams subscribe to it.
+/// It knows nothing of databases or upstreams.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Hub {
+    /// A hub with `config`, starting its keep-alive task.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn new(config: HubConfig) -> Self {
+        let shared = Arc::new(Shared {
+            config,
+            envs: RwLock::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            close_below: AtomicU32::new(0),
+            next_ticket: AtomicU32::new(0),
+            keys: SdkKeyTable::new(),
+            catalog: watch::Sender::new(Catalog::default()),
+        });
+        tokio::spawn(keep_alive(Arc::downgrade(&shared)));
+        Self { shared }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.shared.config
+    }
+
+    fn channel(&self, env: &EnvironmentId) -> Option<Arc<EnvChannel>> {
+        self.shared
+            .envs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(env)
+            .cloned()
+    }
+
+    fn channel_or_create(&self, env: &EnvironmentId) -> Arc<EnvChannel> {
+        if let Some(c) = self.channel(env) {
+            return c;
+        }
+        let mut envs = self
+            .shared
+            .envs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        envs.entry(env.clone())
+            .or_insert_with(|| {
+                let (tx, _) = broadcast::channel(self.shared.config.subscriber_buffer.max(1));
+                Arc::new(EnvChannel {
+                    id: env.clone(),
+                    tx,
+                    current: ArcSwapOption::empty(),
+                    writer: Mutex::new(Writer {
+                        items: None,
+                        ring: Ring::new(self.shared.config.ring_capacity),
+                        seq: 0,
+                    }),
+                    removed: AtomicBool::new(false),
+                    metrics: EnvMetrics::new(env),
+                })
+            })
+            .clone()
+    }
+
+    /// Publishes the full state of `env`. Ignored if the environment is already at that
+    /// version; refused with [`PublishError::Stale`] if it is past it (use
+    /// [`Hub::replace_snapshot`] when the source of truth really went back).
+    pub fn publish_snapshot(
+        &self,
+        env: &EnvironmentId,
+        snapshot: &EnvironmentSnapshot,
+    ) -> Result<SnapshotOutcome, PublishError> {
+        self.snapshot_inner(env, snapshot, false)
+    }
+
+    /// Publishes the full state of `env` whatever its version: for an authoritative resync
+    /// after the upstream's versions went back (e.g. a database restored from backup).
+    pub fn replace_snapshot(
+        &self,
+        env: &EnvironmentId,
+        snapshot: &EnvironmentSnapshot,
+    ) -> Result<SnapshotOutcome, PublishError> {
+        self.snapshot_inner(env, snapshot, true)
+    }
+
+    fn snapshot_inner(
+        &self,
+        env: &EnvironmentId,
+        snapshot: &EnvironmentSnapshot,
+        force: bool,
+    ) -> Result<SnapshotOutcome, PublishError> {
+        // Encode before taking the lock: a big snapshot takes a while.
+        let items = Items::from_snapshot(snapshot)?;
+        let put = items.put_frame()?;
+        let chan = self.channel_or_create(env);
+        let mut w = chan.writer();
+        let previous = w.items.as_ref().map(Items::version);
+        if let Some(current) = previous
+            && !force
+        {
+            if snapshot.version == current {
+                return Ok(SnapshotOutcome::Unchanged);
+            }
+            if snapshot.version < current {
+                return Err(PublishError::Stale {
+                    current,
+                    got: snapshot.version,
+                });
+            }
+        }
+        w.seq += 1;
+        let seq = w.seq;
+        w.items = Some(items);
+        w.ring.clear();
+        chan.current.store(Some(Arc::new(Current {
+            version: snapshot.version,
+            seq,
+            put,
+            gzip: OnceCell::new(),
+        })));
+        // An error only means nobody is subscribed.
+        let _ = chan.tx.send(Signal::Snapshot { seq });
+        drop(w);
+        if previous.is_none() {
+            // A new environment: relay streams waiting for it can start sending it.
+            self.shared.bump_catalog();
+        }
+        chan.metrics.version.set(snapshot.version as f64);
+        tracing::debug!(environment = %env, version = snapshot.version, ?previous, "snapshot published");
+        Ok(SnapshotOutcome::Replaced { previous })
+    }
+
+    /// Publishes one change to `env`. Its version must be exactly the current version plus
+    /// one; otherwise nothing is sent and the error says whether the publisher must resync
+    /// with a full snapshot ([`PublishError::needs_resync`]). Returns the new version.
+    pub fn publish_change(
+        &self,
+        env: &EnvironmentId,
+        change: &Change,
+    ) -> Result<u64, PublishError> {
+        let Some(chan) = self.channel(env) else {
+            return Err(PublishError::NoSnapshot);
+        };
+        let result = Self::apply_change(&chan, change);
+        match &result {
+            Ok(version) => chan.metrics.version.set(*version as f64),
+            Err(e) => {
+                chan.metrics.rejected(e.reason());
+                tracing::debug!(environment = %env, error = %e, "change not applied");
+            }
+        }
+        result
+    }
+
+    fn apply_change(chan: &EnvChannel, change: &Change) -> Result<u64, PublishError> {
+        let mut w = chan.writer();
+        let w = &mut *w;
+        let Some(items) = w.items.as_mut() else {
+            return Err(PublishError::NoSnapshot);
+        };
+        let current = items.version();
+        let got = change.version();
+        if got == current {
+            return Err(PublishError::Duplicate { version: got });
+        }
+        if got < current {
+            return Err(PublishError::Stale { current, got });
+        }
+        if current.checked_add(1) != Some(got) {
+            return Err(PublishError::Gap { current, got });
+        }
+        let frame = items.apply(change)?;
+        let put = items.put_frame()?;
+        w.seq += 1;
+        let seq = w.seq;
+        w.ring.push(got, frame.bytes().clone());
+        chan.current.store(Some(Arc::new(Current {
+            version: got,
+            seq,
+            put,
+            gzip: OnceCell::new(),
+        })));
+        let _ = chan.tx.send(Signal::Change {
+            seq,
+            frame: frame.bytes().clone(),
+        });
+        Ok(got)
+    }
+
+    /// Stops serving `env`: its state and SDK key hashes are dropped, its subscribers'
+    /// streams end, and relay streams send `env-remove`.
+    pub fn remove_environment(&self, env: &EnvironmentId) {
+        let removed = self
+            .shared
+            .envs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(env);
+        let had_keys = !self.shared.keys.environment_keys(env).is_empty();
+        if had_keys {
+            self.shared.keys.remove_environment(env);
+        }
+        if let Some(chan) = removed {
+            chan.removed.store(true, Ordering::Release);
+            let _ = chan.tx.send(Signal::Close);
+            tracing::info!(environment = %env, "environment removed");
+        }
+        self.shared.bump_catalog();
+    }
+
+    /// The SDK key registry: the SHA-256 hashes of every environment's SDK keys, as set with
+    /// [`Hub::set_environment_keys`]. It implements [`crate::SdkAuth`] (the relay
+    /// authenticates SDKs with it) and feeds the `keys` events of relay streams.
+    pub fn keys(&self) -> &SdkKeyTable {
+        &self.shared.keys
+    }
+
+    /// Replaces the set of SDK key hashes that read `env` (a key created, rotated or
+    /// revoked). Relay streams whose scope holds `env` send it as a `keys` event. Setting
+    /// the same set again sends nothing.
+    pub fn set_environment_keys(&self, env: &EnvironmentId, hashes: &[SdkKeyHash]) {
+        let mut sorted = hashes.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut previous = self.shared.keys.environment_keys(env);
+        previous.sort_unstable();
+        if previous == sorted && self.shared.keys.has_environment(env) {
+            return;
+        }
+        self.shared.keys.set_environment_keys(env, &sorted);
+        self.shared.bump_catalog();
+    }
+
+    /// Tells every relay stream to authenticate its relay key again and apply any change of
+    /// scope (environments added to or removed from the key, or the key revoked). Call it
+    /// after changing relay keys; streams also re-check on their own every
+    /// [`crate::RelayStreamConfig::reauthenticate_every`].
+    pub fn notify_relay_scopes_changed(&self) {
+        self.shared.catalog.send_modify(|c| {
+            c.any += 1;
+            c.scopes += 1;
+        });
+    }
+
+    /// A receiver of the catalog generations (see [`Shared::catalog`]).
+    pub(crate) fn catalog(&self) -> watch::Receiver<Catalog> {
+        self.shared.catalog.subscribe()
+    }
+
+    /// The environment's current version, if it has a state.
+    pub fn version(&self, env: &EnvironmentId) -> Option<u64> {
+        self.channel(env)?.current().map(|c| c.version)
+    }
+
+    /// Every environment with a state, with its version.
+    pub fn environments(&self) -> Vec<(EnvironmentId, u64)> {
+        let envs = self
+            .shared
+            .envs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = envs
+            .values()
+            .filter_map(|c| Some((c.id.clone(), c.current()?.version)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Subscribers currently connected to `env`.
+    pub fn subscriber_count(&self, env: &EnvironmentId) -> usize {
+        self.channel(env).map_or(0, |c| c.tx.receiver_count())
+    }
+
+    /// The current snapshot of `env`, for the snapshot endpoint.
+    pub(crate) fn current(&self, env: &EnvironmentId) -> Result<Arc<Current>, NotServing> {
+        if self.is_draining() {
+            return Err(NotServing::ShuttingDown);
+        }
+        self.channel(env)
+            .and_then(|c| c.current())
+            .ok_or(NotServing::NotReady)
+    }
+
+    /// The current snapshot JSON of `env` and its version (the body of
+    /// `GET /sdk/v1/snapshot`).
+    pub fn snapshot_json(&self, env: &EnvironmentId) -> Result<(u64, Bytes), NotServing> {
+        let c = self.current(env)?;
+        Ok((c.version, c.put.data()))
+    }
+
+    /// Subscribes to `env`'s SDK stream. `last_event_id` is the client's `Last-Event-ID`:
+    /// when every later change is still in the ring only those are replayed (nothing if it is
+    /// current); otherwise, or if it is absent or malformed, the stream starts with a `put`.
+    pub fn subscribe(
+        &self,
+        env: &EnvironmentId,
+        last_event_id: Option<&str>,
+    ) -> Result<Subscription, NotServing> {
+        let last_seen = last_event_id.and_then(|s| parse_version(s.trim()));
+        self.subscribe_as(env, last_seen, Audience::Sdk)
+    }
+
+    /// Subscribes to `env` for one environment of a relay stream, the receiver holding
+    /// `last_seen` (from its cursor) if anything.
+    pub(crate) fn subscribe_relay(
+        &self,
+        env: &EnvironmentId,
+        last_seen: Option<u64>,
+    ) -> Result<Subscription, NotServing> {
+        self.subscribe_as(env, last_seen, Audience::Relay)
+    }
+
+    fn subscribe_as(
+        &self,
+        env: &EnvironmentId,
+        last_seen: Option<u64>,
+        audience: Audience,
+    ) -> Result<Subscription, NotServing> {
+        if self.is_draining() {
+            return Err(NotServing::ShuttingDown);
+        }
+        let chan = self.channel(env).ok_or(NotServing::NotReady)?;
+        let (start, rx, seq) = {
+            let w = chan.writer();
+            let Some(items) = w.items.as_ref() else {
+                return Err(NotServing::NotReady);
+            };
+            let current = items.version();
+            let resume = match last_seen {
+                Some(l) => w.ring.resume(l, current),
+                None => Resume::Snapshot,
+            };
+            let start = match resume {
+                Resume::Current => Start::Current { version: current },
+                Resume::Replay(frames) => Start::Replay {
+                    version: current,
+                    frames,
+                },
+                Resume::Snapshot => match chan.current() {
+                    Some(c) => Start::Put(c),
+                    None => return Err(NotServing::NotReady),
+                },
+            };
+            (start, chan.tx.subscribe(), w.seq)
+        };
+        Ok(Subscription::new(
+            Arc::clone(&self.shared),
+            chan,
+            rx,
+            start,
+            seq,
+            self.shared.ticket(),
+            audience,
+        ))
+    }
+
+    /// Whether this stream's `ticket` must close now (drain in progress).
+    pub(crate) fn must_close(&self, ticket: u32) -> bool {
+        self.shared.must_close(ticket)
+    }
+
+    /// A ticket for spreading closes over the drain window.
+    pub(crate) fn ticket(&self) -> u32 {
+        self.shared.ticket()
+    }
+
+    /// Whether draining has started.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// Refuses new subscriptions and closes every subscriber stream, spread evenly over
+    /// `drain` so that clients do not all reconnect elsewhere at the same instant. Returns
+    /// once every stream has been told to close (at once if none is open). Call it before the HTTP server's graceful
+    /// shutdown, which then finds the SSE connections finished.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.shared.bump_catalog();
+        const STEPS: u32 = 20;
+        let pause = drain / STEPS;
+        tracing::info!(?drain, "draining subscriber streams");
+        for step in 1..=STEPS {
+            self.shared
+                .close_below
+                .store(1000 * step / STEPS, Ordering::Release);
+            self.broadcast_all(Signal::Close);
+            self.shared.bump_catalog();
+            if step < STEPS && !pause.is_zero() {
+                if self.open_streams() == 0 {
+                    // Nothing left to spread out: do not sit out the rest of the window.
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }
+        self.shared.close_below.store(1000, Ordering::Release);
+        self.broadcast_all(Signal::Close);
+    }
+
+    /// Streams (SDK subscriptions and relay-stream environments) still open.
+    fn open_streams(&self) -> usize {
+        self.shared
+            .envs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|c| c.tx.receiver_count())
+            .sum()
+    }
+
+    fn broadcast_all(&self, signal: Signal) {
+        broadcast_all(&self.shared, signal);
+    }
+}
+
+fn broadcast_all(shared: &Shared, signal: Signal) {
+    let envs = shared.envs.read().unwrap_or_else(PoisonError::into_inner);
+    for chan in envs.values() {
+        if chan.tx.receiver_count() > 0 {
+            let _ = chan.tx.send(signal.clone());
+        }
+    }
+}
+
+/// Sends a keep-alive to every stream each interval; ends when the hub is dropped or drained.
+async fn keep_alive(shared: std::sync::Weak<Shared>) {
+    let Some(interval) = shared.upgrade().map(|s| s.config.keep_alive) else {
+        return;
+    };
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.close_below.load(Ordering::Acquire) >= 1000 {
+            return; // drained: every stream is closed
+        }
+        broadcast_all(&shared, Signal::KeepAlive);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> EnvironmentId {
+        EnvironmentId::parse("p/e").unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_with_nothing_open_does_not_wait_out_the_window() {
+        let hub = Hub::new(HubConfig::default());
+        hub.publish_snapshot(&env(), &EnvironmentSnapshot::default())
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        hub.shutdown(Duration::from_secs(100)).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert!(hub.subscribe(&env(), None).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_is_spread_while_streams_stay_open() {
+        use futures::StreamExt;
+        let hub = Hub::new(HubConfig::default());
+        hub.publish_snapshot(&env(), &EnvironmentSnapshot::default())
+            .unwrap();
+        // One subscriber per ticket step, kept open (polled) until told to close.
+        let mut subs = Vec::new();
+        for _ in 0..1000 {
+            let mut sub = hub.subscribe(&env(), None).unwrap();
+            assert!(sub.next().await.is_some()); // the put
+            subs.push(tokio::spawn(
+                async move { while sub.next().await.is_some() {} },
+            ));
+        }
+        let start = tokio::time::Instant::now();
+        hub.shutdown(Duration::from_secs(20)).await;
+        // 20 steps of 1 s, the last without a pause.
+        assert_eq!(start.elapsed(), Duration::from_secs(19));
+        for s in subs {
+            s.await.unwrap();
+        }
+        assert_eq!(hub.subscriber_count(&env()), 0);
+    }
+}

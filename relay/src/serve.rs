@@ -1,0 +1,71 @@
+//! An HTTP/1-only server loop for processes whose connections are mostly idle SSE streams.
+//!
+//! `axum::serve` detects HTTP/1 or HTTP/2 on every connection, and its per-connection state
+//! is sized for both: about 39 KB of heap per idle SSE subscriber against about 19 KB here
+//! (see `docs/benchmarks.md`, "Fan-out engine"). SDKs reach relays over HTTP/1.1 (TLS and
+//! HTTP/2 end at the load balancer), so a relay loses nothing by serving HTTP/1 only.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Serves `app` over HTTP/1.1 on `listener` until `shutdown` completes, then stops accepting,
+/// lets every connection finish its current response (call [`crate::Hub::shutdown`] first so
+/// SSE streams end) and returns once all connections are closed.
+pub async fn serve_http1(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    // Dropping the sender tells every connection to shut down gracefully; each connection
+    // task holds a receiver, so `closed()` resolves when the last one ends.
+    let (stop_tx, stop_rx) = watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+            }
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+            drop(stop);
+        });
+    }
+    drop(listener);
+    drop(stop_rx);
+    let _ = stop_tx.send(());
+    stop_tx.closed().await;
+}

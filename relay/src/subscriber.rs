@@ -1,0 +1,218 @@
+//! One subscriber's SDK stream: its starting frames, then every broadcast frame in order.
+//!
+//! A subscriber owns no task and no buffer of its own: the stream is polled by the HTTP
+//! connection's task, and between polls it is a broadcast receiver (a position in the
+//! environment's shared channel) plus a few integers. A subscriber that stops reading falls
+//! behind in that channel without slowing anyone; once it is more than
+//! [`crate::HubConfig::subscriber_buffer`] messages behind it gets a fresh `put` (a resync),
+//! and after [`crate::HubConfig::max_lag_resyncs`] of those it is disconnected.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use metrics::{Counter, Gauge};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::frame::KEEP_ALIVE;
+use crate::hub::{Current, EnvChannel, Shared, Signal};
+use crate::metrics::SubscriberGauge;
+
+/// Where a new subscriber starts.
+#[derive(Debug)]
+pub(crate) enum Start {
+    /// Send the full state.
+    Put(Arc<Current>),
+    /// Send these change frames (`Last-Event-ID` resume), reaching `version`.
+    Replay { version: u64, frames: Vec<Bytes> },
+    /// The subscriber is already at `version`.
+    Current { version: u64 },
+}
+
+/// Who a subscription feeds, which decides the metrics it is counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Audience {
+    /// An SDK stream: counted in the per-environment subscriber and event metrics.
+    Sdk,
+    /// One environment of a relay stream, which counts its own connections and events.
+    Relay,
+}
+
+/// How a subscription began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartKind {
+    /// With a `put` of the full state.
+    Put,
+    /// With a replay of this many changes from the ring.
+    Replay {
+        /// Number of change frames replayed.
+        changes: usize,
+    },
+    /// With nothing: the client's `Last-Event-ID` was current.
+    Current,
+}
+
+/// An SDK stream: a `Stream` of complete SSE frames, ready to be written to the connection.
+/// It ends when the hub drains, the environment is removed or the subscriber is dropped for
+/// falling behind.
+pub struct Subscription {
+    version: u64,
+    start: StartKind,
+    inner: Pin<Box<dyn Stream<Item = Bytes> + Send>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("version", &self.version)
+            .field("start", &self.start)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        chan: Arc<EnvChannel>,
+        rx: broadcast::Receiver<Signal>,
+        start: Start,
+        seq: u64,
+        ticket: u32,
+        audience: Audience,
+    ) -> Self {
+        let (version, kind) = match &start {
+            Start::Put(c) => (c.version, StartKind::Put),
+            Start::Replay { version, frames } => (
+                *version,
+                StartKind::Replay {
+                    changes: frames.len(),
+                },
+            ),
+            Start::Current { version } => (*version, StartKind::Current),
+        };
+        let counted = match audience {
+            Audience::Sdk => {
+                match kind {
+                    StartKind::Put => chan.metrics.connect_put.increment(1),
+                    StartKind::Replay { .. } => chan.metrics.connect_replay.increment(1),
+                    StartKind::Current => chan.metrics.connect_current.increment(1),
+                }
+                Counted {
+                    subscribers: chan.metrics.subscribers.clone(),
+                    events_sent: chan.metrics.events_sent.clone(),
+                }
+            }
+            Audience::Relay => Counted {
+                subscribers: Gauge::noop(),
+                events_sent: Counter::noop(),
+            },
+        };
+        Self {
+            version,
+            start: kind,
+            inner: Box::pin(frames(shared, chan, rx, start, seq, ticket, counted)),
+        }
+    }
+
+    /// The environment version the subscriber holds once the starting frames are sent.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// How the subscription began.
+    pub fn start(&self) -> StartKind {
+        self.start
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// The metric handles a subscription updates (no-ops for relay streams).
+struct Counted {
+    subscribers: Gauge,
+    events_sent: Counter,
+}
+
+fn frames(
+    shared: Arc<Shared>,
+    chan: Arc<EnvChannel>,
+    mut rx: broadcast::Receiver<Signal>,
+    start: Start,
+    mut floor: u64,
+    ticket: u32,
+    counted: Counted,
+) -> impl Stream<Item = Bytes> + Send {
+    async_stream::stream! {
+        let _gauge = SubscriberGauge::enter(&counted.subscribers);
+        match start {
+            Start::Put(current) => {
+                counted.events_sent.increment(1);
+                yield current.put.bytes().clone();
+            }
+            Start::Replay { frames, .. } => {
+                for frame in frames {
+                    counted.events_sent.increment(1);
+                    yield frame;
+                }
+            }
+            Start::Current { .. } => {}
+        }
+        let mut resyncs = 0u32;
+        loop {
+            match rx.recv().await {
+                Ok(Signal::Change { seq, frame }) => {
+                    if seq > floor {
+                        floor = seq;
+                        counted.events_sent.increment(1);
+                        yield frame;
+                    }
+                }
+                Ok(Signal::Snapshot { seq }) => {
+                    if seq > floor {
+                        let Some(current) = chan.current() else { break };
+                        floor = current.seq;
+                        counted.events_sent.increment(1);
+                        yield current.put.bytes().clone();
+                    }
+                }
+                Ok(Signal::KeepAlive) => yield Bytes::from_static(KEEP_ALIVE),
+                Ok(Signal::Close) => {
+                    if chan.is_removed() || shared.must_close(ticket) {
+                        break;
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    if chan.is_removed() || shared.must_close(ticket) {
+                        break;
+                    }
+                    let Some(current) = chan.current() else { break };
+                    if current.seq <= floor {
+                        // Only keep-alives or close checks were missed: nothing to resend.
+                        continue;
+                    }
+                    resyncs += 1;
+                    if resyncs > shared.config.max_lag_resyncs {
+                        chan.metrics.lag_disconnects.increment(1);
+                        tracing::info!(environment = %chan.id, missed, "disconnecting a subscriber that keeps falling behind");
+                        break;
+                    }
+                    chan.metrics.lag_resyncs.increment(1);
+                    tracing::debug!(environment = %chan.id, missed, "resyncing a lagging subscriber");
+                    floor = current.seq;
+                    counted.events_sent.increment(1);
+                    yield current.put.bytes().clone();
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the edge relay over real sockets: an origin serving the library's
+//! relay stream, relays in process (`Relay::serve` on port 0) and as child processes of the
+//! built `vexil-relay` binary, and SDK subscribers reading real SSE streams.
+
+mod chain;
+mod faults;
+mod gate;
+mod harness;
+mod ofrep;
+mod sdk_client;
