@@ -1,0 +1,289 @@
+//! Admin-only routes: API tokens (`/api/v1/tokens`), SDK keys
+//! (`…/environments/{environment}/sdk-keys`) and relay keys (`/api/v1/relay-keys`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::Created;
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::error::{ApiError, Problem};
+use crate::extract::{Caller, StrictJson};
+use crate::store::{
+    AccessKeyKind, AccessKeyView, CreatedAccessKey, CreatedToken, RelayEnvironment, TokenView,
+};
+
+/// A request to create an API token.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub(crate) struct CreateToken {
+    /// Unique name; recorded as the actor of every change made with the token.
+    name: String,
+    /// Role.
+    role: Role,
+}
+
+/// Creates an API token. Its secret is in the response, and only there.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken,
+    responses((status = 201, body = CreatedToken), (status = 403, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn create_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    StrictJson(body): StrictJson<CreateToken>,
+) -> Result<Created<CreatedToken>, ApiError> {
+    let ctx = caller.require(Role::Admin)?;
+    let created = app.store.create_token(&ctx, &body.name, body.role).await?;
+    Ok(Created {
+        location: format!("/api/v1/tokens/{}", created.token.id),
+        etag: None,
+        body: created,
+    })
+}
+
+/// Lists API tokens (never their secrets).
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+    responses((status = 200, body = Vec<TokenView>), (status = 403, body = Problem)))]
+pub(crate) async fn list_tokens(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    caller.check(Role::Admin)?;
+    Ok(Json(app.store.list_tokens().await?))
+}
+
+/// Revokes an API token; it stops working at once.
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
+    params(("id" = i64, Path, description = "Token id")),
+    responses((status = 200, body = TokenView), (status = 404, body = Problem)))]
+pub(crate) async fn revoke_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<TokenView>, ApiError> {
+    let ctx = caller.require(Role::Admin)?;
+    Ok(Json(app.store.revoke_token(&ctx, id).await?))
+}
+
+/// A request to create an SDK key.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub(crate) struct CreateSdkKey {
+    /// Name, e.g. the service using it.
+    name: String,
+}
+
+/// A key rotation.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub(crate) struct Rotate {
+    /// Seconds the previous secret keeps working (default 0: it stops at once; at most a week).
+    #[serde(default)]
+    grace_seconds: u32,
+}
+
+const MAX_GRACE: u32 = 7 * 24 * 3600;
+
+fn grace(r: &Rotate) -> Result<u32, ApiError> {
+    if r.grace_seconds > MAX_GRACE {
+        return Err(ApiError::Unprocessable {
+            detail: format!("grace_seconds: at most {MAX_GRACE}"),
+            errors: vec![crate::error::FieldProblem {
+                path: "grace_seconds".into(),
+                rule: "limit_exceeded".into(),
+                message: format!("at most {MAX_GRACE} seconds (a week)"),
+            }],
+        });
+    }
+    Ok(r.grace_seconds)
+}
+
+/// Creates an SDK key for this environment. Its secret is in the response, and only there.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/sdk-keys", tag = "keys",
+    params(("project" = String, Path, description = "Project key"),
+           ("environment" = String, Path, description = "Environment key")),
+    request_body = CreateSdkKey,
+    responses((status = 201, body = CreatedAccessKey), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn create_sdk_key(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, environment)): Path<(String, String)>,
+    StrictJson(body): StrictJson<CreateSdkKey>,
+) -> Result<Created<CreatedAccessKey>, ApiError> {
+    let ctx = caller.require(Role::Admin)?;
+    // Resolve first so a missing project or environment is a 404, not a body error.
+    app.store.get_environment(&project, &environment).await?;
+    let env = RelayEnvironment {
+        project: project.clone(),
+        environment: environment.clone(),
+    };
+    let created = app
+        .store
+        .create_access_key(&ctx, AccessKeyKind::Sdk, &body.name, &[env])
+        .await?;
+    Ok(Created {
+        location: format!(
+            "/api/v1/projects/{project}/environments/{environment}/sdk-keys/{}",
+            created.key.id
+        ),
+        etag: None,
+        body: created,
+    })
+}
+
+/// Lists this environment's SDK keys (masked).
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/sdk-keys", tag = "keys",
+    params(("project" = String, Path, description = "Project key"),
+           ("environment" = String, Path, description = "Environment key")),
+    responses((status = 200, body = Vec<AccessKeyView>), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn list_sdk_keys(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, environment)): Path<(String, String)>,
+) -> Result<Json<Vec<AccessKeyView>>, ApiError> {
+    caller.check(Role::Admin)?;
+    let env = RelayEnvironment {
+        project,
+        environment,
+    };
+    Ok(Json(
+        app.store
+            .list_access_keys(AccessKeyKind::Sdk, Some(&env))
+            .await?,
+    ))
+}
+
+/// Issues a new secret for an SDK key, optionally keeping the old one valid for a while.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/sdk-keys/{id}/rotate", tag = "keys",
+    params(("project" = String, Path, description = "Project key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("id" = i64, Path, description = "Key id")),
+    request_body = Rotate,
+    responses((status = 200, body = CreatedAccessKey), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn rotate_sdk_key(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, environment, id)): Path<(String, String, i64)>,
+    StrictJson(body): StrictJson<Rotate>,
+) -> Result<Json<CreatedAccessKey>, ApiError> {
+    let ctx = caller.require(Role::Admin)?;
+    let grace = grace(&body)?;
+    let env = RelayEnvironment {
+        project,
+        environment,
+    };
+    app.store
+        .access_key_in(AccessKeyKind::Sdk, id, &env)
+        .await?;
+    Ok(Json(
+        app.store
+            .rotate_access_key(&ctx, AccessKeyKind::Sdk, id, grace)
+            .await?,
+    ))
+}
+
+/// Revokes an SDK key.
+#[utoipa::path(delete, path = "/api/v1/projects/{project}/environments/{environment}/sdk-keys/{id}", tag = "keys",
+    params(("project" = String, Path, description = "Project key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("id" = i64, Path, description = "Key id")),
+    responses((status = 200, body = AccessKeyView), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn revoke_sdk_key(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, environment, id)): Path<(String, String, i64)>,
+) -> Result<Json<AccessKeyView>, ApiError> {
+    let ctx = caller.require(Role::Admin)?;
+    let env = RelayEnvironment {
+        project,
+        environment,
+    };
+    app.store
+        .access_key_in(AccessKeyKind::Sdk, id, &env)
+        .await?;
+    Ok(Json(
+        app.store
+            .revoke_access_key(&ctx, AccessKeyKind::Sdk, id)
+            .await?,
+    ))
+}
+
+/// A request to create a relay key.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub(crate) struct CreateRelayKey {
+    /// Name, e.g. the relay's cluster.
+    name: String,
+    /// The environments the relay may serve.
+    environments: Vec<RelayEnvironment>,
+}
+
+/// Creates a relay key for a set of environments. Its secret is in the response, and only
+/// there.
+#[utoipa::path(post, path = "/api/v1/relay-keys", tag = "keys", request_body = CreateRelayKey,
+    responses((status = 201, body = CreatedAccessKey), (status = 403, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn create_relay_key(
+    State(app): State<AppState>,
+    caller: Caller,
+    StrictJson(body): StrictJson<CreateRelayKey>,
+) -> Result<Created<CreatedAccessKey>, ApiError> {
+    let ctx = caller.require(Role::Admin)?;
+    let created = app
+        .store
+        .create_access_key(&ctx, AccessKeyKind::Relay, &body.name, &body.environments)
+        .await?;
+    Ok(Created {
+        location: format!("/api/v1/relay-keys/{}", created.key.id),
+        etag: None,
+        body: created,
+    })
+}
+
+/// Lists relay keys (masked).
+#[utoipa::path(get, path = "/api/v1/relay-keys", tag = "keys",
+    responses((status = 200, body = Vec<AccessKeyView>), (status = 403, body = Problem)))]
+pub(crate) async fn list_relay_keys(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<AccessKeyView>>, ApiError> {
+    caller.check(Role::Admin)?;
+    Ok(Json(
+        app.store
+            .list_access_keys(AccessKeyKind::Relay, None)
+            .await?,
+    ))
+}
+
+/// Issues a new secret for a relay key, optionally keeping the old one valid for a while.
+#[utoipa::path(post, path = "/api/v1/relay-keys/{id}/rotate", tag = "keys",
+    params(("id" = i64, Path, description = "Key id")),
+    request_body = Rotate,
+    responses((status = 200, body = CreatedAccessKey), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn rotate_relay_key(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    StrictJson(body): StrictJson<Rotate>,
+) -> Result<Json<CreatedAccessKey>, ApiError> {
+    let ctx = caller.require(Role::Admin)?;
+    let grace = grace(&body)?;
+    Ok(Json(
+        app.store
+            .rotate_access_key(&ctx, AccessKeyKind::Relay, id, grace)
+            .await?,
+    ))
+}
+
+/// Revokes a relay key.
+#[utoipa::path(delete, path = "/api/v1/relay-keys/{id}", tag = "keys",
+    params(("id" = i64, Path, description = "Key id")),
+    responses((status = 200, body = AccessKeyView), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn revoke_relay_key(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<AccessKeyView>, ApiError> {
+    let ctx = caller.require(Role::Admin)?;
+    Ok(Json(
+        app.store
+            .revoke_access_key(&ctx, AccessKeyKind::Relay, id)
+            .await?,
+    ))
+}

@@ -1,0 +1,314 @@
+//! `/api/v1/projects/{project}/flags`: definitions, per-environment configurations, history,
+//! rollback, archiving and the kill switch.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use vexil_schema::{FlagConfig, FlagDefinition};
+
+use super::{Created, PageQuery, Tagged};
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::error::{ApiError, Problem};
+use crate::extract::{Caller, IfMatch, StrictJson};
+use crate::openapi::{FlagConfigDoc, FlagDefinitionDoc};
+use crate::store::{
+    ConfigPatch, FlagConfigView, FlagFilter, FlagSummary, FlagVersion, FlagView, KillResult, Page,
+};
+
+/// Creates a flag; it gets a configuration in every environment of the project: off,
+/// serving its default variation (`false` for booleans, else the first), with a fresh salt.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags", tag = "flags",
+    params(("project" = String, Path, description = "Project key")),
+    request_body = FlagDefinitionDoc,
+    responses((status = 201, body = FlagView), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn create_flag(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    StrictJson(body): StrictJson<FlagDefinition>,
+) -> Result<Created<FlagView>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    let view = app.store.create_flag(&ctx, &project, body).await?;
+    Ok(Created {
+        location: format!("/api/v1/projects/{project}/flags/{}", view.definition.key),
+        etag: Some(view.version.unsigned_abs()),
+        body: view,
+    })
+}
+
+/// Lists flags by key, filtered by tag (`tag`), text in key or name (`q`) and archived state.
+#[utoipa::path(get, path = "/api/v1/projects/{project}/flags", tag = "flags",
+    params(("project" = String, Path, description = "Project key"), FlagFilter),
+    responses((status = 200, body = Page<FlagSummary>), (status = 404, body = Problem)))]
+pub(crate) async fn list_flags(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    Query(filter): Query<FlagFilter>,
+) -> Result<Json<Page<FlagSummary>>, ApiError> {
+    caller.check(Role::Viewer)?;
+    Ok(Json(app.store.list_flags(&project, &filter).await?))
+}
+
+/// A flag: definition and configuration in every environment. `ETag`: the definition version.
+#[utoipa::path(get, path = "/api/v1/projects/{project}/flags/{flag}", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key")),
+    responses((status = 200, body = FlagView), (status = 404, body = Problem)))]
+pub(crate) async fn get_flag(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag)): Path<(String, String)>,
+) -> Result<Tagged<FlagView>, ApiError> {
+    caller.check(Role::Viewer)?;
+    let view = app.store.get_flag(&project, &flag).await?;
+    Ok(Tagged {
+        etag: view.version.unsigned_abs(),
+        body: view,
+    })
+}
+
+/// Replaces a flag's definition (the key cannot change). Every configuration must stay
+/// valid against it. Honours `If-Match` with the definition version.
+#[utoipa::path(put, path = "/api/v1/projects/{project}/flags/{flag}", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("If-Match" = Option<String>, Header, description = "Definition version, e.g. \"3\"")),
+    request_body = FlagDefinitionDoc,
+    responses((status = 200, body = FlagView), (status = 404, body = Problem),
+              (status = 412, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn update_flag(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag)): Path<(String, String)>,
+    IfMatch(if_match): IfMatch,
+    StrictJson(body): StrictJson<FlagDefinition>,
+) -> Result<Tagged<FlagView>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    let view = app
+        .store
+        .update_definition(&ctx, &project, &flag, body, if_match)
+        .await?;
+    Ok(Tagged {
+        etag: view.version.unsigned_abs(),
+        body: view,
+    })
+}
+
+/// Deletes a flag. 409 while another flag names it as a prerequisite (listed in
+/// `blockers`).
+#[utoipa::path(delete, path = "/api/v1/projects/{project}/flags/{flag}", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key")),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn delete_flag(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    app.store.delete_flag(&ctx, &project, &flag).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Archives a flag: SDKs stop receiving it and its configurations are frozen. 409 while
+/// live flags require it.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags/{flag}/archive", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key")),
+    responses((status = 200, body = FlagView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn archive_flag(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag)): Path<(String, String)>,
+) -> Result<Json<FlagView>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    Ok(Json(
+        app.store.set_archived(&ctx, &project, &flag, true).await?,
+    ))
+}
+
+/// Unarchives a flag. 422 if a configuration no longer validates (e.g. a prerequisite was
+/// deleted meanwhile).
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags/{flag}/unarchive", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key")),
+    responses((status = 200, body = FlagView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn unarchive_flag(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag)): Path<(String, String)>,
+) -> Result<Json<FlagView>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    Ok(Json(
+        app.store.set_archived(&ctx, &project, &flag, false).await?,
+    ))
+}
+
+/// Kill switch: turns the flag off in every environment of its project in one transaction.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags/{flag}/kill", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key")),
+    responses((status = 200, body = KillResult), (status = 404, body = Problem)))]
+pub(crate) async fn kill_flag(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag)): Path<(String, String)>,
+) -> Result<Json<KillResult>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    Ok(Json(app.store.kill_flag(&ctx, &project, &flag).await?))
+}
+
+/// A flag's configuration in one environment. `ETag`: the configuration version.
+#[utoipa::path(get, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key")),
+    responses((status = 200, body = FlagConfigDoc), (status = 404, body = Problem)))]
+pub(crate) async fn get_config(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+) -> Result<Tagged<FlagConfig>, ApiError> {
+    caller.check(Role::Viewer)?;
+    let cfg = app.store.get_config(&project, &flag, &environment).await?;
+    Ok(Tagged {
+        etag: cfg.version,
+        body: cfg,
+    })
+}
+
+/// Replaces a flag's configuration in one environment. `version` is assigned by the server;
+/// an empty `salt` keeps the current one. Honours `If-Match` with the configuration version.
+#[utoipa::path(put, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("If-Match" = Option<String>, Header, description = "Configuration version, e.g. \"3\"")),
+    request_body = FlagConfigDoc,
+    responses((status = 200, body = FlagConfigView), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn put_config(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+    IfMatch(if_match): IfMatch,
+    StrictJson(body): StrictJson<FlagConfig>,
+) -> Result<Tagged<FlagConfigView>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    let view = app
+        .store
+        .put_config(&ctx, &project, &flag, &environment, body, if_match)
+        .await?;
+    Ok(Tagged {
+        etag: view.config.version,
+        body: view,
+    })
+}
+
+/// Changes the named fields of a flag's configuration in one environment (e.g.
+/// `{"on": true}`). Honours `If-Match` with the configuration version.
+#[utoipa::path(patch, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("If-Match" = Option<String>, Header, description = "Configuration version, e.g. \"3\"")),
+    request_body = ConfigPatch,
+    responses((status = 200, body = FlagConfigView), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn patch_config(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+    IfMatch(if_match): IfMatch,
+    StrictJson(body): StrictJson<ConfigPatch>,
+) -> Result<Tagged<FlagConfigView>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    let view = app
+        .store
+        .patch_config(&ctx, &project, &flag, &environment, body, if_match)
+        .await?;
+    Ok(Tagged {
+        etag: view.config.version,
+        body: view,
+    })
+}
+
+/// The versions of a flag's configuration in one environment, newest first.
+#[utoipa::path(get, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/versions", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key"), PageQuery),
+    responses((status = 200, body = Page<FlagVersion>), (status = 404, body = Problem)))]
+pub(crate) async fn list_versions(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Page<FlagVersion>>, ApiError> {
+    caller.check(Role::Viewer)?;
+    Ok(Json(
+        app.store
+            .list_versions(&project, &flag, &environment, q.cursor.as_deref(), q.limit)
+            .await?,
+    ))
+}
+
+/// One version of a flag's configuration in one environment.
+#[utoipa::path(get, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/versions/{version}", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("version" = u64, Path, description = "Configuration version")),
+    responses((status = 200, body = FlagVersion), (status = 404, body = Problem)))]
+pub(crate) async fn get_version(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag, environment, version)): Path<(String, String, String, u64)>,
+) -> Result<Json<FlagVersion>, ApiError> {
+    caller.check(Role::Viewer)?;
+    Ok(Json(
+        app.store
+            .get_version(&project, &flag, &environment, version)
+            .await?,
+    ))
+}
+
+/// A rollback request.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub(crate) struct RollbackRequest {
+    /// The configuration version to restore.
+    version: u64,
+}
+
+/// Restores an earlier version of a flag's configuration as a new version (audited like any
+/// change). 422 if it no longer validates against the current definition.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/rollback", tag = "flags",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("If-Match" = Option<String>, Header, description = "Current configuration version")),
+    request_body = RollbackRequest,
+    responses((status = 200, body = FlagConfigView), (status = 404, body = Problem),
+              (status = 412, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn rollback(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+    IfMatch(if_match): IfMatch,
+    StrictJson(body): StrictJson<RollbackRequest>,
+) -> Result<Tagged<FlagConfigView>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    let view = app
+        .store
+        .rollback_config(&ctx, &project, &flag, &environment, body.version, if_match)
+        .await?;
+    Ok(Tagged {
+        etag: view.config.version,
+        body: view,
+    })
+}

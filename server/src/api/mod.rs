@@ -1,0 +1,172 @@
+//! The `/api/v1` routes, one module per resource, collected with their OpenAPI descriptions.
+//!
+//! Every route needs an API token (see [`crate::middleware::authenticate`]); reads need the
+//! viewer role, writes to projects, environments, flags and segments the editor role, and
+//! tokens and keys the admin role. `POST`s honour `Idempotency-Key`.
+
+mod admin;
+mod audit;
+mod environments;
+mod evaluate;
+mod explain;
+mod flags;
+mod projects;
+mod segments;
+
+use axum::Json;
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::extract::{Caller, etag};
+use crate::middleware;
+use crate::openapi::ApiDoc;
+
+pub use evaluate::{
+    EvaluateBatchRequest, EvaluateBatchResponse, EvaluateRequest, EvaluateResponse,
+};
+pub use explain::{ExplainRequest, ExplainResponse};
+
+/// Builds the API router (with authentication and idempotency) and the Swagger UI router
+/// serving `/api/v1/openapi.json` and `/api/v1/docs`.
+pub fn routes(state: AppState) -> (Router, Router) {
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(projects::create_project, projects::list_projects))
+        .routes(routes!(
+            projects::get_project,
+            projects::update_project,
+            projects::delete_project
+        ))
+        .routes(routes!(
+            environments::create_environment,
+            environments::list_environments
+        ))
+        .routes(routes!(
+            environments::get_environment,
+            environments::update_environment,
+            environments::delete_environment
+        ))
+        .routes(routes!(environments::get_snapshot))
+        .routes(routes!(environments::get_changes))
+        .routes(routes!(flags::create_flag, flags::list_flags))
+        .routes(routes!(
+            flags::get_flag,
+            flags::update_flag,
+            flags::delete_flag
+        ))
+        .routes(routes!(flags::archive_flag))
+        .routes(routes!(flags::unarchive_flag))
+        .routes(routes!(flags::kill_flag))
+        .routes(routes!(
+            flags::get_config,
+            flags::put_config,
+            flags::patch_config
+        ))
+        .routes(routes!(flags::list_versions))
+        .routes(routes!(flags::get_version))
+        .routes(routes!(flags::rollback))
+        .routes(routes!(segments::create_segment, segments::list_segments))
+        .routes(routes!(
+            segments::get_segment,
+            segments::put_segment,
+            segments::delete_segment
+        ))
+        .routes(routes!(audit::query_audit))
+        .routes(routes!(admin::create_token, admin::list_tokens))
+        .routes(routes!(admin::revoke_token))
+        .routes(routes!(admin::create_sdk_key, admin::list_sdk_keys))
+        .routes(routes!(admin::rotate_sdk_key))
+        .routes(routes!(admin::revoke_sdk_key))
+        .routes(routes!(admin::create_relay_key, admin::list_relay_keys))
+        .routes(routes!(admin::rotate_relay_key))
+        .routes(routes!(admin::revoke_relay_key))
+        .routes(routes!(evaluate::evaluate))
+        .routes(routes!(evaluate::evaluate_batch))
+        .routes(routes!(explain::explain))
+        .routes(routes!(whoami))
+        .split_for_parts();
+    let api = router
+        .layer(from_fn_with_state(state.clone(), middleware::idempotency))
+        .layer(from_fn_with_state(state.clone(), middleware::authenticate))
+        .with_state(state);
+    let swagger = SwaggerUi::new("/api/v1/docs")
+        .url("/api/v1/openapi.json", openapi)
+        .into();
+    (api, swagger)
+}
+
+/// A `201 Created` response with `Location` and optionally `ETag`.
+pub(crate) struct Created<T> {
+    pub location: String,
+    pub etag: Option<u64>,
+    pub body: T,
+}
+
+impl<T: Serialize> IntoResponse for Created<T> {
+    fn into_response(self) -> Response {
+        let mut res = (StatusCode::CREATED, Json(self.body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&self.location) {
+            res.headers_mut().insert(header::LOCATION, v);
+        }
+        if let Some(v) = self.etag.and_then(|e| HeaderValue::from_str(&etag(e)).ok()) {
+            res.headers_mut().insert(header::ETAG, v);
+        }
+        res
+    }
+}
+
+/// A `200 OK` JSON response with an `ETag`.
+pub(crate) struct Tagged<T> {
+    pub etag: u64,
+    pub body: T,
+}
+
+impl<T: Serialize> IntoResponse for Tagged<T> {
+    fn into_response(self) -> Response {
+        let mut res = Json(self.body).into_response();
+        if let Ok(v) = HeaderValue::from_str(&etag(self.etag)) {
+            res.headers_mut().insert(header::ETAG, v);
+        }
+        res
+    }
+}
+
+/// Page parameters.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+pub(crate) struct PageQuery {
+    /// Cursor from the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size (1–500, default 50).
+    pub limit: Option<u32>,
+}
+
+/// Who the caller is.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct WhoAmI {
+    /// Token name.
+    name: String,
+    /// Role.
+    role: Role,
+    /// Token id.
+    token_id: Option<i64>,
+}
+
+/// The caller's identity and role.
+#[utoipa::path(get, path = "/api/v1/me", tag = "tokens",
+    responses((status = 200, body = WhoAmI), (status = 401, body = crate::error::Problem)))]
+pub(crate) async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    let a = caller.0.actor;
+    Json(WhoAmI {
+        name: a.name,
+        role: a.role,
+        token_id: a.token_id,
+    })
+}

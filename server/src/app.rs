@@ -1,0 +1,237 @@
+//! Start-up and serving: open and migrate the database, bootstrap the admin token, build the
+//! router with its middleware, serve until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Request, StatusCode};
+use axum::middleware::from_fn;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use vexil_relay::{Hub, HubConfig};
+
+use crate::config::Config;
+use crate::db::{Db, DbOptions};
+use crate::feed::Feed;
+use crate::store::{Store, StoreError};
+use crate::{api, distribution, middleware};
+
+/// What every handler shares. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The storage handle.
+    pub store: Store,
+    /// The configuration the server was started with.
+    pub config: Arc<Config>,
+    /// The change feed: in-memory compiled snapshots and the stream hub.
+    pub feed: Feed,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The database could not be opened.
+    #[error("cannot open the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// Migrations failed.
+    #[error("cannot migrate the database: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The bootstrap admin token could not be created.
+    #[error("cannot create the bootstrap admin token: {0}")]
+    Bootstrap(#[source] StoreError),
+    /// The environments could not be loaded into memory.
+    #[error("cannot load the environments: {0}")]
+    Load(#[source] StoreError),
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A server ready to serve: database open and migrated, admin token bootstrapped.
+#[derive(Debug)]
+pub struct Server {
+    state: AppState,
+    /// The admin token generated at this start, if one was (shown once, then only its hash
+    /// is kept).
+    generated_admin_token: Option<String>,
+}
+
+impl Server {
+    /// Opens and migrates the database and bootstraps the admin token.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let db = Db::connect(&DbOptions {
+            url: config.database_url.clone(),
+            max_connections: config.database_max_connections,
+        })
+        .await
+        .map_err(StartError::Connect)?;
+        db.migrate().await.map_err(StartError::Migrate)?;
+        let store = Store::new(db);
+        let generated_admin_token = store
+            .bootstrap_admin(config.bootstrap_token.as_deref())
+            .await
+            .map_err(StartError::Bootstrap)?;
+        let hub = Hub::new(HubConfig::default().ring_capacity(config.stream_ring_capacity));
+        let feed = Feed::load(store.clone(), hub, config.feed_config())
+            .await
+            .map_err(StartError::Load)?;
+        Ok(Self {
+            state: AppState {
+                store,
+                config: Arc::new(config),
+                feed,
+            },
+            generated_admin_token,
+        })
+    }
+
+    /// The admin token generated on this first start, if any.
+    pub fn generated_admin_token(&self) -> Option<&str> {
+        self.generated_admin_token.as_deref()
+    }
+
+    /// The storage handle.
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// The change feed (in-memory snapshots and the stream hub).
+    pub fn feed(&self) -> &Feed {
+        &self.state.feed
+    }
+
+    /// The router, with every route and middleware.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, with the change feed running. Then
+    /// closes SDK and relay streams (spread over the drain window), finishes in-flight
+    /// requests, stops the feed and closes the database pool.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let app = self.router();
+        let store = self.state.store.clone();
+        let purge = tokio::spawn(purge_idempotency_keys(store.clone()));
+        let feed = self.state.feed.start();
+        let hub = self.state.feed.hub().clone();
+        let drain = Duration::from_millis(self.state.config.drain_ms);
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                hub.shutdown(drain).await;
+            })
+            .await
+            .map_err(StartError::Serve);
+        purge.abort();
+        feed.stop().await;
+        store.db().close().await;
+        result
+    }
+}
+
+/// Builds the server from `config` and serves on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    Server::build(config).await?.serve(listener, shutdown).await
+}
+
+/// Deletes expired idempotency records every hour. Owned by [`Server::serve`], aborted when
+/// it returns.
+async fn purge_idempotency_keys(store: Store) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match store.purge_idempotency_keys().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "expired idempotency keys deleted"),
+            Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
+        }
+    }
+}
+
+/// `/healthz`: the process is alive.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `/readyz`: the database answers and every migration is applied.
+async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
+    match app.store.db().ready().await {
+        Ok(true) => (StatusCode::OK, "ready"),
+        Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "migrations pending"),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+        }
+    }
+}
+
+/// The problem+json layer, except on the SDK, relay and OFREP endpoints, which answer in
+/// their own formats (OFREP's JSON errors, bodiless 401s).
+async fn problem_context_outside_distribution(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if distribution::is_distribution_path(req.uri().path()) {
+        next.run(req).await
+    } else {
+        middleware::problem_context(req, next).await
+    }
+}
+
+/// Builds the whole router for `state`.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let (api, swagger) = api::routes(state.clone());
+    let public: Router<AppState> = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    let control = Router::new()
+        .merge(public.with_state(state.clone()))
+        .merge(api.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            distribution::settle_writes,
+        )))
+        .merge(swagger)
+        .layer(DefaultBodyLimit::max(max_body));
+    Router::new()
+        .merge(control)
+        .merge(distribution::routes(&state))
+        .layer(from_fn(problem_context_outside_distribution))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        request_id = %request_id,
+                        actor = tracing::field::Empty,
+                    )
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}

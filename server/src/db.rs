@@ -1,0 +1,604 @@
+//! A thin, dialect-neutral layer over the two sqlx drivers.
+//!
+//! The store's SQL is written once, with `$1`-style placeholders that both PostgreSQL and
+//! SQLite accept, and run through [`Conn`], which binds [`Arg`]s to whichever driver is in use
+//! and decodes rows with `FromRow` (derived row types decode from either driver). sqlx's `Any`
+//! driver would do the same but lacks JSON and PostgreSQL-specific features (`LISTEN`,
+//! `FOR UPDATE`) that later work needs, so the two pools stay concrete.
+//!
+//! Where the dialects differ ([`Conn::lock_environment`], transaction start, times), the
+//! difference lives here.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::types::Json;
+use sqlx::{FromRow, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
+use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+
+/// Which database engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL: the production system of record.
+    Postgres,
+    /// Embedded SQLite: the zero-setup default.
+    Sqlite,
+}
+
+/// A connection pool to either engine.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// PostgreSQL pool.
+    Postgres(PgPool),
+    /// SQLite pool, with the signal its write transactions raise after committing.
+    Sqlite(SqlitePool, Commits),
+}
+
+/// Counts the write transactions committed through one SQLite [`Db`], so that in-process
+/// readers (the change feed) wake after each commit: SQLite has no `LISTEN`/`NOTIFY`.
+#[derive(Debug, Clone)]
+pub struct Commits(std::sync::Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Commits {
+    fn new() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::channel(0).0))
+    }
+
+    /// A receiver that sees the commit count change after every committed write
+    /// transaction.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+
+    fn committed(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A query argument, bound to either driver with the right SQL type.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    I64(i64),
+    OptI64(Option<i64>),
+    Text(String),
+    OptText(Option<String>),
+    Bool(bool),
+    OptBool(Option<bool>),
+    Json(Value),
+    OptJson(Option<Value>),
+    Time(OffsetDateTime),
+    OptTime(Option<OffsetDateTime>),
+    Bytes(Vec<u8>),
+    OptBytes(Option<Vec<u8>>),
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Self {
+        Arg::I64(v)
+    }
+}
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Self {
+        Arg::OptI64(v)
+    }
+}
+impl From<String> for Arg {
+    fn from(v: String) -> Self {
+        Arg::Text(v)
+    }
+}
+impl From<&str> for Arg {
+    fn from(v: &str) -> Self {
+        Arg::Text(v.to_owned())
+    }
+}
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Self {
+        Arg::OptText(v)
+    }
+}
+impl From<Option<&str>> for Arg {
+    fn from(v: Option<&str>) -> Self {
+        Arg::OptText(v.map(str::to_owned))
+    }
+}
+impl From<bool> for Arg {
+    fn from(v: bool) -> Self {
+        Arg::Bool(v)
+    }
+}
+impl From<Value> for Arg {
+    fn from(v: Value) -> Self {
+        Arg::Json(v)
+    }
+}
+impl From<Option<Value>> for Arg {
+    fn from(v: Option<Value>) -> Self {
+        Arg::OptJson(v)
+    }
+}
+impl From<OffsetDateTime> for Arg {
+    fn from(v: OffsetDateTime) -> Self {
+        Arg::Time(v)
+    }
+}
+impl From<Option<OffsetDateTime>> for Arg {
+    fn from(v: Option<OffsetDateTime>) -> Self {
+        Arg::OptTime(v)
+    }
+}
+impl From<Vec<u8>> for Arg {
+    fn from(v: Vec<u8>) -> Self {
+        Arg::Bytes(v)
+    }
+}
+impl From<Option<Vec<u8>>> for Arg {
+    fn from(v: Option<Vec<u8>>) -> Self {
+        Arg::OptBytes(v)
+    }
+}
+
+/// Builds a `Vec<Arg>` from values convertible into [`Arg`].
+macro_rules! args {
+    ($($v:expr),* $(,)?) => { vec![$($crate::db::Arg::from($v)),*] };
+}
+pub(crate) use args;
+
+/// SQLite stores times as text and compares them as text, so every time is written in one
+/// fixed-width UTC form (RFC 3339 with exactly six fractional digits). sqlx reads it back as
+/// RFC 3339.
+const SQLITE_TIME: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+fn sqlite_time(t: OffsetDateTime) -> String {
+    let utc = t.to_offset(time::UtcOffset::UTC);
+    // Formatting a valid UTC date-time with a fixed description cannot fail for years 0..=9999.
+    utc.format(SQLITE_TIME)
+        .unwrap_or_else(|_| utc.unix_timestamp().to_string())
+}
+
+/// The current time, truncated to microseconds (the precision both engines store).
+pub(crate) fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    let micros = t.microsecond();
+    t.replace_microsecond(micros).unwrap_or(t)
+}
+
+type PgQuery = sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>;
+type LiteQuery = sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments>;
+type PgQueryAs<T> = sqlx::query::QueryAs<'static, Postgres, T, sqlx::postgres::PgArguments>;
+type LiteQueryAs<T> = sqlx::query::QueryAs<'static, Sqlite, T, sqlx::sqlite::SqliteArguments>;
+
+fn bind_pg(mut q: PgQuery, args: Vec<Arg>) -> PgQuery {
+    for a in args {
+        q = match a {
+            Arg::I64(v) => q.bind(v),
+            Arg::OptI64(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::OptText(v) => q.bind(v),
+            Arg::Bool(v) => q.bind(v),
+            Arg::OptBool(v) => q.bind(v),
+            Arg::Json(v) => q.bind(Json(v)),
+            Arg::OptJson(v) => q.bind(v.map(Json)),
+            Arg::Time(v) => q.bind(v),
+            Arg::OptTime(v) => q.bind(v),
+            Arg::Bytes(v) => q.bind(v),
+            Arg::OptBytes(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+fn bind_pg_as<T>(mut q: PgQueryAs<T>, args: Vec<Arg>) -> PgQueryAs<T> {
+    for a in args {
+        q = match a {
+            Arg::I64(v) => q.bind(v),
+            Arg::OptI64(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::OptText(v) => q.bind(v),
+            Arg::Bool(v) => q.bind(v),
+            Arg::OptBool(v) => q.bind(v),
+            Arg::Json(v) => q.bind(Json(v)),
+            Arg::OptJson(v) => q.bind(v.map(Json)),
+            Arg::Time(v) => q.bind(v),
+            Arg::OptTime(v) => q.bind(v),
+            Arg::Bytes(v) => q.bind(v),
+            Arg::OptBytes(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+fn json_text(v: &Value) -> String {
+    // Serialising a `Value` cannot fail: every key is a string.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn bind_lite(mut q: LiteQuery, args: Vec<Arg>) -> LiteQuery {
+    for a in args {
+        q = match a {
+            Arg::I64(v) => q.bind(v),
+            Arg::OptI64(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::OptText(v) => q.bind(v),
+            Arg::Bool(v) => q.bind(v),
+            Arg::OptBool(v) => q.bind(v),
+            Arg::Json(v) => q.bind(json_text(&v)),
+            Arg::OptJson(v) => q.bind(v.as_ref().map(json_text)),
+            Arg::Time(v) => q.bind(sqlite_time(v)),
+            Arg::OptTime(v) => q.bind(v.map(sqlite_time)),
+            Arg::Bytes(v) => q.bind(v),
+            Arg::OptBytes(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+fn bind_lite_as<T>(mut q: LiteQueryAs<T>, args: Vec<Arg>) -> LiteQueryAs<T> {
+    for a in args {
+        q = match a {
+            Arg::I64(v) => q.bind(v),
+            Arg::OptI64(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::OptText(v) => q.bind(v),
+            Arg::Bool(v) => q.bind(v),
+            Arg::OptBool(v) => q.bind(v),
+            Arg::Json(v) => q.bind(json_text(&v)),
+            Arg::OptJson(v) => q.bind(v.as_ref().map(json_text)),
+            Arg::Time(v) => q.bind(sqlite_time(v)),
+            Arg::OptTime(v) => q.bind(v.map(sqlite_time)),
+            Arg::Bytes(v) => q.bind(v),
+            Arg::OptBytes(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+/// A row type that decodes from either driver.
+pub(crate) trait AnyRow:
+    for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin + 'static
+{
+}
+impl<T> AnyRow for T where
+    T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin + 'static
+{
+}
+
+/// A borrowed connection (plain or inside a transaction) to either engine.
+pub(crate) enum Conn<'c> {
+    Pg(&'c mut PgConnection),
+    Lite(&'c mut SqliteConnection),
+}
+
+impl Conn<'_> {
+    /// Runs a statement, returning the number of rows affected.
+    pub(crate) async fn execute(
+        &mut self,
+        sql: &'static str,
+        args: Vec<Arg>,
+    ) -> Result<u64, sqlx::Error> {
+        match self {
+            Conn::Pg(c) => Ok(bind_pg(sqlx::query(sql), args)
+                .execute(&mut **c)
+                .await?
+                .rows_affected()),
+            Conn::Lite(c) => Ok(bind_lite(sqlx::query(sql), args)
+                .execute(&mut **c)
+                .await?
+                .rows_affected()),
+        }
+    }
+
+    /// Fetches at most one row.
+    pub(crate) async fn fetch_optional<T: AnyRow>(
+        &mut self,
+        sql: &'static str,
+        args: Vec<Arg>,
+    ) -> Result<Option<T>, sqlx::Error> {
+        match self {
+            Conn::Pg(c) => {
+                bind_pg_as(sqlx::query_as::<Postgres, T>(sql), args)
+                    .fetch_optional(&mut **c)
+                    .await
+            }
+            Conn::Lite(c) => {
+                bind_lite_as(sqlx::query_as::<Sqlite, T>(sql), args)
+                    .fetch_optional(&mut **c)
+                    .await
+            }
+        }
+    }
+
+    /// Fetches exactly one row.
+    pub(crate) async fn fetch_one<T: AnyRow>(
+        &mut self,
+        sql: &'static str,
+        args: Vec<Arg>,
+    ) -> Result<T, sqlx::Error> {
+        match self {
+            Conn::Pg(c) => {
+                bind_pg_as(sqlx::query_as::<Postgres, T>(sql), args)
+                    .fetch_one(&mut **c)
+                    .await
+            }
+            Conn::Lite(c) => {
+                bind_lite_as(sqlx::query_as::<Sqlite, T>(sql), args)
+                    .fetch_one(&mut **c)
+                    .await
+            }
+        }
+    }
+
+    /// Fetches every row.
+    pub(crate) async fn fetch_all<T: AnyRow>(
+        &mut self,
+        sql: &'static str,
+        args: Vec<Arg>,
+    ) -> Result<Vec<T>, sqlx::Error> {
+        match self {
+            Conn::Pg(c) => {
+                bind_pg_as(sqlx::query_as::<Postgres, T>(sql), args)
+                    .fetch_all(&mut **c)
+                    .await
+            }
+            Conn::Lite(c) => {
+                bind_lite_as(sqlx::query_as::<Sqlite, T>(sql), args)
+                    .fetch_all(&mut **c)
+                    .await
+            }
+        }
+    }
+
+    /// Takes the environment's write lock for the rest of the transaction and returns its
+    /// current data version. On PostgreSQL this is a row lock; SQLite transactions are
+    /// started with `BEGIN IMMEDIATE`, which already serialises writers.
+    pub(crate) async fn lock_environment(
+        &mut self,
+        environment_id: i64,
+    ) -> Result<i64, sqlx::Error> {
+        let row: (i64,) = match self {
+            Conn::Pg(_) => {
+                self.fetch_one(
+                    "SELECT version FROM environments WHERE id = $1 FOR UPDATE",
+                    args![environment_id],
+                )
+                .await?
+            }
+            Conn::Lite(_) => {
+                self.fetch_one(
+                    "SELECT version FROM environments WHERE id = $1",
+                    args![environment_id],
+                )
+                .await?
+            }
+        };
+        Ok(row.0)
+    }
+
+    /// Takes a flag's row lock (definition changes in a project with no environment still
+    /// need serialising).
+    pub(crate) async fn lock_flag(&mut self, flag_id: i64) -> Result<(), sqlx::Error> {
+        if let Conn::Pg(_) = self {
+            let _: Option<(i64,)> = self
+                .fetch_optional(
+                    "SELECT id FROM flags WHERE id = $1 FOR UPDATE",
+                    args![flag_id],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// An open write transaction on either engine.
+#[derive(Debug)]
+pub(crate) enum Tx {
+    Pg(sqlx::Transaction<'static, Postgres>),
+    /// A SQLite transaction and, for write transactions, the signal raised after commit.
+    Lite(sqlx::Transaction<'static, Sqlite>, Option<Commits>),
+}
+
+impl Tx {
+    /// The transaction's connection.
+    pub(crate) fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Tx::Pg(t) => Conn::Pg(&mut *t),
+            Tx::Lite(t, _) => Conn::Lite(&mut *t),
+        }
+    }
+
+    /// Commits.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Pg(t) => t.commit().await,
+            Tx::Lite(t, commits) => {
+                t.commit().await?;
+                if let Some(c) = commits {
+                    c.committed();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A pooled connection to either engine, for reads outside a transaction.
+pub(crate) enum Pooled {
+    Pg(sqlx::pool::PoolConnection<Postgres>),
+    Lite(sqlx::pool::PoolConnection<Sqlite>),
+}
+
+impl Pooled {
+    pub(crate) fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Pooled::Pg(c) => Conn::Pg(&mut *c),
+            Pooled::Lite(c) => Conn::Lite(&mut *c),
+        }
+    }
+}
+
+/// How to open a [`Db`].
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// `postgres://…`, `sqlite://path` or a bare file path (SQLite).
+    pub url: String,
+    /// Maximum pooled connections (PostgreSQL; SQLite uses a small fixed pool).
+    pub max_connections: u32,
+}
+
+impl Db {
+    /// Connects (creating a SQLite file if missing, in WAL mode) without migrating.
+    pub async fn connect(options: &DbOptions) -> Result<Self, sqlx::Error> {
+        let url = options.url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            Ok(Db::Postgres(pool))
+        } else {
+            let opts = if url.starts_with("sqlite:") {
+                SqliteConnectOptions::from_str(url)?
+            } else {
+                SqliteConnectOptions::new().filename(url)
+            };
+            let opts = opts
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(options.max_connections.clamp(1, 8))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            Ok(Db::Sqlite(pool, Commits::new()))
+        }
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Postgres(_) => Backend::Postgres,
+            Db::Sqlite(..) => Backend::Sqlite,
+        }
+    }
+
+    /// Applies the embedded migrations for this engine.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self {
+            Db::Postgres(p) => sqlx::migrate!("../schema/migrations/postgres").run(p).await,
+            Db::Sqlite(p, _) => sqlx::migrate!("../schema/migrations/sqlite").run(p).await,
+        }
+    }
+
+    /// Whether the database answers and every embedded migration is applied.
+    pub async fn ready(&self) -> Result<bool, sqlx::Error> {
+        let expected = match self {
+            Db::Postgres(_) => sqlx::migrate!("../schema/migrations/postgres")
+                .iter()
+                .map(|m| m.version)
+                .max(),
+            Db::Sqlite(..) => sqlx::migrate!("../schema/migrations/sqlite")
+                .iter()
+                .map(|m| m.version)
+                .max(),
+        };
+        let Some(expected) = expected else {
+            return Ok(true);
+        };
+        let mut c = self.acquire().await?;
+        let applied: Option<(i64,)> = c
+            .conn()
+            .fetch_optional(
+                "SELECT version FROM _sqlx_migrations WHERE version = $1 AND success",
+                args![expected],
+            )
+            .await?;
+        Ok(applied.is_some())
+    }
+
+    /// Borrows a pooled connection.
+    pub(crate) async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
+        Ok(match self {
+            Db::Postgres(p) => Pooled::Pg(p.acquire().await?),
+            Db::Sqlite(p, _) => Pooled::Lite(p.acquire().await?),
+        })
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE` on SQLite, so the write lock is taken
+    /// up front rather than failing on upgrade).
+    pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Postgres(p) => Tx::Pg(p.begin().await?),
+            Db::Sqlite(p, commits) => Tx::Lite(
+                p.begin_with("BEGIN IMMEDIATE").await?,
+                Some(commits.clone()),
+            ),
+        })
+    }
+
+    /// Starts a read-only transaction that sees one consistent state of the database
+    /// (`REPEATABLE READ` on PostgreSQL; a deferred transaction on SQLite, which in WAL mode
+    /// reads one snapshot).
+    pub(crate) async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Postgres(p) => Tx::Pg(
+                p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?,
+            ),
+            Db::Sqlite(p, _) => Tx::Lite(p.begin().await?, None),
+        })
+    }
+
+    /// The post-commit signal of a SQLite database (`None` on PostgreSQL, whose writers
+    /// notify with `NOTIFY`).
+    pub fn commits(&self) -> Option<&Commits> {
+        match self {
+            Db::Postgres(_) => None,
+            Db::Sqlite(_, c) => Some(c),
+        }
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Db::Postgres(p) => p.close().await,
+            Db::Sqlite(p, _) => p.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_times_are_fixed_width_and_sort_as_text() {
+        let a = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let b = a + time::Duration::microseconds(1);
+        let c = a + time::Duration::milliseconds(500);
+        let (sa, sb, sc) = (sqlite_time(a), sqlite_time(b), sqlite_time(c));
+        assert_eq!(sa, "2023-11-14T22:13:20.000000Z");
+        assert_eq!(sa.len(), sb.len());
+        assert!(sa < sb && sb < sc);
+        let back =
+            OffsetDateTime::parse(&sb, &time::format_description::well_known::Rfc3339).unwrap();
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn now_is_truncated_to_microseconds() {
+        assert_eq!(now().nanosecond() % 1_000, 0);
+    }
+}

@@ -1,0 +1,365 @@
+//! The API's one error type, [`ApiError`], and its RFC 9457 `application/problem+json` form.
+//!
+//! Every handler returns `Result<_, ApiError>`; [`StoreError`]s convert into it here, in one
+//! place. Server errors are logged once (inside the request's span, so with its request id)
+//! and their bodies say nothing internal. The `problem_context` middleware in
+//! [`crate::middleware`] then adds the request path and id to every problem, and turns the
+//! framework's own plain-text rejections (unknown route, wrong method, bad query string,
+//! oversized body) into problems too.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use vexil_schema::validate::ValidationErrors;
+
+use crate::auth::Role;
+use crate::store::StoreError;
+
+/// The media type of problem details.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// One field-level error in a problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldProblem {
+    /// Path of the field in the request body, e.g. `rules[0].clauses[1].op`; empty for the
+    /// body as a whole.
+    pub path: String,
+    /// Stable rule code, e.g. `variation_index`, `unknown_field`, `invalid_type`.
+    pub rule: String,
+    /// A sentence for a human.
+    pub message: String,
+}
+
+/// An RFC 9457 problem details document.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem (`urn:vexil:problem:<slug>`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong in this case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The request path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The request id (also in the `x-request-id` header): quote it when reporting a problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Field errors, for validation problems.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
+    /// What stands in the way, for conflicts (e.g. the flags requiring this one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blockers: Vec<String>,
+    /// The current version, for failed preconditions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+}
+
+impl Problem {
+    /// A problem of kind `slug` with the standard title for `status`.
+    pub fn new(status: StatusCode, slug: &str, detail: Option<String>) -> Self {
+        Self {
+            kind: format!("urn:vexil:problem:{slug}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            instance: None,
+            request_id: None,
+            errors: Vec::new(),
+            blockers: Vec::new(),
+            current_version: None,
+        }
+    }
+
+    /// Renders the problem as a response.
+    pub fn into_response_with_status(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut res = (status, body).into_response();
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"vexil\""),
+            );
+        }
+        res.extensions_mut().insert(self);
+        res
+    }
+}
+
+/// Everything an API request can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request is malformed (bad JSON syntax, bad header, bad cursor).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No credentials, or credentials that are not a live API token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller's role does not allow this.
+    #[error("this needs the {0:?} role")]
+    Forbidden(Role),
+    /// No such resource.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A resource with that key already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The change conflicts with the current state.
+    #[error("{message}")]
+    Conflict {
+        /// What conflicts.
+        message: String,
+        /// What stands in the way.
+        blockers: Vec<String>,
+    },
+    /// `If-Match` names a stale version.
+    #[error("version mismatch: current is {current}")]
+    PreconditionFailed {
+        /// The current version.
+        current: u64,
+    },
+    /// The body is larger than the configured limit.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The body is not JSON.
+    #[error("expected an application/json body")]
+    UnsupportedMediaType,
+    /// The body is well-formed but breaks rules; each error names a field path.
+    #[error("{detail}")]
+    Unprocessable {
+        /// Summary.
+        detail: String,
+        /// Field errors.
+        errors: Vec<FieldProblem>,
+    },
+    /// An idempotency key was reused with a different request.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyMismatch,
+    /// The first request with an idempotency key is still running.
+    #[error("a request with this idempotency key is still in progress")]
+    IdempotencyInProgress,
+    /// A dependency (the database) is unavailable.
+    #[error("service unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Anything else: logged, never shown.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    /// An internal error from any cause.
+    pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ApiError::Internal(Box::new(e))
+    }
+
+    fn problem(&self) -> Problem {
+        use StatusCode as S;
+        match self {
+            ApiError::BadRequest(d) => Problem::new(S::BAD_REQUEST, "bad-request", Some(d.clone())),
+            ApiError::Unauthorized(d) => {
+                Problem::new(S::UNAUTHORIZED, "unauthorized", Some(d.clone()))
+            }
+            ApiError::Forbidden(role) => Problem::new(
+                S::FORBIDDEN,
+                "forbidden",
+                Some(format!(
+                    "this operation needs a token with the '{}' role or higher",
+                    role.as_str()
+                )),
+            ),
+            ApiError::NotFound(what) => {
+                Problem::new(S::NOT_FOUND, "not-found", Some(format!("{what} not found")))
+            }
+            ApiError::AlreadyExists(what) => Problem::new(
+                S::CONFLICT,
+                "already-exists",
+                Some(format!("{what} already exists")),
+            ),
+            ApiError::Conflict { message, blockers } => {
+                let mut p = Problem::new(S::CONFLICT, "conflict", Some(message.clone()));
+                p.blockers = blockers.clone();
+                p
+            }
+            ApiError::PreconditionFailed { current } => {
+                let mut p = Problem::new(
+                    S::PRECONDITION_FAILED,
+                    "precondition-failed",
+                    Some(format!(
+                        "the resource has changed since version given in If-Match; it is now at version {current}: fetch it and retry"
+                    )),
+                );
+                p.current_version = Some(*current);
+                p
+            }
+            ApiError::PayloadTooLarge => Problem::new(
+                S::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                Some("the request body is larger than the server accepts".into()),
+            ),
+            ApiError::UnsupportedMediaType => Problem::new(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                Some("send the body as JSON with 'Content-Type: application/json'".into()),
+            ),
+            ApiError::Unprocessable { detail, errors } => {
+                let mut p =
+                    Problem::new(S::UNPROCESSABLE_ENTITY, "validation", Some(detail.clone()));
+                p.errors = errors.clone();
+                p
+            }
+            ApiError::IdempotencyMismatch => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                Some("this Idempotency-Key was already used with a different request; use a new key for a new request".into()),
+            ),
+            ApiError::IdempotencyInProgress => Problem::new(
+                S::CONFLICT,
+                "idempotency-key-in-progress",
+                Some("the first request with this Idempotency-Key has not finished; retry shortly".into()),
+            ),
+            ApiError::Unavailable(_) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Some("the service cannot reach its database; retry shortly".into()),
+            ),
+            ApiError::Internal(_) => Problem::new(
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+                Some("an internal error occurred; it has been logged with this request's id".into()),
+            ),
+        }
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(e: ValidationErrors) -> Self {
+        let n = e.errors.len();
+        ApiError::Unprocessable {
+            detail: format!(
+                "the document breaks {n} validation rule{}",
+                if n == 1 { "" } else { "s" }
+            ),
+            errors: e
+                .errors
+                .into_iter()
+                .map(|f| FieldProblem {
+                    path: f.path,
+                    rule: f.rule.to_owned(),
+                    message: f.message,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    )
+}
+
+/// A row that was read a moment ago is gone, or a reference points at a deleted row: a
+/// concurrent deletion won the race.
+fn deleted_meanwhile(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::RowNotFound => true,
+        _ => e
+            .as_database_error()
+            .is_some_and(|d| d.is_foreign_key_violation()),
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(w) => ApiError::NotFound(w),
+            StoreError::AlreadyExists(w) => ApiError::AlreadyExists(w),
+            StoreError::Conflict { message, blockers } => ApiError::Conflict { message, blockers },
+            StoreError::PreconditionFailed { current } => ApiError::PreconditionFailed { current },
+            StoreError::Invalid(v) => v.into(),
+            StoreError::BadRequest(m) => {
+                let (path, message) = match m.split_once(": ") {
+                    Some((p, rest)) if !p.contains(' ') => (p.to_owned(), rest.to_owned()),
+                    _ => (String::new(), m.clone()),
+                };
+                ApiError::Unprocessable {
+                    detail: m,
+                    errors: vec![FieldProblem {
+                        path,
+                        rule: "invalid".into(),
+                        message,
+                    }],
+                }
+            }
+            StoreError::Database(e) if is_unavailable(&e) => ApiError::Unavailable(Box::new(e)),
+            StoreError::Database(e) if deleted_meanwhile(&e) => ApiError::Conflict {
+                message: "something this change refers to was deleted by a concurrent request; \
+                          re-read and retry"
+                    .into(),
+                blockers: Vec::new(),
+            },
+            other => ApiError::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, source = ?cause.source(), "request failed");
+            }
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+            }
+            _ => {}
+        }
+        self.problem().into_response_with_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_statuses() {
+        let cases: Vec<(StoreError, u16)> = vec![
+            (StoreError::NotFound("flag 'x'".into()), 404),
+            (StoreError::AlreadyExists("flag 'x'".into()), 409),
+            (StoreError::PreconditionFailed { current: 3 }, 412),
+            (StoreError::BadRequest("key: mismatch".into()), 422),
+            (StoreError::Corrupt("bad".into()), 500),
+            (StoreError::Database(sqlx::Error::PoolTimedOut), 503),
+            (StoreError::Database(sqlx::Error::RowNotFound), 409),
+        ];
+        for (e, status) in cases {
+            assert_eq!(ApiError::from(e).problem().status, status);
+        }
+    }
+
+    #[test]
+    fn internal_problems_reveal_nothing() {
+        let e = ApiError::from(StoreError::Corrupt("secret table xyz".into()));
+        let p = e.problem();
+        assert!(!serde_json::to_string(&p).unwrap().contains("xyz"));
+    }
+
+    #[test]
+    fn bad_request_messages_name_their_path() {
+        let e = ApiError::from(StoreError::BadRequest("key: keys cannot be changed".into()));
+        let p = e.problem();
+        assert_eq!(p.errors[0].path, "key");
+    }
+}

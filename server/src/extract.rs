@@ -1,0 +1,319 @@
+//! Request extractors whose rejections are [`ApiError`]s.
+//!
+//! - [`StrictJson`]: a JSON body that must match the type exactly. The model types tolerate
+//!   unknown fields (for SDK forward-compatibility); the API does not, so an unknown field, a
+//!   wrong type or a syntax error is reported with the JSON path where it happened.
+//! - [`IfMatch`]: the optional `If-Match` version.
+//! - [`Caller`]: the authenticated actor and request id, as a store `WriteContext`.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{Actor, Role};
+use crate::error::{ApiError, FieldProblem};
+use crate::store::WriteContext;
+
+/// A JSON body deserialised strictly: unknown fields are errors, every error names its path.
+#[derive(Debug, Clone)]
+pub struct StrictJson<T>(pub T);
+
+/// Renders a serde_ignored path as `rules[0].clauses[1].field`.
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    fn walk(p: &Path<'_>, out: &mut String) {
+        match p {
+            Path::Root => {}
+            Path::Seq { parent, index } => {
+                walk(parent, out);
+                out.push_str(&format!("[{index}]"));
+            }
+            Path::Map { parent, key } => {
+                walk(parent, out);
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Path::Some { parent }
+            | Path::NewtypeStruct { parent }
+            | Path::NewtypeVariant { parent } => walk(parent, out),
+        }
+    }
+    let mut out = String::new();
+    walk(path, &mut out);
+    out
+}
+
+/// Renders a serde_path_to_error path as `rules[0].clauses[1].field`.
+fn error_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Enum { variant } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(variant);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Deserialises `bytes` as `T`, rejecting unknown fields and naming the path of any error.
+pub fn parse_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut unknown = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
+    let result: Result<T, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        &mut de,
+        &mut on_unknown,
+    ));
+    let value = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let path = error_path(e.path());
+            let inner = e.into_inner();
+            return Err(match inner.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))
+                }
+                _ => {
+                    let message = strip_position(&inner.to_string());
+                    ApiError::Unprocessable {
+                        detail: if path.is_empty() {
+                            format!("the body does not match the expected shape: {message}")
+                        } else {
+                            format!("{path}: {message}")
+                        },
+                        errors: vec![FieldProblem {
+                            path,
+                            rule: "invalid_type".into(),
+                            message,
+                        }],
+                    }
+                }
+            });
+        }
+    };
+    if let Err(e) = de.end() {
+        return Err(ApiError::BadRequest(format!(
+            "the body is not valid JSON: {e}"
+        )));
+    }
+    if !unknown.is_empty() {
+        let errors: Vec<FieldProblem> = unknown
+            .into_iter()
+            .map(|path| FieldProblem {
+                message: format!(
+                    "unknown field '{}'",
+                    path.rsplit('.').next().unwrap_or(&path)
+                ),
+                path,
+                rule: "unknown_field".into(),
+            })
+            .collect();
+        return Err(ApiError::Unprocessable {
+            detail: format!(
+                "the body has {} unknown field{}: {}",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" },
+                errors
+                    .iter()
+                    .map(|e| e.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            errors,
+        });
+    }
+    Ok(value)
+}
+
+/// serde_json appends " at line L column C": useful for syntax errors, noise for type errors
+/// that already carry a path.
+fn strip_position(s: &str) -> String {
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_owned(),
+        None => s.to_owned(),
+    }
+}
+
+impl<S, T> FromRequest<S> for StrictJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest(format!("could not read the body: {rejection}"))
+            }
+        })?;
+        parse_strict(&bytes).map(StrictJson)
+    }
+}
+
+/// The version named by `If-Match` (`"12"`, `W/"12"` or `12`); `None` if absent or `*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IfMatch(pub Option<u64>);
+
+/// Parses an `If-Match`/`ETag` value into a version.
+pub fn parse_etag(value: &str) -> Option<u64> {
+    let v = value.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    let v = v.trim_matches('"');
+    v.parse().ok()
+}
+
+/// The `ETag` header value for a version.
+pub fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(header::IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let s = value
+            .to_str()
+            .map_err(|_| ApiError::BadRequest("If-Match: not a valid header value".into()))?;
+        if s.trim() == "*" {
+            return Ok(IfMatch(None));
+        }
+        parse_etag(s).map(|v| IfMatch(Some(v))).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "If-Match: expected an ETag from this API such as \"3\", got {s:?}"
+            ))
+        })
+    }
+}
+
+/// The authenticated caller, with the request id, ready to write.
+#[derive(Debug, Clone)]
+pub struct Caller(pub WriteContext);
+
+impl Caller {
+    /// The caller's context if its role includes `role`.
+    pub fn require(self, role: Role) -> Result<WriteContext, ApiError> {
+        if self.0.actor.can(role) {
+            Ok(self.0)
+        } else {
+            Err(ApiError::Forbidden(role))
+        }
+    }
+
+    /// Fails unless the caller's role includes `role`.
+    pub fn check(&self, role: Role) -> Result<(), ApiError> {
+        if self.0.actor.can(role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(role))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let actor = parts
+            .extensions
+            .get::<Actor>()
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("missing API token".into()))?;
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Caller(WriteContext { actor, request_id }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vexil_schema::FlagConfig;
+
+    #[test]
+    fn unknown_fields_are_reported_with_their_path() {
+        let body = br#"{"off_variation": 0, "fallthrough": {"variation": 0},
+                        "rules": [{"id": "r", "clauses": [], "serve": {"variation": 0}, "colour": 1}],
+                        "extra": true}"#;
+        let err = parse_strict::<FlagConfig>(body).unwrap_err();
+        let ApiError::Unprocessable { errors, .. } = err else {
+            panic!("{err:?}")
+        };
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["rules[0].colour", "extra"]);
+        assert!(errors.iter().all(|e| e.rule == "unknown_field"));
+    }
+
+    #[test]
+    fn type_errors_name_their_path() {
+        let body = br#"{"off_variation": 0, "fallthrough": {"variation": 0},
+                        "rules": [{"id": "r", "clauses": [{"attribute": "a", "op": "nope"}], "serve": {"variation": 0}}]}"#;
+        let err = parse_strict::<FlagConfig>(body).unwrap_err();
+        let ApiError::Unprocessable { errors, .. } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(errors[0].path, "rules[0].clauses[0].op");
+        assert_eq!(errors[0].rule, "invalid_type");
+    }
+
+    #[test]
+    fn syntax_errors_are_bad_requests() {
+        assert!(matches!(
+            parse_strict::<FlagConfig>(b"{\"on\": tru"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_strict::<FlagConfig>(
+                br#"{"off_variation": 0, "fallthrough": {"variation": 0}} x"#
+            ),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn etags_parse_in_every_common_form() {
+        assert_eq!(parse_etag("\"12\""), Some(12));
+        assert_eq!(parse_etag("W/\"12\""), Some(12));
+        assert_eq!(parse_etag("12"), Some(12));
+        assert_eq!(parse_etag("\"abc\""), None);
+        assert_eq!(etag(7), "\"7\"");
+    }
+}

@@ -1,0 +1,262 @@
+//! What every write to an environment shares: the version bump, the change-log row, the audit
+//! entry, the flag history row, and the validation index (cached per environment version).
+
+use std::sync::Arc;
+
+use tokio::sync::OwnedMutexGuard;
+
+use serde_json::Value;
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use vexil_schema::validate::EnvironmentIndex;
+use vexil_schema::{FlagConfig, FlagDefinition, Segment};
+
+use super::{Store, StoreError, WriteContext, decode};
+use crate::db::{Conn, args};
+
+/// Change-log operation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    Put,
+    Delete,
+}
+
+/// Change-log entity.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Entity {
+    Flag,
+    Segment,
+}
+
+/// Bumps an environment's data version and appends one change-log row per change. The caller
+/// holds the environment lock. Returns the new version.
+pub(crate) async fn record_changes(
+    conn: &mut Conn<'_>,
+    environment_id: i64,
+    changes: Vec<(Op, Entity, String, Option<Value>)>,
+    now: OffsetDateTime,
+) -> Result<i64, StoreError> {
+    let (version,): (i64,) = conn
+        .fetch_one(
+            "UPDATE environments SET version = version + 1 WHERE id = $1 RETURNING version",
+            args![environment_id],
+        )
+        .await?;
+    for (op, entity, key, payload) in changes {
+        let op = match op {
+            Op::Put => "put",
+            Op::Delete => "delete",
+        };
+        let entity = match entity {
+            Entity::Flag => "flag",
+            Entity::Segment => "segment",
+        };
+        conn.execute(
+            "INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            args![environment_id, version, op, entity, key, payload, now],
+        )
+        .await?;
+    }
+    Ok(version)
+}
+
+/// One audit entry to append.
+#[derive(Debug)]
+pub(crate) struct AuditRecord<'a> {
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub project: Option<&'a str>,
+    pub environment: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+/// Appends an audit entry in the caller's transaction.
+pub(crate) async fn audit(
+    conn: &mut Conn<'_>,
+    ctx: &WriteContext,
+    rec: AuditRecord<'_>,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO audit_log (occurred_at, actor, actor_token_id, action, resource, project_key,
+                                environment_key, resource_key, request_id, before, after)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        args![
+            now,
+            ctx.actor.name.as_str(),
+            ctx.actor.token_id,
+            rec.action,
+            rec.resource,
+            rec.project,
+            rec.environment,
+            rec.key,
+            ctx.request_id.clone(),
+            rec.before,
+            rec.after
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// One row of a flag's configuration history.
+#[derive(Debug)]
+pub(crate) struct HistoryRecord<'a> {
+    pub flag_id: i64,
+    pub environment_id: i64,
+    pub config: &'a FlagConfig,
+    pub environment_version: i64,
+    pub action: &'a str,
+}
+
+/// Appends a flag configuration version to its history.
+pub(crate) async fn history(
+    conn: &mut Conn<'_>,
+    ctx: &WriteContext,
+    rec: HistoryRecord<'_>,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let version = i64::try_from(rec.config.version).unwrap_or(i64::MAX);
+    conn.execute(
+        "INSERT INTO flag_config_versions
+             (flag_id, environment_id, version, config, environment_version, actor, action, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        args![
+            rec.flag_id,
+            rec.environment_id,
+            version,
+            super::encode(rec.config),
+            rec.environment_version,
+            ctx.actor.name.as_str(),
+            rec.action,
+            now
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct IndexFlagRow {
+    definition: Json<Value>,
+    config: Json<Value>,
+}
+
+#[derive(sqlx::FromRow)]
+struct IndexSegmentRow {
+    body: Json<Value>,
+}
+
+impl Store {
+    /// The validation index of an environment at `version` (which the caller read under the
+    /// environment lock), taken out of the cache when it describes that version, else loaded.
+    /// Give it back with [`Store::put_index`] after the commit.
+    pub(crate) async fn take_index(
+        &self,
+        conn: &mut Conn<'_>,
+        environment_id: i64,
+        version: i64,
+    ) -> Result<EnvironmentIndex, StoreError> {
+        if let Some(ix) = self.take_cached(environment_id, version) {
+            return Ok(ix);
+        }
+        tracing::debug!(environment_id, version, "loading the validation index");
+        let flags: Vec<IndexFlagRow> = conn
+            .fetch_all(
+                "SELECT f.definition, c.config FROM flag_configs c JOIN flags f ON f.id = c.flag_id
+                 WHERE c.environment_id = $1 AND NOT f.archived",
+                args![environment_id],
+            )
+            .await?;
+        let segments: Vec<IndexSegmentRow> = conn
+            .fetch_all(
+                "SELECT body FROM segments WHERE environment_id = $1",
+                args![environment_id],
+            )
+            .await?;
+        let mut index = EnvironmentIndex::new();
+        for row in flags {
+            let def: FlagDefinition = decode("flag definition", row.definition.0)?;
+            let cfg: FlagConfig = decode("flag configuration", row.config.0)?;
+            index.insert_flag_config(&def, &cfg);
+        }
+        for row in segments {
+            let seg: Segment = decode("segment", row.body.0)?;
+            index.insert_segment(&seg);
+        }
+        Ok(index)
+    }
+
+    fn take_cached(&self, environment_id: i64, version: i64) -> Option<EnvironmentIndex> {
+        let mut cache = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.remove(&environment_id) {
+            Some((v, ix)) if v == version => Some(ix),
+            _ => None,
+        }
+    }
+
+    /// Caches the index of an environment at `version`. Call after the commit that produced
+    /// that version; an index for an older version never replaces a newer one.
+    pub(crate) fn put_index(&self, environment_id: i64, version: i64, index: EnvironmentIndex) {
+        let mut cache = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get(&environment_id) {
+            Some((v, _)) if *v > version => {}
+            _ => {
+                cache.insert(environment_id, (version, index));
+            }
+        }
+    }
+
+    /// After a commit that took an environment from `from` to `to` without needing the index,
+    /// applies the change to a cached index of version `from` (if any) and re-tags it.
+    pub(crate) fn advance_index(
+        &self,
+        environment_id: i64,
+        from: i64,
+        to: i64,
+        apply: impl FnOnce(&mut EnvironmentIndex),
+    ) {
+        let mut cache = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, ix)) = cache.get_mut(&environment_id) {
+            if *v == from {
+                apply(ix);
+                *v = to;
+            } else if *v < to {
+                cache.remove(&environment_id);
+            }
+        }
+    }
+
+    /// Forgets an environment's cached index.
+    pub(crate) fn forget_index(&self, environment_id: i64) {
+        let mut cache = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
+        cache.remove(&environment_id);
+    }
+
+    /// Serialises this process's writers of the given environments (in id order, the order
+    /// the database locks are taken in), so that each finds the validation index its
+    /// predecessor cached instead of reloading it, and waits here rather than holding a pooled
+    /// connection while blocked on the database lock.
+    pub(crate) async fn local_locks(
+        &self,
+        mut environment_ids: Vec<i64>,
+    ) -> Vec<OwnedMutexGuard<()>> {
+        environment_ids.sort_unstable();
+        environment_ids.dedup();
+        let mutexes: Vec<Arc<tokio::sync::Mutex<()>>> = {
+            let mut map = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+            environment_ids
+                .iter()
+                .map(|id| map.entry(*id).or_default().clone())
+                .collect()
+        };
+        let mut guards = Vec::with_capacity(mutexes.len());
+        for m in mutexes {
+            guards.push(m.lock_owned().await);
+        }
+        guards
+    }
+}

@@ -1,0 +1,389 @@
+//! Environments of a project. Creating one gives every flag of the project a configuration in
+//! it, either fresh (off, serving the default variation) or copied from another environment
+//! together with that environment's segments.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use vexil_schema::{EnvironmentKey, Flag, FlagConfig, FlagDefinition};
+
+use super::changes::{AuditRecord, Entity, HistoryRecord, Op, audit, history, record_changes};
+use super::projects::{check_text, lock_project, paginate, project_row};
+use super::{
+    Page, Store, StoreError, WriteContext, decode, encode, new_salt, page_limit, unique_or,
+};
+use crate::db::{Conn, args, now};
+
+/// An environment as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct EnvironmentView {
+    /// Key, unique within the project.
+    pub key: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Free-form description.
+    pub description: String,
+    /// Data version: bumped by every committed change to the environment's flags or segments.
+    pub version: i64,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When its name or description last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A request to create an environment.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CreateEnvironment {
+    /// Key, unique within the project.
+    #[schema(value_type = String)]
+    pub key: EnvironmentKey,
+    /// Human-readable name.
+    pub name: String,
+    /// Free-form description.
+    #[serde(default)]
+    pub description: String,
+    /// Copy every flag configuration and segment from this environment of the same project.
+    #[serde(default)]
+    pub copy_from: Option<String>,
+}
+
+/// A change to an environment's name or description.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct UpdateEnvironment {
+    /// New name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New description.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct EnvironmentRow {
+    pub id: i64,
+    pub key: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct FlagDefRow {
+    id: i64,
+    definition: Json<Value>,
+    archived: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct ConfigRow {
+    flag_id: i64,
+    config: Json<Value>,
+}
+
+/// Finds an environment of a project.
+pub(crate) async fn environment_row(
+    conn: &mut Conn<'_>,
+    project_id: i64,
+    key: &str,
+) -> Result<EnvironmentRow, StoreError> {
+    conn.fetch_optional(
+        "SELECT id, key FROM environments WHERE project_id = $1 AND key = $2",
+        args![project_id, key],
+    )
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("environment '{key}'")))
+}
+
+/// Every environment of a project, in id order (the order writers lock them in).
+pub(crate) async fn environment_rows(
+    conn: &mut Conn<'_>,
+    project_id: i64,
+) -> Result<Vec<EnvironmentRow>, StoreError> {
+    Ok(conn
+        .fetch_all(
+            "SELECT id, key FROM environments WHERE project_id = $1 ORDER BY id",
+            args![project_id],
+        )
+        .await?)
+}
+
+/// The variation a new flag serves while off and by default: `false` for a boolean flag,
+/// otherwise the first.
+pub(crate) fn default_variation(def: &FlagDefinition) -> usize {
+    def.variations
+        .iter()
+        .position(|v| v.value == Value::Bool(false))
+        .filter(|_| def.kind == vexil_schema::FlagKind::Boolean)
+        .unwrap_or(0)
+}
+
+/// The configuration a flag starts with in an environment.
+pub(crate) fn initial_config(def: &FlagDefinition) -> FlagConfig {
+    let mut cfg = FlagConfig::serving(default_variation(def));
+    cfg.salt = new_salt();
+    cfg.version = 1;
+    cfg
+}
+
+async fn fetch_view(conn: &mut Conn<'_>, id: i64) -> Result<EnvironmentView, StoreError> {
+    Ok(conn
+        .fetch_one(
+            "SELECT key, name, description, version, created_at, updated_at FROM environments
+             WHERE id = $1",
+            args![id],
+        )
+        .await?)
+}
+
+impl Store {
+    /// Creates an environment, giving every flag of the project a configuration in it.
+    pub async fn create_environment(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        req: CreateEnvironment,
+    ) -> Result<EnvironmentView, StoreError> {
+        check_text(&req.name, &req.description)?;
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let p = project_row(&mut c, project).await?;
+        lock_project(&mut c, p.id).await?;
+        let source = match &req.copy_from {
+            Some(k) => {
+                let row = environment_row(&mut c, p.id, k).await.map_err(|_| {
+                    StoreError::BadRequest(format!(
+                        "copy_from: environment '{k}' does not exist in project '{project}'"
+                    ))
+                })?;
+                c.lock_environment(row.id).await?;
+                Some(row)
+            }
+            None => None,
+        };
+        let t = now();
+        let (id,): (i64,) = c
+            .fetch_one(
+                "INSERT INTO environments (project_id, key, name, description, version, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 0, $5, $5) RETURNING id",
+                args![p.id, req.key.as_str(), req.name.as_str(), req.description.as_str(), t],
+            )
+            .await
+            .map_err(|e| unique_or(e, || format!("environment '{}'", req.key)))?;
+
+        let flags: Vec<FlagDefRow> = c
+            .fetch_all(
+                "SELECT id, definition, archived FROM flags WHERE project_id = $1 ORDER BY id",
+                args![p.id],
+            )
+            .await?;
+        let copied: Vec<ConfigRow> = match &source {
+            Some(src) => {
+                c.fetch_all(
+                    "SELECT flag_id, config FROM flag_configs WHERE environment_id = $1",
+                    args![src.id],
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
+        let mut copied: std::collections::HashMap<i64, Value> = copied
+            .into_iter()
+            .map(|r| (r.flag_id, r.config.0))
+            .collect();
+
+        let mut configs = Vec::with_capacity(flags.len());
+        for f in &flags {
+            let def: FlagDefinition = decode("flag definition", f.definition.0.clone())?;
+            let cfg = match copied.remove(&f.id) {
+                Some(v) => {
+                    let mut cfg: FlagConfig = decode("flag configuration", v)?;
+                    cfg.version = 1;
+                    cfg
+                }
+                None => initial_config(&def),
+            };
+            c.execute(
+                "INSERT INTO flag_configs (flag_id, environment_id, config, version, updated_at)
+                 VALUES ($1, $2, $3, 1, $4)",
+                args![f.id, id, encode(&cfg), t],
+            )
+            .await?;
+            configs.push((f, def, cfg));
+        }
+
+        let mut changes = Vec::new();
+        for (f, def, cfg) in &configs {
+            if !f.archived {
+                let flag = Flag::new(def, cfg.clone());
+                changes.push((
+                    Op::Put,
+                    Entity::Flag,
+                    def.key.to_string(),
+                    Some(encode(&flag)),
+                ));
+            }
+        }
+        if let Some(src) = &source {
+            c.execute(
+                "INSERT INTO segments (environment_id, key, name, body, included, excluded,
+                                       included_count, excluded_count, version, created_at, updated_at)
+                 SELECT $1, key, name, body, included, excluded, included_count, excluded_count, 1, $2, $2
+                 FROM segments WHERE environment_id = $3",
+                args![id, t, src.id],
+            )
+            .await?;
+            let segments = self.load_segments(&mut c, id).await?;
+            for s in segments {
+                changes.push((
+                    Op::Put,
+                    Entity::Segment,
+                    s.key.to_string(),
+                    Some(encode(&s)),
+                ));
+            }
+        }
+        if !changes.is_empty() {
+            let version = record_changes(&mut c, id, changes, t).await?;
+            for (f, _, cfg) in &configs {
+                let rec = HistoryRecord {
+                    flag_id: f.id,
+                    environment_id: id,
+                    config: cfg,
+                    environment_version: version,
+                    action: "environment.create",
+                };
+                history(&mut c, ctx, rec, t).await?;
+            }
+        }
+        let view = fetch_view(&mut c, id).await?;
+        let mut after = encode(&view);
+        if let (Some(obj), Some(src)) = (after.as_object_mut(), &source) {
+            obj.insert("copied_from".into(), json!(src.key));
+        }
+        let rec = AuditRecord {
+            action: "environment.create",
+            resource: "environment",
+            project: Some(project),
+            environment: Some(&view.key),
+            key: Some(&view.key),
+            before: None,
+            after: Some(after),
+        };
+        audit(&mut c, ctx, rec, t).await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Lists a project's environments by key.
+    pub async fn list_environments(
+        &self,
+        project: &str,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<EnvironmentView>, StoreError> {
+        let limit = page_limit(limit);
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let p = project_row(&mut c, project).await?;
+        let mut items: Vec<EnvironmentView> = c
+            .fetch_all(
+                "SELECT key, name, description, version, created_at, updated_at FROM environments
+                 WHERE project_id = $1 AND key > $2 ORDER BY key LIMIT $3",
+                args![p.id, cursor.unwrap_or(""), limit + 1],
+            )
+            .await?;
+        Ok(paginate(&mut items, limit, |e| e.key.clone()))
+    }
+
+    /// One environment.
+    pub async fn get_environment(
+        &self,
+        project: &str,
+        key: &str,
+    ) -> Result<EnvironmentView, StoreError> {
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let p = project_row(&mut c, project).await?;
+        let e = environment_row(&mut c, p.id, key).await?;
+        fetch_view(&mut c, e.id).await
+    }
+
+    /// Changes an environment's name or description.
+    pub async fn update_environment(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        key: &str,
+        update: UpdateEnvironment,
+    ) -> Result<EnvironmentView, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let p = project_row(&mut c, project).await?;
+        let e = environment_row(&mut c, p.id, key).await?;
+        let before = fetch_view(&mut c, e.id).await?;
+        let name = update.name.unwrap_or_else(|| before.name.clone());
+        let description = update
+            .description
+            .unwrap_or_else(|| before.description.clone());
+        check_text(&name, &description)?;
+        let t = now();
+        c.execute(
+            "UPDATE environments SET name = $2, description = $3, updated_at = $4 WHERE id = $1",
+            args![e.id, name, description, t],
+        )
+        .await?;
+        let after = fetch_view(&mut c, e.id).await?;
+        let rec = AuditRecord {
+            action: "environment.update",
+            resource: "environment",
+            project: Some(project),
+            environment: Some(key),
+            key: Some(key),
+            before: Some(encode(&before)),
+            after: Some(encode(&after)),
+        };
+        audit(&mut c, ctx, rec, t).await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    /// Deletes an environment with its configurations, segments and SDK keys.
+    pub async fn delete_environment(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let p = project_row(&mut c, project).await?;
+        lock_project(&mut c, p.id).await?;
+        let e = environment_row(&mut c, p.id, key).await?;
+        c.lock_environment(e.id).await?;
+        let before = fetch_view(&mut c, e.id).await?;
+        // SDK keys belong to exactly this environment: they go with it. Relay keys only lose
+        // it from their scope (by cascade).
+        c.execute(
+            "DELETE FROM access_keys WHERE kind = 'sdk' AND id IN
+                 (SELECT key_id FROM access_key_environments WHERE environment_id = $1)",
+            args![e.id],
+        )
+        .await?;
+        c.execute("DELETE FROM environments WHERE id = $1", args![e.id])
+            .await?;
+        let rec = AuditRecord {
+            action: "environment.delete",
+            resource: "environment",
+            project: Some(project),
+            environment: Some(key),
+            key: Some(key),
+            before: Some(encode(&before)),
+            after: None,
+        };
+        audit(&mut c, ctx, rec, now()).await?;
+        tx.commit().await?;
+        self.forget_index(e.id);
+        Ok(())
+    }
+}

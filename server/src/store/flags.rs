@@ -1,0 +1,1246 @@
+//! Flags: definitions (per project) and configurations (per environment), their history,
+//! rollback, archiving, deletion and the kill switch.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use vexil_schema::validate::{EnvironmentIndex, validate_config, validate_definition};
+use vexil_schema::{Flag, FlagConfig, FlagDefinition, Prerequisite, Rule, Serve, Target};
+
+use super::changes::{AuditRecord, Entity, HistoryRecord, Op, audit, history, record_changes};
+use super::environments::{EnvironmentRow, environment_row, environment_rows, initial_config};
+use super::projects::{ProjectRow, lock_project, paginate, project_row};
+use super::{Page, Store, StoreError, WriteContext, decode, encode, page_limit, to_u64, unique_or};
+use crate::db::{Conn, args, now};
+
+/// A flag with its definition and its configuration in every environment.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FlagView {
+    /// The definition, shared by every environment.
+    #[schema(value_type = crate::openapi::FlagDefinitionDoc)]
+    pub definition: FlagDefinition,
+    /// Whether the flag is archived (hidden from SDKs, configurations frozen).
+    pub archived: bool,
+    /// Definition version; the `ETag` of the flag.
+    pub version: i64,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When its definition last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// Configuration per environment key.
+    #[schema(value_type = BTreeMap<String, crate::openapi::FlagConfigDoc>)]
+    pub environments: BTreeMap<String, FlagConfig>,
+}
+
+/// A flag in a listing.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FlagSummary {
+    /// Key.
+    pub key: String,
+    /// Name.
+    pub name: String,
+    /// Kind of value served.
+    pub kind: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Whether it is a temporary (release) flag.
+    pub temporary: bool,
+    /// Whether it is archived.
+    pub archived: bool,
+    /// Definition version.
+    pub version: i64,
+    /// When its definition last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A flag's configuration in one environment, with where it belongs.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FlagConfigView {
+    /// The configuration; its `version` is the `ETag`.
+    #[schema(value_type = crate::openapi::FlagConfigDoc)]
+    pub config: FlagConfig,
+    /// The environment's data version after the change that produced this configuration.
+    pub environment_version: i64,
+}
+
+/// A partial update of a flag's configuration: each field present replaces the current one.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct ConfigPatch {
+    /// Turn targeting on or off.
+    #[serde(default)]
+    pub on: Option<bool>,
+    /// Variation served while off.
+    #[serde(default)]
+    pub off_variation: Option<usize>,
+    /// Individual targets.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub targets: Option<Vec<Target>>,
+    /// Rules.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub rules: Option<Vec<Rule>>,
+    /// What contexts matching nothing get.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub fallthrough: Option<Serve>,
+    /// Prerequisites.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub prerequisites: Option<Vec<Prerequisite>>,
+}
+
+/// Filters for listing flags.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+pub struct FlagFilter {
+    /// Only flags carrying this tag.
+    pub tag: Option<String>,
+    /// Case-insensitive substring of the key or name.
+    pub q: Option<String>,
+    /// `true`: only archived flags; `false`: only live ones; absent: both.
+    pub archived: Option<bool>,
+    /// Cursor from the previous page.
+    pub cursor: Option<String>,
+    /// Page size (1–500, default 50).
+    pub limit: Option<u32>,
+}
+
+/// One version of a flag's configuration in an environment.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FlagVersion {
+    /// The configuration version.
+    pub version: i64,
+    /// The environment's data version it was committed as.
+    pub environment_version: i64,
+    /// Who made it.
+    pub actor: String,
+    /// What made it (`flag.create`, `flag.config.update`, `flag.kill`, `flag.rollback`, …).
+    pub action: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// The configuration as it was.
+    #[schema(value_type = crate::openapi::FlagConfigDoc)]
+    pub config: FlagConfig,
+}
+
+/// What the kill switch did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KillResult {
+    /// Environments where the flag was on and is now off.
+    pub turned_off: Vec<KilledEnvironment>,
+    /// Environments where it was already off (nothing written).
+    pub already_off: Vec<String>,
+}
+
+/// One environment the kill switch turned a flag off in.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KilledEnvironment {
+    /// Environment key.
+    pub environment: String,
+    /// The new configuration version.
+    pub version: u64,
+    /// The environment's new data version.
+    pub environment_version: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct FlagRow {
+    pub id: i64,
+    pub definition: Json<Value>,
+    pub archived: bool,
+    pub version: i64,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+struct ConfigRow {
+    config: Json<Value>,
+    version: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct EnvConfigRow {
+    key: String,
+    config: Json<Value>,
+}
+
+#[derive(sqlx::FromRow)]
+struct VersionRow {
+    version: i64,
+    environment_version: i64,
+    actor: String,
+    action: String,
+    created_at: OffsetDateTime,
+    config: Json<Value>,
+}
+
+pub(crate) async fn flag_row(
+    conn: &mut Conn<'_>,
+    project_id: i64,
+    key: &str,
+) -> Result<FlagRow, StoreError> {
+    conn.fetch_optional(
+        "SELECT id, definition, archived, version, created_at, updated_at FROM flags
+         WHERE project_id = $1 AND key = $2",
+        args![project_id, key],
+    )
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("flag '{key}'")))
+}
+
+async fn config_row(
+    conn: &mut Conn<'_>,
+    flag_id: i64,
+    environment_id: i64,
+) -> Result<(FlagConfig, i64), StoreError> {
+    let row: ConfigRow = conn
+        .fetch_optional(
+            "SELECT config, version FROM flag_configs WHERE flag_id = $1 AND environment_id = $2",
+            args![flag_id, environment_id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("flag has no configuration in environment".into()))?;
+    let mut cfg: FlagConfig = decode("flag configuration", row.config.0)?;
+    cfg.version = to_u64(row.version);
+    Ok((cfg, row.version))
+}
+
+fn check_if_match(expected: Option<u64>, current: i64) -> Result<(), StoreError> {
+    match expected {
+        Some(e) if e != to_u64(current) => Err(StoreError::PreconditionFailed {
+            current: to_u64(current),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn check_path_key(def: &FlagDefinition, key: &str) -> Result<(), StoreError> {
+    if def.key != key {
+        return Err(StoreError::BadRequest(format!(
+            "key: the body names flag '{}' but the path names '{key}'; keys cannot be changed",
+            def.key
+        )));
+    }
+    Ok(())
+}
+
+async fn replace_tags(
+    conn: &mut Conn<'_>,
+    flag_id: i64,
+    tags: &[String],
+) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM flag_tags WHERE flag_id = $1", args![flag_id])
+        .await?;
+    for tag in tags {
+        conn.execute(
+            "INSERT INTO flag_tags (flag_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            args![flag_id, tag.as_str()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Where a configuration write goes.
+struct ConfigTarget<'a> {
+    project: &'a str,
+    flag_key: &'a str,
+    flag_id: i64,
+    environment: &'a str,
+    environment_id: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct LockedConfigRow {
+    environment_version: i64,
+    definition: Json<Value>,
+    archived: bool,
+    config: Json<Value>,
+    config_version: i64,
+}
+
+/// Takes the environment's write lock and reads the flag and its configuration there.
+async fn lock_config(
+    c: &mut Conn<'_>,
+    environment_id: i64,
+    flag_id: i64,
+) -> Result<Option<LockedConfigRow>, StoreError> {
+    let sql = match c {
+        Conn::Pg(_) => {
+            "SELECT e.version AS environment_version, f.definition, f.archived, c.config,
+                    c.version AS config_version
+             FROM environments e
+             JOIN flag_configs c ON c.environment_id = e.id
+             JOIN flags f ON f.id = c.flag_id
+             WHERE e.id = $1 AND c.flag_id = $2
+             FOR UPDATE OF e"
+        }
+        Conn::Lite(_) => {
+            "SELECT e.version AS environment_version, f.definition, f.archived, c.config,
+                    c.version AS config_version
+             FROM environments e
+             JOIN flag_configs c ON c.environment_id = e.id
+             JOIN flags f ON f.id = c.flag_id
+             WHERE e.id = $1 AND c.flag_id = $2"
+        }
+    };
+    Ok(c.fetch_optional(sql, args![environment_id, flag_id])
+        .await?)
+}
+
+/// The outcome of a configuration write, for the caller to cache after commit.
+struct Written {
+    config: FlagConfig,
+    environment_version: i64,
+    index: EnvironmentIndex,
+}
+
+impl Store {
+    async fn resolve_flag(
+        &self,
+        project: &str,
+        key: &str,
+    ) -> Result<(ProjectRow, FlagRow, Vec<EnvironmentRow>), StoreError> {
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let p = project_row(&mut c, project).await?;
+        let f = flag_row(&mut c, p.id, key).await?;
+        let envs = environment_rows(&mut c, p.id).await?;
+        Ok((p, f, envs))
+    }
+
+    /// The flag and environment ids for a configuration path, in one query when all exist.
+    async fn resolve_config(
+        &self,
+        project: &str,
+        key: &str,
+        environment: &str,
+    ) -> Result<(i64, i64), StoreError> {
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let ids: Option<(i64, i64)> = c
+            .fetch_optional(
+                "SELECT f.id, e.id FROM projects p
+                 JOIN environments e ON e.project_id = p.id
+                 JOIN flags f ON f.project_id = p.id
+                 WHERE p.key = $1 AND e.key = $2 AND f.key = $3",
+                args![project, environment, key],
+            )
+            .await?;
+        if let Some(ids) = ids {
+            return Ok(ids);
+        }
+        // Say which part is missing.
+        let p = project_row(&mut c, project).await?;
+        environment_row(&mut c, p.id, environment).await?;
+        flag_row(&mut c, p.id, key).await?;
+        Err(StoreError::NotFound(format!("flag '{key}'")))
+    }
+
+    /// Creates a flag, with a configuration in every environment of its project (off,
+    /// serving the default variation, a fresh salt).
+    pub async fn create_flag(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        definition: FlagDefinition,
+    ) -> Result<FlagView, StoreError> {
+        let def = validate_definition(definition)?.into_inner();
+        let envs = {
+            let mut pc = self.db.acquire().await?;
+            let mut c = pc.conn();
+            let p = project_row(&mut c, project).await?;
+            environment_rows(&mut c, p.id).await?
+        };
+        let _local = self.local_locks(envs.iter().map(|e| e.id).collect()).await;
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let p = project_row(&mut c, project).await?;
+        lock_project(&mut c, p.id).await?;
+        let envs = environment_rows(&mut c, p.id).await?;
+        let mut versions = Vec::with_capacity(envs.len());
+        for e in &envs {
+            versions.push(c.lock_environment(e.id).await?);
+        }
+        let t = now();
+        let def_json = encode(&def);
+        let (id,): (i64,) = c
+            .fetch_one(
+                "INSERT INTO flags (project_id, key, name, definition, archived, version, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, FALSE, 1, $5, $5) RETURNING id",
+                args![p.id, def.key.as_str(), def.name.as_str(), def_json.clone(), t],
+            )
+            .await
+            .map_err(|e| unique_or(e, || format!("flag '{}'", def.key)))?;
+        replace_tags(&mut c, id, &def.tags).await?;
+        let mut environments = BTreeMap::new();
+        let mut advanced = Vec::with_capacity(envs.len());
+        for (e, from) in envs.iter().zip(versions) {
+            let cfg = initial_config(&def);
+            c.execute(
+                "INSERT INTO flag_configs (flag_id, environment_id, config, version, updated_at)
+                 VALUES ($1, $2, $3, 1, $4)",
+                args![id, e.id, encode(&cfg), t],
+            )
+            .await?;
+            let flag = Flag::new(&def, cfg.clone());
+            let to = record_changes(
+                &mut c,
+                e.id,
+                vec![(
+                    Op::Put,
+                    Entity::Flag,
+                    def.key.to_string(),
+                    Some(encode(&flag)),
+                )],
+                t,
+            )
+            .await?;
+            let rec = HistoryRecord {
+                flag_id: id,
+                environment_id: e.id,
+                config: &cfg,
+                environment_version: to,
+                action: "flag.create",
+            };
+            history(&mut c, ctx, rec, t).await?;
+            advanced.push((e.id, from, to, cfg.clone()));
+            environments.insert(e.key.clone(), cfg);
+        }
+        let view = FlagView {
+            definition: def,
+            archived: false,
+            version: 1,
+            created_at: t,
+            updated_at: t,
+            environments,
+        };
+        let rec = AuditRecord {
+            action: "flag.create",
+            resource: "flag",
+            project: Some(project),
+            environment: None,
+            key: Some(view.definition.key.as_str()),
+            before: None,
+            after: Some(encode(&view)),
+        };
+        audit(&mut c, ctx, rec, t).await?;
+        tx.commit().await?;
+        for (env_id, from, to, cfg) in advanced {
+            self.advance_index(env_id, from, to, |ix| {
+                ix.insert_flag_config(&view.definition, &cfg)
+            });
+        }
+        Ok(view)
+    }
+
+    /// A flag with its configuration in every environment.
+    pub async fn get_flag(&self, project: &str, key: &str) -> Result<FlagView, StoreError> {
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let p = project_row(&mut c, project).await?;
+        let f = flag_row(&mut c, p.id, key).await?;
+        flag_view(&mut c, f).await
+    }
+
+    /// Lists a project's flags by key, filtered by tag, text and archived state.
+    pub async fn list_flags(
+        &self,
+        project: &str,
+        filter: &FlagFilter,
+    ) -> Result<Page<FlagSummary>, StoreError> {
+        let limit = page_limit(filter.limit);
+        let pattern = filter.q.as_deref().map(|q| {
+            let escaped = q
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let p = project_row(&mut c, project).await?;
+        let rows: Vec<FlagRow> = c
+            .fetch_all(
+                "SELECT id, definition, archived, version, created_at, updated_at FROM flags f
+                 WHERE project_id = $1 AND key > $2
+                   AND ($3 IS NULL OR EXISTS (SELECT 1 FROM flag_tags t WHERE t.flag_id = f.id AND t.tag = $3))
+                   AND ($4 IS NULL OR LOWER(key) LIKE $4 ESCAPE '\\' OR LOWER(name) LIKE $4 ESCAPE '\\')
+                   AND ($5 IS NULL OR archived = $5)
+                 ORDER BY key LIMIT $6",
+                args![
+                    p.id,
+                    filter.cursor.as_deref().unwrap_or(""),
+                    filter.tag.clone(),
+                    pattern,
+                    crate::db::Arg::OptBool(filter.archived),
+                    limit + 1
+                ],
+            )
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in rows {
+            let def: FlagDefinition = decode("flag definition", r.definition.0)?;
+            items.push(FlagSummary {
+                key: def.key.to_string(),
+                name: def.name,
+                kind: def.kind.as_str().to_owned(),
+                tags: def.tags,
+                temporary: def.temporary,
+                archived: r.archived,
+                version: r.version,
+                updated_at: r.updated_at,
+            });
+        }
+        Ok(paginate(&mut items, limit, |f| f.key.clone()))
+    }
+
+    /// Replaces a flag's definition. Every environment's configuration must stay valid
+    /// against it (variation indexes in range), and so must other flags' prerequisites on it.
+    pub async fn update_definition(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        key: &str,
+        definition: FlagDefinition,
+        if_match: Option<u64>,
+    ) -> Result<FlagView, StoreError> {
+        check_path_key(&definition, key)?;
+        let def = validate_definition(definition)?.into_inner();
+        let (_, _, envs) = self.resolve_flag(project, key).await?;
+        let _local = self.local_locks(envs.iter().map(|e| e.id).collect()).await;
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let p = project_row(&mut c, project).await?;
+        let f = flag_row(&mut c, p.id, key).await?;
+        c.lock_flag(f.id).await?;
+        let envs = environment_rows(&mut c, p.id).await?;
+        let f = flag_row(&mut c, p.id, key).await?;
+        check_if_match(if_match, f.version)?;
+        let before: FlagDefinition = decode("flag definition", f.definition.0.clone())?;
+
+        let mut errors = Vec::new();
+        let mut staged = Vec::with_capacity(envs.len());
+        for e in &envs {
+            let from = c.lock_environment(e.id).await?;
+            let mut ix = self.take_index(&mut c, e.id, from).await?;
+            let (cfg, _) = config_row(&mut c, f.id, e.id).await?;
+            if !f.archived {
+                ix.insert_definition(&def);
+            }
+            let prefix = format!("environments.{}", e.key);
+            if let Err(errs) = validate_config(&def, cfg.clone(), &ix) {
+                errors.extend(errs.with_prefix(&prefix).errors);
+            }
+            for dependent in ix.flags_requiring(key) {
+                let needs = ix
+                    .flag(dependent)
+                    .into_iter()
+                    .flat_map(|d| d.prerequisites.iter())
+                    .filter(|pr| pr.key == key)
+                    .map(|pr| pr.variation)
+                    .max()
+                    .unwrap_or(0);
+                if needs >= def.variations.len() {
+                    errors.push(vexil_schema::validate::FieldError {
+                        path: "variations".into(),
+                        rule: vexil_schema::validate::rules::VARIATION_INDEX,
+                        message: format!(
+                            "flag '{dependent}' in environment '{}' requires variation {needs} of this flag",
+                            e.key
+                        ),
+                    });
+                }
+            }
+            staged.push((e, from, ix, cfg));
+        }
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(
+                vexil_schema::validate::ValidationErrors { errors },
+            ));
+        }
+        let t = now();
+        let version = f.version + 1;
+        c.execute(
+            "UPDATE flags SET definition = $2, name = $3, version = $4, updated_at = $5 WHERE id = $1",
+            args![f.id, encode(&def), def.name.as_str(), version, t],
+        )
+        .await?;
+        replace_tags(&mut c, f.id, &def.tags).await?;
+        let mut cache = Vec::new();
+        let mut environments = BTreeMap::new();
+        for (e, from, ix, cfg) in staged {
+            if !f.archived {
+                let flag = Flag::new(&def, cfg.clone());
+                let to = record_changes(
+                    &mut c,
+                    e.id,
+                    vec![(Op::Put, Entity::Flag, key.to_owned(), Some(encode(&flag)))],
+                    t,
+                )
+                .await?;
+                cache.push((e.id, to, ix));
+            } else {
+                cache.push((e.id, from, ix));
+            }
+            environments.insert(e.key.clone(), cfg);
+        }
+        let view = FlagView {
+            definition: def,
+            archived: f.archived,
+            version,
+            created_at: f.created_at,
+            updated_at: t,
+            environments,
+        };
+        let rec = AuditRecord {
+            action: "flag.update",
+            resource: "flag",
+            project: Some(project),
+            environment: None,
+            key: Some(key),
+            before: Some(encode(&before)),
+            after: Some(encode(&view.definition)),
+        };
+        audit(&mut c, ctx, rec, t).await?;
+        tx.commit().await?;
+        for (env_id, v, ix) in cache {
+            self.put_index(env_id, v, ix);
+        }
+        Ok(view)
+    }
+
+    /// A flag's configuration in one environment.
+    pub async fn get_config(
+        &self,
+        project: &str,
+        key: &str,
+        environment: &str,
+    ) -> Result<FlagConfig, StoreError> {
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let p = project_row(&mut c, project).await?;
+        let e = environment_row(&mut c, p.id, environment).await?;
+        let f = flag_row(&mut c, p.id, key).await?;
+        Ok(config_row(&mut c, f.id, e.id).await?.0)
+    }
+
+    /// Replaces a flag's configuration in one environment. An empty `salt` keeps the current
+    /// one; `version` is assigned by the server.
+    pub async fn put_config(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        key: &str,
+        environment: &str,
+        config: FlagConfig,
+        if_match: Option<u64>,
+    ) -> Result<FlagConfigView, StoreError> {
+        self.change_config(
+            ctx,
+            (project, key, environment),
+            if_match,
+            "flag.config.update",
+            |_| Ok(config),
+        )
+        .await
+    }
+
+    /// Changes the fields of a flag's configuration that `patch` names.
+    pub async fn patch_config(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        key: &str,
+        environment: &str,
+        patch: ConfigPatch,
+        if_match: Option<u64>,
+    ) -> Result<FlagConfigView, StoreError> {
+        self.change_config(
+            ctx,
+            (project, key, environment),
+            if_match,
+            "flag.config.update",
+            |mut cfg| {
+                if let Some(on) = patch.on {
+                    cfg.on = on;
+                }
+                if let Some(v) = patch.off_variation {
+                    cfg.off_variation = v;
+                }
+                if let Some(v) = patch.targets {
+                    cfg.targets = v;
+                }
+                if let Some(v) = patch.rules {
+                    cfg.rules = v;
+                }
+                if let Some(v) = patch.fallthrough {
+                    cfg.fallthrough = v;
+                }
+                if let Some(v) = patch.prerequisites {
+                    cfg.prerequisites = v;
+                }
+                Ok(cfg)
+            },
+        )
+        .await
+    }
+
+    /// Makes an earlier version of a flag's configuration current again, as a new version.
+    pub async fn rollback_config(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        key: &str,
+        environment: &str,
+        to_version: u64,
+        if_match: Option<u64>,
+    ) -> Result<FlagConfigView, StoreError> {
+        let old = self
+            .get_version(project, key, environment, to_version)
+            .await?;
+        self.change_config(
+            ctx,
+            (project, key, environment),
+            if_match,
+            "flag.rollback",
+            move |_| Ok(old.config),
+        )
+        .await
+    }
+
+    async fn change_config(
+        &self,
+        ctx: &WriteContext,
+        (project, key, environment): (&str, &str, &str),
+        if_match: Option<u64>,
+        action: &str,
+        make: impl FnOnce(FlagConfig) -> Result<FlagConfig, StoreError>,
+    ) -> Result<FlagConfigView, StoreError> {
+        let (flag_id, env_id) = self.resolve_config(project, key, environment).await?;
+        let _local = self.local_locks(vec![env_id]).await;
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let at = ConfigTarget {
+            project,
+            flag_key: key,
+            flag_id,
+            environment,
+            environment_id: env_id,
+        };
+        let written = self
+            .write_config(&mut c, ctx, &at, if_match, action, make)
+            .await?;
+        tx.commit().await?;
+        self.put_index(env_id, written.environment_version, written.index);
+        Ok(FlagConfigView {
+            config: written.config,
+            environment_version: written.environment_version,
+        })
+    }
+
+    /// Writes one configuration under the environment lock: precondition, validation, row,
+    /// version bump, change log, history, audit. The environment lock is held from the first
+    /// statement to the commit, so this is the section every writer of the environment
+    /// queues for: it takes two statements on PostgreSQL (lock-and-read, then one statement
+    /// writing every row) and a handful on SQLite (in process, no round trips).
+    async fn write_config(
+        &self,
+        c: &mut Conn<'_>,
+        ctx: &WriteContext,
+        at: &ConfigTarget<'_>,
+        if_match: Option<u64>,
+        action: &str,
+        make: impl FnOnce(FlagConfig) -> Result<FlagConfig, StoreError>,
+    ) -> Result<Written, StoreError> {
+        let locked: LockedConfigRow = lock_config(c, at.environment_id, at.flag_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("flag '{}'", at.flag_key)))?;
+        let definition: FlagDefinition = decode("flag definition", locked.definition.0)?;
+        if locked.archived {
+            return Err(StoreError::Conflict {
+                message: format!(
+                    "flag '{}' is archived: unarchive it before changing its configuration",
+                    at.flag_key
+                ),
+                blockers: Vec::new(),
+            });
+        }
+        let mut current: FlagConfig = decode("flag configuration", locked.config.0)?;
+        current.version = to_u64(locked.config_version);
+        check_if_match(if_match, locked.config_version)?;
+        let mut cfg = make(current.clone())?;
+        cfg.version = current.version + 1;
+        if cfg.salt.is_empty() {
+            cfg.salt = current.salt.clone();
+        }
+        let mut ix = self
+            .take_index(c, at.environment_id, locked.environment_version)
+            .await?;
+        let cfg = validate_config(&definition, cfg, &ix)?.into_inner();
+        let now = now();
+        let flag_payload = encode(&Flag::new(&definition, cfg.clone()));
+        let environment_version = match c {
+            Conn::Pg(_) => {
+                let (v,): (i64,) = c
+                    .fetch_one(
+                        "WITH env AS (
+                             UPDATE environments SET version = version + 1 WHERE id = $1 RETURNING version
+                         ), cfg AS (
+                             UPDATE flag_configs SET config = $3, version = $4, updated_at = $5
+                             WHERE flag_id = $2 AND environment_id = $1
+                         ), log AS (
+                             INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at)
+                             SELECT $1, env.version, 'put', 'flag', $6, $7, $5 FROM env
+                         ), hist AS (
+                             INSERT INTO flag_config_versions
+                                 (flag_id, environment_id, version, config, environment_version, actor, action, created_at)
+                             SELECT $2, $1, $4, $3, env.version, $8, $9, $5 FROM env
+                         ), aud AS (
+                             INSERT INTO audit_log (occurred_at, actor, actor_token_id, action, resource, project_key,
+                                                    environment_key, resource_key, request_id, before, after)
+                             VALUES ($5, $8, $10, $9, 'flag', $11, $12, $6, $13, $14, $3)
+                         )
+                         SELECT version FROM env",
+                        args![
+                            at.environment_id,
+                            at.flag_id,
+                            encode(&cfg),
+                            i64::try_from(cfg.version).unwrap_or(i64::MAX),
+                            now,
+                            at.flag_key,
+                            flag_payload,
+                            ctx.actor.name.as_str(),
+                            action,
+                            ctx.actor.token_id,
+                            at.project,
+                            at.environment,
+                            ctx.request_id.clone(),
+                            encode(&current)
+                        ],
+                    )
+                    .await?;
+                v
+            }
+            Conn::Lite(_) => {
+                c.execute(
+                    "UPDATE flag_configs SET config = $3, version = $4, updated_at = $5
+                     WHERE flag_id = $1 AND environment_id = $2",
+                    args![
+                        at.flag_id,
+                        at.environment_id,
+                        encode(&cfg),
+                        i64::try_from(cfg.version).unwrap_or(i64::MAX),
+                        now
+                    ],
+                )
+                .await?;
+                let v = record_changes(
+                    c,
+                    at.environment_id,
+                    vec![(
+                        Op::Put,
+                        Entity::Flag,
+                        at.flag_key.to_owned(),
+                        Some(flag_payload),
+                    )],
+                    now,
+                )
+                .await?;
+                let rec = HistoryRecord {
+                    flag_id: at.flag_id,
+                    environment_id: at.environment_id,
+                    config: &cfg,
+                    environment_version: v,
+                    action,
+                };
+                history(c, ctx, rec, now).await?;
+                let rec = AuditRecord {
+                    action,
+                    resource: "flag",
+                    project: Some(at.project),
+                    environment: Some(at.environment),
+                    key: Some(at.flag_key),
+                    before: Some(encode(&current)),
+                    after: Some(encode(&cfg)),
+                };
+                audit(c, ctx, rec, now).await?;
+                v
+            }
+        };
+        ix.insert_flag_config(&definition, &cfg);
+        Ok(Written {
+            config: cfg,
+            environment_version,
+            index: ix,
+        })
+    }
+
+    /// Turns a flag off in every environment of its project, in one transaction.
+    pub async fn kill_flag(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        key: &str,
+    ) -> Result<KillResult, StoreError> {
+        let (_, _, envs) = self.resolve_flag(project, key).await?;
+        let _local = self.local_locks(envs.iter().map(|e| e.id).collect()).await;
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let p = project_row(&mut c, project).await?;
+        let f = flag_row(&mut c, p.id, key).await?;
+        let def: FlagDefinition = decode("flag definition", f.definition.0.clone())?;
+        let envs = environment_rows(&mut c, p.id).await?;
+        let mut result = KillResult {
+            turned_off: Vec::new(),
+            already_off: Vec::new(),
+        };
+        let mut advanced = Vec::new();
+        let t = now();
+        for e in &envs {
+            let from = c.lock_environment(e.id).await?;
+            let (current, current_version) = config_row(&mut c, f.id, e.id).await?;
+            if !current.on {
+                result.already_off.push(e.key.clone());
+                continue;
+            }
+            let mut cfg = current.clone();
+            cfg.on = false;
+            cfg.version = to_u64(current_version) + 1;
+            c.execute(
+                "UPDATE flag_configs SET config = $3, version = $4, updated_at = $5
+                 WHERE flag_id = $1 AND environment_id = $2",
+                args![f.id, e.id, encode(&cfg), current_version + 1, t],
+            )
+            .await?;
+            let changes = if f.archived {
+                Vec::new()
+            } else {
+                let flag = Flag::new(&def, cfg.clone());
+                vec![(Op::Put, Entity::Flag, key.to_owned(), Some(encode(&flag)))]
+            };
+            let to = record_changes(&mut c, e.id, changes, t).await?;
+            let rec = HistoryRecord {
+                flag_id: f.id,
+                environment_id: e.id,
+                config: &cfg,
+                environment_version: to,
+                action: "flag.kill",
+            };
+            history(&mut c, ctx, rec, t).await?;
+            let rec = AuditRecord {
+                action: "flag.kill",
+                resource: "flag",
+                project: Some(project),
+                environment: Some(&e.key),
+                key: Some(key),
+                before: Some(encode(&current)),
+                after: Some(encode(&cfg)),
+            };
+            audit(&mut c, ctx, rec, t).await?;
+            result.turned_off.push(KilledEnvironment {
+                environment: e.key.clone(),
+                version: cfg.version,
+                environment_version: to,
+            });
+            advanced.push((e.id, from, to));
+        }
+        tx.commit().await?;
+        for (env_id, from, to) in advanced {
+            // Turning a flag off changes nothing validation looks at.
+            self.advance_index(env_id, from, to, |_| {});
+        }
+        Ok(result)
+    }
+
+    /// Archives (hides from SDKs, freezes) or unarchives a flag. Archiving is refused while
+    /// live flags require it; unarchiving is refused if its configurations no longer validate
+    /// (e.g. a prerequisite was deleted meanwhile).
+    pub async fn set_archived(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        key: &str,
+        archived: bool,
+    ) -> Result<FlagView, StoreError> {
+        let (_, _, envs) = self.resolve_flag(project, key).await?;
+        let _local = self.local_locks(envs.iter().map(|e| e.id).collect()).await;
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let p = project_row(&mut c, project).await?;
+        let f = flag_row(&mut c, p.id, key).await?;
+        c.lock_flag(f.id).await?;
+        let f = flag_row(&mut c, p.id, key).await?;
+        let def: FlagDefinition = decode("flag definition", f.definition.0.clone())?;
+        let envs = environment_rows(&mut c, p.id).await?;
+        if f.archived == archived {
+            drop(tx);
+            return self.get_flag(project, key).await;
+        }
+        let mut blockers = Vec::new();
+        let mut errors = Vec::new();
+        let mut staged = Vec::new();
+        for e in &envs {
+            let from = c.lock_environment(e.id).await?;
+            let mut ix = self.take_index(&mut c, e.id, from).await?;
+            let (cfg, _) = config_row(&mut c, f.id, e.id).await?;
+            if archived {
+                for d in ix.flags_requiring(key) {
+                    if d != key {
+                        blockers.push(format!("flag '{d}' in environment '{}'", e.key));
+                    }
+                }
+                ix.remove_flag(key);
+            } else {
+                match validate_config(&def, cfg.clone(), &ix) {
+                    Ok(_) => ix.insert_flag_config(&def, &cfg),
+                    Err(errs) => {
+                        errors.extend(errs.with_prefix(&format!("environments.{}", e.key)).errors)
+                    }
+                }
+            }
+            staged.push((e, ix, cfg));
+        }
+        if !blockers.is_empty() {
+            return Err(StoreError::Conflict {
+                message: format!(
+                    "flag '{key}' is a prerequisite of other flags: remove those prerequisites first"
+                ),
+                blockers,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(
+                vexil_schema::validate::ValidationErrors { errors },
+            ));
+        }
+        let t = now();
+        c.execute(
+            "UPDATE flags SET archived = $2, updated_at = $3 WHERE id = $1",
+            args![f.id, archived, t],
+        )
+        .await?;
+        let mut cache = Vec::new();
+        for (e, ix, cfg) in staged {
+            let change = if archived {
+                (Op::Delete, Entity::Flag, key.to_owned(), None)
+            } else {
+                let flag = Flag::new(&def, cfg);
+                (Op::Put, Entity::Flag, key.to_owned(), Some(encode(&flag)))
+            };
+            let to = record_changes(&mut c, e.id, vec![change], t).await?;
+            cache.push((e.id, to, ix));
+        }
+        let action = if archived {
+            "flag.archive"
+        } else {
+            "flag.unarchive"
+        };
+        let rec = AuditRecord {
+            action,
+            resource: "flag",
+            project: Some(project),
+            environment: None,
+            key: Some(key),
+            before: Some(json!({ "archived": !archived })),
+            after: Some(json!({ "archived": archived })),
+        };
+        audit(&mut c, ctx, rec, t).await?;
+        let row = flag_row(&mut c, p.id, key).await?;
+        let view = flag_view(&mut c, row).await?;
+        tx.commit().await?;
+        for (env_id, v, ix) in cache {
+            self.put_index(env_id, v, ix);
+        }
+        Ok(view)
+    }
+
+    /// Deletes a flag and its configurations and history. Refused (409, naming them) while
+    /// another flag names it as a prerequisite in any environment.
+    pub async fn delete_flag(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let (_, _, envs) = self.resolve_flag(project, key).await?;
+        let _local = self.local_locks(envs.iter().map(|e| e.id).collect()).await;
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let p = project_row(&mut c, project).await?;
+        let f = flag_row(&mut c, p.id, key).await?;
+        c.lock_flag(f.id).await?;
+        let envs = environment_rows(&mut c, p.id).await?;
+        let mut versions = Vec::with_capacity(envs.len());
+        for e in &envs {
+            versions.push(c.lock_environment(e.id).await?);
+        }
+        // Every configuration in the project, archived flags included: an archived flag
+        // that requires this one could otherwise never be unarchived cleanly.
+        let rows: Vec<(String, String, Json<Value>)> = c
+            .fetch_all(
+                "SELECT f.key, e.key, c.config FROM flag_configs c
+                 JOIN flags f ON f.id = c.flag_id JOIN environments e ON e.id = c.environment_id
+                 WHERE f.project_id = $1 AND f.id <> $2 ORDER BY f.key, e.key",
+                args![p.id, f.id],
+            )
+            .await?;
+        let mut blockers = Vec::new();
+        for (flag_key, env_key, cfg) in rows {
+            let cfg: FlagConfig = decode("flag configuration", cfg.0)?;
+            if cfg.prerequisites.iter().any(|pr| pr.key == key) {
+                blockers.push(format!("flag '{flag_key}' in environment '{env_key}'"));
+            }
+        }
+        if !blockers.is_empty() {
+            return Err(StoreError::Conflict {
+                message: format!(
+                    "flag '{key}' is a prerequisite of other flags: remove those prerequisites first"
+                ),
+                blockers,
+            });
+        }
+        let before = flag_view(&mut c, f.clone()).await?;
+        c.execute("DELETE FROM flags WHERE id = $1", args![f.id])
+            .await?;
+        let t = now();
+        let mut advanced = Vec::new();
+        if !f.archived {
+            for (e, from) in envs.iter().zip(versions) {
+                let to = record_changes(
+                    &mut c,
+                    e.id,
+                    vec![(Op::Delete, Entity::Flag, key.to_owned(), None)],
+                    t,
+                )
+                .await?;
+                advanced.push((e.id, from, to));
+            }
+        }
+        let rec = AuditRecord {
+            action: "flag.delete",
+            resource: "flag",
+            project: Some(project),
+            environment: None,
+            key: Some(key),
+            before: Some(encode(&before)),
+            after: None,
+        };
+        audit(&mut c, ctx, rec, t).await?;
+        tx.commit().await?;
+        for (env_id, from, to) in advanced {
+            self.advance_index(env_id, from, to, |ix| {
+                ix.remove_flag(key);
+            });
+        }
+        Ok(())
+    }
+
+    /// The versions of a flag's configuration in an environment, newest first.
+    pub async fn list_versions(
+        &self,
+        project: &str,
+        key: &str,
+        environment: &str,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<FlagVersion>, StoreError> {
+        let limit = page_limit(limit);
+        let before = match cursor {
+            Some(c) => c
+                .parse::<i64>()
+                .map_err(|_| StoreError::BadRequest("cursor: not a cursor from this API".into()))?,
+            None => i64::MAX,
+        };
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let p = project_row(&mut c, project).await?;
+        let e = environment_row(&mut c, p.id, environment).await?;
+        let f = flag_row(&mut c, p.id, key).await?;
+        let rows: Vec<VersionRow> = c
+            .fetch_all(
+                "SELECT version, environment_version, actor, action, created_at, config
+                 FROM flag_config_versions
+                 WHERE flag_id = $1 AND environment_id = $2 AND version < $3
+                 ORDER BY version DESC LIMIT $4",
+                args![f.id, e.id, before, limit + 1],
+            )
+            .await?;
+        let mut items = rows
+            .into_iter()
+            .map(version_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(paginate(&mut items, limit, |v| v.version.to_string()))
+    }
+
+    /// One version of a flag's configuration in an environment.
+    pub async fn get_version(
+        &self,
+        project: &str,
+        key: &str,
+        environment: &str,
+        version: u64,
+    ) -> Result<FlagVersion, StoreError> {
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let p = project_row(&mut c, project).await?;
+        let e = environment_row(&mut c, p.id, environment).await?;
+        let f = flag_row(&mut c, p.id, key).await?;
+        let row: VersionRow = c
+            .fetch_optional(
+                "SELECT version, environment_version, actor, action, created_at, config
+                 FROM flag_config_versions
+                 WHERE flag_id = $1 AND environment_id = $2 AND version = $3",
+                args![f.id, e.id, i64::try_from(version).unwrap_or(i64::MAX)],
+            )
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("version {version} of flag '{key}'")))?;
+        version_of(row)
+    }
+}
+
+fn version_of(r: VersionRow) -> Result<FlagVersion, StoreError> {
+    let mut config: FlagConfig = decode("flag configuration", r.config.0)?;
+    config.version = to_u64(r.version);
+    Ok(FlagVersion {
+        version: r.version,
+        environment_version: r.environment_version,
+        actor: r.actor,
+        action: r.action,
+        created_at: r.created_at,
+        config,
+    })
+}
+
+async fn flag_view(c: &mut Conn<'_>, f: FlagRow) -> Result<FlagView, StoreError> {
+    let definition: FlagDefinition = decode("flag definition", f.definition.0)?;
+    let rows: Vec<EnvConfigRow> = c
+        .fetch_all(
+            "SELECT e.key, c.config FROM flag_configs c JOIN environments e ON e.id = c.environment_id
+             WHERE c.flag_id = $1",
+            args![f.id],
+        )
+        .await?;
+    let mut environments = BTreeMap::new();
+    for r in rows {
+        environments.insert(r.key, decode("flag configuration", r.config.0)?);
+    }
+    Ok(FlagView {
+        definition,
+        archived: f.archived,
+        version: f.version,
+        created_at: f.created_at,
+        updated_at: f.updated_at,
+        environments,
+    })
+}

@@ -1,0 +1,182 @@
+//! The control plane's storage: transaction scripts over PostgreSQL or SQLite.
+//!
+//! [`Store`] is a cheap-to-clone handle. Each submodule owns one aggregate and writes its SQL
+//! once for both engines (see [`crate::db`]):
+//!
+//! - `projects`, `environments`: the containers;
+//! - `flags`: definitions, per-environment configurations, history, rollback, kill switch;
+//! - `segments`: per-environment segments with large key lists;
+//! - `audit`: the append-only audit log and its queries;
+//! - `tokens`, `keys`: API tokens, SDK keys and relay keys (hashed secrets);
+//! - `idempotency`: stored responses for `Idempotency-Key` retries;
+//! - `changes`: what every write to an environment shares: the environment lock, the version
+//!   bump, the change-log row and the cached validation index.
+//!
+//! Every write that changes an environment's flags or segments locks that environment (row
+//! lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite), bumps `environments.version`, appends a
+//! `change_log` row and an audit entry, all in one transaction.
+
+mod audit;
+mod changes;
+mod environments;
+mod flags;
+mod idempotency;
+mod keys;
+mod projects;
+mod segments;
+mod snapshot;
+pub use snapshot::Change;
+mod tokens;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use vexil_schema::validate::{EnvironmentIndex, ValidationErrors};
+
+use crate::auth::Actor;
+use crate::db::Db;
+
+pub use audit::{AuditEntry, AuditQuery};
+pub use environments::{CreateEnvironment, EnvironmentView, UpdateEnvironment};
+pub use flags::{
+    ConfigPatch, FlagConfigView, FlagFilter, FlagSummary, FlagVersion, FlagView, KillResult,
+};
+pub use idempotency::{IdempotencyBegin, StoredResponse};
+pub use keys::{AccessKeyKind, AccessKeyView, CreatedAccessKey, KeyScope, RelayEnvironment};
+pub use projects::{ProjectView, UpdateProject};
+pub use segments::{SegmentSummary, SegmentView};
+pub use tokens::{CreatedToken, TokenView};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The named resource does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The resource already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The change conflicts with the current state (e.g. other flags depend on this one).
+    #[error("{message}")]
+    Conflict {
+        /// What conflicts.
+        message: String,
+        /// The resources standing in the way, if any.
+        blockers: Vec<String>,
+    },
+    /// `If-Match` named a version that is no longer current.
+    #[error("the resource has changed: current version is {current}")]
+    PreconditionFailed {
+        /// The current version.
+        current: u64,
+    },
+    /// The document broke validation rules.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    /// The request is well-formed JSON but makes no sense (e.g. a key that differs from the
+    /// path's).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored document does not decode: the database was edited outside the API.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+/// Maps a unique violation to [`StoreError::AlreadyExists`], anything else to a database error.
+pub(crate) fn unique_or(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+    match e.as_database_error() {
+        Some(d) if d.is_unique_violation() => StoreError::AlreadyExists(what()),
+        _ => StoreError::Database(e),
+    }
+}
+
+/// Who is making a change, recorded in the audit log.
+#[derive(Debug, Clone)]
+pub struct WriteContext {
+    /// The authenticated caller.
+    pub actor: Actor,
+    /// The request id (`x-request-id`) the change was made under.
+    pub request_id: Option<String>,
+}
+
+/// The control plane's storage handle. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// The connection pool.
+    db: Db,
+    /// Validation indexes per environment id, tagged with the environment version they
+    /// describe. A writer holds the environment lock and reads the current version, so a
+    /// cached index is used only when no change (from any process) has happened since.
+    indexes: Arc<Mutex<HashMap<i64, (i64, EnvironmentIndex)>>>,
+    /// One async mutex per environment id serialising this process's writers (see
+    /// `changes::local_locks`). Entries are tiny and environments few, so they are kept.
+    writers: Arc<Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl Store {
+    /// Wraps a migrated database.
+    pub fn new(db: Db) -> Self {
+        Self {
+            db,
+            indexes: Arc::new(Mutex::new(HashMap::new())),
+            writers: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The underlying database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// A page of results and the cursor for the next one.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Clamps a requested page size to 1..=500 (default 50).
+pub(crate) fn page_limit(limit: Option<u32>) -> i64 {
+    i64::from(limit.unwrap_or(50).clamp(1, 500))
+}
+
+/// Converts a stored non-negative counter.
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Decodes a stored JSON document.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    v: serde_json::Value,
+) -> Result<T, StoreError> {
+    serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// Encodes a document for storage.
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    // The model types serialise to JSON without failing (string keys, no non-finite floats
+    // survive deserialisation).
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// A fresh random salt for bucketing (64 bits, hex).
+pub(crate) fn new_salt() -> String {
+    let mut b = [0u8; 8];
+    rand::fill(&mut b);
+    crate::auth::hex(&b)
+}

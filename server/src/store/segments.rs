@@ -1,0 +1,409 @@
+//! Segments: reusable sets of contexts, per environment.
+//!
+//! A segment's `included` and `excluded` key lists (up to 100,000 keys each) are stored as one
+//! JSON array value each, written and read in a single statement, and kept out of listings
+//! (which show counts).
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use vexil_schema::Segment;
+use vexil_schema::validate::validate_segment;
+
+use super::changes::{AuditRecord, Entity, Op, audit, record_changes};
+use super::environments::{EnvironmentRow, environment_row};
+use super::projects::{paginate, project_row};
+use super::{
+    Page, Store, StoreError, WriteContext, decode, encode, new_salt, page_limit, to_u64, unique_or,
+};
+use crate::db::{Conn, args, now};
+
+/// A segment with its key lists.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SegmentView {
+    /// The segment; its `version` is the `ETag`.
+    #[schema(value_type = crate::openapi::SegmentDoc)]
+    pub segment: Segment,
+    /// The environment's data version after the change that produced this version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment_version: Option<i64>,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A segment in a listing: its key lists are counted, not shown.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct SegmentSummary {
+    /// Key.
+    pub key: String,
+    /// Name.
+    pub name: String,
+    /// Number of keys in `included`.
+    pub included_count: i64,
+    /// Number of keys in `excluded`.
+    pub excluded_count: i64,
+    /// Version.
+    pub version: i64,
+    /// When it last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+struct SegmentRow {
+    body: Json<Value>,
+    included: Json<Vec<String>>,
+    excluded: Json<Vec<String>>,
+    version: i64,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+fn assemble(row: SegmentRow) -> Result<(Segment, OffsetDateTime, OffsetDateTime), StoreError> {
+    let mut seg: Segment = decode("segment", row.body.0)?;
+    seg.included = row.included.0;
+    seg.excluded = row.excluded.0;
+    seg.version = to_u64(row.version);
+    Ok((seg, row.created_at, row.updated_at))
+}
+
+/// The stored body: the segment without its key lists (which have their own columns).
+fn body_of(seg: &Segment) -> Value {
+    let mut body = seg.clone();
+    body.included = Vec::new();
+    body.excluded = Vec::new();
+    encode(&body)
+}
+
+fn list_len(v: &[String]) -> i64 {
+    i64::try_from(v.len()).unwrap_or(i64::MAX)
+}
+
+async fn segment_row(
+    c: &mut Conn<'_>,
+    environment_id: i64,
+    key: &str,
+) -> Result<Option<SegmentRow>, StoreError> {
+    Ok(c.fetch_optional(
+        "SELECT body, included, excluded, version, created_at, updated_at FROM segments
+         WHERE environment_id = $1 AND key = $2",
+        args![environment_id, key],
+    )
+    .await?)
+}
+
+impl Store {
+    async fn resolve_environment(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<EnvironmentRow, StoreError> {
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let p = project_row(&mut c, project).await?;
+        environment_row(&mut c, p.id, environment).await
+    }
+
+    /// Every segment of an environment, key lists included, by key.
+    pub(crate) async fn load_segments(
+        &self,
+        c: &mut Conn<'_>,
+        environment_id: i64,
+    ) -> Result<Vec<Segment>, StoreError> {
+        let rows: Vec<SegmentRow> = c
+            .fetch_all(
+                "SELECT body, included, excluded, version, created_at, updated_at FROM segments
+                 WHERE environment_id = $1 ORDER BY key",
+                args![environment_id],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| assemble(r).map(|(s, _, _)| s))
+            .collect()
+    }
+
+    /// Creates a segment. An empty `salt` gets a fresh random one.
+    pub async fn create_segment(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        environment: &str,
+        mut segment: Segment,
+    ) -> Result<SegmentView, StoreError> {
+        let env = self.resolve_environment(project, environment).await?;
+        let _local = self.local_locks(vec![env.id]).await;
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let from = c.lock_environment(env.id).await?;
+        if segment_row(&mut c, env.id, &segment.key).await?.is_some() {
+            return Err(StoreError::AlreadyExists(format!(
+                "segment '{}'",
+                segment.key
+            )));
+        }
+        let mut ix = self.take_index(&mut c, env.id, from).await?;
+        if segment.salt.is_empty() {
+            segment.salt = new_salt();
+        }
+        segment.version = 1;
+        let seg = validate_segment(segment, &ix)?.into_inner();
+        let t = now();
+        c.execute(
+            "INSERT INTO segments (environment_id, key, name, body, included, excluded,
+                                   included_count, excluded_count, version, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)",
+            args![
+                env.id,
+                seg.key.as_str(),
+                seg.name.as_str(),
+                body_of(&seg),
+                serde_json::json!(seg.included),
+                serde_json::json!(seg.excluded),
+                list_len(&seg.included),
+                list_len(&seg.excluded),
+                t
+            ],
+        )
+        .await
+        .map_err(|e| unique_or(e, || format!("segment '{}'", seg.key)))?;
+        let payload = encode(&seg);
+        let to = record_changes(
+            &mut c,
+            env.id,
+            vec![(
+                Op::Put,
+                Entity::Segment,
+                seg.key.to_string(),
+                Some(payload.clone()),
+            )],
+            t,
+        )
+        .await?;
+        let rec = AuditRecord {
+            action: "segment.create",
+            resource: "segment",
+            project: Some(project),
+            environment: Some(environment),
+            key: Some(seg.key.as_str()),
+            before: None,
+            after: Some(payload),
+        };
+        audit(&mut c, ctx, rec, t).await?;
+        tx.commit().await?;
+        ix.insert_segment(&seg);
+        self.put_index(env.id, to, ix);
+        Ok(SegmentView {
+            segment: seg,
+            environment_version: Some(to),
+            created_at: t,
+            updated_at: t,
+        })
+    }
+
+    /// One segment with its key lists.
+    pub async fn get_segment(
+        &self,
+        project: &str,
+        environment: &str,
+        key: &str,
+    ) -> Result<SegmentView, StoreError> {
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let p = project_row(&mut c, project).await?;
+        let e = environment_row(&mut c, p.id, environment).await?;
+        let row = segment_row(&mut c, e.id, key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("segment '{key}'")))?;
+        let (segment, created_at, updated_at) = assemble(row)?;
+        Ok(SegmentView {
+            segment,
+            environment_version: None,
+            created_at,
+            updated_at,
+        })
+    }
+
+    /// Lists an environment's segments by key (counts only, no key lists).
+    pub async fn list_segments(
+        &self,
+        project: &str,
+        environment: &str,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<SegmentSummary>, StoreError> {
+        let limit = page_limit(limit);
+        let mut pc = self.db.acquire().await?;
+        let mut c = pc.conn();
+        let p = project_row(&mut c, project).await?;
+        let e = environment_row(&mut c, p.id, environment).await?;
+        let mut items: Vec<SegmentSummary> = c
+            .fetch_all(
+                "SELECT key, name, included_count, excluded_count, version, updated_at FROM segments
+                 WHERE environment_id = $1 AND key > $2 ORDER BY key LIMIT $3",
+                args![e.id, cursor.unwrap_or(""), limit + 1],
+            )
+            .await?;
+        Ok(paginate(&mut items, limit, |s| s.key.clone()))
+    }
+
+    /// Replaces a segment. An empty `salt` keeps the current one; `version` is assigned.
+    pub async fn put_segment(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        environment: &str,
+        key: &str,
+        mut segment: Segment,
+        if_match: Option<u64>,
+    ) -> Result<SegmentView, StoreError> {
+        if segment.key != key {
+            return Err(StoreError::BadRequest(format!(
+                "key: the body names segment '{}' but the path names '{key}'; keys cannot be changed",
+                segment.key
+            )));
+        }
+        let env = self.resolve_environment(project, environment).await?;
+        let _local = self.local_locks(vec![env.id]).await;
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let from = c.lock_environment(env.id).await?;
+        let row = segment_row(&mut c, env.id, key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("segment '{key}'")))?;
+        let (before, created_at, _) = assemble(row)?;
+        if let Some(expected) = if_match
+            && expected != before.version
+        {
+            return Err(StoreError::PreconditionFailed {
+                current: before.version,
+            });
+        }
+        let mut ix = self.take_index(&mut c, env.id, from).await?;
+        if segment.salt.is_empty() {
+            segment.salt = before.salt.clone();
+        }
+        segment.version = before.version + 1;
+        let seg = validate_segment(segment, &ix)?.into_inner();
+        let t = now();
+        c.execute(
+            "UPDATE segments SET name = $3, body = $4, included = $5, excluded = $6,
+                    included_count = $7, excluded_count = $8, version = $9, updated_at = $10
+             WHERE environment_id = $1 AND key = $2",
+            args![
+                env.id,
+                key,
+                seg.name.as_str(),
+                body_of(&seg),
+                serde_json::json!(seg.included),
+                serde_json::json!(seg.excluded),
+                list_len(&seg.included),
+                list_len(&seg.excluded),
+                i64::try_from(seg.version).unwrap_or(i64::MAX),
+                t
+            ],
+        )
+        .await?;
+        let payload = encode(&seg);
+        let to = record_changes(
+            &mut c,
+            env.id,
+            vec![(
+                Op::Put,
+                Entity::Segment,
+                key.to_owned(),
+                Some(payload.clone()),
+            )],
+            t,
+        )
+        .await?;
+        let rec = AuditRecord {
+            action: "segment.update",
+            resource: "segment",
+            project: Some(project),
+            environment: Some(environment),
+            key: Some(key),
+            before: Some(encode(&before)),
+            after: Some(payload),
+        };
+        audit(&mut c, ctx, rec, t).await?;
+        tx.commit().await?;
+        ix.insert_segment(&seg);
+        self.put_index(env.id, to, ix);
+        Ok(SegmentView {
+            segment: seg,
+            environment_version: Some(to),
+            created_at,
+            updated_at: t,
+        })
+    }
+
+    /// Deletes a segment. Refused (409, naming them) while flags or other segments match it.
+    pub async fn delete_segment(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        environment: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let env = self.resolve_environment(project, environment).await?;
+        let _local = self.local_locks(vec![env.id]).await;
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let from = c.lock_environment(env.id).await?;
+        let row = segment_row(&mut c, env.id, key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("segment '{key}'")))?;
+        let (before, _, _) = assemble(row)?;
+        let mut ix = self.take_index(&mut c, env.id, from).await?;
+        let mut blockers: Vec<String> = ix
+            .flags_using_segment(key)
+            .into_iter()
+            .map(|f| format!("flag '{f}'"))
+            .collect();
+        blockers.extend(
+            ix.segments_using_segment(key)
+                .into_iter()
+                .map(|s| format!("segment '{s}'")),
+        );
+        if !blockers.is_empty() {
+            self.put_index(env.id, from, ix);
+            return Err(StoreError::Conflict {
+                message: format!("segment '{key}' is in use: remove the rules that match it first"),
+                blockers,
+            });
+        }
+        c.execute(
+            "DELETE FROM segments WHERE environment_id = $1 AND key = $2",
+            args![env.id, key],
+        )
+        .await?;
+        let t = now();
+        let to = record_changes(
+            &mut c,
+            env.id,
+            vec![(Op::Delete, Entity::Segment, key.to_owned(), None)],
+            t,
+        )
+        .await?;
+        let rec = AuditRecord {
+            action: "segment.delete",
+            resource: "segment",
+            project: Some(project),
+            environment: Some(environment),
+            key: Some(key),
+            before: Some(encode(&before)),
+            after: None,
+        };
+        audit(&mut c, ctx, rec, t).await?;
+        tx.commit().await?;
+        ix.remove_segment(key);
+        self.put_index(env.id, to, ix);
+        Ok(())
+    }
+}

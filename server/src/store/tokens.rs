@@ -1,0 +1,284 @@
+//! API tokens: created, listed and revoked by admins; authenticated on every API request.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use super::changes::{AuditRecord, audit};
+use super::{Store, StoreError, WriteContext, encode, unique_or};
+use crate::auth::{
+    API_TOKEN_PREFIX, Actor, Role, digests_equal, generate_secret, hash_secret, hint,
+};
+use crate::db::{args, now};
+
+/// An API token as listed: never its secret.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TokenView {
+    /// Token id.
+    pub id: i64,
+    /// Name: the actor recorded in the audit log.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Prefix and last characters of the secret, to recognise it.
+    pub hint: String,
+    /// Who created it.
+    pub created_by: String,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it was revoked, if it was.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A token just created: the only time its secret is shown.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CreatedToken {
+    /// The token.
+    #[serde(flatten)]
+    pub token: TokenView,
+    /// The secret to send as `Authorization: Bearer …`. Shown once.
+    pub secret: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    id: i64,
+    name: String,
+    role: String,
+    hint: String,
+    created_by: String,
+    created_at: OffsetDateTime,
+    revoked_at: Option<OffsetDateTime>,
+}
+
+impl TokenRow {
+    fn view(self) -> Result<TokenView, StoreError> {
+        Ok(TokenView {
+            id: self.id,
+            role: Role::parse(&self.role)
+                .ok_or_else(|| StoreError::Corrupt(format!("token role '{}'", self.role)))?,
+            name: self.name,
+            hint: self.hint,
+            created_by: self.created_by,
+            created_at: self.created_at,
+            revoked_at: self.revoked_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AuthRow {
+    id: i64,
+    name: String,
+    role: String,
+    secret_hash: Vec<u8>,
+}
+
+const MAX_TOKEN_NAME: usize = 128;
+
+impl Store {
+    async fn insert_token(
+        &self,
+        ctx: &WriteContext,
+        name: &str,
+        role: Role,
+        secret: String,
+    ) -> Result<CreatedToken, StoreError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > MAX_TOKEN_NAME {
+            return Err(StoreError::BadRequest(format!(
+                "name: must be 1 to {MAX_TOKEN_NAME} characters"
+            )));
+        }
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let t = now();
+        let row: TokenRow = c
+            .fetch_one(
+                "INSERT INTO api_tokens (name, role, secret_hash, hint, created_by, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 RETURNING id, name, role, hint, created_by, created_at, revoked_at",
+                args![
+                    name,
+                    role.as_str(),
+                    hash_secret(&secret),
+                    hint(&secret),
+                    ctx.actor.name.as_str(),
+                    t
+                ],
+            )
+            .await
+            .map_err(|e| unique_or(e, || format!("token named '{name}'")))?;
+        let view = row.view()?;
+        let id = view.id.to_string();
+        let rec = AuditRecord {
+            action: "token.create",
+            resource: "token",
+            project: None,
+            environment: None,
+            key: Some(&id),
+            before: None,
+            after: Some(encode(&view)),
+        };
+        audit(&mut c, ctx, rec, t).await?;
+        tx.commit().await?;
+        Ok(CreatedToken {
+            token: view,
+            secret,
+        })
+    }
+
+    /// Creates an API token with a fresh random secret.
+    pub async fn create_token(
+        &self,
+        ctx: &WriteContext,
+        name: &str,
+        role: Role,
+    ) -> Result<CreatedToken, StoreError> {
+        self.insert_token(ctx, name, role, generate_secret(API_TOKEN_PREFIX))
+            .await
+    }
+
+    /// Every API token, revoked ones included, by id.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenView>, StoreError> {
+        let mut pc = self.db.acquire().await?;
+        let rows: Vec<TokenRow> = pc
+            .conn()
+            .fetch_all(
+                "SELECT id, name, role, hint, created_by, created_at, revoked_at FROM api_tokens
+                 ORDER BY id",
+                args![],
+            )
+            .await?;
+        rows.into_iter().map(TokenRow::view).collect()
+    }
+
+    /// Revokes an API token: it stops authenticating at once.
+    pub async fn revoke_token(&self, ctx: &WriteContext, id: i64) -> Result<TokenView, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let before: TokenRow = c
+            .fetch_optional(
+                "SELECT id, name, role, hint, created_by, created_at, revoked_at FROM api_tokens
+                 WHERE id = $1",
+                args![id],
+            )
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
+        let before = before.view()?;
+        if before.revoked_at.is_some() {
+            return Ok(before);
+        }
+        let t = now();
+        let after: TokenRow = c
+            .fetch_one(
+                "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1
+                 RETURNING id, name, role, hint, created_by, created_at, revoked_at",
+                args![id, t],
+            )
+            .await?;
+        let after = after.view()?;
+        let key = id.to_string();
+        let rec = AuditRecord {
+            action: "token.revoke",
+            resource: "token",
+            project: None,
+            environment: None,
+            key: Some(&key),
+            before: Some(encode(&before)),
+            after: Some(encode(&after)),
+        };
+        audit(&mut c, ctx, rec, t).await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    /// The caller a presented API token belongs to, if it is a live token.
+    pub async fn authenticate_token(&self, secret: &str) -> Result<Option<Actor>, StoreError> {
+        if !secret.starts_with(API_TOKEN_PREFIX) {
+            return Ok(None);
+        }
+        let digest = hash_secret(secret);
+        let mut pc = self.db.acquire().await?;
+        let row: Option<AuthRow> = pc
+            .conn()
+            .fetch_optional(
+                "SELECT id, name, role, secret_hash FROM api_tokens
+                 WHERE secret_hash = $1 AND revoked_at IS NULL",
+                args![digest.clone()],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        if !digests_equal(&row.secret_hash, &digest) {
+            return Ok(None);
+        }
+        let role = Role::parse(&row.role)
+            .ok_or_else(|| StoreError::Corrupt(format!("token role '{}'", row.role)))?;
+        Ok(Some(Actor {
+            token_id: Some(row.id),
+            name: row.name,
+            role,
+        }))
+    }
+
+    async fn live_admin_exists(&self) -> Result<bool, StoreError> {
+        let mut pc = self.db.acquire().await?;
+        let existing: Option<(i64,)> = pc
+            .conn()
+            .fetch_optional(
+                "SELECT id FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL LIMIT 1",
+                args![],
+            )
+            .await?;
+        Ok(existing.is_some())
+    }
+
+    /// On start with no live admin token (first start, or every admin token revoked): creates
+    /// the admin token `bootstrap-admin` (or `bootstrap-admin-<time>` if that name is taken) with
+    /// `secret` if given, else with a generated one. Returns the secret when it generated one
+    /// (for the caller to print once), and `None` when nothing was created or the secret was
+    /// supplied.
+    pub async fn bootstrap_admin(
+        &self,
+        secret: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        if self.live_admin_exists().await? {
+            return Ok(None);
+        }
+        let ctx = WriteContext {
+            actor: Actor::system(),
+            request_id: None,
+        };
+        let (secret, generated) = match secret {
+            Some(s) => {
+                if !s.starts_with(API_TOKEN_PREFIX) || s.len() < API_TOKEN_PREFIX.len() + 32 {
+                    return Err(StoreError::BadRequest(format!(
+                        "the bootstrap token must start with '{API_TOKEN_PREFIX}' and carry at least 32 more characters (128 bits as hex)"
+                    )));
+                }
+                (s.to_owned(), false)
+            }
+            None => (generate_secret(API_TOKEN_PREFIX), true),
+        };
+        match self
+            .insert_token(&ctx, "bootstrap-admin", Role::Admin, secret.clone())
+            .await
+        {
+            Ok(created) => Ok(generated.then_some(created.secret)),
+            Err(StoreError::AlreadyExists(_)) => {
+                if self.live_admin_exists().await? {
+                    // Another process bootstrapped at the same moment.
+                    return Ok(None);
+                }
+                // The earlier bootstrap token was revoked and no admin is left: recover with
+                // a new one under a fresh name.
+                let name = format!("bootstrap-admin-{}", now().unix_timestamp());
+                let created = self.insert_token(&ctx, &name, Role::Admin, secret).await?;
+                Ok(generated.then_some(created.secret))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Authentication and the role matrix.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::both;
+use crate::helpers::{bool_flag, config_path, expect};
+
+/// Every write endpoint, in an order that works when each succeeds, for project `p`; `{sdk}`,
+/// `{token}` and `{relay}` are ids of keys created beforehand by an admin. The flag says
+/// whether an editor may call it (viewers may call none, admins all).
+fn writes(p: &str) -> Vec<(Method, String, Value, bool)> {
+    let cfg = config_path(p, "f", "e");
+    vec![
+        (
+            Method::POST,
+            "/api/v1/projects".into(),
+            json!({"key": p, "name": p}),
+            true,
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/projects/{p}"),
+            json!({"description": "d"}),
+            true,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/projects/{p}/environments"),
+            json!({"key": "e", "name": "E"}),
+            true,
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/projects/{p}/environments/e"),
+            json!({"name": "E2"}),
+            true,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/projects/{p}/flags"),
+            bool_flag("f"),
+            true,
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/projects/{p}/flags/f"),
+            bool_flag("f"),
+            true,
+        ),
+        (
+            Method::PUT,
+            cfg.clone(),
+            json!({"off_variation": 1, "fallthrough": {"variation": 0}}),
+            true,
+        ),
+        (Method::PATCH, cfg.clone(), json!({"on": true}), true),
+        (
+            Method::POST,
+            format!("{cfg}/rollback"),
+            json!({"version": 1}),
+            true,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/projects/{p}/flags/f/kill"),
+            json!({}),
+            true,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/projects/{p}/flags/f/archive"),
+            json!({}),
+            true,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/projects/{p}/flags/f/unarchive"),
+            json!({}),
+            true,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/projects/{p}/environments/e/segments"),
+            json!({"key": "s", "name": "S"}),
+            true,
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/projects/{p}/environments/e/segments/s"),
+            json!({"key": "s", "name": "S2"}),
+            true,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/projects/{p}/environments/e/segments/s"),
+            Value::Null,
+            true,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/projects/{p}/flags/f"),
+            Value::Null,
+            true,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/projects/{p}/environments/e/sdk-keys"),
+            json!({"name": "svc"}),
+            false,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/projects/{p}/environments/e/sdk-keys/{{sdk}}/rotate"),
+            json!({}),
+            false,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/projects/{p}/environments/e/sdk-keys/{{sdk}}"),
+            Value::Null,
+            false,
+        ),
+        (
+            Method::POST,
+            "/api/v1/tokens".into(),
+            json!({"name": format!("made-in-{p}"), "role": "viewer"}),
+            false,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/tokens/{token}".into(),
+            Value::Null,
+            false,
+        ),
+        (
+            Method::POST,
+            "/api/v1/relay-keys".into(),
+            json!({"name": "edge", "environments": [{"project": p, "environment": "e"}]}),
+            false,
+        ),
+        (
+            Method::POST,
+            "/api/v1/relay-keys/{relay}/rotate".into(),
+            json!({"grace_seconds": 60}),
+            false,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/relay-keys/{relay}".into(),
+            Value::Null,
+            false,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/projects/{p}/environments/e"),
+            Value::Null,
+            true,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/projects/{p}"),
+            Value::Null,
+            true,
+        ),
+    ]
+}
+
+async fn admin_keys(app: &vexil_testkit::TestApp, p: &str) -> (String, String, String) {
+    // Keys for the admin-only rotate/revoke endpoints, in an environment that outlives the run.
+    let sdk = expect(
+        app.post(
+            &format!("/api/v1/projects/{p}/environments/e/sdk-keys"),
+            &json!({"name": "pre"}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
+    let tok = expect(
+        app.post(
+            "/api/v1/tokens",
+            &json!({"name": format!("pre-{p}"), "role": "viewer"}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
+    let relay = expect(
+        app.post(
+            "/api/v1/relay-keys",
+            &json!({"name": "pre", "environments": [{"project": p, "environment": "e"}]}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
+    (
+        sdk["id"].to_string(),
+        tok["id"].to_string(),
+        relay["id"].to_string(),
+    )
+}
+
+async fn send(
+    app: &vexil_testkit::TestApp,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> reqwest::Response {
+    let mut req = app.request_as(method, path, token);
+    if !body.is_null() {
+        req = req.json(body);
+    }
+    req.send().await.unwrap()
+}
+
+both! {
+    async fn missing_bad_and_wrong_credentials_are_401(app) {
+        let r = app.client.get(app.url("/api/v1/projects")).send().await.unwrap();
+        assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"vexil\"");
+        let p = expect(r, 401).await;
+        assert_eq!(p["type"], "urn:vexil:problem:unauthorized");
+        expect(app.client.get(app.url("/api/v1/projects")).bearer_auth("vxa_0000").send().await.unwrap(), 401).await;
+        expect(app.client.get(app.url("/api/v1/projects")).header("authorization", "Basic abc").send().await.unwrap(), 401).await;
+        // SDK keys do not open the management API.
+        app.project("p", &["e"]).await;
+        let sdk = expect(app.post("/api/v1/projects/p/environments/e/sdk-keys", &json!({"name": "svc"})).send().await.unwrap(), 201).await;
+        let secret = sdk["secret"].as_str().unwrap();
+        assert!(secret.starts_with("vxs_"));
+        expect(app.client.get(app.url("/api/v1/projects")).bearer_auth(secret).send().await.unwrap(), 401).await;
+        // A revoked token stops at once.
+        let t = expect(app.post("/api/v1/tokens", &json!({"name": "temp", "role": "editor"})).send().await.unwrap(), 201).await;
+        let secret = t["secret"].as_str().unwrap().to_owned();
+        let me = expect(app.client.get(app.url("/api/v1/me")).bearer_auth(&secret).send().await.unwrap(), 200).await;
+        assert_eq!(me, json!({"name": "temp", "role": "editor", "token_id": t["id"]}));
+        expect(app.delete(&format!("/api/v1/tokens/{}", t["id"])).send().await.unwrap(), 200).await;
+        expect(app.client.get(app.url("/api/v1/me")).bearer_auth(&secret).send().await.unwrap(), 401).await;
+    }
+
+    async fn role_matrix(app) {
+        let viewer = app.token("viewer", "viewer").await;
+        let editor = app.token("editor", "editor").await;
+        for (role, token) in [("viewer", viewer.as_str()), ("editor", editor.as_str()), ("admin", app.admin_token.as_str())] {
+            let p = format!("rm-{role}");
+            // An admin prepares the project for roles that cannot create it, and the keys
+            // for the admin-only endpoints.
+            if role == "viewer" {
+                app.project(&p, &["e"]).await;
+                expect(app.post(&format!("/api/v1/projects/{p}/flags"), &bool_flag("f")).send().await.unwrap(), 201).await;
+                expect(app.post(&format!("/api/v1/projects/{p}/environments/e/segments"), &json!({"key": "s", "name": "S"})).send().await.unwrap(), 201).await;
+            }
+            let mut ids: Option<(String, String, String)> = None;
+            let before = app.database.fingerprint().await;
+            for (method, path, body, editor_may) in writes(&p) {
+                if ids.is_none() && (path.contains("{sdk}") || path.contains("/tokens") || path.contains("relay")) {
+                    ids = Some(admin_keys(&app, &p).await);
+                }
+                let path = match &ids {
+                    Some((sdk, tok, relay)) => path.replace("{sdk}", sdk).replace("{token}", tok).replace("{relay}", relay),
+                    None => path,
+                };
+                let allowed = match role { "viewer" => false, "editor" => editor_may, _ => true };
+                let res = send(&app, token, method.clone(), &path, &body).await;
+                let status = res.status();
+                let text = res.text().await.unwrap();
+                if allowed {
+                    assert!(status.is_success(), "{role} {method} {path}: {status} {text}");
+                } else {
+                    assert_eq!(status, 403, "{role} {method} {path}: {text}");
+                    assert!(text.contains("urn:vexil:problem:forbidden"));
+                }
+            }
+            if role == "viewer" {
+                let after = app.database.fingerprint().await;
+                let mut expected = before.clone();
+                // Only the admin-prepared keys were added.
+                expected.insert("access_keys", before["access_keys"] + 2);
+                expected.insert("api_tokens", before["api_tokens"] + 1);
+                expected.insert("audit_log", before["audit_log"] + 3);
+                assert_eq!(after, expected);
+            }
+        }
+        // Every role reads.
+        for token in [viewer.as_str(), editor.as_str()] {
+            for path in ["/api/v1/projects", "/api/v1/projects/rm-viewer/flags", "/api/v1/projects/rm-viewer/flags/f",
+                         "/api/v1/projects/rm-viewer/environments/e/segments", "/api/v1/audit", "/api/v1/projects/rm-viewer/environments/e/snapshot"] {
+                let r = app.request_as(Method::GET, path, token).send().await.unwrap();
+                assert_eq!(r.status(), 200, "{path}");
+            }
+            // Listing tokens and keys is for admins.
+            assert_eq!(app.request_as(Method::GET, "/api/v1/tokens", token).send().await.unwrap().status(), 403);
+            assert_eq!(app.request_as(Method::GET, "/api/v1/relay-keys", token).send().await.unwrap().status(), 403);
+        }
+    }
+}

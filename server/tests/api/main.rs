@@ -1,0 +1,16 @@
+//! Integration tests of the control plane over real sockets, each run against PostgreSQL and
+//! SQLite (see the `both!` macro). One test binary with modules links once.
+
+mod helpers;
+
+mod audit;
+mod auth;
+mod concurrency;
+mod corpus;
+mod environments;
+mod errors;
+mod flags;
+mod idempotency;
+mod keys;
+mod kill_rollback;
+mod segments;

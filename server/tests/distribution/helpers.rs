@@ -1,0 +1,261 @@
+//! SSE client, second server processes and small setup helpers.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use vexil_server::{Config, Server};
+use vexil_testkit::TestApp;
+
+/// How long any single wait in these tests may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl Event {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).expect("event data is JSON")
+    }
+}
+
+/// A minimal SSE reader over a real HTTP response.
+pub struct Sse {
+    body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+impl Sse {
+    /// Opens `GET {base}/sdk/v1/stream` with `key`, optionally resuming.
+    pub async fn open(base: &str, key: &str, last_event_id: Option<&str>) -> Sse {
+        Self::open_path(base, "/sdk/v1/stream", key, last_event_id).await
+    }
+
+    pub async fn open_path(base: &str, path: &str, key: &str, last_event_id: Option<&str>) -> Sse {
+        let client = reqwest::Client::new();
+        let mut req = client
+            .get(format!("{base}{path}"))
+            .header("authorization", key);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let res = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("stream opens in time")
+            .expect("stream request");
+        assert_eq!(res.status(), 200, "stream status");
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        Sse {
+            body: res.bytes_stream().boxed(),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (keep-alive comments skipped).
+    pub async fn next(&mut self) -> Event {
+        tokio::time::timeout(WAIT, self.next_inner())
+            .await
+            .expect("an event arrives in time")
+    }
+
+    async fn next_inner(&mut self) -> Event {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = Event {
+                    event: "message".to_owned(),
+                    id: None,
+                    data: String::new(),
+                };
+                let mut any = false;
+                for line in block.lines() {
+                    if line.starts_with(':') || line.is_empty() {
+                        continue;
+                    }
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    any = true;
+                    match field {
+                        "event" => ev.event = value.to_owned(),
+                        "id" => ev.id = Some(value.to_owned()),
+                        "data" => {
+                            if !ev.data.is_empty() {
+                                ev.data.push('\n');
+                            }
+                            ev.data.push_str(value);
+                        }
+                        _ => {}
+                    }
+                }
+                if any {
+                    return ev;
+                }
+                continue;
+            }
+            let chunk = self
+                .body
+                .next()
+                .await
+                .expect("the stream stays open")
+                .expect("stream chunk");
+            self.buf
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
+        }
+    }
+
+    /// Reads events until one with version `id` (an SDK stream `id`), returning all read.
+    pub async fn until_id(&mut self, id: u64) -> Vec<Event> {
+        let mut seen = Vec::new();
+        loop {
+            let ev = self.next().await;
+            let done = ev.id.as_deref().and_then(|s| s.parse::<u64>().ok()) >= Some(id);
+            seen.push(ev);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+/// A second server process (same binary code, own port, own hub and listener) on the same
+/// database as `app`.
+pub struct Peer {
+    pub base_url: String,
+    pub feed: vexil_server::feed::Feed,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Peer {
+    pub async fn start(database_url: &str) -> Peer {
+        Self::start_with(database_url, |_| {}).await
+    }
+
+    pub async fn start_with(database_url: &str, adjust: impl FnOnce(&mut Config)) -> Peer {
+        let mut config = Config::with_database(database_url);
+        config.database_max_connections = 5;
+        adjust(&mut config);
+        let server = Server::build(config).await.expect("peer starts");
+        let feed = server.feed().clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let _ = server
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Peer {
+            base_url: format!("http://{addr}"),
+            feed,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(WAIT, h).await;
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Asserts the status, returning the JSON body (or `null` for an empty one).
+pub async fn expect(res: reqwest::Response, status: u16) -> Value {
+    let got = res.status().as_u16();
+    let text = res.text().await.expect("response body");
+    assert_eq!(got, status, "body: {text}");
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    }
+}
+
+/// A boolean flag definition.
+pub fn bool_flag(key: &str) -> Value {
+    json!({"key": key, "name": key, "kind": "boolean", "variations": [{"value": true}, {"value": false}]})
+}
+
+/// The path of a flag's configuration in an environment.
+pub fn config_path(project: &str, flag: &str, env: &str) -> String {
+    format!("/api/v1/projects/{project}/flags/{flag}/environments/{env}")
+}
+
+/// Creates project `p` with `envs`, and returns an SDK key for each environment.
+pub async fn setup(app: &TestApp, envs: &[&str]) -> Vec<String> {
+    app.project("p", envs).await;
+    let mut keys = Vec::new();
+    for env in envs {
+        keys.push(sdk_key(app, "p", env).await);
+    }
+    keys
+}
+
+/// Creates an SDK key for `project/env` and returns its secret.
+pub async fn sdk_key(app: &TestApp, project: &str, env: &str) -> String {
+    let body = expect(
+        app.post(
+            &format!("/api/v1/projects/{project}/environments/{env}/sdk-keys"),
+            &json!({"name": format!("key-{env}-{}", uuid::Uuid::new_v4().simple())}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
+    body["secret"].as_str().expect("secret").to_owned()
+}
+
+/// Creates a boolean flag in project `p`.
+pub async fn create_flag(app: &TestApp, key: &str) {
+    expect(
+        app.post("/api/v1/projects/p/flags", &bool_flag(key))
+            .send()
+            .await
+            .unwrap(),
+        201,
+    )
+    .await;
+}
+
+/// Turns a flag on or off in `env`; returns the environment version the change produced.
+pub async fn set_on(app: &TestApp, flag: &str, env: &str, on: bool) -> u64 {
+    let body = expect(
+        app.patch(&config_path("p", flag, env), &json!({"on": on}))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    body["environment_version"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("environment_version in {body}"))
+}

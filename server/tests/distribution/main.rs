@@ -1,0 +1,8 @@
+//! Change distribution end to end: real servers, real PostgreSQL or SQLite, real sockets and
+//! SSE streams.
+
+mod evaluate;
+mod fixtures;
+mod helpers;
+mod ofrep;
+mod streams;
