@@ -1,0 +1,165 @@
+//! The SDK's speed: evaluation through the client API on the three shared benchmark flags
+//! (`schema/testdata/bench/`), beside the engine's own figure in the same run; what applying
+//! one change costs with 10,000 flags held; and the time from `build()` to the first
+//! evaluation against a local hub serving 10,000 flags over SSE.
+//!
+//! `cargo bench -p vexil-sdk`. Figures go to `docs/benchmarks.md` ("SDK"); nothing here
+//! asserts a time. Each evaluation benchmark first checks it measures the intended path.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+mod support;
+use support::{KEY, local_hub, many_flags};
+use vexil_eval::CompiledSnapshot;
+use vexil_schema::fixture::load_bench_fixtures;
+use vexil_sdk::{Client, Context, PollingConfig, TestData};
+
+fn evaluate(c: &mut Criterion) {
+    let fixtures = match load_bench_fixtures() {
+        Ok(f) => f,
+        Err(e) => panic!("benchmark fixtures: {e}"),
+    };
+    let mut group = c.benchmark_group("client");
+    for fixture in &fixtures {
+        let td = TestData::new();
+        td.load(fixture.snapshot.clone());
+        let client = match Client::builder("bench").data_source(td).build() {
+            Ok(c) => c,
+            Err(e) => panic!("client: {e}"),
+        };
+        let (flag, ctx) = (fixture.flag.as_str(), &fixture.context);
+        let d = client.json_variation_detail(flag, ctx, serde_json::Value::Null);
+        assert_eq!(d.reason, fixture.expected.reason, "{}", fixture.name);
+        assert_eq!(d.variation, fixture.expected.variation, "{}", fixture.name);
+
+        let compiled = CompiledSnapshot::compile(&fixture.snapshot);
+        group.bench_function(format!("{}/engine", fixture.name), |b| {
+            b.iter(|| compiled.evaluate(black_box(flag), black_box(ctx)))
+        });
+        if fixture.expected.value.is_boolean() {
+            group.bench_function(format!("{}/bool_variation", fixture.name), |b| {
+                b.iter(|| client.bool_variation(black_box(flag), black_box(ctx), false))
+            });
+        } else {
+            group.bench_function(format!("{}/string_variation", fixture.name), |b| {
+                b.iter(|| client.string_variation(black_box(flag), black_box(ctx), ""))
+            });
+        }
+        group.bench_function(format!("{}/json_variation_detail", fixture.name), |b| {
+            b.iter(|| {
+                client.json_variation_detail(
+                    black_box(flag),
+                    black_box(ctx),
+                    serde_json::Value::Null,
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+fn update(c: &mut Criterion) {
+    let snapshot = many_flags(10_000, 1);
+    let td = TestData::new();
+    td.load(snapshot.clone());
+    let client = match Client::builder("bench").data_source(td.clone()).build() {
+        Ok(c) => c,
+        Err(e) => panic!("client: {e}"),
+    };
+    let mut flag = snapshot.flags[5_000].clone();
+    let mut on = false;
+    // One patch: recompile one flag, relink, diff for listeners, swap.
+    c.bench_function("client/apply-patch-10k-flags", |b| {
+        b.iter(|| {
+            on = !on;
+            flag.config.on = on;
+            td.update_flag(black_box(flag.clone()))
+        })
+    });
+    black_box(client.version());
+}
+
+/// The parts of start-up that do not depend on the network: decoding the `put` and
+/// compiling it (freeing the results is left out of the timing, as at start-up).
+fn init_parts(c: &mut Criterion) {
+    let snapshot = many_flags(10_000, 1);
+    let json = match serde_json::to_string(&snapshot) {
+        Ok(j) => j,
+        Err(e) => panic!("{e}"),
+    };
+    let mut group = c.benchmark_group("init-10k-flags");
+    group.sample_size(20);
+    // Through the schema's types; the SDK decodes a `put` with a faster mirror of them
+    // (src/wire.rs), whose effect shows in the end-to-end figures.
+    group.bench_function("decode-put-schema", |b| {
+        b.iter_with_large_drop(|| vexil_schema::stream::SdkEvent::decode("put", black_box(&json)))
+    });
+    group.bench_function("compile", |b| {
+        b.iter_with_large_drop(|| CompiledSnapshot::compile(black_box(&snapshot)))
+    });
+    // Part of `compile`: it copies every flag before compiling it.
+    group.bench_function("clone-snapshot", |b| {
+        b.iter(|| black_box(&snapshot).clone())
+    });
+    group.finish();
+    println!("put size for 10,000 flags: {} bytes", json.len());
+}
+
+fn init(c: &mut Criterion) {
+    let hub = local_hub();
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
+    let file = dir.path().join("flags.json");
+    let json = match serde_json::to_vec(&many_flags(10_000, 1)) {
+        Ok(j) => j,
+        Err(e) => panic!("{e}"),
+    };
+    if let Err(e) = std::fs::write(&file, json) {
+        panic!("{e}");
+    }
+    let user = Context::builder("user-1")
+        .set("email", "someone@example.com")
+        .set("country", "FR")
+        .build();
+    let mut group = c.benchmark_group("init-10k-flags");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(20));
+    for name in ["streaming", "polling", "file"] {
+        group.bench_function(format!("{name}/build-to-first-evaluation"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let builder = Client::builder(KEY).base_url(&hub.url);
+                    let builder = match name {
+                        "polling" => builder.polling(PollingConfig::default()),
+                        "file" => builder.file(&file),
+                        _ => builder,
+                    };
+                    let client = match builder.build() {
+                        Ok(c) => c,
+                        Err(e) => panic!("client: {e}"),
+                    };
+                    if let Err(e) = client.wait_for_initialization_blocking(Duration::from_secs(30))
+                    {
+                        panic!("init: {e}");
+                    }
+                    assert!(client.bool_variation("flag-09999", &user, false));
+                    total += start.elapsed();
+                    // Closing is not part of start-up.
+                    drop(client);
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, evaluate, update, init_parts, init);
+criterion_main!(benches);
