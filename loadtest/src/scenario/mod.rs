@@ -1,0 +1,75 @@
+//! The scenarios, each a function from its arguments to a [`Report`](crate::report::Report).
+//!
+//! - [`propagation`]: write → every subscriber, through the server and a relay;
+//! - [`capacity`]: idle subscribers one relay process holds, and its memory per subscriber;
+//! - [`ofrep`]: remote-evaluation throughput and latency against the relay and the server;
+//! - [`reconnect_storm`]: every subscriber reconnecting to a restarted relay.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::fleet::FleetPlan;
+use crate::subscriber::{Backoff, StreamTarget};
+
+pub mod capacity;
+pub mod ofrep;
+pub mod propagation;
+pub mod reconnect_storm;
+
+/// How subscribers are spread over processes and source addresses.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetOptions {
+    /// Subscribers per worker process (one file descriptor each; the limit is 20,000 per
+    /// process here).
+    #[arg(long, default_value_t = 5_000)]
+    pub per_worker: u32,
+    /// Subscribers per loopback source address (127.0.0.2, .3, …): each address has about
+    /// 28,000 ephemeral ports.
+    #[arg(long, default_value_t = 8_000)]
+    pub per_address: u32,
+    /// Concurrent initial connections per worker.
+    #[arg(long, default_value_t = 256)]
+    pub ramp: usize,
+    /// The executable run as workers (default: this one).
+    #[arg(long, hide = true)]
+    pub worker_exe: Option<PathBuf>,
+}
+
+impl FleetOptions {
+    /// The fleet plan for `subscribers` subscribers of `target`.
+    pub fn plan(
+        &self,
+        target: StreamTarget,
+        subscribers: u32,
+        backoff: Backoff,
+    ) -> anyhow::Result<FleetPlan> {
+        let exe = match &self.worker_exe {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        };
+        Ok(FleetPlan {
+            exe,
+            target,
+            subscribers,
+            per_worker: self.per_worker,
+            per_address: self.per_address,
+            backoff,
+            ramp: self.ramp,
+        })
+    }
+}
+
+/// Seconds since `start`.
+pub(crate) fn secs(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+/// The command line, for reports.
+pub(crate) fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> u64 {
+    crate::subscriber::now_ns() / 1_000_000_000
+}

@@ -1,0 +1,245 @@
+//! `propagation`: N subscribers on a relay; K flag changes written through the control
+//! plane's API one at a time; per subscriber and change, the delay from the write to the
+//! change's arrival.
+//!
+//! The origin of each delay is the moment the write request is sent: the commit happens
+//! between that and the API's answer, so the figure is an upper bound of commit → receipt
+//! (it includes the write's own latency, reported beside it). Subscribers in other
+//! processes timestamp with the same wall clock.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::fleet::Fleet;
+use crate::procstat;
+use crate::report::{Machine, Report, Row, count, ms};
+use crate::scenario::{FleetOptions, command_line, secs, unix_now};
+use crate::stats::Recorder;
+use crate::subscriber::{Backoff, StreamTarget, now_ns};
+use crate::system::{Stack, StackOptions};
+
+/// Arguments of `propagation`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PropagationArgs {
+    /// SSE subscribers on the relay.
+    #[arg(long, default_value_t = 10_000)]
+    pub subscribers: u32,
+    /// Flag changes written, one at a time.
+    #[arg(long, default_value_t = 10)]
+    pub changes: u32,
+    /// Pause between one change reaching every subscriber and the next write.
+    #[arg(long, default_value_t = 200)]
+    pub interval_ms: u64,
+    /// Time allowed for every subscriber to connect and receive the initial state.
+    #[arg(long, default_value_t = 180)]
+    pub connect_timeout_s: u64,
+    /// Time allowed for one change to reach every subscriber before moving on.
+    #[arg(long, default_value_t = 30)]
+    pub receive_timeout_s: u64,
+    /// The p99 goal, milliseconds.
+    #[arg(long, default_value_t = 100.0)]
+    pub goal_p99_ms: f64,
+    /// The system under test.
+    #[command(flatten)]
+    pub stack: StackOptions,
+    /// How subscribers are spread over processes and addresses.
+    #[command(flatten)]
+    pub fleet: FleetOptions,
+}
+
+/// One write and when it happened.
+struct Write {
+    version: u64,
+    sent_ns: u64,
+    acked_ns: u64,
+}
+
+/// Runs the scenario.
+pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
+    let start = Instant::now();
+    let mut stack = Stack::start(&args.stack, 1).await?;
+    let relay = stack.start_relay(args.stack.relay_bin.as_deref()).await?;
+    let target = StreamTarget {
+        addr: relay,
+        path: "/sdk/v1/stream".into(),
+        sdk_key: stack.sdk_keys[0].clone(),
+    };
+    let backoff = Backoff {
+        reconnect: true,
+        initial_ms: 1_000,
+        max_ms: 30_000,
+    };
+    let mut fleet = Fleet::spawn(&args.fleet.plan(target, args.subscribers, backoff)?).await?;
+    let n = args.subscribers as usize;
+    let mut failures = Vec::new();
+
+    let connect_started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(args.connect_timeout_s);
+    let v0 = stack
+        .api
+        .environment_version(&stack.project, &stack.environment)
+        .await?;
+    let connected = fleet.wait_until(deadline, |l| l.current(v0) == n).await;
+    let connect_s = secs(connect_started);
+    if !connected {
+        let have = fleet.ledger.current(v0);
+        failures.push(format!(
+            "only {have} of {n} subscribers connected with the initial state in {}s; reasons: {:?}",
+            args.connect_timeout_s,
+            fleet.ledger.down_reasons(3)
+        ));
+    }
+
+    // CPU time of the relay and of the subscriber workers over the change phase: what one
+    // change costs each side, however busy the machine is.
+    let relay_pid = stack.relay_pid();
+    let worker_pids = fleet.pids();
+    let cpu_ticks = |pids: &[u32]| -> u64 {
+        pids.iter()
+            .filter_map(|p| procstat::sample(*p))
+            .map(|s| s.cpu_ticks)
+            .sum()
+    };
+    let relay_ticks_before = cpu_ticks(relay_pid.as_slice());
+    let worker_ticks_before = cpu_ticks(&worker_pids);
+
+    let mut writes = Vec::with_capacity(args.changes as usize);
+    if connected {
+        for i in 0..args.changes {
+            let flags = stack.flags.len().max(1) as u32;
+            // Each flag starts on; the first pass switches them off, the next on again.
+            let on = (i / flags) % 2 == 1;
+            let sent_ns = now_ns();
+            let version = stack.toggle(i as usize, on).await?;
+            let acked_ns = now_ns();
+            writes.push(Write {
+                version,
+                sent_ns,
+                acked_ns,
+            });
+            let deadline = Instant::now() + Duration::from_secs(args.receive_timeout_s);
+            if !fleet
+                .wait_until(deadline, |l| l.current(version) == n)
+                .await
+            {
+                let have = fleet.ledger.current(version);
+                failures.push(format!(
+                    "version {version} reached {have} of {n} subscribers in {}s",
+                    args.receive_timeout_s
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+        }
+    }
+    let relay_ms =
+        procstat::ticks_to_ms(cpu_ticks(relay_pid.as_slice()).saturating_sub(relay_ticks_before));
+    let worker_ms =
+        procstat::ticks_to_ms(cpu_ticks(&worker_pids).saturating_sub(worker_ticks_before));
+    let changes_done = writes.len().max(1) as f64;
+    let ledger = fleet.stop().await;
+    let relay_tail = stack.relay_log_tail();
+    stack.shutdown().await;
+
+    let mut delays = Recorder::new();
+    let mut write_latency = Recorder::new();
+    let mut missing_receipts = 0u64;
+    for w in &writes {
+        write_latency.record(Duration::from_nanos(w.acked_ns.saturating_sub(w.sent_ns)));
+        for s in 0..n {
+            match ledger.reached_at(s, w.version) {
+                Some(at) => delays.record(Duration::from_nanos(at.saturating_sub(w.sent_ns))),
+                None => missing_receipts += 1,
+            }
+        }
+    }
+    let last = writes.last().map_or(v0, |w| w.version);
+    let missed = ledger
+        .subs
+        .iter()
+        .filter(|s| s.gaps > 0 || s.version.is_none_or(|v| v < last))
+        .count();
+    let reconnects: u32 = ledger.subs.iter().map(|s| s.downs).sum();
+    let resyncs: u32 = ledger.subs.iter().map(|s| s.puts.saturating_sub(1)).sum();
+    // Every change bumps the version by one: K writes after v0 end at v0 + K.
+    let expected_last = v0 + u64::from(args.changes);
+    if connected && last != expected_last {
+        failures.push(format!(
+            "writes ended at version {last}, expected {expected_last}: another writer?"
+        ));
+    }
+    if missed > 0 {
+        failures.push(format!(
+            "{missed} subscribers missed a version; relay log tail:\n{relay_tail}"
+        ));
+    }
+
+    let p = delays.percentiles();
+    let wl = write_latency.percentiles();
+    let rows = vec![
+        Row::info("subscribers", count(n as u64)),
+        Row::info("connect + initial state (all)", format!("{connect_s:.1} s")),
+        Row::info("changes written", count(writes.len() as u64)),
+        Row::info("write → receipt p50", ms(p.p50_ms)),
+        Row::info("write → receipt p95", ms(p.p95_ms)),
+        Row::goal(
+            "write → receipt p99",
+            ms(p.p99_ms),
+            format!("≤ {}", ms(args.goal_p99_ms)),
+            p.p99_ms <= args.goal_p99_ms,
+        ),
+        Row::info("write → receipt max", ms(p.max_ms)),
+        Row::info(
+            "API write latency p50 / p99",
+            format!("{} / {}", ms(wl.p50_ms), ms(wl.p99_ms)),
+        ),
+        Row::goal(
+            "subscribers that missed a version",
+            count(missed as u64),
+            "0",
+            missed == 0,
+        ),
+        Row::info(
+            "reconnections / resync puts",
+            format!("{reconnects} / {resyncs}"),
+        ),
+        Row::info(
+            "CPU per change: relay / subscriber workers",
+            format!(
+                "{} / {}",
+                ms(relay_ms / changes_done),
+                ms(worker_ms / changes_done)
+            ),
+        ),
+    ];
+    let details = json!({
+        "subscribers": n,
+        "changes": writes.len(),
+        "initial_version": v0,
+        "final_version": last,
+        "connect_s": connect_s,
+        "write_to_receipt_ms": p,
+        "api_write_ms": wl,
+        "receipts_missing": missing_receipts,
+        "subscribers_missed_version": missed,
+        "reconnections": reconnects,
+        "resync_puts": resyncs,
+        "relay_cpu_ms_per_change": relay_ms / changes_done,
+        "workers_cpu_ms_per_change": worker_ms / changes_done,
+        "per_worker": args.fleet.per_worker,
+        "per_address": args.fleet.per_address,
+        "source_addresses": (args.subscribers.saturating_sub(1) / args.fleet.per_address.max(1)) + 1,
+        "workers": (args.subscribers.saturating_sub(1) / args.fleet.per_worker.max(1)) + 1,
+    });
+    Ok(Report {
+        scenario: "propagation".into(),
+        command: command_line(),
+        machine: Machine::detect(),
+        started_unix: unix_now().saturating_sub(start.elapsed().as_secs()),
+        duration_s: secs(start),
+        rows,
+        details,
+        passed: failures.is_empty(),
+        failures,
+    })
+}

@@ -1,0 +1,129 @@
+//! Every scenario, small: a few hundred subscribers and a few seconds each, through the real
+//! `vexil-loadtest` binary against the real `vexil-server` and `vexil-relay` binaries (found
+//! beside the test binary, or built; see `vexil_loadtest::system`). The figures are not
+//! asserted (speed is measured, never asserted); correctness is: no missed versions, every
+//! subscriber held or back, successful evaluations.
+//!
+//! Subscribers are spread over two worker processes and three source addresses so those
+//! paths run too.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Runs `vexil-loadtest <args> --out <tmp>`; returns the JSON report.
+fn run(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_vexil-loadtest"))
+        .args(args)
+        .args(["--flags", "5", "--max-duration-s", "240", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    report(&out)
+}
+
+fn report(path: &Path) -> Value {
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
+    report
+}
+
+const SPREAD: [&str; 4] = ["--per-worker", "150", "--per-address", "100"];
+
+#[test]
+fn propagation_reaches_every_subscriber_without_missing_a_version() {
+    let mut args = vec![
+        "propagation",
+        "--subscribers",
+        "300",
+        "--changes",
+        "4",
+        "--interval-ms",
+        "20",
+    ];
+    args.extend(SPREAD);
+    let r = run(&args);
+    let d = &r["details"];
+    assert_eq!(d["subscribers"], 300);
+    assert_eq!(d["changes"], 4);
+    assert_eq!(d["subscribers_missed_version"], 0);
+    assert_eq!(d["receipts_missing"], 0);
+    assert_eq!(
+        d["final_version"].as_u64().unwrap(),
+        d["initial_version"].as_u64().unwrap() + 4
+    );
+    assert_eq!(d["write_to_receipt_ms"]["count"], 300 * 4);
+    assert_eq!(
+        (d["workers"].as_u64(), d["source_addresses"].as_u64()),
+        (Some(2), Some(3))
+    );
+}
+
+#[test]
+fn capacity_holds_every_idle_subscriber_and_measures_memory() {
+    let mut args = vec!["capacity", "--subscribers", "300", "--hold-s", "1"];
+    args.extend(SPREAD);
+    let d = &run(&args)["details"];
+    assert_eq!(d["subscribers_held"], 300);
+    assert!(d["relay_rss_after_kib"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn ofrep_evaluates_on_the_relay_and_the_server() {
+    let r = run(&[
+        "ofrep",
+        "--connections",
+        "4",
+        "--duration-s",
+        "2",
+        "--warmup-s",
+        "1",
+        "--sdk-keys",
+        "2",
+        "--targets",
+        "relay,server",
+    ]);
+    for result in r["details"]["results"].as_array().unwrap() {
+        assert_eq!(result["available"], true, "{result:#}");
+        assert!(result["ok"].as_u64().unwrap() > 0, "{result:#}");
+        assert!(
+            result["latency"]["p99_ms"].as_f64().unwrap() > 0.0,
+            "{result:#}"
+        );
+    }
+}
+
+#[test]
+fn reconnect_storm_brings_every_subscriber_back_current() {
+    let mut args = vec![
+        "reconnect-storm",
+        "--subscribers",
+        "200",
+        "--down-ms",
+        "200",
+        "--backoff-initial-ms",
+        "200",
+        "--backoff-max-ms",
+        "1000",
+        "--recover-timeout-s",
+        "60",
+    ];
+    args.extend(SPREAD);
+    let d = &run(&args)["details"];
+    assert_eq!(d["not_back"], 0);
+    assert!(d["kill_to_all_current_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        d["disconnections"].as_u64().unwrap() >= 200,
+        "every subscriber lost its stream"
+    );
+}
