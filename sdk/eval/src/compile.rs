@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use vexil_schema::model::{Clause, Flag, Segment, Serve};
 
 use crate::bucket::{effective_salt, salt_seed};
-use crate::clause::{Attr, AttrNames, AttrTable, CClause, compile_clause};
+use crate::clause::{Attr, AttrNames, AttrTable, CACHED, CClause, compile_clause, memoise};
 use crate::malformed::Malformation;
 use crate::table::HashIndex;
 
@@ -169,6 +169,17 @@ impl Refs {
     }
 }
 
+impl AttrNames {
+    /// The finished table for an owner whose clauses are `clauses`, with the memo of each
+    /// attribute that several of them test (see [`crate::clause::SlotMemo`]).
+    fn table_for<'c>(self, clauses: impl Iterator<Item = &'c mut CClause>) -> AttrTable {
+        let slots = self.names.len().min(CACHED);
+        let mut table = self.into_table();
+        table.memos = memoise(clauses, slots);
+        table
+    }
+}
+
 /// Compiles a flag. Never fails: problems end up in `body`.
 pub(crate) fn compile_flag(source: Flag) -> CompiledFlag {
     let off = off_variation(&source);
@@ -271,6 +282,9 @@ fn flag_body(flag: &Flag, off: u32) -> Result<FlagBody, Malformation> {
         rules.push(CRule { clauses, serve });
     }
     let fallthrough = serve(&config.fallthrough, "fallthrough", &mut refs)?;
+    let attrs = refs
+        .attrs
+        .table_for(rules.iter_mut().flat_map(|r| r.clauses.iter_mut()));
 
     Ok(FlagBody {
         off,
@@ -278,7 +292,7 @@ fn flag_body(flag: &Flag, off: u32) -> Result<FlagBody, Malformation> {
         target_entries: target_entries.into(),
         rules: rules.into(),
         fallthrough,
-        attrs: refs.attrs.into_table(),
+        attrs,
         segment_refs: refs.segments.into(),
         seed: salt_seed(effective_salt(&config.salt, &flag.key)),
     })
@@ -308,11 +322,14 @@ fn segment_body(segment: &Segment) -> Result<SegmentBody, Malformation> {
             bucket_by: refs.bucket_by(rule.bucket_by.as_deref(), &path)?,
         });
     }
+    let attrs = refs
+        .attrs
+        .table_for(rules.iter_mut().flat_map(|r| r.clauses.iter_mut()));
     Ok(SegmentBody {
         included: HashIndex::build(segment.included.len(), |p| &segment.included[p as usize]),
         excluded: HashIndex::build(segment.excluded.len(), |p| &segment.excluded[p as usize]),
         rules: rules.into(),
-        attrs: refs.attrs.into_table(),
+        attrs,
         segment_refs: refs.segments.into(),
         seed: salt_seed(effective_salt(&segment.salt, &segment.key)),
     })

@@ -12,7 +12,7 @@ use serde_json::Value;
 use vexil_schema::{Context, ErrorKind};
 
 use crate::bucket::{bucket_bytes, bucket_json};
-use crate::clause::{Attr, AttrTable, CClause, Found, Outcome};
+use crate::clause::{Attr, AttrTable, CACHED, CClause, Found, NO_MEMO, Outcome};
 use crate::compile::{CServe, FlagBody};
 use crate::evaluation::{EvalReason, Evaluation};
 use crate::link::MISSING;
@@ -20,10 +20,6 @@ use crate::malformed::MAX_DEPTH;
 use crate::needle::Name;
 use crate::snapshot::CompiledSnapshot;
 use crate::table::HashIndex;
-
-/// How many attribute slots per flag or segment are cached during one evaluation; later
-/// slots are looked up each time they are read.
-const CACHED: usize = 16;
 
 /// What a segment evaluation concluded, for explanations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +69,12 @@ struct Attrs<'c, 'n> {
     cache: [Option<&'c Value>; CACHED],
     /// Bit `i` set: `cache[i]` holds the lookup result for slot `i`.
     filled: u32,
+    /// Memo masks of string values, by slot (see [`crate::clause::SlotMemo`]).
+    masks: [u64; CACHED],
+    /// Bit `i` set: slot `i` was considered for its memo mask.
+    masked: u32,
+    /// Bit `i` set: slot `i` holds a string and `masks[i]` is its mask.
+    strings: u32,
 }
 
 impl<'c, 'n> Attrs<'c, 'n> {
@@ -82,7 +84,53 @@ impl<'c, 'n> Attrs<'c, 'n> {
             table,
             cache: [None; CACHED],
             filled: 0,
+            masks: [0; CACHED],
+            masked: 0,
+            strings: 0,
         }
+    }
+
+    /// Reads the clause's attribute and tests the clause: through the attribute's memo
+    /// when the clause has a bit there and the value is a string, else on its own.
+    #[inline]
+    fn test(
+        &mut self,
+        clause: &CClause,
+        in_segment: impl FnMut(u32) -> bool,
+    ) -> (Found<'c>, Outcome) {
+        if clause.memo != NO_MEMO
+            && let Attr::Slot(slot) = clause.attr
+        {
+            // Memo bits are only given to slots below CACHED.
+            let slot = usize::from(slot) % CACHED;
+            if self.masked & (1 << slot) == 0 {
+                self.fill_mask(slot);
+            }
+            if self.strings & (1 << slot) != 0 {
+                let hit = self.masks[slot] >> clause.memo & 1 != 0;
+                let outcome = if hit != clause.negate {
+                    Outcome::Match
+                } else {
+                    Outcome::NoMatch
+                };
+                let found = self.cache[slot].map_or(Found::Missing, Found::Json);
+                return (found, outcome);
+            }
+        }
+        let found = self.get(clause.attr);
+        (found, clause.test(found, in_segment))
+    }
+
+    /// Computes the memo mask of `slot` if its value is a string.
+    #[cold]
+    fn fill_mask(&mut self, slot: usize) {
+        if let Found::Json(Value::String(s)) = self.get(Attr::Slot(slot as u16))
+            && let Some(memo) = self.table.memos.get(slot)
+        {
+            self.masks[slot] = memo.mask(s);
+            self.strings |= 1 << slot;
+        }
+        self.masked |= 1 << slot;
     }
 
     #[inline]
@@ -354,10 +402,9 @@ impl CompiledSnapshot {
         seg_base: usize,
         tracer: &mut T,
     ) -> bool {
+        let ctx = attrs.ctx;
         for (index, clause) in clauses.iter().enumerate() {
-            let found = attrs.get(clause.attr);
-            let ctx = attrs.ctx;
-            let outcome = clause.test(found, |r| {
+            let (found, outcome) = attrs.test(clause, |r| {
                 let pos = self
                     .links
                     .targets
@@ -443,16 +490,18 @@ impl CompiledSnapshot {
         let mut outcome = SegmentOutcome::NoMatch;
         for (index, rule) in body.rules.iter().enumerate() {
             let matched = rule.clauses.iter().all(|clause| {
-                let found = attrs.get(clause.attr);
-                clause.test(found, |r| {
-                    let pos = self
-                        .links
-                        .targets
-                        .get(seg_base + r as usize)
-                        .copied()
-                        .unwrap_or(MISSING);
-                    self.in_segment(pos, ctx, tracer, depth + 1)
-                }) == Outcome::Match
+                attrs
+                    .test(clause, |r| {
+                        let pos = self
+                            .links
+                            .targets
+                            .get(seg_base + r as usize)
+                            .copied()
+                            .unwrap_or(MISSING);
+                        self.in_segment(pos, ctx, tracer, depth + 1)
+                    })
+                    .1
+                    == Outcome::Match
             });
             if !matched {
                 continue;

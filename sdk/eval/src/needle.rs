@@ -9,7 +9,7 @@
 
 /// The first `min(8, len)` bytes of `b`, little-endian, zero-padded.
 #[inline]
-fn head(b: &[u8]) -> u64 {
+pub(crate) fn head(b: &[u8]) -> u64 {
     match b.first_chunk::<8>() {
         Some(chunk) => u64::from_le_bytes(*chunk),
         None => pack(b),
@@ -18,7 +18,7 @@ fn head(b: &[u8]) -> u64 {
 
 /// The last `min(8, len)` bytes of `b`, little-endian, zero-padded.
 #[inline]
-fn tail(b: &[u8]) -> u64 {
+pub(crate) fn tail(b: &[u8]) -> u64 {
     match b.last_chunk::<8>() {
         Some(chunk) => u64::from_le_bytes(*chunk),
         None => pack(b),
@@ -166,6 +166,143 @@ impl<'s> Hay<'s> {
     }
 }
 
+/// A hash set of needles probed with the integers a [`Hay`] already holds (length, first and
+/// last 8 bytes), so a lookup hashes nothing and settles most probes with integer compares.
+/// Positions are those of the needles given to [`NeedleTable::new`]; duplicates keep the
+/// first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NeedleTable {
+    /// Needle positions; `u32::MAX` marks a free slot. Length is a power of two (or zero).
+    slots: Box<[u32]>,
+    needles: Box<[Needle]>,
+    /// `64 - log2(slots.len())`.
+    shift: u32,
+}
+
+impl NeedleTable {
+    const FREE: u32 = u32::MAX;
+
+    #[inline]
+    fn hash(len: usize, head: u64, tail: u64, shift: u32) -> usize {
+        // Fibonacci hashing of a mix of the three; only the top bits are used.
+        let mixed = head ^ tail.rotate_left(29) ^ (len as u64).rotate_left(53);
+        (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
+    }
+
+    pub(crate) fn new(needles: Vec<Needle>) -> Self {
+        if needles.is_empty() {
+            return Self::default();
+        }
+        let capacity = (needles.len() * 2).next_power_of_two().max(2);
+        let shift = 64 - capacity.trailing_zeros();
+        let mut slots = vec![Self::FREE; capacity].into_boxed_slice();
+        for (pos, n) in needles.iter().enumerate().take(Self::FREE as usize) {
+            let mut i = Self::hash(n.s.len(), n.head, n.tail, shift);
+            loop {
+                let p = slots[i];
+                if p == Self::FREE {
+                    slots[i] = pos as u32;
+                    break;
+                }
+                if needles[p as usize].s == n.s {
+                    break;
+                }
+                i = (i + 1) & (capacity - 1);
+            }
+        }
+        Self {
+            slots,
+            needles: needles.into(),
+            shift,
+        }
+    }
+
+    /// The position of the needle equal to the value, if any.
+    #[inline]
+    pub(crate) fn find(&self, hay: &Hay<'_>) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        // A Hay's tail is its head up to 8 bytes, as a Needle's is.
+        let mut i = Self::hash(hay.s.len(), hay.head, hay.tail, self.shift);
+        loop {
+            let p = *self.slots.get(i)?;
+            if p == Self::FREE {
+                return None;
+            }
+            if hay.eq(self.needles.get(p as usize)?) {
+                return Some(p as usize);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+}
+
+/// Up to [`FewSubstrings::MAX`] non-empty `contains` operands, found in one pass over the
+/// value: a table gives, for each byte, the operands that start with it, and only those are
+/// compared at that position (mostly with one integer compare). On short values this beats
+/// a general automaton, whose per-call set-up dominates there.
+#[derive(Debug, Clone)]
+pub(crate) struct FewSubstrings {
+    /// Bit `k` of `first[b]`: operand `k` starts with byte `b`.
+    first: Box<[u8; 256]>,
+    needles: Box<[Needle]>,
+}
+
+impl FewSubstrings {
+    /// The most operands a table holds.
+    pub(crate) const MAX: usize = 8;
+
+    /// `None` when there are too many operands or one is empty.
+    pub(crate) fn new(operands: &[Box<str>]) -> Option<Self> {
+        if operands.len() > Self::MAX {
+            return None;
+        }
+        let mut first = Box::new([0u8; 256]);
+        for (k, op) in operands.iter().enumerate() {
+            let b = *op.as_bytes().first()?;
+            first[usize::from(b)] |= 1 << k;
+        }
+        Some(Self {
+            first,
+            needles: operands.iter().map(|s| Needle::new(s)).collect(),
+        })
+    }
+
+    /// Whether `s` contains any operand.
+    #[inline]
+    pub(crate) fn found_in(&self, s: &str) -> bool {
+        let b = s.as_bytes();
+        for (i, &c) in b.iter().enumerate() {
+            let mut candidates = self.first[usize::from(c)];
+            while candidates != 0 {
+                let k = candidates.trailing_zeros() as usize;
+                candidates &= candidates - 1;
+                if let (Some(n), Some(rest)) = (self.needles.get(k), b.get(i..))
+                    && starts_with_bytes(rest, n)
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Whether `rest` starts with the needle.
+#[inline]
+fn starts_with_bytes(rest: &[u8], n: &Needle) -> bool {
+    let len = n.s.len();
+    if rest.len() < len {
+        return false;
+    }
+    if len <= 8 {
+        return head(rest) & low_bytes(len) == n.head;
+    }
+    rest.starts_with(n.s.as_bytes())
+}
+
 /// An attribute name with its first 8 bytes as a big-endian integer: integer order on that
 /// key is byte order on the names, so a sorted search settles most steps without `memcmp`.
 #[derive(Debug, Clone)]
@@ -267,6 +404,28 @@ mod tests {
             prop_assert_eq!(h.eq(&n), a == b);
             prop_assert_eq!(h.starts_with(&n), a.starts_with(&b));
             prop_assert_eq!(h.ends_with(&n), a.ends_with(&b));
+        }
+
+        /// The needle table finds exactly the equal needles.
+        #[test]
+        fn needle_table_agrees_with_std(
+            hay in "[ab\\x00é]{0,20}",
+            keys in proptest::collection::vec("[ab\\x00é]{0,20}", 0..40),
+        ) {
+            let table = NeedleTable::new(keys.iter().map(|k| Needle::new(k)).collect());
+            let found = table.find(&Hay::new(&hay));
+            prop_assert_eq!(found, keys.iter().position(|k| *k == hay));
+        }
+
+        /// The substring table agrees with `str::contains`.
+        #[test]
+        fn few_substrings_agree_with_std(
+            hay in "[ab\\x00é]{0,24}",
+            ops in proptest::collection::vec("[ab\\x00é]{1,10}", 1..=8),
+        ) {
+            let boxed: Vec<Box<str>> = ops.iter().map(|s| s.as_str().into()).collect();
+            let few = FewSubstrings::new(&boxed).unwrap();
+            prop_assert_eq!(few.found_in(&hay), ops.iter().any(|o| hay.contains(o.as_str())));
         }
     }
 }

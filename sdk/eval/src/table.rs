@@ -8,6 +8,8 @@
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::needle::{head, tail};
+
 /// Marks an empty slot.
 const EMPTY: u32 = u32::MAX;
 
@@ -35,7 +37,7 @@ impl HashIndex {
         let mut len = 0;
         for pos in 0..n as u32 {
             let key = key_of(pos);
-            let hash = xxh3_64(key.as_bytes());
+            let hash = Self::hash(key);
             let mut i = hash as usize & mask;
             loop {
                 let (h, p) = slots[i];
@@ -56,7 +58,13 @@ impl HashIndex {
     /// The hash [`HashIndex::find_hashed`] expects for `key`.
     #[inline]
     pub(crate) fn hash(key: &str) -> u64 {
-        xxh3_64(key.as_bytes())
+        let b = key.as_bytes();
+        if b.len() > 16 {
+            return xxh3_64(b);
+        }
+        let mixed = (head(b) ^ tail(b).rotate_left(29) ^ (b.len() as u64).rotate_left(53))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        mixed ^ (mixed >> 32)
     }
 
     /// The position holding `key`, if any.
@@ -126,6 +134,26 @@ mod tests {
         let idx = HashIndex::build(keys.len(), |i| keys[i as usize]);
         assert_eq!(idx.find("a", |p| keys[p as usize]), Some(0));
         assert_eq!(idx.find("", |p| keys[p as usize]), Some(3));
+    }
+
+    #[test]
+    fn short_and_long_keys_spread() {
+        // Keys differing in one byte, short (integer hash) and long (xxh3).
+        for prefix in ["", "tenant-0000000000-"] {
+            let keys: Vec<String> = (0..4096).map(|i| format!("{prefix}u{i:05}")).collect();
+            let idx = HashIndex::build(keys.len(), |i| keys[i as usize].as_str());
+            let mask = idx.slots.len() - 1;
+            let mut longest = 0;
+            for k in &keys {
+                let (mut i, mut probes) = (HashIndex::hash(k) as usize & mask, 1);
+                while keys[idx.slots[i].1 as usize] != *k {
+                    i = (i + 1) & mask;
+                    probes += 1;
+                }
+                longest = longest.max(probes);
+            }
+            assert!(longest < 32, "{prefix:?}: a probe ran {longest} slots");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Compiling a clause: checking every operand with the schema's parsers and precomputing
 //! what evaluation needs.
 
+use aho_corasick::{AhoCorasick, AhoCorasickKind};
 use regex::RegexSetBuilder;
 use semver::Version;
 use serde_json::Value;
@@ -9,9 +10,11 @@ use vexil_schema::operand::{
     REGEX_SIZE_LIMIT, compile_regex, parse_date_millis, parse_number, parse_semver,
 };
 
-use super::{Attr, AttrNames, CClause, InSet, Matcher, NumKey, SCAN_LIMIT, Test, num_key};
+use super::{
+    Attr, AttrNames, CClause, InSet, Matcher, NumKey, SCAN_LIMIT, Substrings, Test, num_key,
+};
 use crate::malformed::Malformation;
-use crate::needle::Needle;
+use crate::needle::{FewSubstrings, Needle};
 use crate::table::HashIndex;
 
 /// Compiles a clause. `attrs` collects attribute names; `segment_ref(key)` returns the
@@ -83,7 +86,7 @@ pub(crate) fn compile_clause(
         Operator::In => Test::In(compile_in(values, &bad)?),
         Operator::StartsWith => Test::StartsWith(needles(&strings()?)),
         Operator::EndsWith => Test::EndsWith(needles(&strings()?)),
-        Operator::Contains => Test::Contains(strings()?),
+        Operator::Contains => Test::Contains(substrings(strings()?)),
         Operator::Matches => Test::Matches(compile_matcher(values, &bad)?),
         Operator::Lt | Operator::Lte => {
             let max = numbers()?.into_iter().fold(f64::NEG_INFINITY, f64::max);
@@ -123,7 +126,29 @@ pub(crate) fn compile_clause(
         attr,
         negate: clause.negate,
         test: if empty { Test::Never } else { test },
+        memo: super::NO_MEMO,
     })
+}
+
+/// One automaton for all `contains` operands; the operands themselves if it cannot be built
+/// (it has size limits). Short operand lists get a full DFA (fastest, about 1 KiB per operand
+/// byte at worst); longer ones let the crate pick a more compact automaton.
+fn substrings(strings: Box<[Box<str>]>) -> Substrings {
+    if strings.iter().any(|s| s.is_empty()) {
+        return Substrings::Always;
+    }
+    if let Some(few) = FewSubstrings::new(&strings) {
+        return Substrings::Few(few);
+    }
+    let total: usize = strings.iter().map(|s| s.len()).sum();
+    let kind = (total <= 4096).then_some(AhoCorasickKind::DFA);
+    match AhoCorasick::builder()
+        .kind(kind)
+        .build(strings.iter().map(|s| s.as_bytes()))
+    {
+        Ok(ac) => Substrings::Automaton(ac),
+        Err(_) => Substrings::Each(strings),
+    }
 }
 
 fn needles(strings: &[Box<str>]) -> Box<[Needle]> {

@@ -22,8 +22,13 @@ use crate::needle::{Hay, Name, Needle};
 use crate::table::HashIndex;
 
 mod compile;
+mod memo;
 
 pub(crate) use compile::compile_clause;
+pub(crate) use memo::{NO_MEMO, SlotMemo, memoise};
+
+/// Attribute slots below this are cached per evaluation (and may have a [`SlotMemo`]).
+pub(crate) const CACHED: usize = 16;
 
 /// `in` lists up to this long are scanned; longer ones are hashed.
 const SCAN_LIMIT: usize = 8;
@@ -82,6 +87,7 @@ impl AttrNames {
         AttrTable {
             names: self.names.into(),
             sorted: sorted.into(),
+            memos: Box::default(),
         }
     }
 }
@@ -93,6 +99,8 @@ pub(crate) struct AttrTable {
     pub(crate) names: Box<[Name]>,
     /// Slots in name order, for filling every slot in one pass over the context.
     pub(crate) sorted: Box<[u16]>,
+    /// By slot, for slots below [`CACHED`]; empty when no attribute has one.
+    pub(crate) memos: Box<[SlotMemo]>,
 }
 
 /// A value read from the context for a clause.
@@ -126,6 +134,8 @@ pub(crate) struct CClause {
     pub(crate) negate: bool,
     /// The comparison.
     pub(crate) test: Test,
+    /// This clause's bit in its attribute's [`SlotMemo`], or [`NO_MEMO`].
+    pub(crate) memo: u8,
 }
 
 /// A compiled comparison.
@@ -138,7 +148,7 @@ pub(crate) enum Test {
     /// `ends_with`.
     EndsWith(Box<[Needle]>),
     /// `contains`.
-    Contains(Box<[Box<str>]>),
+    Contains(Substrings),
     /// `matches`.
     Matches(Matcher),
     /// `lt`, `lte`, `gt`, `gte`: the number lies in `[lo, hi]`. Strict bounds are moved one
@@ -160,6 +170,32 @@ pub(crate) enum Test {
     Exists,
     /// A value operator with an empty value list: matches nothing.
     Never,
+}
+
+/// Compiled `contains` operands.
+#[derive(Debug, Clone)]
+pub(crate) enum Substrings {
+    /// An empty operand: every string contains it.
+    Always,
+    /// A few operands, found through a first-byte table.
+    Few(crate::needle::FewSubstrings),
+    /// One automaton finding any operand in a single pass over the value.
+    Automaton(aho_corasick::AhoCorasick),
+    /// Operands searched one by one (when the automaton could not be built).
+    Each(Box<[Box<str>]>),
+}
+
+impl Substrings {
+    /// Whether `s` contains any operand.
+    #[inline]
+    fn found_in(&self, s: &str) -> bool {
+        match self {
+            Substrings::Always => true,
+            Substrings::Few(few) => few.found_in(s),
+            Substrings::Automaton(ac) => ac.is_match(s),
+            Substrings::Each(ps) => ps.iter().any(|p| s.contains(&**p)),
+        }
+    }
 }
 
 /// Compiled `matches` patterns.
@@ -212,6 +248,11 @@ fn num_key(n: &Number) -> Option<NumKey> {
 }
 
 impl InSet {
+    /// The string operands.
+    pub(crate) fn strings(&self) -> impl Iterator<Item = &Needle> {
+        self.strings.iter()
+    }
+
     #[inline]
     fn contains_str(&self, s: &str) -> bool {
         if self.string_index.is_empty() {
@@ -327,7 +368,7 @@ impl Test {
                 let hay = Hay::new(s);
                 ps.iter().any(|p| hay.ends_with(p))
             }
-            Test::Contains(ps) => ps.iter().any(|p| s.contains(&**p)),
+            Test::Contains(ps) => ps.found_in(s),
             Test::Matches(Matcher::Set(set)) => set.is_match(s),
             Test::Matches(Matcher::Each(res)) => res.iter().any(|r| r.is_match(s)),
             Test::SemverEq(vs) => semver_cmp_any(s, vs.iter(), |o| o == Ordering::Equal),
@@ -394,21 +435,34 @@ fn semver_cmp_any<'v>(
 /// leading zeros) without allocating; anything else is left to `parse_semver`. Gives the
 /// same version `parse_semver` would (a property test checks it).
 fn quick_semver(s: &str) -> Option<[u64; 3]> {
-    let s = s.strip_prefix('v').unwrap_or(s);
+    let b = s.as_bytes();
+    let b = b.strip_prefix(b"v").unwrap_or(b);
     let mut out = [0u64; 3];
-    for (i, part) in s.split('.').enumerate() {
-        let b = part.as_bytes();
-        if i == 3 || b.is_empty() || b.len() > 19 || (b.len() > 1 && b[0] == b'0') {
-            return None;
-        }
-        let mut v = 0u64;
-        for &c in b {
-            if !c.is_ascii_digit() {
+    let (mut part, mut digits, mut first) = (0usize, 0usize, 0u8);
+    for &c in b {
+        if c == b'.' {
+            // An empty part, or a leading zero in a part longer than one digit.
+            if digits == 0 || (digits > 1 && first == b'0') || part == 2 {
                 return None;
             }
-            v = v * 10 + u64::from(c - b'0');
+            part += 1;
+            digits = 0;
+        } else if c.is_ascii_digit() {
+            if digits == 0 {
+                first = c;
+            }
+            digits += 1;
+            if digits > 19 {
+                return None;
+            }
+            let slot = out.get_mut(part)?;
+            *slot = *slot * 10 + u64::from(c - b'0');
+        } else {
+            return None;
         }
-        out[i] = v;
+    }
+    if digits == 0 || (digits > 1 && first == b'0') {
+        return None;
     }
     Some(out)
 }
