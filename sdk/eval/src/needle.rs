@@ -239,68 +239,68 @@ impl NeedleTable {
     }
 }
 
-/// Up to [`FewSubstrings::MAX`] non-empty `contains` operands, found in one pass over the
-/// value: a table gives, for each byte, the operands that start with it, and only those are
-/// compared at that position (mostly with one integer compare). On short values this beats
-/// a general automaton, whose per-call set-up dominates there.
+/// `contains` operands of at most [`FewSubstrings::MAX_BYTES`] bytes in all, found in one
+/// pass over the value with the multi-pattern Shift-And algorithm: bit `i` of the state is
+/// set when the last bytes read equal the first `i + 1 - start` bytes of the operand laid
+/// out from bit `start`. Each byte costs a table load, a shift, an OR and an AND, with no
+/// data-dependent branch; on short values this beats a general automaton, whose per-call
+/// set-up dominates there.
 #[derive(Debug, Clone)]
 pub(crate) struct FewSubstrings {
-    /// Bit `k` of `first[b]`: operand `k` starts with byte `b`.
-    first: Box<[u8; 256]>,
-    needles: Box<[Needle]>,
+    /// Bit `i` of `table[b]`: the operand byte laid out at bit `i` is `b`.
+    table: Box<[u64; 256]>,
+    /// The first bit of each operand.
+    starts: u64,
+    /// The last bit of each operand.
+    finals: u64,
 }
 
 impl FewSubstrings {
-    /// The most operands a table holds.
-    pub(crate) const MAX: usize = 8;
+    /// The most operand bytes, in all, a state holds.
+    pub(crate) const MAX_BYTES: usize = 64;
 
-    /// `None` when there are too many operands or one is empty.
+    /// `None` when the operands are too long in all, or one is empty.
     pub(crate) fn new(operands: &[Box<str>]) -> Option<Self> {
-        if operands.len() > Self::MAX {
+        if operands.iter().map(|o| o.len()).sum::<usize>() > Self::MAX_BYTES {
             return None;
         }
-        let mut first = Box::new([0u8; 256]);
-        for (k, op) in operands.iter().enumerate() {
-            let b = *op.as_bytes().first()?;
-            first[usize::from(b)] |= 1 << k;
+        let mut table = Box::new([0u64; 256]);
+        let (mut starts, mut finals, mut bit) = (0u64, 0u64, 0u32);
+        for op in operands {
+            if op.is_empty() {
+                return None;
+            }
+            starts |= 1 << bit;
+            for &b in op.as_bytes() {
+                table[usize::from(b)] |= 1 << bit;
+                bit += 1;
+            }
+            finals |= 1 << (bit - 1);
         }
         Some(Self {
-            first,
-            needles: operands.iter().map(|s| Needle::new(s)).collect(),
+            table,
+            starts,
+            finals,
         })
     }
 
-    /// Whether `s` contains any operand.
+    /// Whether `s` contains any operand. The loop has no branch but its own: a match is
+    /// collected and tested after every 64 bytes, which bounds the work past it.
     #[inline]
     pub(crate) fn found_in(&self, s: &str) -> bool {
-        let b = s.as_bytes();
-        for (i, &c) in b.iter().enumerate() {
-            let mut candidates = self.first[usize::from(c)];
-            while candidates != 0 {
-                let k = candidates.trailing_zeros() as usize;
-                candidates &= candidates - 1;
-                if let (Some(n), Some(rest)) = (self.needles.get(k), b.get(i..))
-                    && starts_with_bytes(rest, n)
-                {
-                    return true;
-                }
+        let mut state = 0u64;
+        for chunk in s.as_bytes().chunks(64) {
+            let mut seen = 0u64;
+            for &c in chunk {
+                state = ((state << 1) | self.starts) & self.table[usize::from(c)];
+                seen |= state;
+            }
+            if seen & self.finals != 0 {
+                return true;
             }
         }
         false
     }
-}
-
-/// Whether `rest` starts with the needle.
-#[inline]
-fn starts_with_bytes(rest: &[u8], n: &Needle) -> bool {
-    let len = n.s.len();
-    if rest.len() < len {
-        return false;
-    }
-    if len <= 8 {
-        return head(rest) & low_bytes(len) == n.head;
-    }
-    rest.starts_with(n.s.as_bytes())
 }
 
 /// An attribute name with its first 8 bytes as a big-endian integer: integer order on that
@@ -421,11 +421,16 @@ mod tests {
         #[test]
         fn few_substrings_agree_with_std(
             hay in "[ab\\x00é]{0,24}",
-            ops in proptest::collection::vec("[ab\\x00é]{1,10}", 1..=8),
+            ops in proptest::collection::vec("[ab\\x00é]{1,10}", 1..=5),
         ) {
             let boxed: Vec<Box<str>> = ops.iter().map(|s| s.as_str().into()).collect();
-            let few = FewSubstrings::new(&boxed).unwrap();
-            prop_assert_eq!(few.found_in(&hay), ops.iter().any(|o| hay.contains(o.as_str())));
+            match FewSubstrings::new(&boxed) {
+                Some(few) => prop_assert_eq!(
+                    few.found_in(&hay),
+                    ops.iter().any(|o| hay.contains(o.as_str()))
+                ),
+                None => prop_assert!(boxed.iter().map(|o| o.len()).sum::<usize>() > 64),
+            }
         }
     }
 }

@@ -130,9 +130,10 @@ pub(crate) fn compile_clause(
     })
 }
 
-/// One automaton for all `contains` operands; the operands themselves if it cannot be built
-/// (it has size limits). Short operand lists get a full DFA (fastest, about 1 KiB per operand
-/// byte at worst); longer ones let the crate pick a more compact automaton.
+/// Compiled `contains` operands: up to 64 bytes in all, one Shift-And state (the common case:
+/// a few short substrings); more, one aho-corasick automaton (a full DFA up to 4 KiB of
+/// operands, else the crate's more compact choice); the operands themselves if no automaton
+/// can be built (it has size limits).
 fn substrings(strings: Box<[Box<str>]>) -> Substrings {
     if strings.iter().any(|s| s.is_empty()) {
         return Substrings::Always;

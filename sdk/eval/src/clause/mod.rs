@@ -177,7 +177,7 @@ pub(crate) enum Test {
 pub(crate) enum Substrings {
     /// An empty operand: every string contains it.
     Always,
-    /// A few operands, found through a first-byte table.
+    /// Operands of up to 64 bytes in all, found by one Shift-And pass.
     Few(crate::needle::FewSubstrings),
     /// One automaton finding any operand in a single pass over the value.
     Automaton(aho_corasick::AhoCorasick),
