@@ -135,6 +135,11 @@ impl SdkKeyTable {
     pub fn lookup_hash(&self, hash: &SdkKeyHash) -> Option<EnvironmentId> {
         self.index.load().by_hash.get(hash).cloned()
     }
+
+    /// Whether the key with this hash (still) reads `env`.
+    pub fn reads(&self, hash: &SdkKeyHash, env: &EnvironmentId) -> bool {
+        self.index.load().by_hash.get(hash) == Some(env)
+    }
 }
 
 impl SdkAuth for SdkKeyTable {
@@ -172,6 +177,8 @@ mod tests {
         assert_eq!(t.lookup("k1"), Some(prod.clone()));
         assert_eq!(t.lookup("k3"), Some(dev.clone()));
         assert_eq!(t.lookup("nope"), None);
+        assert!(t.reads(&hash_sdk_key("k1"), &prod));
+        assert!(!t.reads(&hash_sdk_key("k1"), &dev));
 
         // Rotation: k1 revoked, k4 added.
         t.set_environment_keys(&prod, &[hash_sdk_key("k2"), hash_sdk_key("k4")]);

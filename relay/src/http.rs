@@ -20,7 +20,7 @@ use axum::routing::get;
 use futures::StreamExt;
 use vexil_schema::stream::EnvironmentId;
 
-use crate::auth::{AuthError, SdkAuth};
+use crate::auth::{AuthError, SdkAuth, hash_sdk_key};
 use crate::hub::{Hub, NotServing};
 
 /// Path of the SSE stream.
@@ -52,7 +52,12 @@ async fn stream<A: SdkAuth>(State(s): State<SdkState<A>>, headers: HeaderMap) ->
         Err(response) => return response,
     };
     let last_event_id = headers.get(LAST_EVENT_ID).and_then(|v| v.to_str().ok());
-    let subscription = match s.hub.subscribe(&env, last_event_id) {
+    // The stream ends if the key is revoked (authenticated above, so it is present).
+    let subscription = match sdk_key(&headers).map(hash_sdk_key) {
+        Some(key) => s.hub.subscribe_with_key(&env, last_event_id, key),
+        None => s.hub.subscribe(&env, last_event_id),
+    };
+    let subscription = match subscription {
         Ok(sub) => sub,
         Err(e) => return not_serving(e, s.hub.config().retry_after),
     };

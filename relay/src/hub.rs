@@ -28,7 +28,7 @@ use crate::frame::Frame;
 use crate::metrics::EnvMetrics;
 use crate::ring::{Resume, Ring};
 use crate::state::{EncodeError, Items};
-use crate::subscriber::{Audience, Start, Subscription};
+use crate::subscriber::{Audience, EndsWhen, Start, Subscription};
 
 /// Tuning of the fan-out engine.
 #[derive(Debug, Clone)]
@@ -276,7 +276,7 @@ pub(crate) struct Shared {
     next_ticket: AtomicU32,
     /// SHA-256 hashes of every environment's SDK keys: the relay's SDK authentication and
     /// what relay streams send as `keys` events.
-    keys: SdkKeyTable,
+    pub(crate) keys: SdkKeyTable,
     /// Bumped whenever something relay streams must look at again changes: an environment
     /// gets its first state or is removed, a key set changes, relay scopes change, or a drain
     /// step passes. Relay streams hold receivers; SDK streams never look at it.
@@ -530,8 +530,9 @@ impl Hub {
     }
 
     /// Replaces the set of SDK key hashes that read `env` (a key created, rotated or
-    /// revoked). Relay streams whose scope holds `env` send it as a `keys` event. Setting
-    /// the same set again sends nothing.
+    /// revoked). Relay streams whose scope holds `env` send it as a `keys` event, and the
+    /// environment's SDK streams opened with a key no longer in the set end (see
+    /// [`Hub::subscribe_with_key`]). Setting the same set again does nothing.
     pub fn set_environment_keys(&self, env: &EnvironmentId, hashes: &[SdkKeyHash]) {
         let mut sorted = hashes.to_vec();
         sorted.sort_unstable();
@@ -542,6 +543,10 @@ impl Hub {
             return;
         }
         self.shared.keys.set_environment_keys(env, &sorted);
+        if let Some(chan) = self.channel(env) {
+            // Subscribers check their key on a close signal.
+            let _ = chan.tx.send(Signal::Close);
+        }
         self.shared.bump_catalog();
     }
 
@@ -612,7 +617,22 @@ impl Hub {
         last_event_id: Option<&str>,
     ) -> Result<Subscription, NotServing> {
         let last_seen = last_event_id.and_then(|s| parse_version(s.trim()));
-        self.subscribe_as(env, last_seen, Audience::Sdk)
+        self.subscribe_as(env, last_seen, Audience::Sdk, None)
+    }
+
+    /// [`Hub::subscribe`] for a client authenticated with the SDK key whose hash is `key`:
+    /// the stream ends once that key no longer reads `env` in the key registry (revoked, its
+    /// rotation grace period over, or moved), so a revoked key stops receiving changes at
+    /// once instead of at its next reconnect. Only environments whose key set the hub holds
+    /// ([`Hub::set_environment_keys`]) are checked.
+    pub fn subscribe_with_key(
+        &self,
+        env: &EnvironmentId,
+        last_event_id: Option<&str>,
+        key: SdkKeyHash,
+    ) -> Result<Subscription, NotServing> {
+        let last_seen = last_event_id.and_then(|s| parse_version(s.trim()));
+        self.subscribe_as(env, last_seen, Audience::Sdk, Some(key))
     }
 
     /// Subscribes to `env` for one environment of a relay stream, the receiver holding
@@ -622,7 +642,7 @@ impl Hub {
         env: &EnvironmentId,
         last_seen: Option<u64>,
     ) -> Result<Subscription, NotServing> {
-        self.subscribe_as(env, last_seen, Audience::Relay)
+        self.subscribe_as(env, last_seen, Audience::Relay, None)
     }
 
     fn subscribe_as(
@@ -630,6 +650,7 @@ impl Hub {
         env: &EnvironmentId,
         last_seen: Option<u64>,
         audience: Audience,
+        key: Option<SdkKeyHash>,
     ) -> Result<Subscription, NotServing> {
         if self.is_draining() {
             return Err(NotServing::ShuttingDown);
@@ -664,8 +685,11 @@ impl Hub {
             rx,
             start,
             seq,
-            self.shared.ticket(),
             audience,
+            EndsWhen {
+                ticket: self.shared.ticket(),
+                key,
+            },
         ))
     }
 

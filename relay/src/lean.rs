@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use vexil_schema::stream::EnvironmentId;
 
-use crate::auth::SdkAuth;
+use crate::auth::{SdkAuth, hash_sdk_key};
 use crate::http::STREAM_PATH;
 use crate::hub::Hub;
 use crate::subscriber::Subscription;
@@ -98,7 +98,7 @@ impl<A: SdkAuth> LeanSse<A> {
         let env: EnvironmentId = self.auth.authenticate(key).await.ok()?;
         let sub = self
             .hub
-            .subscribe(&env, head.last_event_id.as_deref())
+            .subscribe_with_key(&env, head.last_event_id.as_deref(), hash_sdk_key(key))
             .ok()?;
         tracing::debug!(environment = %env, start = ?sub.start(), "SDK stream opened (lean)");
         Some(sub)

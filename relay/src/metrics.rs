@@ -16,6 +16,9 @@ pub const EVENTS_SENT: &str = "vexil_fanout_events_sent_total";
 pub const LAG_RESYNCS: &str = "vexil_fanout_lagged_resyncs_total";
 /// Counter: subscribers disconnected for falling behind repeatedly.
 pub const LAG_DISCONNECTS: &str = "vexil_fanout_lagged_disconnects_total";
+/// Counter: SDK streams ended because their key no longer reads the environment (revoked,
+/// or a rotated secret past its grace period).
+pub const KEY_DISCONNECTS: &str = "vexil_fanout_key_revoked_disconnects_total";
 /// Gauge: an environment's current version.
 pub const VERSION: &str = "vexil_fanout_environment_version";
 /// Counter: stream connections by how they started (`outcome` = `put`, `replay`, `current`).
@@ -38,6 +41,7 @@ pub(crate) struct EnvMetrics {
     pub(crate) events_sent: Counter,
     pub(crate) lag_resyncs: Counter,
     pub(crate) lag_disconnects: Counter,
+    pub(crate) key_disconnects: Counter,
     pub(crate) version: Gauge,
     pub(crate) connect_put: Counter,
     pub(crate) connect_replay: Counter,
@@ -53,6 +57,7 @@ impl EnvMetrics {
             events_sent: counter!(EVENTS_SENT, "environment" => env.clone()),
             lag_resyncs: counter!(LAG_RESYNCS, "environment" => env.clone()),
             lag_disconnects: counter!(LAG_DISCONNECTS, "environment" => env.clone()),
+            key_disconnects: counter!(KEY_DISCONNECTS, "environment" => env.clone()),
             version: gauge!(VERSION, "environment" => env.clone()),
             connect_put: counter!(CONNECTS, "environment" => env.clone(), "outcome" => "put"),
             connect_replay: counter!(CONNECTS, "environment" => env.clone(), "outcome" => "replay"),

@@ -16,6 +16,8 @@ use futures::Stream;
 use metrics::{Counter, Gauge};
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use vexil_schema::stream::SdkKeyHash;
+
 use crate::frame::KEEP_ALIVE;
 use crate::hub::{Current, EnvChannel, Shared, Signal};
 use crate::metrics::SubscriberGauge;
@@ -80,8 +82,8 @@ impl Subscription {
         rx: broadcast::Receiver<Signal>,
         start: Start,
         seq: u64,
-        ticket: u32,
         audience: Audience,
+        ends: EndsWhen,
     ) -> Self {
         let (version, kind) = match &start {
             Start::Put(c) => (c.version, StartKind::Put),
@@ -113,7 +115,7 @@ impl Subscription {
         Self {
             version,
             start: kind,
-            inner: Box::pin(frames(shared, chan, rx, start, seq, ticket, counted)),
+            inner: Box::pin(frames(shared, chan, rx, start, seq, ends, counted)),
         }
     }
 
@@ -142,13 +144,43 @@ struct Counted {
     events_sent: Counter,
 }
 
+/// What, besides the environment's removal, ends a stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EndsWhen {
+    /// Its drain ticket: the stream closes once draining reaches it.
+    pub(crate) ticket: u32,
+    /// The SHA-256 of the SDK key it was opened with: the stream closes once that key no
+    /// longer reads the environment.
+    pub(crate) key: Option<SdkKeyHash>,
+}
+
+impl EndsWhen {
+    /// Whether the stream must end now: the environment was removed, the drain ticket came
+    /// up, or the key no longer reads the environment. The key is checked only against an
+    /// environment whose key set the hub holds (the relay's, and the server's registry);
+    /// with any other [`crate::SdkAuth`] the hub has no say.
+    fn now(&self, shared: &Shared, chan: &EnvChannel) -> bool {
+        if chan.is_removed() || shared.must_close(self.ticket) {
+            return true;
+        }
+        let revoked = self.key.as_ref().is_some_and(|k| {
+            shared.keys.has_environment(&chan.id) && !shared.keys.reads(k, &chan.id)
+        });
+        if revoked {
+            chan.metrics.key_disconnects.increment(1);
+            tracing::info!(environment = %chan.id, "closing an SDK stream: its key no longer reads the environment");
+        }
+        revoked
+    }
+}
+
 fn frames(
     shared: Arc<Shared>,
     chan: Arc<EnvChannel>,
     mut rx: broadcast::Receiver<Signal>,
     start: Start,
     mut floor: u64,
-    ticket: u32,
+    ends: EndsWhen,
     counted: Counted,
 ) -> impl Stream<Item = Bytes> + Send {
     async_stream::stream! {
@@ -186,12 +218,12 @@ fn frames(
                 }
                 Ok(Signal::KeepAlive) => yield Bytes::from_static(KEEP_ALIVE),
                 Ok(Signal::Close) => {
-                    if chan.is_removed() || shared.must_close(ticket) {
+                    if ends.now(&shared, &chan) {
                         break;
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
-                    if chan.is_removed() || shared.must_close(ticket) {
+                    if ends.now(&shared, &chan) {
                         break;
                     }
                     let Some(current) = chan.current() else { break };

@@ -115,3 +115,41 @@ async fn keys_are_checked_locally() {
     .await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn a_revoked_key_loses_its_open_streams_and_other_keys_keep_theirs() {
+    let origin = Origin::start(&["shop/prod"]).await;
+    let (old, new) = (sdk_key("shop/prod"), "sdk-rotated-in".to_owned());
+    origin.set_keys("shop/prod", &[&old, &new]);
+    let relay = InProcessRelay::start(relay_config(&origin.url())).await;
+    relay.wait_ready().await;
+    relay
+        .wait_until("the relay knows both keys", |r| {
+            r.hub.keys().lookup(&new).is_some()
+        })
+        .await;
+    let mut revoked = Subscriber::start(&relay.url(), &old);
+    let mut kept = Subscriber::start(&relay.url(), &new);
+    revoked.wait_version(1).await;
+    kept.wait_version(1).await;
+
+    // Upstream revokes the old key: the relay learns it from a `keys` event and ends the
+    // stream at once; reconnecting with it is refused (the subscriber retries every 50 ms).
+    origin.set_keys("shop/prod", &[&new]);
+    revoked.wait_disconnects(1).await;
+    let (status, _, _) = get(&format!("{}/sdk/v1/snapshot", relay.url()), Some(&old)).await;
+    assert_eq!(status, 401);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        revoked.seen().connections,
+        1,
+        "the revoked key cannot reconnect"
+    );
+
+    // The other key's stream is untouched and still receives changes.
+    let mut origin = origin;
+    origin.set("shop/prod", "after", serde_json::json!("v2"));
+    kept.wait_version(2).await;
+    let seen = kept.seen();
+    assert_eq!((seen.connections, seen.disconnects), (1, 0));
+}

@@ -211,6 +211,15 @@ impl Origin {
         }
     }
 
+    /// Replaces the SDK keys of `e` (sent to relays as a `keys` event), as a server does when
+    /// a key is created, rotated or revoked.
+    pub fn set_keys(&self, e: &str, keys: &[&str]) {
+        if let Some(hub) = &self.hub {
+            let hashes: Vec<_> = keys.iter().map(|k| hash_sdk_key(k)).collect();
+            hub.set_environment_keys(&env(e), &hashes);
+        }
+    }
+
     /// Drops every connection at once and stops listening.
     pub async fn kill(&mut self) {
         if let Some(server) = self.server.take() {

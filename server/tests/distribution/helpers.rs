@@ -112,6 +112,15 @@ impl Sse {
         }
     }
 
+    /// Whether the server ends the stream within [`WAIT`] (anything sent before is skipped).
+    pub async fn ends(&mut self) -> bool {
+        tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = self.body.next().await {}
+        })
+        .await
+        .is_ok()
+    }
+
     /// Reads events until one with version `id` (an SDK stream `id`), returning all read.
     pub async fn until_id(&mut self, id: u64) -> Vec<Event> {
         let mut seen = Vec::new();

@@ -392,6 +392,14 @@ async fn revoked_sdk_keys_stop_working_at_once_on_every_server() {
     // A key created on one server works on the other at once.
     assert_eq!(snapshot(peer.base_url.clone(), secret.clone()).await, 200);
     assert_eq!(snapshot(app.base_url.clone(), secret.clone()).await, 200);
+    // Streams open on both servers, and one with another key of the same environment.
+    let other = sdk_key(&app, "p", "prod").await;
+    let mut on_app = Sse::open(&app.base_url, &secret, None).await;
+    let mut on_peer = Sse::open(&peer.base_url, &secret, None).await;
+    let mut unrelated = Sse::open(&app.base_url, &other, None).await;
+    for sse in [&mut on_app, &mut on_peer, &mut unrelated] {
+        assert_eq!(sse.next().await.event, "put");
+    }
     expect(
         app.delete(&format!(
             "/api/v1/projects/p/environments/prod/sdk-keys/{id}"
@@ -414,6 +422,19 @@ async fn revoked_sdk_keys_stop_working_at_once_on_every_server() {
     })
     .await;
     assert!(refused.is_ok(), "the peer refuses the revoked key");
+    // Open streams of the revoked key end on both servers; the other key's stays open
+    // and keeps receiving changes.
+    assert!(
+        on_app.ends().await,
+        "the revoked key's stream ends on this server"
+    );
+    assert!(
+        on_peer.ends().await,
+        "the revoked key's stream ends on the peer"
+    );
+    let version = set_on(&app, "f", "prod", true).await;
+    let events = unrelated.until_id(version).await;
+    assert_eq!(events.last().map(|e| e.event.as_str()), Some("patch"));
     peer.stop().await;
 }
 
