@@ -95,7 +95,7 @@ impl HashIndex {
             if p == EMPTY {
                 return None;
             }
-            if h == hash && key_of(p) == key {
+            if h == hash && same(key_of(p), key) {
                 return Some(p);
             }
             i = (i + 1) & mask;
@@ -110,6 +110,21 @@ impl HashIndex {
     /// Whether the index holds no string.
     pub(crate) fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+}
+
+/// String equality without a `memcmp` call for keys of up to 16 bytes: their first and
+/// last 8 bytes, read as integers, cover every byte.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() <= 16 {
+        head(a) == head(b) && tail(a) == tail(b)
+    } else {
+        a == b
     }
 }
 
@@ -153,6 +168,30 @@ mod tests {
                 longest = longest.max(probes);
             }
             assert!(longest < 32, "{prefix:?}: a probe ran {longest} slots");
+        }
+    }
+
+    #[test]
+    fn same_agrees_with_equality() {
+        let words = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefghi",
+            "abcdefgh\0",
+            "0123456789abcdef",
+            "0123456789abcdeF",
+            "0123456789abcdefg",
+            "0123456789abcdefh",
+        ];
+        for a in words {
+            for b in words {
+                assert_eq!(same(a, b), a == b, "{a:?} {b:?}");
+            }
         }
     }
 
