@@ -52,72 +52,13 @@ fn main() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Server child: a hub serving one environment; commands on stdin, answers on stdout.
 
-mod server {
-    use serde_json::json;
-    use vexil_schema::stream::{Change, EnvironmentId, Patch, PatchItem};
-    use vexil_schema::{
-        Clause, EnvironmentSnapshot, Flag, FlagConfig, FlagKey, FlagKind, Operator, Rule, Serve,
-        Variation,
-    };
-
-    pub fn env() -> EnvironmentId {
-        EnvironmentId::parse("bench/prod").unwrap()
-    }
-
-    /// A realistic flag: two variations, one targeting rule.
-    pub fn flag(i: usize, serve: usize) -> Flag {
-        let mut config = FlagConfig::serving(serve);
-        config.on = true;
-        config.rules = vec![Rule {
-            id: format!("rule-{i}"),
-            description: None,
-            clauses: vec![Clause {
-                attribute: "email".into(),
-                op: Operator::EndsWith,
-                values: vec![json!("@example.com")],
-                negate: false,
-            }],
-            serve: Serve::Variation(0),
-        }];
-        Flag {
-            key: FlagKey::parse(format!("flag-{i:03}")).unwrap(),
-            kind: FlagKind::Boolean,
-            variations: vec![Variation::new(json!(true)), Variation::new(json!(false))],
-            config,
-        }
-    }
-
-    pub fn snapshot() -> EnvironmentSnapshot {
-        EnvironmentSnapshot {
-            version: 1,
-            flags: (0..50).map(|i| flag(i, 1)).collect(),
-            segments: vec![],
-        }
-    }
-
-    pub fn change(version: u64) -> Change {
-        Change::Patch(Patch {
-            version,
-            item: PatchItem::Flag(flag(7, (version % 2) as usize)),
-        })
-    }
-}
+mod common;
+use common as server;
+use common::{pct, rss_kib};
 
 fn heap_in_use() -> i64 {
     let s = GLOBAL.stats();
     s.bytes_allocated as i64 + s.bytes_reallocated as i64 - s.bytes_deallocated as i64
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 async fn server_main() -> anyhow::Result<()> {
@@ -290,14 +231,6 @@ async fn client_main(connections: usize, changes: usize) -> anyhow::Result<()> {
     );
     let _ = child.ask("quit").await;
     Ok(())
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p / 100.0).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Opens an SSE connection and reads through the initial `put`.

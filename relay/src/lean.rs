@@ -166,31 +166,10 @@ pub async fn serve_lean<A: SdkAuth>(
     lean: LeanSse<A>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let (stop_tx, stop_rx) = watch::channel(());
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "set_nodelay failed");
-        }
-        tokio::spawn(connection(tcp, app.clone(), lean.clone(), stop_rx.clone()));
-    }
-    drop(listener);
-    drop(stop_rx);
-    let _ = stop_tx.send(());
-    stop_tx.closed().await;
+    crate::serve::accept_until(listener, shutdown, |tcp, stop| {
+        tokio::spawn(connection(tcp, app.clone(), lean.clone(), stop));
+    })
+    .await;
 }
 
 /// One connection. The large hyper future is boxed so that the task of an SDK stream (the

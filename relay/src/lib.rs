@@ -66,6 +66,7 @@ pub mod relay_state;
 pub mod relay_stream;
 mod ring;
 pub mod serve;
+pub mod signal;
 mod state;
 pub mod subscriber;
 pub mod telemetry;

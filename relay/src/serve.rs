@@ -11,16 +11,18 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Serves `app` over HTTP/1.1 on `listener` until `shutdown` completes, then stops accepting,
-/// lets every connection finish its current response (call [`crate::Hub::shutdown`] first so
-/// SSE streams end) and returns once all connections are closed.
-pub async fn serve_http1(
+/// Accepts connections on `listener` until `shutdown` completes, handing each (with
+/// `TCP_NODELAY` set) to `spawn` together with a receiver that changes when the server
+/// stops; then stops accepting, signals every connection and returns once each has dropped
+/// its receiver. The accept loop of both HTTP/1 servers ([`serve_http1`] and
+/// [`crate::lean::serve_lean`]).
+pub(crate) async fn accept_until(
     listener: TcpListener,
-    app: Router,
     shutdown: impl Future<Output = ()> + Send,
+    mut spawn: impl FnMut(TcpStream, watch::Receiver<()>),
 ) {
     // Dropping the sender tells every connection to shut down gracefully; each connection
     // task holds a receiver, so `closed()` resolves when the last one ends.
@@ -43,8 +45,24 @@ pub async fn serve_http1(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
+        spawn(tcp, stop_rx.clone());
+    }
+    drop(listener);
+    drop(stop_rx);
+    let _ = stop_tx.send(());
+    stop_tx.closed().await;
+}
+
+/// Serves `app` over HTTP/1.1 on `listener` until `shutdown` completes, then stops accepting,
+/// lets every connection finish its current response (call [`crate::Hub::shutdown`] first so
+/// SSE streams end) and returns once all connections are closed.
+pub async fn serve_http1(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    accept_until(listener, shutdown, |tcp, mut stop| {
         let service = TowerToHyperService::new(app.clone());
-        let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service);
@@ -63,9 +81,6 @@ pub async fn serve_http1(
             }
             drop(stop);
         });
-    }
-    drop(listener);
-    drop(stop_rx);
-    let _ = stop_tx.send(());
-    stop_tx.closed().await;
+    })
+    .await;
 }
