@@ -10,9 +10,9 @@ use serde_json::json;
 use crate::fleet::Fleet;
 use crate::procstat;
 use crate::report::{Machine, Report, Row, count};
-use crate::scenario::{FleetOptions, command_line, secs, unix_now};
-use crate::subscriber::{Backoff, StreamTarget};
-use crate::system::{Stack, StackOptions};
+use crate::scenario::{FleetOptions, command_line, secs, stack_with_relay, unix_now};
+use crate::subscriber::Backoff;
+use crate::system::StackOptions;
 
 /// Arguments of `capacity`.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,16 +43,9 @@ pub struct CapacityArgs {
 /// Runs the scenario.
 pub async fn run(args: &CapacityArgs) -> anyhow::Result<Report> {
     let start = Instant::now();
-    let mut stack = Stack::start(&args.stack, 1).await?;
-    let relay = stack.start_relay(args.stack.relay_bin.as_deref()).await?;
+    let (stack, target) = stack_with_relay(&args.stack).await?;
     let pid = stack.relay_pid().context("the relay has no pid")?;
     let before = procstat::sample(pid).context("cannot read the relay's /proc status")?;
-
-    let target = StreamTarget {
-        addr: relay,
-        path: "/sdk/v1/stream".into(),
-        sdk_key: stack.sdk_keys[0].clone(),
-    };
     // Idle subscribers do not reconnect: a dropped one counts as not held.
     let backoff = Backoff {
         reconnect: false,

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crate::fleet::FleetPlan;
 use crate::subscriber::{Backoff, StreamTarget};
+use crate::system::{Stack, StackOptions};
 
 pub mod capacity;
 pub mod ofrep;
@@ -57,6 +58,21 @@ impl FleetOptions {
             ramp: self.ramp,
         })
     }
+}
+
+/// Starts the system under test with one relay, and returns it with the SDK stream on that
+/// relay that subscribers open (with the stack's first SDK key).
+pub(crate) async fn stack_with_relay(
+    options: &StackOptions,
+) -> anyhow::Result<(Stack, StreamTarget)> {
+    let mut stack = Stack::start(options, 1).await?;
+    let relay = stack.start_relay(options.relay_bin.as_deref()).await?;
+    let target = StreamTarget {
+        addr: relay,
+        path: "/sdk/v1/stream".into(),
+        sdk_key: stack.sdk_keys[0].clone(),
+    };
+    Ok((stack, target))
 }
 
 /// Seconds since `start`.

@@ -14,10 +14,10 @@ use serde_json::json;
 use crate::fleet::Fleet;
 use crate::procstat;
 use crate::report::{Machine, Report, Row, count, ms};
-use crate::scenario::{FleetOptions, command_line, secs, unix_now};
+use crate::scenario::{FleetOptions, command_line, secs, stack_with_relay, unix_now};
 use crate::stats::Recorder;
-use crate::subscriber::{Backoff, StreamTarget, now_ns};
-use crate::system::{Stack, StackOptions};
+use crate::subscriber::{Backoff, now_ns};
+use crate::system::StackOptions;
 
 /// Arguments of `propagation`.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,13 +58,7 @@ struct Write {
 /// Runs the scenario.
 pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
     let start = Instant::now();
-    let mut stack = Stack::start(&args.stack, 1).await?;
-    let relay = stack.start_relay(args.stack.relay_bin.as_deref()).await?;
-    let target = StreamTarget {
-        addr: relay,
-        path: "/sdk/v1/stream".into(),
-        sdk_key: stack.sdk_keys[0].clone(),
-    };
+    let (stack, target) = stack_with_relay(&args.stack).await?;
     let backoff = Backoff {
         reconnect: true,
         initial_ms: 1_000,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::Value;
-use vexil_eval::{CompiledSnapshot, EvalReason};
+use vexil_eval::{CompiledSnapshot, EvalReason, TypedEvaluation};
 use vexil_schema::{ErrorKind, Reason};
 
 /// A flag's value for a context, and why it is that value.
@@ -74,6 +74,25 @@ impl<T> EvaluationDetail<T> {
             in_experiment,
             split,
         }
+    }
+
+    /// Builds a detail from a typed accessor's result for `flag_key`, its value turned into
+    /// the owned `T` by `own`.
+    pub(crate) fn from_typed<U>(
+        t: TypedEvaluation<'_, U>,
+        own: impl FnOnce(U) -> T,
+        snapshot: &CompiledSnapshot,
+        flag_key: &str,
+    ) -> Self {
+        Self::from_parts(
+            own(t.value),
+            t.variation,
+            t.reason,
+            t.in_experiment,
+            t.split,
+            snapshot,
+            flag_key,
+        )
     }
 }
 

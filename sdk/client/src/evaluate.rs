@@ -92,18 +92,7 @@ impl Client {
         self.with_eval(
             flag_key,
             ctx,
-            |s, e| {
-                let t = e.as_bool(default);
-                EvaluationDetail::from_parts(
-                    t.value,
-                    t.variation,
-                    t.reason,
-                    t.in_experiment,
-                    t.split,
-                    s,
-                    flag_key,
-                )
-            },
+            |s, e| EvaluationDetail::from_typed(e.as_bool(default), std::convert::identity, s, flag_key),
             || EvaluationDetail::error(default, ErrorKind::ClientNotReady),
         )
     }
@@ -118,18 +107,7 @@ impl Client {
         self.with_eval(
             flag_key,
             ctx,
-            |s, e| {
-                let t = e.as_str(default);
-                EvaluationDetail::from_parts(
-                    t.value.to_owned(),
-                    t.variation,
-                    t.reason,
-                    t.in_experiment,
-                    t.split,
-                    s,
-                    flag_key,
-                )
-            },
+            |s, e| EvaluationDetail::from_typed(e.as_str(default), str::to_owned, s, flag_key),
             || EvaluationDetail::error(default.to_owned(), ErrorKind::ClientNotReady),
         )
     }
@@ -144,18 +122,7 @@ impl Client {
         self.with_eval(
             flag_key,
             ctx,
-            |s, e| {
-                let t = e.as_f64(default);
-                EvaluationDetail::from_parts(
-                    t.value,
-                    t.variation,
-                    t.reason,
-                    t.in_experiment,
-                    t.split,
-                    s,
-                    flag_key,
-                )
-            },
+            |s, e| EvaluationDetail::from_typed(e.as_f64(default), std::convert::identity, s, flag_key),
             || EvaluationDetail::error(default, ErrorKind::ClientNotReady),
         )
     }
@@ -170,18 +137,7 @@ impl Client {
         self.with_eval(
             flag_key,
             ctx,
-            |s, e| {
-                let t = e.as_i64(default);
-                EvaluationDetail::from_parts(
-                    t.value,
-                    t.variation,
-                    t.reason,
-                    t.in_experiment,
-                    t.split,
-                    s,
-                    flag_key,
-                )
-            },
+            |s, e| EvaluationDetail::from_typed(e.as_i64(default), std::convert::identity, s, flag_key),
             || EvaluationDetail::error(default, ErrorKind::ClientNotReady),
         )
     }
