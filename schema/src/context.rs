@@ -16,7 +16,25 @@ use serde_json::Value;
 pub struct Context {
     key: Option<String>,
     kind: Option<String>,
-    attributes: Vec<(String, Value)>,
+    attributes: Vec<Attribute>,
+}
+
+/// One attribute, with its name's [order key](Context::attribute_order_key).
+#[derive(Debug, Clone, PartialEq)]
+struct Attribute {
+    name: String,
+    order: u64,
+    value: Value,
+}
+
+impl Attribute {
+    fn new(name: String, value: Value) -> Self {
+        Self {
+            order: Context::attribute_order_key(&name),
+            name,
+            value,
+        }
+    }
 }
 
 impl Context {
@@ -60,9 +78,9 @@ impl Context {
     /// The attribute called `name` (not the reserved `key`/`kind`), if present.
     pub fn attribute(&self, name: &str) -> Option<&Value> {
         self.attributes
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .binary_search_by(|a| a.name.as_str().cmp(name))
             .ok()
-            .map(|i| &self.attributes[i].1)
+            .map(|i| &self.attributes[i].value)
     }
 
     /// The number of attributes (the key and kind not counted).
@@ -74,12 +92,34 @@ impl Context {
     /// search the sorted attributes themselves: the evaluation engine compares names by
     /// their leading bytes as integers before falling back to a string comparison.
     pub fn attribute_at(&self, index: usize) -> Option<(&str, &Value)> {
-        self.attributes.get(index).map(|(n, v)| (n.as_str(), v))
+        self.attributes
+            .get(index)
+            .map(|a| (a.name.as_str(), &a.value))
+    }
+
+    /// [`Context::attribute_at`] with the name's order key
+    /// ([`Context::attribute_order_key`]), computed once when the attribute was set.
+    pub fn attribute_keyed_at(&self, index: usize) -> Option<(u64, &str, &Value)> {
+        self.attributes
+            .get(index)
+            .map(|a| (a.order, a.name.as_str(), &a.value))
+    }
+
+    /// The first 8 bytes of `name` as a big-endian integer, zero-padded: comparing two
+    /// names' keys as integers orders them as their bytes do, except that names equal in
+    /// their first 8 bytes (or one a prefix of the other within them) need a string
+    /// comparison to decide.
+    pub fn attribute_order_key(name: &str) -> u64 {
+        let mut buf = [0u8; 8];
+        let b = name.as_bytes();
+        let n = b.len().min(8);
+        buf[..n].copy_from_slice(&b[..n]);
+        u64::from_be_bytes(buf)
     }
 
     /// All attributes, sorted by name.
     pub fn attributes(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.attributes.iter().map(|(n, v)| (n.as_str(), v))
+        self.attributes.iter().map(|a| (a.name.as_str(), &a.value))
     }
 
     /// Sets the targeting key.
@@ -102,10 +142,10 @@ impl Context {
             ("kind", Value::String(s)) => self.kind = Some(s),
             (_, value) => match self
                 .attributes
-                .binary_search_by(|(n, _)| n.as_str().cmp(&name))
+                .binary_search_by(|a| a.name.as_str().cmp(&name))
             {
-                Ok(i) => self.attributes[i].1 = value,
-                Err(i) => self.attributes.insert(i, (name, value)),
+                Ok(i) => self.attributes[i].value = value,
+                Err(i) => self.attributes.insert(i, Attribute::new(name, value)),
             },
         }
     }
@@ -152,7 +192,11 @@ impl Serialize for Context {
         ContextWire {
             key: self.key.clone(),
             kind: self.kind.clone(),
-            attributes: self.attributes.iter().cloned().collect(),
+            attributes: self
+                .attributes
+                .iter()
+                .map(|a| (a.name.clone(), a.value.clone()))
+                .collect(),
         }
         .serialize(s)
     }

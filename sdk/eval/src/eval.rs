@@ -173,8 +173,9 @@ impl<'c, 'n> Attrs<'c, 'n> {
         let (mut i, mut j) = (0, 0);
         let sorted = &self.table.sorted;
         let count = self.ctx.attribute_count();
-        while let (Some(&slot), Some((probe, value))) = (sorted.get(j), self.ctx.attribute_at(i)) {
-            let key = Name::probe_key(probe);
+        while let (Some(&slot), Some((key, probe, value))) =
+            (sorted.get(j), self.ctx.attribute_keyed_at(i))
+        {
             let Some(name) = self.table.names.get(usize::from(slot)) else {
                 break;
             };
@@ -204,8 +205,8 @@ impl<'c, 'n> Attrs<'c, 'n> {
         let (mut lo, mut hi) = (0, self.ctx.attribute_count());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let (probe, value) = self.ctx.attribute_at(mid)?;
-            match name.cmp_probe(probe) {
+            let (key, probe, value) = self.ctx.attribute_keyed_at(mid)?;
+            match name.cmp_keyed(key, probe) {
                 Ordering::Less => lo = mid + 1,
                 Ordering::Greater => hi = mid,
                 Ordering::Equal => return Some(value),

@@ -311,8 +311,9 @@ pub(crate) struct Name {
     key: u64,
 }
 
-/// The first 8 bytes of `b`, big-endian, zero-padded.
-#[inline]
+/// The first 8 bytes of `b`, big-endian, zero-padded: the engine's own reading of an order
+/// key, against which a test checks the context's.
+#[cfg(test)]
 fn order_key(b: &[u8]) -> u64 {
     head(b).swap_bytes()
 }
@@ -320,7 +321,8 @@ fn order_key(b: &[u8]) -> u64 {
 impl Name {
     pub(crate) fn new(s: &str) -> Self {
         Self {
-            key: order_key(s.as_bytes()),
+            // The same key the context stores with each attribute (a test checks it).
+            key: vexil_schema::Context::attribute_order_key(s),
             s: s.into(),
         }
     }
@@ -329,19 +331,9 @@ impl Name {
         &self.s
     }
 
-    /// The integer key of a string compared against names.
-    #[inline]
-    pub(crate) fn probe_key(probe: &str) -> u64 {
-        order_key(probe.as_bytes())
-    }
-
-    /// How `probe` orders against this name; the same as `probe.cmp(self.as_str())`.
-    #[inline]
-    pub(crate) fn cmp_probe(&self, probe: &str) -> std::cmp::Ordering {
-        self.cmp_keyed(Self::probe_key(probe), probe)
-    }
-
-    /// [`Name::cmp_probe`] with the probe's key already computed.
+    /// How `probe`, whose order key is `probe_key`
+    /// ([`vexil_schema::Context::attribute_order_key`]), orders against this name; the same
+    /// as `probe.cmp(self.as_str())`.
     #[inline]
     pub(crate) fn cmp_keyed(&self, probe_key: u64, probe: &str) -> std::cmp::Ordering {
         match probe_key.cmp(&self.key) {
@@ -384,10 +376,13 @@ mod tests {
     }
 
     proptest! {
-        /// Name order agrees with string order.
+        /// Name order agrees with string order, and the context's order key with the
+        /// engine's own.
         #[test]
         fn name_order_agrees_with_std(a in "[ab\\x00é]{0,12}", b in "[ab\\x00é]{0,12}") {
-            prop_assert_eq!(Name::new(&b).cmp_probe(&a), a.as_str().cmp(b.as_str()));
+            let key = vexil_schema::Context::attribute_order_key(&a);
+            prop_assert_eq!(key, order_key(a.as_bytes()));
+            prop_assert_eq!(Name::new(&b).cmp_keyed(key, &a), a.as_str().cmp(b.as_str()));
         }
 
         /// The integer shortcuts agree with the standard library on arbitrary strings.
