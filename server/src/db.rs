@@ -13,12 +13,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::types::Json;
-use sqlx::{FromRow, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{
+    Arguments, FromRow, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool,
+};
 use time::OffsetDateTime;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
@@ -171,49 +174,40 @@ pub(crate) fn now() -> OffsetDateTime {
     t.replace_microsecond(micros).unwrap_or(t)
 }
 
-type PgQuery = sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>;
-type LiteQuery = sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments>;
-type PgQueryAs<T> = sqlx::query::QueryAs<'static, Postgres, T, sqlx::postgres::PgArguments>;
-type LiteQueryAs<T> = sqlx::query::QueryAs<'static, Sqlite, T, sqlx::sqlite::SqliteArguments>;
-
-fn bind_pg(mut q: PgQuery, args: Vec<Arg>) -> PgQuery {
-    for a in args {
-        q = match a {
-            Arg::I64(v) => q.bind(v),
-            Arg::OptI64(v) => q.bind(v),
-            Arg::Text(v) => q.bind(v),
-            Arg::OptText(v) => q.bind(v),
-            Arg::Bool(v) => q.bind(v),
-            Arg::OptBool(v) => q.bind(v),
-            Arg::Json(v) => q.bind(Json(v)),
-            Arg::OptJson(v) => q.bind(v.map(Json)),
-            Arg::Time(v) => q.bind(v),
-            Arg::OptTime(v) => q.bind(v),
-            Arg::Bytes(v) => q.bind(v),
-            Arg::OptBytes(v) => q.bind(v),
-        };
-    }
-    q
+/// The body of a function building one driver's arguments from [`Arg`]s. The two drivers differ only in how JSON and
+/// times are stored, so the caller names those two conversions (`json`, `time`); every other
+/// kind binds as is. An encoding failure is the error `sqlx` would return on running a query
+/// with the value bound (`Error::Encode`, numbering the argument), before anything is sent.
+macro_rules! driver_args {
+    ($args:expr, $Arguments:ty, json: |$j:ident| $json:expr, time: |$t:ident| $time:expr) => {{
+        let mut out = <$Arguments>::default();
+        for (i, a) in $args.into_iter().enumerate() {
+            let added = match a {
+                Arg::I64(v) => out.add(v),
+                Arg::OptI64(v) => out.add(v),
+                Arg::Text(v) => out.add(v),
+                Arg::OptText(v) => out.add(v),
+                Arg::Bool(v) => out.add(v),
+                Arg::OptBool(v) => out.add(v),
+                Arg::Json($j) => out.add($json),
+                Arg::OptJson(v) => out.add(v.map(|$j| $json)),
+                Arg::Time($t) => out.add($time),
+                Arg::OptTime(v) => out.add(v.map(|$t| $time)),
+                Arg::Bytes(v) => out.add(v),
+                Arg::OptBytes(v) => out.add(v),
+            };
+            added.map_err(|error| {
+                let message = format!("Encoding argument ${} failed: {error}", i + 1);
+                sqlx::Error::Encode(message.into())
+            })?;
+        }
+        Ok(out)
+    }};
 }
 
-fn bind_pg_as<T>(mut q: PgQueryAs<T>, args: Vec<Arg>) -> PgQueryAs<T> {
-    for a in args {
-        q = match a {
-            Arg::I64(v) => q.bind(v),
-            Arg::OptI64(v) => q.bind(v),
-            Arg::Text(v) => q.bind(v),
-            Arg::OptText(v) => q.bind(v),
-            Arg::Bool(v) => q.bind(v),
-            Arg::OptBool(v) => q.bind(v),
-            Arg::Json(v) => q.bind(Json(v)),
-            Arg::OptJson(v) => q.bind(v.map(Json)),
-            Arg::Time(v) => q.bind(v),
-            Arg::OptTime(v) => q.bind(v),
-            Arg::Bytes(v) => q.bind(v),
-            Arg::OptBytes(v) => q.bind(v),
-        };
-    }
-    q
+/// Arguments for PostgreSQL: JSON as `jsonb`, times as `timestamptz`.
+fn pg_args(args: Vec<Arg>) -> Result<PgArguments, sqlx::Error> {
+    driver_args!(args, PgArguments, json: |v| Json(v), time: |v| v)
 }
 
 fn json_text(v: &Value) -> String {
@@ -221,44 +215,27 @@ fn json_text(v: &Value) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
 }
 
-fn bind_lite(mut q: LiteQuery, args: Vec<Arg>) -> LiteQuery {
-    for a in args {
-        q = match a {
-            Arg::I64(v) => q.bind(v),
-            Arg::OptI64(v) => q.bind(v),
-            Arg::Text(v) => q.bind(v),
-            Arg::OptText(v) => q.bind(v),
-            Arg::Bool(v) => q.bind(v),
-            Arg::OptBool(v) => q.bind(v),
-            Arg::Json(v) => q.bind(json_text(&v)),
-            Arg::OptJson(v) => q.bind(v.as_ref().map(json_text)),
-            Arg::Time(v) => q.bind(sqlite_time(v)),
-            Arg::OptTime(v) => q.bind(v.map(sqlite_time)),
-            Arg::Bytes(v) => q.bind(v),
-            Arg::OptBytes(v) => q.bind(v),
-        };
-    }
-    q
+/// Arguments for SQLite: JSON as text, times as fixed-width UTC text (see [`SQLITE_TIME`]).
+fn lite_args(args: Vec<Arg>) -> Result<SqliteArguments, sqlx::Error> {
+    driver_args!(args, SqliteArguments, json: |v| json_text(&v), time: |v| sqlite_time(v))
 }
 
-fn bind_lite_as<T>(mut q: LiteQueryAs<T>, args: Vec<Arg>) -> LiteQueryAs<T> {
-    for a in args {
-        q = match a {
-            Arg::I64(v) => q.bind(v),
-            Arg::OptI64(v) => q.bind(v),
-            Arg::Text(v) => q.bind(v),
-            Arg::OptText(v) => q.bind(v),
-            Arg::Bool(v) => q.bind(v),
-            Arg::OptBool(v) => q.bind(v),
-            Arg::Json(v) => q.bind(json_text(&v)),
-            Arg::OptJson(v) => q.bind(v.as_ref().map(json_text)),
-            Arg::Time(v) => q.bind(sqlite_time(v)),
-            Arg::OptTime(v) => q.bind(v.map(sqlite_time)),
-            Arg::Bytes(v) => q.bind(v),
-            Arg::OptBytes(v) => q.bind(v),
-        };
-    }
-    q
+/// Runs `$run` on whichever driver `$conn` holds, with `$c` bound to that driver's connection
+/// and `$a` to `$args` built for it (see [`pg_args`], [`lite_args`]): the one place the
+/// query methods of [`Conn`] dispatch on the engine.
+macro_rules! on_driver {
+    ($conn:expr, $args:expr, |$c:ident, $a:ident| $run:expr) => {
+        match $conn {
+            Conn::Pg($c) => {
+                let $a = pg_args($args)?;
+                $run
+            }
+            Conn::Lite($c) => {
+                let $a = lite_args($args)?;
+                $run
+            }
+        }
+    };
 }
 
 /// A row type that decodes from either driver.
@@ -284,16 +261,10 @@ impl Conn<'_> {
         sql: &'static str,
         args: Vec<Arg>,
     ) -> Result<u64, sqlx::Error> {
-        match self {
-            Conn::Pg(c) => Ok(bind_pg(sqlx::query(sql), args)
-                .execute(&mut **c)
-                .await?
-                .rows_affected()),
-            Conn::Lite(c) => Ok(bind_lite(sqlx::query(sql), args)
-                .execute(&mut **c)
-                .await?
-                .rows_affected()),
-        }
+        Ok(on_driver!(self, args, |c, a| sqlx::query_with(sql, a)
+            .execute(&mut **c)
+            .await?
+            .rows_affected()))
     }
 
     /// Fetches at most one row.
@@ -302,18 +273,9 @@ impl Conn<'_> {
         sql: &'static str,
         args: Vec<Arg>,
     ) -> Result<Option<T>, sqlx::Error> {
-        match self {
-            Conn::Pg(c) => {
-                bind_pg_as(sqlx::query_as::<Postgres, T>(sql), args)
-                    .fetch_optional(&mut **c)
-                    .await
-            }
-            Conn::Lite(c) => {
-                bind_lite_as(sqlx::query_as::<Sqlite, T>(sql), args)
-                    .fetch_optional(&mut **c)
-                    .await
-            }
-        }
+        on_driver!(self, args, |c, a| sqlx::query_as_with::<_, T, _>(sql, a)
+            .fetch_optional(&mut **c)
+            .await)
     }
 
     /// Fetches exactly one row.
@@ -322,18 +284,9 @@ impl Conn<'_> {
         sql: &'static str,
         args: Vec<Arg>,
     ) -> Result<T, sqlx::Error> {
-        match self {
-            Conn::Pg(c) => {
-                bind_pg_as(sqlx::query_as::<Postgres, T>(sql), args)
-                    .fetch_one(&mut **c)
-                    .await
-            }
-            Conn::Lite(c) => {
-                bind_lite_as(sqlx::query_as::<Sqlite, T>(sql), args)
-                    .fetch_one(&mut **c)
-                    .await
-            }
-        }
+        on_driver!(self, args, |c, a| sqlx::query_as_with::<_, T, _>(sql, a)
+            .fetch_one(&mut **c)
+            .await)
     }
 
     /// Fetches every row.
@@ -342,18 +295,9 @@ impl Conn<'_> {
         sql: &'static str,
         args: Vec<Arg>,
     ) -> Result<Vec<T>, sqlx::Error> {
-        match self {
-            Conn::Pg(c) => {
-                bind_pg_as(sqlx::query_as::<Postgres, T>(sql), args)
-                    .fetch_all(&mut **c)
-                    .await
-            }
-            Conn::Lite(c) => {
-                bind_lite_as(sqlx::query_as::<Sqlite, T>(sql), args)
-                    .fetch_all(&mut **c)
-                    .await
-            }
-        }
+        on_driver!(self, args, |c, a| sqlx::query_as_with::<_, T, _>(sql, a)
+            .fetch_all(&mut **c)
+            .await)
     }
 
     /// Takes the environment's write lock for the rest of the transaction and returns its
@@ -494,26 +438,26 @@ impl Db {
         }
     }
 
+    /// The embedded migrations for this engine.
+    fn migrator(&self) -> sqlx::migrate::Migrator {
+        match self {
+            Db::Postgres(_) => sqlx::migrate!("../schema/migrations/postgres"),
+            Db::Sqlite(..) => sqlx::migrate!("../schema/migrations/sqlite"),
+        }
+    }
+
     /// Applies the embedded migrations for this engine.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        let migrator = self.migrator();
         match self {
-            Db::Postgres(p) => sqlx::migrate!("../schema/migrations/postgres").run(p).await,
-            Db::Sqlite(p, _) => sqlx::migrate!("../schema/migrations/sqlite").run(p).await,
+            Db::Postgres(p) => migrator.run(p).await,
+            Db::Sqlite(p, _) => migrator.run(p).await,
         }
     }
 
     /// Whether the database answers and every embedded migration is applied.
     pub async fn ready(&self) -> Result<bool, sqlx::Error> {
-        let expected = match self {
-            Db::Postgres(_) => sqlx::migrate!("../schema/migrations/postgres")
-                .iter()
-                .map(|m| m.version)
-                .max(),
-            Db::Sqlite(..) => sqlx::migrate!("../schema/migrations/sqlite")
-                .iter()
-                .map(|m| m.version)
-                .max(),
-        };
+        let expected = self.migrator().iter().map(|m| m.version).max();
         let Some(expected) = expected else {
             return Ok(true);
         };

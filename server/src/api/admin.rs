@@ -34,11 +34,8 @@ pub(crate) async fn create_token(
 ) -> Result<Created<CreatedToken>, ApiError> {
     let ctx = caller.require(Role::Admin)?;
     let created = app.store.create_token(&ctx, &body.name, body.role).await?;
-    Ok(Created {
-        location: format!("/api/v1/tokens/{}", created.token.id),
-        etag: None,
-        body: created,
-    })
+    let location = format!("/api/v1/tokens/{}", created.token.id);
+    Ok(Created::at(location, created))
 }
 
 /// Lists API tokens (never their secrets).
@@ -96,6 +93,23 @@ fn grace(r: &Rotate) -> Result<u32, ApiError> {
     Ok(r.grace_seconds)
 }
 
+/// Checks that SDK key `id` belongs to the environment its route names (404 otherwise).
+async fn sdk_key_in(
+    app: &AppState,
+    project: String,
+    environment: String,
+    id: i64,
+) -> Result<(), ApiError> {
+    let env = RelayEnvironment {
+        project,
+        environment,
+    };
+    app.store
+        .access_key_in(AccessKeyKind::Sdk, id, &env)
+        .await?;
+    Ok(())
+}
+
 /// Creates an SDK key for this environment. Its secret is in the response, and only there.
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/sdk-keys", tag = "keys",
     params(("project" = String, Path, description = "Project key"),
@@ -119,14 +133,11 @@ pub(crate) async fn create_sdk_key(
         .store
         .create_access_key(&ctx, AccessKeyKind::Sdk, &body.name, &[env])
         .await?;
-    Ok(Created {
-        location: format!(
-            "/api/v1/projects/{project}/environments/{environment}/sdk-keys/{}",
-            created.key.id
-        ),
-        etag: None,
-        body: created,
-    })
+    let location = format!(
+        "/api/v1/projects/{project}/environments/{environment}/sdk-keys/{}",
+        created.key.id
+    );
+    Ok(Created::at(location, created))
 }
 
 /// Lists this environment's SDK keys (masked).
@@ -166,13 +177,7 @@ pub(crate) async fn rotate_sdk_key(
 ) -> Result<Json<CreatedAccessKey>, ApiError> {
     let ctx = caller.require(Role::Admin)?;
     let grace = grace(&body)?;
-    let env = RelayEnvironment {
-        project,
-        environment,
-    };
-    app.store
-        .access_key_in(AccessKeyKind::Sdk, id, &env)
-        .await?;
+    sdk_key_in(&app, project, environment, id).await?;
     Ok(Json(
         app.store
             .rotate_access_key(&ctx, AccessKeyKind::Sdk, id, grace)
@@ -192,13 +197,7 @@ pub(crate) async fn revoke_sdk_key(
     Path((project, environment, id)): Path<(String, String, i64)>,
 ) -> Result<Json<AccessKeyView>, ApiError> {
     let ctx = caller.require(Role::Admin)?;
-    let env = RelayEnvironment {
-        project,
-        environment,
-    };
-    app.store
-        .access_key_in(AccessKeyKind::Sdk, id, &env)
-        .await?;
+    sdk_key_in(&app, project, environment, id).await?;
     Ok(Json(
         app.store
             .revoke_access_key(&ctx, AccessKeyKind::Sdk, id)
@@ -229,11 +228,8 @@ pub(crate) async fn create_relay_key(
         .store
         .create_access_key(&ctx, AccessKeyKind::Relay, &body.name, &body.environments)
         .await?;
-    Ok(Created {
-        location: format!("/api/v1/relay-keys/{}", created.key.id),
-        etag: None,
-        body: created,
-    })
+    let location = format!("/api/v1/relay-keys/{}", created.key.id);
+    Ok(Created::at(location, created))
 }
 
 /// Lists relay keys (masked).

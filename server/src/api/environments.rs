@@ -28,11 +28,8 @@ pub(crate) async fn create_environment(
 ) -> Result<Created<EnvironmentView>, ApiError> {
     let ctx = caller.require(Role::Editor)?;
     let view = app.store.create_environment(&ctx, &project, body).await?;
-    Ok(Created {
-        location: format!("/api/v1/projects/{project}/environments/{}", view.key),
-        etag: None,
-        body: view,
-    })
+    let location = format!("/api/v1/projects/{project}/environments/{}", view.key);
+    Ok(Created::at(location, view))
 }
 
 /// Lists a project's environments.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use vexil_schema::{FlagConfig, FlagDefinition};
 
-use super::{Created, PageQuery, Tagged};
+use super::{Created, PageQuery, Tagged, Versioned};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::{ApiError, Problem};
@@ -33,11 +33,8 @@ pub(crate) async fn create_flag(
 ) -> Result<Created<FlagView>, ApiError> {
     let ctx = caller.require(Role::Editor)?;
     let view = app.store.create_flag(&ctx, &project, body).await?;
-    Ok(Created {
-        location: format!("/api/v1/projects/{project}/flags/{}", view.definition.key),
-        etag: Some(view.version.unsigned_abs()),
-        body: view,
-    })
+    let location = format!("/api/v1/projects/{project}/flags/{}", view.definition.key);
+    Ok(Created::tagged(location, view))
 }
 
 /// Lists flags by key, filtered by tag (`tag`), text in key or name (`q`) and archived state.
@@ -65,11 +62,7 @@ pub(crate) async fn get_flag(
     Path((project, flag)): Path<(String, String)>,
 ) -> Result<Tagged<FlagView>, ApiError> {
     caller.check(Role::Viewer)?;
-    let view = app.store.get_flag(&project, &flag).await?;
-    Ok(Tagged {
-        etag: view.version.unsigned_abs(),
-        body: view,
-    })
+    Ok(Tagged::of(app.store.get_flag(&project, &flag).await?))
 }
 
 /// Replaces a flag's definition (the key cannot change). Every configuration must stay
@@ -93,10 +86,7 @@ pub(crate) async fn update_flag(
         .store
         .update_definition(&ctx, &project, &flag, body, if_match)
         .await?;
-    Ok(Tagged {
-        etag: view.version.unsigned_abs(),
-        body: view,
-    })
+    Ok(Tagged::of(view))
 }
 
 /// Deletes a flag. 409 while another flag names it as a prerequisite (listed in
@@ -176,10 +166,7 @@ pub(crate) async fn get_config(
 ) -> Result<Tagged<FlagConfig>, ApiError> {
     caller.check(Role::Viewer)?;
     let cfg = app.store.get_config(&project, &flag, &environment).await?;
-    Ok(Tagged {
-        etag: cfg.version,
-        body: cfg,
-    })
+    Ok(Tagged::of(cfg))
 }
 
 /// Replaces a flag's configuration in one environment. `version` is assigned by the server;
@@ -204,10 +191,7 @@ pub(crate) async fn put_config(
         .store
         .put_config(&ctx, &project, &flag, &environment, body, if_match)
         .await?;
-    Ok(Tagged {
-        etag: view.config.version,
-        body: view,
-    })
+    Ok(Tagged::of(view))
 }
 
 /// Changes the named fields of a flag's configuration in one environment (e.g.
@@ -232,10 +216,7 @@ pub(crate) async fn patch_config(
         .store
         .patch_config(&ctx, &project, &flag, &environment, body, if_match)
         .await?;
-    Ok(Tagged {
-        etag: view.config.version,
-        body: view,
-    })
+    Ok(Tagged::of(view))
 }
 
 /// The versions of a flag's configuration in one environment, newest first.
@@ -278,6 +259,27 @@ pub(crate) async fn get_version(
     ))
 }
 
+impl Versioned for FlagView {
+    /// The definition version.
+    fn etag(&self) -> u64 {
+        self.version.unsigned_abs()
+    }
+}
+
+impl Versioned for FlagConfig {
+    /// The configuration version.
+    fn etag(&self) -> u64 {
+        self.version
+    }
+}
+
+impl Versioned for FlagConfigView {
+    /// The configuration version.
+    fn etag(&self) -> u64 {
+        self.config.version
+    }
+}
+
 /// A rollback request.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub(crate) struct RollbackRequest {
@@ -307,8 +309,5 @@ pub(crate) async fn rollback(
         .store
         .rollback_config(&ctx, &project, &flag, &environment, body.version, if_match)
         .await?;
-    Ok(Tagged {
-        etag: view.config.version,
-        body: view,
-    })
+    Ok(Tagged::of(view))
 }

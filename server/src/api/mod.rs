@@ -123,10 +123,48 @@ impl<T: Serialize> IntoResponse for Created<T> {
     }
 }
 
+impl<T> Created<T> {
+    /// A `201 Created` at `location` without an `ETag`.
+    pub(crate) fn at(location: String, body: T) -> Self {
+        Self {
+            location,
+            etag: None,
+            body,
+        }
+    }
+}
+
+impl<T: Versioned> Created<T> {
+    /// A `201 Created` at `location`, tagged with the body's own version.
+    pub(crate) fn tagged(location: String, body: T) -> Self {
+        Self {
+            location,
+            etag: Some(body.etag()),
+            body,
+        }
+    }
+}
+
 /// A `200 OK` JSON response with an `ETag`.
 pub(crate) struct Tagged<T> {
     pub etag: u64,
     pub body: T,
+}
+
+/// A response body that carries its own version, which is its `ETag`.
+pub(crate) trait Versioned {
+    /// The version to send as the `ETag`.
+    fn etag(&self) -> u64;
+}
+
+impl<T: Versioned> Tagged<T> {
+    /// `body`, tagged with its own version.
+    pub(crate) fn of(body: T) -> Self {
+        Self {
+            etag: body.etag(),
+            body,
+        }
+    }
 }
 
 impl<T: Serialize> IntoResponse for Tagged<T> {

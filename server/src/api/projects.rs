@@ -43,11 +43,7 @@ pub(crate) async fn create_project(
         description: body.description,
     };
     let view = app.store.create_project(&ctx, project).await?;
-    Ok(Created {
-        location: format!("/api/v1/projects/{}", view.key),
-        etag: None,
-        body: view,
-    })
+    Ok(Created::at(format!("/api/v1/projects/{}", view.key), view))
 }
 
 /// Lists projects by key.

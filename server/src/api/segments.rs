@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use vexil_schema::Segment;
 
-use super::{Created, PageQuery, Tagged};
+use super::{Created, PageQuery, Tagged, Versioned};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::{ApiError, Problem};
@@ -31,14 +31,11 @@ pub(crate) async fn create_segment(
         .store
         .create_segment(&ctx, &project, &environment, body)
         .await?;
-    Ok(Created {
-        location: format!(
-            "/api/v1/projects/{project}/environments/{environment}/segments/{}",
-            view.segment.key
-        ),
-        etag: Some(view.segment.version),
-        body: view,
-    })
+    let location = format!(
+        "/api/v1/projects/{project}/environments/{environment}/segments/{}",
+        view.segment.key
+    );
+    Ok(Created::tagged(location, view))
 }
 
 /// Lists an environment's segments (key lists counted, not shown).
@@ -76,10 +73,7 @@ pub(crate) async fn get_segment(
         .store
         .get_segment(&project, &environment, &segment)
         .await?;
-    Ok(Tagged {
-        etag: view.segment.version,
-        body: view,
-    })
+    Ok(Tagged::of(view))
 }
 
 /// Replaces a segment (the key cannot change). Honours `If-Match` with the segment version.
@@ -103,10 +97,7 @@ pub(crate) async fn put_segment(
         .store
         .put_segment(&ctx, &project, &environment, &segment, body, if_match)
         .await?;
-    Ok(Tagged {
-        etag: view.segment.version,
-        body: view,
-    })
+    Ok(Tagged::of(view))
 }
 
 /// Deletes a segment. 409 while flags or segments match it (listed in `blockers`).
@@ -125,4 +116,11 @@ pub(crate) async fn delete_segment(
         .delete_segment(&ctx, &project, &environment, &segment)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+impl Versioned for SegmentView {
+    /// The segment version.
+    fn etag(&self) -> u64 {
+        self.segment.version
+    }
 }

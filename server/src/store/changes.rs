@@ -73,6 +73,47 @@ pub(crate) struct AuditRecord<'a> {
     pub after: Option<Value>,
 }
 
+impl<'a> AuditRecord<'a> {
+    /// An entry for `action` on the `resource` named `key`, outside any project, with neither
+    /// side of the change recorded yet.
+    pub(crate) fn new(action: &'a str, resource: &'a str, key: &'a str) -> Self {
+        Self {
+            action,
+            resource,
+            project: None,
+            environment: None,
+            key: Some(key),
+            before: None,
+            after: None,
+        }
+    }
+
+    /// Places the entry in a project and, optionally, one of its environments.
+    pub(crate) fn scoped(self, project: Option<&'a str>, environment: Option<&'a str>) -> Self {
+        Self {
+            project,
+            environment,
+            ..self
+        }
+    }
+
+    /// Records the resource as it was before the change.
+    pub(crate) fn before(self, before: Value) -> Self {
+        Self {
+            before: Some(before),
+            ..self
+        }
+    }
+
+    /// Records the resource as it is after the change.
+    pub(crate) fn after(self, after: Value) -> Self {
+        Self {
+            after: Some(after),
+            ..self
+        }
+    }
+}
+
 /// Appends an audit entry in the caller's transaction.
 pub(crate) async fn audit(
     conn: &mut Conn<'_>,

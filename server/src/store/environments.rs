@@ -261,15 +261,9 @@ impl Store {
         if let (Some(obj), Some(src)) = (after.as_object_mut(), &source) {
             obj.insert("copied_from".into(), json!(src.key));
         }
-        let rec = AuditRecord {
-            action: "environment.create",
-            resource: "environment",
-            project: Some(project),
-            environment: Some(&view.key),
-            key: Some(&view.key),
-            before: None,
-            after: Some(after),
-        };
+        let rec = AuditRecord::new("environment.create", "environment", &view.key)
+            .scoped(Some(project), Some(&view.key))
+            .after(after);
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
         Ok(view)
@@ -334,15 +328,10 @@ impl Store {
         )
         .await?;
         let after = fetch_view(&mut c, e.id).await?;
-        let rec = AuditRecord {
-            action: "environment.update",
-            resource: "environment",
-            project: Some(project),
-            environment: Some(key),
-            key: Some(key),
-            before: Some(encode(&before)),
-            after: Some(encode(&after)),
-        };
+        let rec = AuditRecord::new("environment.update", "environment", key)
+            .scoped(Some(project), Some(key))
+            .before(encode(&before))
+            .after(encode(&after));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
         Ok(after)
@@ -372,15 +361,9 @@ impl Store {
         .await?;
         c.execute("DELETE FROM environments WHERE id = $1", args![e.id])
             .await?;
-        let rec = AuditRecord {
-            action: "environment.delete",
-            resource: "environment",
-            project: Some(project),
-            environment: Some(key),
-            key: Some(key),
-            before: Some(encode(&before)),
-            after: None,
-        };
+        let rec = AuditRecord::new("environment.delete", "environment", key)
+            .scoped(Some(project), Some(key))
+            .before(encode(&before));
         audit(&mut c, ctx, rec, now()).await?;
         tx.commit().await?;
         self.forget_index(e.id);

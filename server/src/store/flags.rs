@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::types::Json;
 use time::OffsetDateTime;
+use tokio::sync::OwnedMutexGuard;
 use utoipa::ToSchema;
 use vexil_schema::validate::{EnvironmentIndex, validate_config, validate_definition};
 use vexil_schema::{Flag, FlagConfig, FlagDefinition, Prerequisite, Rule, Serve, Target};
@@ -15,7 +16,7 @@ use super::changes::{AuditRecord, Entity, HistoryRecord, Op, audit, history, rec
 use super::environments::{EnvironmentRow, environment_row, environment_rows, initial_config};
 use super::projects::{ProjectRow, lock_project, paginate, project_row};
 use super::{Page, Store, StoreError, WriteContext, decode, encode, page_limit, to_u64, unique_or};
-use crate::db::{Conn, args, now};
+use crate::db::{Conn, Tx, args, now};
 
 /// A flag with its definition and its configuration in every environment.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -214,6 +215,67 @@ async fn config_row(
     Ok((cfg, row.version))
 }
 
+/// Finds a flag and one environment of a project, checking project, environment and flag in
+/// that order so that a 404 names the first part missing.
+async fn config_rows(
+    c: &mut Conn<'_>,
+    project: &str,
+    key: &str,
+    environment: &str,
+) -> Result<(EnvironmentRow, FlagRow), StoreError> {
+    let p = project_row(c, project).await?;
+    let e = environment_row(c, p.id, environment).await?;
+    let f = flag_row(c, p.id, key).await?;
+    Ok((e, f))
+}
+
+/// Finds a flag and takes its row lock for the rest of the transaction.
+async fn locked_flag(
+    c: &mut Conn<'_>,
+    project: &str,
+    key: &str,
+) -> Result<(ProjectRow, FlagRow), StoreError> {
+    let p = project_row(c, project).await?;
+    let f = flag_row(c, p.id, key).await?;
+    c.lock_flag(f.id).await?;
+    Ok((p, f))
+}
+
+/// Takes the write lock of every environment, in order, returning their data versions.
+async fn lock_environments(
+    c: &mut Conn<'_>,
+    envs: &[EnvironmentRow],
+) -> Result<Vec<i64>, StoreError> {
+    let mut versions = Vec::with_capacity(envs.len());
+    for e in envs {
+        versions.push(c.lock_environment(e.id).await?);
+    }
+    Ok(versions)
+}
+
+/// Refuses (409, naming them) to remove or hide flag `key` while `blockers` require it.
+fn required_by_none(key: &str, blockers: Vec<String>) -> Result<(), StoreError> {
+    if blockers.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Conflict {
+        message: format!(
+            "flag '{key}' is a prerequisite of other flags: remove those prerequisites first"
+        ),
+        blockers,
+    })
+}
+
+/// Fails with every collected validation error, if there is any.
+fn no_errors(errors: Vec<vexil_schema::validate::FieldError>) -> Result<(), StoreError> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Invalid(
+        vexil_schema::validate::ValidationErrors { errors },
+    ))
+}
+
 fn check_if_match(expected: Option<u64>, current: i64) -> Result<(), StoreError> {
     match expected {
         Some(e) if e != to_u64(current) => Err(StoreError::PreconditionFailed {
@@ -305,17 +367,23 @@ struct Written {
 }
 
 impl Store {
-    async fn resolve_flag(
+    /// Starts a write to a flag of every environment of its project: checks that the flag
+    /// exists, takes this process's locks on those environments, then begins the transaction.
+    /// Keep the guards until the transaction ends.
+    async fn begin_flag_write(
         &self,
         project: &str,
         key: &str,
-    ) -> Result<(ProjectRow, FlagRow, Vec<EnvironmentRow>), StoreError> {
-        let mut pc = self.db.acquire().await?;
-        let mut c = pc.conn();
-        let p = project_row(&mut c, project).await?;
-        let f = flag_row(&mut c, p.id, key).await?;
-        let envs = environment_rows(&mut c, p.id).await?;
-        Ok((p, f, envs))
+    ) -> Result<(Vec<OwnedMutexGuard<()>>, Tx), StoreError> {
+        let envs = {
+            let mut pc = self.db.acquire().await?;
+            let mut c = pc.conn();
+            let p = project_row(&mut c, project).await?;
+            flag_row(&mut c, p.id, key).await?;
+            environment_rows(&mut c, p.id).await?
+        };
+        let local = self.local_locks(envs.iter().map(|e| e.id).collect()).await;
+        Ok((local, self.db.begin().await?))
     }
 
     /// The flag and environment ids for a configuration path, in one query when all exist.
@@ -340,9 +408,7 @@ impl Store {
             return Ok(ids);
         }
         // Say which part is missing.
-        let p = project_row(&mut c, project).await?;
-        environment_row(&mut c, p.id, environment).await?;
-        flag_row(&mut c, p.id, key).await?;
+        config_rows(&mut c, project, key, environment).await?;
         Err(StoreError::NotFound(format!("flag '{key}'")))
     }
 
@@ -367,10 +433,7 @@ impl Store {
         let p = project_row(&mut c, project).await?;
         lock_project(&mut c, p.id).await?;
         let envs = environment_rows(&mut c, p.id).await?;
-        let mut versions = Vec::with_capacity(envs.len());
-        for e in &envs {
-            versions.push(c.lock_environment(e.id).await?);
-        }
+        let versions = lock_environments(&mut c, &envs).await?;
         let t = now();
         let def_json = encode(&def);
         let (id,): (i64,) = c
@@ -424,15 +487,9 @@ impl Store {
             updated_at: t,
             environments,
         };
-        let rec = AuditRecord {
-            action: "flag.create",
-            resource: "flag",
-            project: Some(project),
-            environment: None,
-            key: Some(view.definition.key.as_str()),
-            before: None,
-            after: Some(encode(&view)),
-        };
+        let rec = AuditRecord::new("flag.create", "flag", view.definition.key.as_str())
+            .scoped(Some(project), None)
+            .after(encode(&view));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
         for (env_id, from, to, cfg) in advanced {
@@ -517,13 +574,9 @@ impl Store {
     ) -> Result<FlagView, StoreError> {
         check_path_key(&definition, key)?;
         let def = validate_definition(definition)?.into_inner();
-        let (_, _, envs) = self.resolve_flag(project, key).await?;
-        let _local = self.local_locks(envs.iter().map(|e| e.id).collect()).await;
-        let mut tx = self.db.begin().await?;
+        let (_local, mut tx) = self.begin_flag_write(project, key).await?;
         let mut c = tx.conn();
-        let p = project_row(&mut c, project).await?;
-        let f = flag_row(&mut c, p.id, key).await?;
-        c.lock_flag(f.id).await?;
+        let (p, _) = locked_flag(&mut c, project, key).await?;
         let envs = environment_rows(&mut c, p.id).await?;
         let f = flag_row(&mut c, p.id, key).await?;
         check_if_match(if_match, f.version)?;
@@ -564,11 +617,7 @@ impl Store {
             }
             staged.push((e, from, ix, cfg));
         }
-        if !errors.is_empty() {
-            return Err(StoreError::Invalid(
-                vexil_schema::validate::ValidationErrors { errors },
-            ));
-        }
+        no_errors(errors)?;
         let t = now();
         let version = f.version + 1;
         c.execute(
@@ -603,15 +652,10 @@ impl Store {
             updated_at: t,
             environments,
         };
-        let rec = AuditRecord {
-            action: "flag.update",
-            resource: "flag",
-            project: Some(project),
-            environment: None,
-            key: Some(key),
-            before: Some(encode(&before)),
-            after: Some(encode(&view.definition)),
-        };
+        let rec = AuditRecord::new("flag.update", "flag", key)
+            .scoped(Some(project), None)
+            .before(encode(&before))
+            .after(encode(&view.definition));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
         for (env_id, v, ix) in cache {
@@ -629,9 +673,7 @@ impl Store {
     ) -> Result<FlagConfig, StoreError> {
         let mut pc = self.db.acquire().await?;
         let mut c = pc.conn();
-        let p = project_row(&mut c, project).await?;
-        let e = environment_row(&mut c, p.id, environment).await?;
-        let f = flag_row(&mut c, p.id, key).await?;
+        let (e, f) = config_rows(&mut c, project, key, environment).await?;
         Ok(config_row(&mut c, f.id, e.id).await?.0)
     }
 
@@ -865,15 +907,10 @@ impl Store {
                     action,
                 };
                 history(c, ctx, rec, now).await?;
-                let rec = AuditRecord {
-                    action,
-                    resource: "flag",
-                    project: Some(at.project),
-                    environment: Some(at.environment),
-                    key: Some(at.flag_key),
-                    before: Some(encode(&current)),
-                    after: Some(encode(&cfg)),
-                };
+                let rec = AuditRecord::new(action, "flag", at.flag_key)
+                    .scoped(Some(at.project), Some(at.environment))
+                    .before(encode(&current))
+                    .after(encode(&cfg));
                 audit(c, ctx, rec, now).await?;
                 v
             }
@@ -893,9 +930,7 @@ impl Store {
         project: &str,
         key: &str,
     ) -> Result<KillResult, StoreError> {
-        let (_, _, envs) = self.resolve_flag(project, key).await?;
-        let _local = self.local_locks(envs.iter().map(|e| e.id).collect()).await;
-        let mut tx = self.db.begin().await?;
+        let (_local, mut tx) = self.begin_flag_write(project, key).await?;
         let mut c = tx.conn();
         let p = project_row(&mut c, project).await?;
         let f = flag_row(&mut c, p.id, key).await?;
@@ -938,15 +973,10 @@ impl Store {
                 action: "flag.kill",
             };
             history(&mut c, ctx, rec, t).await?;
-            let rec = AuditRecord {
-                action: "flag.kill",
-                resource: "flag",
-                project: Some(project),
-                environment: Some(&e.key),
-                key: Some(key),
-                before: Some(encode(&current)),
-                after: Some(encode(&cfg)),
-            };
+            let rec = AuditRecord::new("flag.kill", "flag", key)
+                .scoped(Some(project), Some(&e.key))
+                .before(encode(&current))
+                .after(encode(&cfg));
             audit(&mut c, ctx, rec, t).await?;
             result.turned_off.push(KilledEnvironment {
                 environment: e.key.clone(),
@@ -973,13 +1003,9 @@ impl Store {
         key: &str,
         archived: bool,
     ) -> Result<FlagView, StoreError> {
-        let (_, _, envs) = self.resolve_flag(project, key).await?;
-        let _local = self.local_locks(envs.iter().map(|e| e.id).collect()).await;
-        let mut tx = self.db.begin().await?;
+        let (_local, mut tx) = self.begin_flag_write(project, key).await?;
         let mut c = tx.conn();
-        let p = project_row(&mut c, project).await?;
-        let f = flag_row(&mut c, p.id, key).await?;
-        c.lock_flag(f.id).await?;
+        let (p, _) = locked_flag(&mut c, project, key).await?;
         let f = flag_row(&mut c, p.id, key).await?;
         let def: FlagDefinition = decode("flag definition", f.definition.0.clone())?;
         let envs = environment_rows(&mut c, p.id).await?;
@@ -1011,19 +1037,8 @@ impl Store {
             }
             staged.push((e, ix, cfg));
         }
-        if !blockers.is_empty() {
-            return Err(StoreError::Conflict {
-                message: format!(
-                    "flag '{key}' is a prerequisite of other flags: remove those prerequisites first"
-                ),
-                blockers,
-            });
-        }
-        if !errors.is_empty() {
-            return Err(StoreError::Invalid(
-                vexil_schema::validate::ValidationErrors { errors },
-            ));
-        }
+        required_by_none(key, blockers)?;
+        no_errors(errors)?;
         let t = now();
         c.execute(
             "UPDATE flags SET archived = $2, updated_at = $3 WHERE id = $1",
@@ -1046,15 +1061,10 @@ impl Store {
         } else {
             "flag.unarchive"
         };
-        let rec = AuditRecord {
-            action,
-            resource: "flag",
-            project: Some(project),
-            environment: None,
-            key: Some(key),
-            before: Some(json!({ "archived": !archived })),
-            after: Some(json!({ "archived": archived })),
-        };
+        let rec = AuditRecord::new(action, "flag", key)
+            .scoped(Some(project), None)
+            .before(json!({ "archived": !archived }))
+            .after(json!({ "archived": archived }));
         audit(&mut c, ctx, rec, t).await?;
         let row = flag_row(&mut c, p.id, key).await?;
         let view = flag_view(&mut c, row).await?;
@@ -1073,18 +1083,11 @@ impl Store {
         project: &str,
         key: &str,
     ) -> Result<(), StoreError> {
-        let (_, _, envs) = self.resolve_flag(project, key).await?;
-        let _local = self.local_locks(envs.iter().map(|e| e.id).collect()).await;
-        let mut tx = self.db.begin().await?;
+        let (_local, mut tx) = self.begin_flag_write(project, key).await?;
         let mut c = tx.conn();
-        let p = project_row(&mut c, project).await?;
-        let f = flag_row(&mut c, p.id, key).await?;
-        c.lock_flag(f.id).await?;
+        let (p, f) = locked_flag(&mut c, project, key).await?;
         let envs = environment_rows(&mut c, p.id).await?;
-        let mut versions = Vec::with_capacity(envs.len());
-        for e in &envs {
-            versions.push(c.lock_environment(e.id).await?);
-        }
+        let versions = lock_environments(&mut c, &envs).await?;
         // Every configuration in the project, archived flags included: an archived flag
         // that requires this one could otherwise never be unarchived cleanly.
         let rows: Vec<(String, String, Json<Value>)> = c
@@ -1102,14 +1105,7 @@ impl Store {
                 blockers.push(format!("flag '{flag_key}' in environment '{env_key}'"));
             }
         }
-        if !blockers.is_empty() {
-            return Err(StoreError::Conflict {
-                message: format!(
-                    "flag '{key}' is a prerequisite of other flags: remove those prerequisites first"
-                ),
-                blockers,
-            });
-        }
+        required_by_none(key, blockers)?;
         let before = flag_view(&mut c, f.clone()).await?;
         c.execute("DELETE FROM flags WHERE id = $1", args![f.id])
             .await?;
@@ -1127,15 +1123,9 @@ impl Store {
                 advanced.push((e.id, from, to));
             }
         }
-        let rec = AuditRecord {
-            action: "flag.delete",
-            resource: "flag",
-            project: Some(project),
-            environment: None,
-            key: Some(key),
-            before: Some(encode(&before)),
-            after: None,
-        };
+        let rec = AuditRecord::new("flag.delete", "flag", key)
+            .scoped(Some(project), None)
+            .before(encode(&before));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
         for (env_id, from, to) in advanced {
@@ -1164,9 +1154,7 @@ impl Store {
         };
         let mut pc = self.db.acquire().await?;
         let mut c = pc.conn();
-        let p = project_row(&mut c, project).await?;
-        let e = environment_row(&mut c, p.id, environment).await?;
-        let f = flag_row(&mut c, p.id, key).await?;
+        let (e, f) = config_rows(&mut c, project, key, environment).await?;
         let rows: Vec<VersionRow> = c
             .fetch_all(
                 "SELECT version, environment_version, actor, action, created_at, config
@@ -1193,9 +1181,7 @@ impl Store {
     ) -> Result<FlagVersion, StoreError> {
         let mut pc = self.db.acquire().await?;
         let mut c = pc.conn();
-        let p = project_row(&mut c, project).await?;
-        let e = environment_row(&mut c, p.id, environment).await?;
-        let f = flag_row(&mut c, p.id, key).await?;
+        let (e, f) = config_rows(&mut c, project, key, environment).await?;
         let row: VersionRow = c
             .fetch_optional(
                 "SELECT version, environment_version, actor, action, created_at, config

@@ -46,6 +46,11 @@ impl AccessKeyKind {
             AccessKeyKind::Relay => "relay_key",
         }
     }
+
+    /// The audit action for `verb` on a key of this kind (`sdk_key.create`, …).
+    fn action(self, verb: &str) -> String {
+        format!("{}.{verb}", self.resource())
+    }
 }
 
 /// An environment named by project and key.
@@ -173,6 +178,25 @@ async fn key_row(c: &mut Conn<'_>, kind: AccessKeyKind, id: i64) -> Result<KeyRo
     .ok_or_else(|| StoreError::NotFound(format!("{} {id}", kind.resource())))
 }
 
+/// Audits a change (`verb`: `rotate`, `revoke`) to an existing key, with its views either
+/// side of it.
+async fn audit_key_change(
+    c: &mut Conn<'_>,
+    ctx: &WriteContext,
+    kind: AccessKeyKind,
+    verb: &str,
+    before: &AccessKeyView,
+    after: &AccessKeyView,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let action = kind.action(verb);
+    let key = after.id.to_string();
+    let rec = AuditRecord::new(&action, kind.resource(), &key)
+        .before(encode(before))
+        .after(encode(after));
+    audit(c, ctx, rec, now).await
+}
+
 const MAX_KEY_NAME: usize = 128;
 
 impl Store {
@@ -244,19 +268,13 @@ impl Store {
         }
         let view = key_view(&mut c, row).await?;
         let id = view.id.to_string();
-        let rec = AuditRecord {
-            action: if kind == AccessKeyKind::Sdk {
-                "sdk_key.create"
-            } else {
-                "relay_key.create"
-            },
-            resource: kind.resource(),
-            project: (kind == AccessKeyKind::Sdk).then(|| environments[0].project.as_str()),
-            environment: (kind == AccessKeyKind::Sdk).then(|| environments[0].environment.as_str()),
-            key: Some(&id),
-            before: None,
-            after: Some(encode(&view)),
-        };
+        let action = kind.action("create");
+        let rec = AuditRecord::new(&action, kind.resource(), &id)
+            .scoped(
+                (kind == AccessKeyKind::Sdk).then(|| environments[0].project.as_str()),
+                (kind == AccessKeyKind::Sdk).then(|| environments[0].environment.as_str()),
+            )
+            .after(encode(&view));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
         Ok(CreatedAccessKey { key: view, secret })
@@ -353,21 +371,7 @@ impl Store {
             )
             .await?;
         let after = key_view(&mut c, row).await?;
-        let key = id.to_string();
-        let rec = AuditRecord {
-            action: if kind == AccessKeyKind::Sdk {
-                "sdk_key.rotate"
-            } else {
-                "relay_key.rotate"
-            },
-            resource: kind.resource(),
-            project: None,
-            environment: None,
-            key: Some(&key),
-            before: Some(encode(&before)),
-            after: Some(encode(&after)),
-        };
-        audit(&mut c, ctx, rec, t).await?;
+        audit_key_change(&mut c, ctx, kind, "rotate", &before, &after, t).await?;
         tx.commit().await?;
         Ok(CreatedAccessKey { key: after, secret })
     }
@@ -397,21 +401,7 @@ impl Store {
             )
             .await?;
         let after = key_view(&mut c, row).await?;
-        let key = id.to_string();
-        let rec = AuditRecord {
-            action: if kind == AccessKeyKind::Sdk {
-                "sdk_key.revoke"
-            } else {
-                "relay_key.revoke"
-            },
-            resource: kind.resource(),
-            project: None,
-            environment: None,
-            key: Some(&key),
-            before: Some(encode(&before)),
-            after: Some(encode(&after)),
-        };
-        audit(&mut c, ctx, rec, t).await?;
+        audit_key_change(&mut c, ctx, kind, "revoke", &before, &after, t).await?;
         tx.commit().await?;
         Ok(after)
     }

@@ -85,6 +85,16 @@ pub(crate) async fn lock_project(conn: &mut Conn<'_>, project_id: i64) -> Result
     Ok(())
 }
 
+/// A project as the API shows it, by key.
+async fn project_view(conn: &mut Conn<'_>, key: &str) -> Result<ProjectView, StoreError> {
+    conn.fetch_optional(
+        "SELECT key, name, description, created_at, updated_at FROM projects WHERE key = $1",
+        args![key],
+    )
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("project '{key}'")))
+}
+
 impl Store {
     /// Creates a project.
     pub async fn create_project(
@@ -110,15 +120,9 @@ impl Store {
             )
             .await
             .map_err(|e| unique_or(e, || format!("project '{}'", project.key)))?;
-        let rec = AuditRecord {
-            action: "project.create",
-            resource: "project",
-            project: Some(&view.key),
-            environment: None,
-            key: Some(&view.key),
-            before: None,
-            after: Some(encode(&view)),
-        };
+        let rec = AuditRecord::new("project.create", "project", &view.key)
+            .scoped(Some(&view.key), None)
+            .after(encode(&view));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
         Ok(view)
@@ -146,13 +150,7 @@ impl Store {
     /// One project.
     pub async fn get_project(&self, key: &str) -> Result<ProjectView, StoreError> {
         let mut pc = self.db.acquire().await?;
-        pc.conn()
-            .fetch_optional(
-                "SELECT key, name, description, created_at, updated_at FROM projects WHERE key = $1",
-                args![key],
-            )
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("project '{key}'")))
+        project_view(&mut pc.conn(), key).await
     }
 
     /// Changes a project's name or description.
@@ -164,13 +162,7 @@ impl Store {
     ) -> Result<ProjectView, StoreError> {
         let mut tx = self.db.begin().await?;
         let mut c = tx.conn();
-        let before: ProjectView = c
-            .fetch_optional(
-                "SELECT key, name, description, created_at, updated_at FROM projects WHERE key = $1",
-                args![key],
-            )
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("project '{key}'")))?;
+        let before = project_view(&mut c, key).await?;
         let name = update.name.unwrap_or_else(|| before.name.clone());
         let description = update
             .description
@@ -184,15 +176,10 @@ impl Store {
                 args![key, name, description, t],
             )
             .await?;
-        let rec = AuditRecord {
-            action: "project.update",
-            resource: "project",
-            project: Some(key),
-            environment: None,
-            key: Some(key),
-            before: Some(encode(&before)),
-            after: Some(encode(&after)),
-        };
+        let rec = AuditRecord::new("project.update", "project", key)
+            .scoped(Some(key), None)
+            .before(encode(&before))
+            .after(encode(&after));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
         Ok(after)
@@ -203,13 +190,7 @@ impl Store {
     pub async fn delete_project(&self, ctx: &WriteContext, key: &str) -> Result<(), StoreError> {
         let mut tx = self.db.begin().await?;
         let mut c = tx.conn();
-        let before: ProjectView = c
-            .fetch_optional(
-                "SELECT key, name, description, created_at, updated_at FROM projects WHERE key = $1",
-                args![key],
-            )
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("project '{key}'")))?;
+        let before = project_view(&mut c, key).await?;
         let row = project_row(&mut c, key).await?;
         // SDK keys belong to one environment of the project: they go with it. Relay keys name
         // environments across projects; their scope shrinks with the cascade.
@@ -223,15 +204,9 @@ impl Store {
         c.execute("DELETE FROM projects WHERE id = $1", args![row.id])
             .await?;
         let t = now();
-        let rec = AuditRecord {
-            action: "project.delete",
-            resource: "project",
-            project: Some(key),
-            environment: None,
-            key: Some(key),
-            before: Some(encode(&before)),
-            after: None,
-        };
+        let rec = AuditRecord::new("project.delete", "project", key)
+            .scoped(Some(key), None)
+            .before(encode(&before));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
         Ok(())

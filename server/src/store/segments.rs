@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::types::Json;
 use time::OffsetDateTime;
+use tokio::sync::OwnedMutexGuard;
 use utoipa::ToSchema;
 use vexil_schema::Segment;
 use vexil_schema::validate::validate_segment;
@@ -18,7 +19,7 @@ use super::projects::{paginate, project_row};
 use super::{
     Page, Store, StoreError, WriteContext, decode, encode, new_salt, page_limit, to_u64, unique_or,
 };
-use crate::db::{Conn, args, now};
+use crate::db::{Conn, Tx, args, now};
 
 /// A segment with its key lists.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -98,16 +99,60 @@ async fn segment_row(
     .await?)
 }
 
+/// A segment that must exist (404 otherwise).
+async fn existing_segment(
+    c: &mut Conn<'_>,
+    environment_id: i64,
+    key: &str,
+) -> Result<SegmentRow, StoreError> {
+    segment_row(c, environment_id, key)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("segment '{key}'")))
+}
+
+/// Records a segment write in the change log (a put of the audit record's `after`, or a delete
+/// when it has none) and in the audit log, returning the environment's new data version. The
+/// caller holds the environment lock.
+async fn record_segment_write(
+    c: &mut Conn<'_>,
+    ctx: &WriteContext,
+    environment_id: i64,
+    key: &str,
+    rec: AuditRecord<'_>,
+    now: OffsetDateTime,
+) -> Result<i64, StoreError> {
+    let change = match &rec.after {
+        Some(payload) => (
+            Op::Put,
+            Entity::Segment,
+            key.to_owned(),
+            Some(payload.clone()),
+        ),
+        None => (Op::Delete, Entity::Segment, key.to_owned(), None),
+    };
+    let to = record_changes(c, environment_id, vec![change], now).await?;
+    audit(c, ctx, rec, now).await?;
+    Ok(to)
+}
+
 impl Store {
-    async fn resolve_environment(
+    /// Starts a write to one environment's segments: finds the environment, takes this
+    /// process's lock on it, then begins the transaction. Keep the guards until the
+    /// transaction ends.
+    async fn begin_segment_write(
         &self,
         project: &str,
         environment: &str,
-    ) -> Result<EnvironmentRow, StoreError> {
-        let mut pc = self.db.acquire().await?;
-        let mut c = pc.conn();
-        let p = project_row(&mut c, project).await?;
-        environment_row(&mut c, p.id, environment).await
+    ) -> Result<(EnvironmentRow, Vec<OwnedMutexGuard<()>>, Tx), StoreError> {
+        let env = {
+            let mut pc = self.db.acquire().await?;
+            let mut c = pc.conn();
+            let p = project_row(&mut c, project).await?;
+            environment_row(&mut c, p.id, environment).await?
+        };
+        let local = self.local_locks(vec![env.id]).await;
+        let tx = self.db.begin().await?;
+        Ok((env, local, tx))
     }
 
     /// Every segment of an environment, key lists included, by key.
@@ -136,9 +181,7 @@ impl Store {
         environment: &str,
         mut segment: Segment,
     ) -> Result<SegmentView, StoreError> {
-        let env = self.resolve_environment(project, environment).await?;
-        let _local = self.local_locks(vec![env.id]).await;
-        let mut tx = self.db.begin().await?;
+        let (env, _local, mut tx) = self.begin_segment_write(project, environment).await?;
         let mut c = tx.conn();
         let from = c.lock_environment(env.id).await?;
         if segment_row(&mut c, env.id, &segment.key).await?.is_some() {
@@ -172,29 +215,10 @@ impl Store {
         )
         .await
         .map_err(|e| unique_or(e, || format!("segment '{}'", seg.key)))?;
-        let payload = encode(&seg);
-        let to = record_changes(
-            &mut c,
-            env.id,
-            vec![(
-                Op::Put,
-                Entity::Segment,
-                seg.key.to_string(),
-                Some(payload.clone()),
-            )],
-            t,
-        )
-        .await?;
-        let rec = AuditRecord {
-            action: "segment.create",
-            resource: "segment",
-            project: Some(project),
-            environment: Some(environment),
-            key: Some(seg.key.as_str()),
-            before: None,
-            after: Some(payload),
-        };
-        audit(&mut c, ctx, rec, t).await?;
+        let rec = AuditRecord::new("segment.create", "segment", seg.key.as_str())
+            .scoped(Some(project), Some(environment))
+            .after(encode(&seg));
+        let to = record_segment_write(&mut c, ctx, env.id, seg.key.as_str(), rec, t).await?;
         tx.commit().await?;
         ix.insert_segment(&seg);
         self.put_index(env.id, to, ix);
@@ -217,9 +241,7 @@ impl Store {
         let mut c = pc.conn();
         let p = project_row(&mut c, project).await?;
         let e = environment_row(&mut c, p.id, environment).await?;
-        let row = segment_row(&mut c, e.id, key)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("segment '{key}'")))?;
+        let row = existing_segment(&mut c, e.id, key).await?;
         let (segment, created_at, updated_at) = assemble(row)?;
         Ok(SegmentView {
             segment,
@@ -268,14 +290,10 @@ impl Store {
                 segment.key
             )));
         }
-        let env = self.resolve_environment(project, environment).await?;
-        let _local = self.local_locks(vec![env.id]).await;
-        let mut tx = self.db.begin().await?;
+        let (env, _local, mut tx) = self.begin_segment_write(project, environment).await?;
         let mut c = tx.conn();
         let from = c.lock_environment(env.id).await?;
-        let row = segment_row(&mut c, env.id, key)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("segment '{key}'")))?;
+        let row = existing_segment(&mut c, env.id, key).await?;
         let (before, created_at, _) = assemble(row)?;
         if let Some(expected) = if_match
             && expected != before.version
@@ -309,29 +327,11 @@ impl Store {
             ],
         )
         .await?;
-        let payload = encode(&seg);
-        let to = record_changes(
-            &mut c,
-            env.id,
-            vec![(
-                Op::Put,
-                Entity::Segment,
-                key.to_owned(),
-                Some(payload.clone()),
-            )],
-            t,
-        )
-        .await?;
-        let rec = AuditRecord {
-            action: "segment.update",
-            resource: "segment",
-            project: Some(project),
-            environment: Some(environment),
-            key: Some(key),
-            before: Some(encode(&before)),
-            after: Some(payload),
-        };
-        audit(&mut c, ctx, rec, t).await?;
+        let rec = AuditRecord::new("segment.update", "segment", key)
+            .scoped(Some(project), Some(environment))
+            .before(encode(&before))
+            .after(encode(&seg));
+        let to = record_segment_write(&mut c, ctx, env.id, key, rec, t).await?;
         tx.commit().await?;
         ix.insert_segment(&seg);
         self.put_index(env.id, to, ix);
@@ -351,14 +351,10 @@ impl Store {
         environment: &str,
         key: &str,
     ) -> Result<(), StoreError> {
-        let env = self.resolve_environment(project, environment).await?;
-        let _local = self.local_locks(vec![env.id]).await;
-        let mut tx = self.db.begin().await?;
+        let (env, _local, mut tx) = self.begin_segment_write(project, environment).await?;
         let mut c = tx.conn();
         let from = c.lock_environment(env.id).await?;
-        let row = segment_row(&mut c, env.id, key)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("segment '{key}'")))?;
+        let row = existing_segment(&mut c, env.id, key).await?;
         let (before, _, _) = assemble(row)?;
         let mut ix = self.take_index(&mut c, env.id, from).await?;
         let mut blockers: Vec<String> = ix
@@ -384,23 +380,10 @@ impl Store {
         )
         .await?;
         let t = now();
-        let to = record_changes(
-            &mut c,
-            env.id,
-            vec![(Op::Delete, Entity::Segment, key.to_owned(), None)],
-            t,
-        )
-        .await?;
-        let rec = AuditRecord {
-            action: "segment.delete",
-            resource: "segment",
-            project: Some(project),
-            environment: Some(environment),
-            key: Some(key),
-            before: Some(encode(&before)),
-            after: None,
-        };
-        audit(&mut c, ctx, rec, t).await?;
+        let rec = AuditRecord::new("segment.delete", "segment", key)
+            .scoped(Some(project), Some(environment))
+            .before(encode(&before));
+        let to = record_segment_write(&mut c, ctx, env.id, key, rec, t).await?;
         tx.commit().await?;
         ix.remove_segment(key);
         self.put_index(env.id, to, ix);

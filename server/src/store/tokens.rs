@@ -113,15 +113,7 @@ impl Store {
             .map_err(|e| unique_or(e, || format!("token named '{name}'")))?;
         let view = row.view()?;
         let id = view.id.to_string();
-        let rec = AuditRecord {
-            action: "token.create",
-            resource: "token",
-            project: None,
-            environment: None,
-            key: Some(&id),
-            before: None,
-            after: Some(encode(&view)),
-        };
+        let rec = AuditRecord::new("token.create", "token", &id).after(encode(&view));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
         Ok(CreatedToken {
@@ -181,15 +173,9 @@ impl Store {
             .await?;
         let after = after.view()?;
         let key = id.to_string();
-        let rec = AuditRecord {
-            action: "token.revoke",
-            resource: "token",
-            project: None,
-            environment: None,
-            key: Some(&key),
-            before: Some(encode(&before)),
-            after: Some(encode(&after)),
-        };
+        let rec = AuditRecord::new("token.revoke", "token", &key)
+            .before(encode(&before))
+            .after(encode(&after));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
         Ok(after)
