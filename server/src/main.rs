@@ -34,31 +34,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on ctrl-c or SIGTERM.
+/// Completes on ctrl-c or SIGTERM (the relay binary's signal handling, shared).
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
+    vexil_relay::signal::shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
 }
