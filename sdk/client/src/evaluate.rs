@@ -92,7 +92,14 @@ impl Client {
         self.with_eval(
             flag_key,
             ctx,
-            |s, e| EvaluationDetail::from_typed(e.as_bool(default), std::convert::identity, s, flag_key),
+            |s, e| {
+                EvaluationDetail::from_typed(
+                    e.as_bool(default),
+                    std::convert::identity,
+                    s,
+                    flag_key,
+                )
+            },
             || EvaluationDetail::error(default, ErrorKind::ClientNotReady),
         )
     }
@@ -122,7 +129,9 @@ impl Client {
         self.with_eval(
             flag_key,
             ctx,
-            |s, e| EvaluationDetail::from_typed(e.as_f64(default), std::convert::identity, s, flag_key),
+            |s, e| {
+                EvaluationDetail::from_typed(e.as_f64(default), std::convert::identity, s, flag_key)
+            },
             || EvaluationDetail::error(default, ErrorKind::ClientNotReady),
         )
     }
@@ -137,7 +146,9 @@ impl Client {
         self.with_eval(
             flag_key,
             ctx,
-            |s, e| EvaluationDetail::from_typed(e.as_i64(default), std::convert::identity, s, flag_key),
+            |s, e| {
+                EvaluationDetail::from_typed(e.as_i64(default), std::convert::identity, s, flag_key)
+            },
             || EvaluationDetail::error(default, ErrorKind::ClientNotReady),
         )
     }
