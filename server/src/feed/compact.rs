@@ -37,9 +37,12 @@ impl Inner {
     }
 }
 
-/// Compacts every compaction interval until `stop`.
+/// Compacts every compaction interval until `stop`, the first time one interval after the
+/// start (not at once: a fleet restarting together would otherwise compact together, and
+/// a process needs none to start).
 pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(inner.config.compact_interval);
+    let every = inner.config.compact_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
