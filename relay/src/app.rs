@@ -17,7 +17,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -27,7 +27,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -93,7 +93,11 @@ impl Relay {
             return Err(RelayError::RelayKey);
         }
         let client = upstream::client().map_err(RelayError::HttpClient)?;
-        let metrics = if config.metrics { prometheus() } else { None };
+        let metrics = if config.metrics {
+            crate::metrics::install_prometheus()
+        } else {
+            None
+        };
         let hub = Hub::new(HubConfig::default().keep_alive(config.keep_alive));
         Ok(Self {
             config: Arc::new(config),
@@ -140,21 +144,7 @@ impl Relay {
             });
         let mut app = gated.merge(probes);
         if let Some(handle) = self.metrics.clone() {
-            app = app.route(
-                "/metrics",
-                get(move || {
-                    let handle = handle.clone();
-                    async move {
-                        (
-                            [(
-                                CONTENT_TYPE,
-                                HeaderValue::from_static("text/plain; version=0.0.4"),
-                            )],
-                            handle.render(),
-                        )
-                    }
-                }),
-            );
+            app = app.merge(crate::metrics::prometheus_router(handle));
         }
         app
     }
@@ -227,32 +217,6 @@ pub async fn run(
 ) -> Result<(), RelayError> {
     Relay::new(config)?.serve(listener, shutdown).await;
     Ok(())
-}
-
-/// The process-wide Prometheus recorder, installed on first use. `None` if another recorder
-/// was installed first.
-fn prometheus() -> Option<PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => {
-                let upkeep = handle.clone();
-                // Drains histogram buckets now and then so they do not grow without bound.
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_secs(5));
-                    loop {
-                        tick.tick().await;
-                        upkeep.run_upkeep();
-                    }
-                });
-                Some(handle)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot install the Prometheus recorder; /metrics is off");
-                None
-            }
-        })
-        .clone()
 }
 
 /// Authenticates relays chained below this one: this relay's key or a configured one, by

@@ -4,8 +4,63 @@
 //! once per environment when the hub first sees it, so the hot path is one atomic add: install
 //! the metrics recorder before creating the [`crate::Hub`].
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::HeaderValue;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
 use metrics::{Counter, Gauge, counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use vexil_schema::stream::EnvironmentId;
+
+/// The process-wide Prometheus recorder, installed on first call (needs a tokio runtime:
+/// it spawns the task that drains histogram buckets). `None` if another recorder was
+/// installed first. Call it before creating a [`crate::Hub`], whose per-environment handles
+/// are registered with the recorder present at that time.
+pub fn install_prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => {
+                let upkeep = handle.clone();
+                // Drains histogram buckets now and then so they do not grow without bound.
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(5));
+                    loop {
+                        tick.tick().await;
+                        upkeep.run_upkeep();
+                    }
+                });
+                Some(handle)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install the Prometheus recorder; /metrics is off");
+                None
+            }
+        })
+        .clone()
+}
+
+/// `GET /metrics`: the recorder's metrics in the Prometheus text format.
+pub fn prometheus_router(handle: PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4"),
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    )
+}
 
 /// Gauge: subscribers currently connected to an environment's SDK stream.
 pub const SUBSCRIBERS: &str = "vexil_fanout_subscribers";

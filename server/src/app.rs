@@ -11,6 +11,7 @@ use axum::http::{Request, StatusCode};
 use axum::middleware::from_fn;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -33,6 +34,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The change feed: in-memory compiled snapshots and the stream hub.
     pub feed: Feed,
+    /// The Prometheus recorder behind `/metrics`, when metrics are on.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// Why the server could not start.
@@ -80,6 +83,12 @@ impl Server {
             .bootstrap_admin(config.bootstrap_token.as_deref())
             .await
             .map_err(StartError::Bootstrap)?;
+        // Before the hub: it registers its per-environment handles with the recorder.
+        let metrics = if config.metrics {
+            vexil_relay::metrics::install_prometheus()
+        } else {
+            None
+        };
         let hub = Hub::new(HubConfig::default().ring_capacity(config.stream_ring_capacity));
         let feed = Feed::load(store.clone(), hub, config.feed_config())
             .await
@@ -89,6 +98,7 @@ impl Server {
                 store,
                 config: Arc::new(config),
                 feed,
+                metrics,
             },
             generated_admin_token,
         })
@@ -202,8 +212,12 @@ pub fn router(state: AppState) -> Router {
     let public: Router<AppState> = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
+    let mut public = public.with_state(state.clone());
+    if let Some(handle) = state.metrics.clone() {
+        public = public.merge(vexil_relay::metrics::prometheus_router(handle));
+    }
     let control = Router::new()
-        .merge(public.with_state(state.clone()))
+        .merge(public)
         .merge(api.layer(axum::middleware::from_fn_with_state(
             state.clone(),
             distribution::settle_writes,

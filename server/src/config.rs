@@ -91,6 +91,11 @@ pub struct Config {
     /// Milliseconds over which open SDK and relay streams are closed on shutdown.
     #[arg(long, env = "VEXIL_DRAIN_MS", default_value_t = 5_000)]
     pub drain_ms: u64,
+
+    /// Serve Prometheus metrics at `/metrics` (no authentication: keep the port private or
+    /// turn this off).
+    #[arg(long, env = "VEXIL_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
 }
 
 impl Config {
@@ -111,6 +116,7 @@ impl Config {
             stream_ring_capacity: 1024,
             ofrep_rate_limit: 10_000,
             drain_ms: 1_000,
+            metrics: true,
         }
     }
 

@@ -243,12 +243,14 @@ impl Inner {
                 // Ahead without log rows, or behind (a restored database): rebuild.
                 tracing::info!(environment = %entry.env, from, db_version,
                     "no change-log rows to catch up with: rebuilding from the tables");
+                metrics::counter!(super::metrics::REBUILDS, "reason" => "no_log_rows").increment(1);
                 return self.rebuild(entry).await;
             }
             let groups = group_by_version(rows);
             if groups.first().map(|(v, _)| *v) != Some(from + 1) {
                 tracing::info!(environment = %entry.env, from,
                     "the change log no longer holds the next version (compacted): rebuilding");
+                metrics::counter!(super::metrics::REBUILDS, "reason" => "compacted").increment(1);
                 return self.rebuild(entry).await;
             }
             for (version, group) in groups {
@@ -258,6 +260,8 @@ impl Inner {
                 if let Err(Unusable(why)) = self.apply_version(entry, version, group) {
                     tracing::warn!(environment = %entry.env, version, reason = %why,
                         "change-log row unusable: rebuilding from the tables");
+                    metrics::counter!(super::metrics::REBUILDS, "reason" => "unusable_row")
+                        .increment(1);
                     return self.rebuild(entry).await;
                 }
             }

@@ -49,7 +49,10 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             _ = tick.tick() => match inner.compact().await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "change log compacted"),
+                Ok(n) => {
+                    metrics::counter!(super::metrics::COMPACTED_ROWS).increment(n);
+                    tracing::info!(deleted = n, "change log compacted");
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot compact the change log"),
             },
         }

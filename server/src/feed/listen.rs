@@ -16,6 +16,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
+use super::metrics as feed_metrics;
 use super::{CHANNEL, Inner, Mark};
 
 /// What one notification asks for.
@@ -67,6 +68,8 @@ pub(crate) async fn run(
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(100); // it had been working: retry soon
                 }
+                metrics::gauge!(feed_metrics::LISTENER_CONNECTED).set(0.0);
+                metrics::counter!(feed_metrics::LISTENER_RESTARTS).increment(1);
                 tracing::warn!(reason = %why, retry_in = ?backoff, "change listener restarting");
             }
         }
@@ -95,6 +98,8 @@ async fn session(
     // Whatever was committed while no connection listened is caught up from the log.
     inner.mark(Mark::All);
     tracing::info!("change listener connected");
+    metrics::gauge!(feed_metrics::LISTENER_CONNECTED).set(1.0);
+    let notifications = metrics::counter!(feed_metrics::NOTIFICATIONS);
 
     let cfg = &inner.config;
     let mut heartbeat = tokio::time::interval(cfg.heartbeat_interval);
@@ -132,7 +137,7 @@ async fn session(
                     received + 1, cfg.heartbeat_timeout));
             }
             n = listener.try_recv() => match n {
-                Ok(Some(n)) => match parse(n.payload()) {
+                Ok(Some(n)) => match parse(n.payload()).inspect(|_| notifications.increment(1)) {
                     Some(Payload::Ping(process, k)) if process == inner.process => {
                         received = received.max(k);
                         deadline = (received < sent).then(|| Instant::now() + cfg.heartbeat_timeout);
@@ -154,6 +159,7 @@ async fn session(
                 },
                 Ok(None) => {
                     // Reconnected: notifications sent meanwhile are lost.
+                    metrics::counter!(feed_metrics::LISTENER_GAPS).increment(1);
                     tracing::warn!("change listener reconnected: resynchronising every environment");
                     inner.mark(Mark::All);
                     sent = received;

@@ -23,6 +23,7 @@ mod apply;
 mod compact;
 mod keys;
 mod listen;
+pub mod metrics;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -358,6 +359,7 @@ async fn applier(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                ::metrics::counter!(metrics::APPLY_ERRORS).increment(1);
                 tracing::warn!(error = %e, retry_in = ?pause, "cannot apply changes");
                 tokio::select! {
                     _ = stop.changed() => return,

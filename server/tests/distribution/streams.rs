@@ -483,3 +483,37 @@ async fn compaction_keeps_the_newest_versions_and_never_the_state() {
     fresh.stop().await;
     peer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_the_feed_and_the_fan_out() {
+    let app = spawn_app(Backend::Postgres).await;
+    let keys = setup(&app, &["prod"]).await;
+    create_flag(&app, "checkout").await;
+    let mut sse = Sse::open(&app.base_url, &keys[0], None).await;
+    assert_eq!(sse.next().await.event, "put");
+    let version = set_on(&app, "checkout", "prod", true).await;
+    sse.until_id(version).await;
+
+    let res = reqwest::get(format!("{}/metrics", app.base_url))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = res.text().await.unwrap();
+    // The recorder is process-wide and every test's server (each with its own `p/prod`)
+    // shares it, so values may come from another test: look for the series.
+    for needle in [
+        "vexil_fanout_environment_version{environment=\"p/prod\"}",
+        "vexil_fanout_subscribers{environment=\"p/prod\"}",
+        "vexil_fanout_events_sent_total{environment=\"p/prod\"}",
+        "vexil_feed_listener_connected",
+        "vexil_feed_notifications_total",
+    ] {
+        assert!(text.contains(needle), "{needle} in\n{text}");
+    }
+}
