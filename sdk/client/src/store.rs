@@ -142,8 +142,18 @@ impl Store {
     /// Replaces everything with `snapshot` (a `put`). Always applied, even at a lower
     /// version: a full state from upstream is authoritative (e.g. after a database restore).
     pub(crate) fn replace(&self, snapshot: &EnvironmentSnapshot, origin: DataOrigin) -> Applied {
+        self.replace_owned(snapshot.clone(), origin)
+    }
+
+    /// [`Store::replace`] with a snapshot the caller no longer needs: its flags move into
+    /// the compiled snapshot instead of being copied.
+    pub(crate) fn replace_owned(
+        &self,
+        snapshot: EnvironmentSnapshot,
+        origin: DataOrigin,
+    ) -> Applied {
         // Compile before taking the lock: a large snapshot takes milliseconds.
-        let compiled = CompiledSnapshot::compile(snapshot);
+        let compiled = CompiledSnapshot::compile_owned(snapshot);
         self.replace_compiled(compiled, origin)
     }
 
@@ -189,7 +199,7 @@ impl Store {
     /// Applies one stream event, in version order.
     pub(crate) fn apply(&self, event: SdkEvent, origin: DataOrigin) -> Applied {
         let (version, item) = match event {
-            SdkEvent::Put(snapshot) => return self.replace(&snapshot, origin),
+            SdkEvent::Put(snapshot) => return self.replace_owned(snapshot, origin),
             SdkEvent::Patch(Patch { version, item }) => (version, Item::Patch(item)),
             SdkEvent::Delete(Delete { version, item }) => (version, Item::Delete(item)),
         };

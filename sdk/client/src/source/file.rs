@@ -64,7 +64,7 @@ impl DataSource for FileSource {
 fn load(path: &Path, updates: &Updates, watched: bool) {
     match read_snapshot_file(path) {
         Ok(snapshot) => {
-            let applied = updates.init(&snapshot);
+            let applied = updates.init_owned(snapshot);
             tracing::info!(path = %path.display(), ?applied, "flags loaded from file");
             updates.ready();
         }

@@ -72,6 +72,12 @@ impl Updates {
         self.store.replace(snapshot, self.origin)
     }
 
+    /// [`Updates::init`] with a snapshot the source no longer needs (one it just decoded):
+    /// its flags move into the SDK's state instead of being copied.
+    pub fn init_owned(&self, snapshot: EnvironmentSnapshot) -> Applied {
+        self.store.replace_owned(snapshot, self.origin)
+    }
+
     /// Applies a stream event: a `put` like [`Updates::init`]; a `patch` or `delete` only if
     /// its version is exactly the next one (older ones are ignored, a gap is reported and
     /// nothing applied).

@@ -10,7 +10,6 @@ use vexil_schema::EnvironmentSnapshot;
 
 use crate::backoff::Backoff;
 use crate::source::http::{SNAPSHOT_PATH, Upstream, problem_detail, retry_after, status_error};
-use crate::source::streaming::drop_in_background;
 use crate::source::{BoxFuture, DataSource, Shutdown, Updates};
 use crate::status::{DataOrigin, DataSourceError};
 use crate::wire::decode_snapshot;
@@ -109,10 +108,9 @@ impl PollingSource {
                     snapshot,
                     etag: new_etag,
                 }) => {
-                    let applied = updates.init(&snapshot);
+                    let applied = updates.init_owned(snapshot);
                     tracing::debug!(?applied, "flags polled");
                     updates.ready();
-                    drop_in_background(snapshot);
                     etag = new_etag;
                     backoff.reset();
                     interval

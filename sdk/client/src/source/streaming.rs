@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use eventsource_client::{self as es, Client as _, ReconnectOptions, SSE};
 use futures::StreamExt;
-use vexil_schema::EnvironmentSnapshot;
 use vexil_schema::stream::{SdkEvent, StreamError};
 
 use crate::backoff::Backoff;
@@ -180,9 +179,8 @@ impl StreamingSource {
         let timeout = self.config.read_timeout.min(Duration::from_secs(15));
         match fetch_snapshot(&self.upstream, None, timeout).await {
             Ok(Polled::Modified { snapshot, .. }) => {
-                let applied = updates.init(&snapshot);
+                let applied = updates.init_owned(snapshot);
                 tracing::debug!(?applied, "initial flags loaded from the snapshot endpoint");
-                drop_in_background(snapshot);
             }
             Ok(Polled::NotModified) => {}
             Err(e)
@@ -305,15 +303,6 @@ fn handle_event(updates: &Updates, event: &es::Event) -> Option<Ended> {
             )))
         }
     }
-}
-
-/// Frees a decoded snapshot on a blocking thread: dropping thousands of flags takes
-/// milliseconds that the stream (and the caller waiting for initialisation) need not wait.
-pub(crate) fn drop_in_background(snapshot: EnvironmentSnapshot) {
-    if snapshot.flags.len() + snapshot.segments.len() < 256 {
-        return;
-    }
-    drop(tokio::task::spawn_blocking(move || drop(snapshot)));
 }
 
 /// What an error from eventsource-client means for this source.
