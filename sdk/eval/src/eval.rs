@@ -406,13 +406,7 @@ impl CompiledSnapshot {
         let ctx = attrs.ctx;
         for (index, clause) in clauses.iter().enumerate() {
             let (found, outcome) = attrs.test(clause, |r| {
-                let pos = self
-                    .links
-                    .targets
-                    .get(seg_base + r as usize)
-                    .copied()
-                    .unwrap_or(MISSING);
-                self.in_segment(pos, ctx, tracer, 0)
+                self.in_segment(self.segment_at(seg_base, r), ctx, tracer, 0)
             });
             tracer.clause(index, found, outcome);
             if outcome != Outcome::Match {
@@ -420,6 +414,17 @@ impl CompiledSnapshot {
             }
         }
         true
+    }
+
+    /// The position of an owner's `r`-th segment reference, whose references start at
+    /// `seg_base` in the link targets; [`MISSING`] if unresolved.
+    #[inline]
+    fn segment_at(&self, seg_base: usize, r: u32) -> u32 {
+        self.links
+            .targets
+            .get(seg_base + r as usize)
+            .copied()
+            .unwrap_or(MISSING)
     }
 
     /// Whether the context is in the segment at position `pos`.
@@ -493,13 +498,7 @@ impl CompiledSnapshot {
             let matched = rule.clauses.iter().all(|clause| {
                 attrs
                     .test(clause, |r| {
-                        let pos = self
-                            .links
-                            .targets
-                            .get(seg_base + r as usize)
-                            .copied()
-                            .unwrap_or(MISSING);
-                        self.in_segment(pos, ctx, tracer, depth + 1)
+                        self.in_segment(self.segment_at(seg_base, r), ctx, tracer, depth + 1)
                     })
                     .1
                     == Outcome::Match
