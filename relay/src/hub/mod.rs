@@ -409,7 +409,10 @@ impl Hub {
         }
         self.shared.keys.set_environment_keys(env, &sorted);
         if let Some(chan) = self.channel(env) {
-            // Subscribers check their key on a close signal.
+            // Subscribers check their key on a close signal. Sent on any change, additions
+            // included: a stream may have been opened with a key the registry did not hold
+            // yet (the server checks unknown keys in its database), and only a full check
+            // finds it gone.
             let _ = chan.tx.send(Signal::Close);
         }
         self.shared.bump_catalog();
