@@ -236,20 +236,8 @@ async fn client_main(connections: usize, changes: usize) -> anyhow::Result<()> {
 /// Opens an SSE connection and reads through the initial `put`.
 async fn connect(port: u16) -> anyhow::Result<TcpStream> {
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    let req =
-        format!("GET /sdk/v1/stream HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: {KEY}\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await?;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = tcp.read(&mut buf).await?;
-        anyhow::ensure!(n > 0, "closed during the initial put");
-        seen.extend_from_slice(&buf[..n]);
-        if seen.windows(4).any(|w| w == b"]}\n\n") {
-            anyhow::ensure!(seen.starts_with(b"HTTP/1.1 200"), "bad answer");
-            return Ok(tcp);
-        }
-    }
+    common::open_stream(&mut tcp, "127.0.0.1", KEY).await?;
+    Ok(tcp)
 }
 
 /// Reads the stream, reporting each `patch` id and when it arrived.

@@ -311,24 +311,8 @@ async fn connect(relay: SocketAddr, source: Ipv4Addr) -> anyhow::Result<tokio::n
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((source, 0)))?;
     let mut tcp = socket.connect(relay).await?;
-    let req =
-        format!("GET /sdk/v1/stream HTTP/1.1\r\nhost: {relay}\r\nauthorization: {SDK_KEY}\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await?;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = tcp.read(&mut buf).await?;
-        anyhow::ensure!(n > 0, "closed during the initial put");
-        seen.extend_from_slice(&buf[..n]);
-        if seen.windows(4).any(|w| w == b"]}\n\n") {
-            anyhow::ensure!(
-                seen.starts_with(b"HTTP/1.1 200"),
-                "bad answer: {}",
-                String::from_utf8_lossy(&seen[..seen.len().min(200)])
-            );
-            return Ok(tcp);
-        }
-    }
+    common::open_stream(&mut tcp, &relay.to_string(), SDK_KEY).await?;
+    Ok(tcp)
 }
 
 /// Reads the stream, reporting each `patch` id and when it arrived.

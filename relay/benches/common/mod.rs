@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use serde_json::json;
 use vexil_schema::stream::{Change, EnvironmentId, Patch, PatchItem};
 use vexil_schema::{
@@ -75,4 +78,27 @@ pub fn pct(sorted: &[Duration], p: f64) -> Duration {
     }
     let i = ((sorted.len() as f64 - 1.0) * p / 100.0).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// Sends `GET /sdk/v1/stream` on `tcp` (to `host`, with SDK key `key`) and reads through the
+/// initial `put`.
+pub async fn open_stream(tcp: &mut TcpStream, host: &str, key: &str) -> anyhow::Result<()> {
+    let req =
+        format!("GET /sdk/v1/stream HTTP/1.1\r\nhost: {host}\r\nauthorization: {key}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tcp.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "closed during the initial put");
+        seen.extend_from_slice(&buf[..n]);
+        if seen.windows(4).any(|w| w == b"]}\n\n") {
+            anyhow::ensure!(
+                seen.starts_with(b"HTTP/1.1 200"),
+                "bad answer: {}",
+                String::from_utf8_lossy(&seen[..seen.len().min(200)])
+            );
+            return Ok(());
+        }
+    }
 }
