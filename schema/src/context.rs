@@ -105,6 +105,13 @@ impl Context {
             .map(|a| (a.order, a.name.as_str(), &a.value))
     }
 
+    /// Every attribute in name order, as [`Context::attribute_keyed_at`] gives them.
+    pub fn attributes_keyed(&self) -> impl ExactSizeIterator<Item = (u64, &str, &Value)> {
+        self.attributes
+            .iter()
+            .map(|a| (a.order, a.name.as_str(), &a.value))
+    }
+
     /// The first 8 bytes of `name` as a big-endian integer, zero-padded: comparing two
     /// names' keys as integers orders them as their bytes do, except that names equal in
     /// their first 8 bytes (or one a prefix of the other within them) need a string

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use vexil_schema::model::{Clause, Flag, Segment, Serve};
 
 use crate::bucket::{effective_salt, salt_seed};
-use crate::clause::{Attr, AttrNames, AttrTable, CACHED, CClause, compile_clause, memoise};
+use crate::clause::{Attr, AttrNames, AttrTable, CACHED, CClause, RulePlan, compile_clause, plan};
 use crate::malformed::Malformation;
 use crate::table::HashIndex;
 
@@ -53,6 +53,8 @@ pub(crate) struct FlagBody {
 pub(crate) struct CRule {
     /// All must match.
     pub(crate) clauses: Box<[CClause]>,
+    /// How evaluation answers them (see [`crate::clause::SlotPlan`]).
+    pub(crate) plan: RulePlan,
     /// What a match serves.
     pub(crate) serve: CServe,
 }
@@ -124,6 +126,8 @@ pub(crate) struct SegmentBody {
 pub(crate) struct CSegmentRule {
     /// All must match.
     pub(crate) clauses: Box<[CClause]>,
+    /// How evaluation answers them.
+    pub(crate) plan: RulePlan,
     /// If set, only contexts bucketed below this are included.
     pub(crate) weight: Option<u32>,
     /// The attribute hashed for `weight`.
@@ -170,13 +174,18 @@ impl Refs {
 }
 
 impl AttrNames {
-    /// The finished table for an owner whose clauses are `clauses`, with the memo of each
-    /// attribute that several of them test (see [`crate::clause::SlotMemo`]).
-    fn table_for<'c>(self, clauses: impl Iterator<Item = &'c mut CClause>) -> AttrTable {
+    /// The finished table for an owner whose rules' clauses are `rules` (in order), with the
+    /// plan of each attribute slot, and the plan of each rule (see
+    /// [`crate::clause::SlotPlan`]).
+    fn table_for<'r>(
+        self,
+        rules: impl Iterator<Item = &'r [CClause]>,
+    ) -> (AttrTable, Vec<RulePlan>) {
         let slots = self.names.len().min(CACHED);
         let mut table = self.into_table();
-        table.memos = memoise(clauses, slots);
-        table
+        let (slot_plans, rule_plans) = plan(rules, slots);
+        table.plans = slot_plans;
+        (table, rule_plans)
     }
 }
 
@@ -279,12 +288,17 @@ fn flag_body(flag: &Flag, off: u32) -> Result<FlagBody, Malformation> {
         let path = format!("rules[{i}]");
         let clauses = refs.clauses(&rule.clauses, &path)?;
         let serve = serve(&rule.serve, &format!("{path}.serve"), &mut refs)?;
-        rules.push(CRule { clauses, serve });
+        rules.push(CRule {
+            clauses,
+            plan: RulePlan::default(),
+            serve,
+        });
     }
     let fallthrough = serve(&config.fallthrough, "fallthrough", &mut refs)?;
-    let attrs = refs
-        .attrs
-        .table_for(rules.iter_mut().flat_map(|r| r.clauses.iter_mut()));
+    let (attrs, plans) = refs.attrs.table_for(rules.iter().map(|r| &*r.clauses));
+    for (rule, plan) in rules.iter_mut().zip(plans) {
+        rule.plan = plan;
+    }
 
     Ok(FlagBody {
         off,
@@ -318,13 +332,15 @@ fn segment_body(segment: &Segment) -> Result<SegmentBody, Malformation> {
         let clauses = refs.clauses(&rule.clauses, &path)?;
         rules.push(CSegmentRule {
             clauses,
+            plan: RulePlan::default(),
             weight: rule.weight,
             bucket_by: refs.bucket_by(rule.bucket_by.as_deref(), &path)?,
         });
     }
-    let attrs = refs
-        .attrs
-        .table_for(rules.iter_mut().flat_map(|r| r.clauses.iter_mut()));
+    let (attrs, plans) = refs.attrs.table_for(rules.iter().map(|r| &*r.clauses));
+    for (rule, plan) in rules.iter_mut().zip(plans) {
+        rule.plan = plan;
+    }
     Ok(SegmentBody {
         included: HashIndex::build(segment.included.len(), |p| &segment.included[p as usize]),
         excluded: HashIndex::build(segment.excluded.len(), |p| &segment.excluded[p as usize]),

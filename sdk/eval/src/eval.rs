@@ -12,7 +12,7 @@ use serde_json::Value;
 use vexil_schema::{Context, ErrorKind};
 
 use crate::bucket::{bucket_bytes, bucket_json};
-use crate::clause::{Attr, AttrTable, CACHED, CClause, Found, NO_MEMO, Outcome};
+use crate::clause::{Attr, AttrTable, CACHED, CClause, Found, Outcome, RulePlan};
 use crate::compile::{CServe, FlagBody};
 use crate::evaluation::{EvalReason, Evaluation};
 use crate::link::MISSING;
@@ -41,6 +41,9 @@ pub(crate) enum SegmentOutcome {
 /// Observes an evaluation. Every method defaults to doing nothing, so the untraced path
 /// compiles to the bare algorithm.
 pub(crate) trait Tracer<'a> {
+    /// Whether this tracer records clauses one by one. If not, rules are answered through
+    /// their plans ([`crate::clause::SlotPlan`]), which reach the same result with fewer steps.
+    const CLAUSES: bool = false;
     /// A prerequisite of the flag at depth 0 was checked; `result` is `None` if it is missing.
     fn prerequisite(&mut self, _index: usize, _result: Option<&Evaluation<'a>>, _met: bool) {}
     /// Evaluation enters (`true`) or leaves (`false`) a prerequisite flag.
@@ -66,15 +69,14 @@ impl Tracer<'_> for NoTrace {}
 struct Attrs<'c, 'n> {
     ctx: &'c Context,
     table: &'n AttrTable,
-    cache: [Option<&'c Value>; CACHED],
+    /// By slot; the last entry is a sink for writes that match no slot.
+    cache: [Option<&'c Value>; CACHED + 1],
     /// Bit `i` set: `cache[i]` holds the lookup result for slot `i`.
     filled: u32,
-    /// Memo masks of string values, by slot (see [`crate::clause::SlotMemo`]).
-    masks: [u64; CACHED],
-    /// Bit `i` set: slot `i` was considered for its memo mask.
-    masked: u32,
-    /// Bit `i` set: slot `i` holds a string and `masks[i]` is its mask.
-    strings: u32,
+    /// Bits of the planned clauses that match, for the slots in `planned`.
+    truth: u128,
+    /// Bit `i` set: the bits of slot `i`'s planned clauses are in `truth`.
+    planned: u32,
 }
 
 impl<'c, 'n> Attrs<'c, 'n> {
@@ -82,55 +84,59 @@ impl<'c, 'n> Attrs<'c, 'n> {
         Self {
             ctx,
             table,
-            cache: [None; CACHED],
+            cache: [None; CACHED + 1],
             filled: 0,
-            masks: [0; CACHED],
-            masked: 0,
-            strings: 0,
+            truth: 0,
+            planned: 0,
         }
     }
 
-    /// Reads the clause's attribute and tests the clause: through the attribute's memo
-    /// when the clause has a bit there and the value is a string, else on its own.
+    /// Reads the clause's attribute and tests the clause.
     #[inline]
     fn test(
         &mut self,
         clause: &CClause,
         in_segment: impl FnMut(u32) -> bool,
     ) -> (Found<'c>, Outcome) {
-        if clause.memo != NO_MEMO
-            && let Attr::Slot(slot) = clause.attr
-        {
-            // Memo bits are only given to slots below CACHED.
-            let slot = usize::from(slot) % CACHED;
-            if self.masked & (1 << slot) == 0 {
-                self.fill_mask(slot);
-            }
-            if self.strings & (1 << slot) != 0 {
-                let hit = self.masks[slot] >> clause.memo & 1 != 0;
-                let outcome = if hit != clause.negate {
-                    Outcome::Match
-                } else {
-                    Outcome::NoMatch
-                };
-                let found = self.cache[slot].map_or(Found::Missing, Found::Json);
-                return (found, outcome);
-            }
-        }
         let found = self.get(clause.attr);
         (found, clause.test(found, in_segment))
     }
 
-    /// Computes the memo mask of `slot` if its value is a string.
-    #[cold]
-    fn fill_mask(&mut self, slot: usize) {
-        if let Found::Json(Value::String(s)) = self.get(Attr::Slot(slot as u16))
-            && let Some(memo) = self.table.memos.get(slot)
-        {
-            self.masks[slot] = memo.mask(s);
-            self.strings |= 1 << slot;
+    /// Whether a rule matches, through its plan: its planned clauses' bits (computed per
+    /// attribute slot the first time a rule needs them), then its other clauses in order.
+    #[inline]
+    fn rule_matches(
+        &mut self,
+        plan: &RulePlan,
+        clauses: &[CClause],
+        mut in_segment: impl FnMut(u32) -> bool,
+    ) -> bool {
+        let unplanned = plan.slots & !self.planned;
+        if unplanned != 0 {
+            self.plan_slots(unplanned);
         }
-        self.masked |= 1 << slot;
+        if self.truth & plan.need != plan.need {
+            return false;
+        }
+        plan.rest.iter().all(|&i| {
+            clauses.get(i as usize).is_some_and(|clause| {
+                let found = self.get(clause.attr);
+                clause.test(found, &mut in_segment) == Outcome::Match
+            })
+        })
+    }
+
+    /// Adds the bits of the planned clauses of every slot in `slots` to `truth`.
+    fn plan_slots(&mut self, mut slots: u32) {
+        while slots != 0 {
+            let slot = slots.trailing_zeros();
+            slots &= slots - 1;
+            let found = self.get(Attr::Slot(slot as u16));
+            if let Some(plan) = self.table.plans.get(slot as usize) {
+                self.truth |= plan.truth(found);
+            }
+            self.planned |= 1 << slot;
+        }
     }
 
     #[inline]
@@ -153,45 +159,32 @@ impl<'c, 'n> Attrs<'c, 'n> {
         }
     }
 
-    /// Fills the cache for `slot`: with one merge pass over the context for every slot when
-    /// the owner reads several attributes of a context of comparable size, else with one
-    /// binary search.
+    /// Fills the cache for `slot`: for every cached slot at once, with one probe of the
+    /// owner's name index per context attribute, when that costs less than a binary search
+    /// of the context per name (about twice as many instructions per step as a probe); else
+    /// with one binary search for this slot.
     #[cold]
     fn fill(&mut self, slot: usize) {
-        let names = self.table.names.len();
+        let names = self.table.names.len().min(CACHED);
         let count = self.ctx.attribute_count();
-        if self.filled == 0 && names >= 3 && count <= 4 * names + 4 {
-            self.merge();
+        let search_steps = (usize::BITS - count.leading_zeros()) as usize + 1;
+        if self.filled == 0 && 2 * count <= names * search_steps && !self.table.index.is_empty() {
+            self.scan();
         } else {
             self.cache[slot] = self.lookup(slot);
             self.filled |= 1 << slot;
         }
     }
 
-    /// One pass over the context's sorted attributes and the owner's sorted names.
-    fn merge(&mut self) {
-        let (mut i, mut j) = (0, 0);
-        let sorted = &self.table.sorted;
-        let count = self.ctx.attribute_count();
-        while let (Some(&slot), Some((key, probe, value))) =
-            (sorted.get(j), self.ctx.attribute_keyed_at(i))
-        {
-            let Some(name) = self.table.names.get(usize::from(slot)) else {
-                break;
-            };
-            match name.cmp_keyed(key, probe) {
-                Ordering::Less => i += 1,
-                Ordering::Greater => j += 1,
-                Ordering::Equal => {
-                    if usize::from(slot) < CACHED {
-                        self.cache[usize::from(slot)] = Some(value);
-                    }
-                    i += 1;
-                    j += 1;
-                }
-            }
-            if i >= count {
-                break;
+    /// One pass over the context's attributes, looking each up among the owner's names.
+    fn scan(&mut self) {
+        let names = &self.table.names;
+        let index = &self.table.index;
+        for (key, name, value) in self.ctx.attributes_keyed() {
+            // No branch on whether the attribute is one of the owner's: a miss writes the sink.
+            let slot = index.find_or(names, key, name, CACHED);
+            if let Some(cached) = self.cache.get_mut(slot) {
+                *cached = Some(value);
             }
         }
         // Every slot below CACHED is now known: found above, or absent (still `None`).
@@ -333,7 +326,15 @@ impl CompiledSnapshot {
         let seg_base = link.segments as usize;
         for (index, rule) in body.rules.iter().enumerate() {
             tracer.rule(index);
-            if self.clauses_match(&rule.clauses, &mut attrs, seg_base, tracer) {
+            let matched = if T::CLAUSES {
+                self.clauses_match(&rule.clauses, &mut attrs, seg_base, tracer)
+            } else {
+                let ctx = attrs.ctx;
+                attrs.rule_matches(&rule.plan, &rule.clauses, |r| {
+                    self.in_segment(self.segment_at(seg_base, r), ctx, tracer, 0)
+                })
+            };
+            if matched {
                 let rule_id = config.rules.get(index).map_or("", |r| r.id.as_str());
                 return self.serve(
                     &rule.serve,
@@ -495,14 +496,15 @@ impl CompiledSnapshot {
         tracer.nest_segment(true);
         let mut outcome = SegmentOutcome::NoMatch;
         for (index, rule) in body.rules.iter().enumerate() {
-            let matched = rule.clauses.iter().all(|clause| {
-                attrs
-                    .test(clause, |r| {
-                        self.in_segment(self.segment_at(seg_base, r), ctx, tracer, depth + 1)
-                    })
-                    .1
-                    == Outcome::Match
-            });
+            let mut in_segment =
+                |r| self.in_segment(self.segment_at(seg_base, r), ctx, tracer, depth + 1);
+            let matched = if T::CLAUSES {
+                rule.clauses
+                    .iter()
+                    .all(|clause| attrs.test(clause, &mut in_segment).1 == Outcome::Match)
+            } else {
+                attrs.rule_matches(&rule.plan, &rule.clauses, in_segment)
+            };
             if !matched {
                 continue;
             }
@@ -549,7 +551,7 @@ mod tests {
     use crate::clause::AttrNames;
     use serde_json::json;
 
-    /// Both ways of filling the cache (one merge pass, or a binary search per slot) agree
+    /// Both ways of filling the cache (one scan of the context, or a binary search per slot) agree
     /// with `Context::attribute`, including names that differ only past 8 bytes or by a
     /// trailing NUL.
     #[test]
@@ -588,7 +590,7 @@ mod tests {
         for merge in [true, false] {
             let mut a = Attrs::new(&ctx, &table);
             if merge {
-                a.merge();
+                a.scan();
             }
             for (attr, name) in attrs.iter().zip(wanted) {
                 let got = match a.get(*attr) {

@@ -178,6 +178,8 @@ impl Recorder<'_> {
 }
 
 impl<'a> Tracer<'a> for Recorder<'_> {
+    const CLAUSES: bool = true;
+
     fn prerequisite(&mut self, index: usize, result: Option<&Evaluation<'a>>, met: bool) {
         if self.flag_depth != 0 {
             return;

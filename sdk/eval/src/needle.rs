@@ -239,6 +239,114 @@ impl NeedleTable {
     }
 }
 
+/// `starts_with` or `ends_with` operands, each with a payload, matched against a value in
+/// one pass: operands of 8 bytes or more are grouped by their 8 bytes at the matching end,
+/// and a value looks up its own 8 bytes there (one hash probe), so only operands that can
+/// match are compared; shorter operands are compared one by one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AffixTable<T> {
+    /// `true` for `ends_with`, `false` for `starts_with`.
+    suffix: bool,
+    /// Operands shorter than 8 bytes.
+    short: Box<[(Needle, T)]>,
+    /// Operands of 8 bytes or more, ordered so that those sharing an end key are adjacent.
+    long: Box<[(Needle, T)]>,
+    /// Open addressing over the distinct end keys: `(key, start, end)` of their run in
+    /// `long`; `start == u32::MAX` marks a free slot. Length is a power of two (or zero).
+    groups: Box<[(u64, u32, u32)]>,
+    /// `64 - log2(groups.len())`.
+    shift: u32,
+}
+
+impl<T> AffixTable<T> {
+    const FREE: (u64, u32, u32) = (0, u32::MAX, 0);
+
+    #[inline]
+    fn hash(key: u64, shift: u32) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
+    }
+
+    /// The operand's or value's 8 bytes at the matching end (all of it up to 8 bytes).
+    #[inline]
+    fn end_key(suffix: bool, head: u64, tail: u64) -> u64 {
+        if suffix { tail } else { head }
+    }
+
+    /// A table of `ends_with` (`suffix`) or `starts_with` operands.
+    pub(crate) fn new(suffix: bool, operands: Vec<(Needle, T)>) -> Self {
+        let (mut long, short): (Vec<_>, Vec<_>) =
+            operands.into_iter().partition(|(n, _)| n.s.len() >= 8);
+        long.sort_by_key(|(n, _)| Self::end_key(suffix, n.head, n.tail));
+        let mut runs: Vec<(u64, u32, u32)> = Vec::new();
+        for (i, (n, _)) in long.iter().enumerate() {
+            let key = Self::end_key(suffix, n.head, n.tail);
+            match runs.last_mut() {
+                Some(run) if run.0 == key => run.2 = i as u32 + 1,
+                _ => runs.push((key, i as u32, i as u32 + 1)),
+            }
+        }
+        let (groups, shift) = if runs.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            let capacity = (runs.len() * 2).next_power_of_two().max(2);
+            let shift = 64 - capacity.trailing_zeros();
+            let mut groups = vec![Self::FREE; capacity];
+            for run in runs {
+                let mut i = Self::hash(run.0, shift);
+                while groups[i].1 != u32::MAX {
+                    i = (i + 1) & (capacity - 1);
+                }
+                groups[i] = run;
+            }
+            (groups, shift)
+        };
+        Self {
+            suffix,
+            short: short.into(),
+            long: long.into(),
+            groups: groups.into(),
+            shift,
+        }
+    }
+
+    /// Calls `f` with the payload of every operand the value starts (or ends) with.
+    #[inline]
+    pub(crate) fn for_each_match(&self, hay: &Hay<'_>, mut f: impl FnMut(&T)) {
+        let matches = |n: &Needle| {
+            if self.suffix {
+                hay.ends_with(n)
+            } else {
+                hay.starts_with(n)
+            }
+        };
+        for (n, t) in &*self.short {
+            if matches(n) {
+                f(t);
+            }
+        }
+        if self.groups.is_empty() || hay.s.len() < 8 {
+            return;
+        }
+        let key = Self::end_key(self.suffix, hay.head, hay.tail);
+        let mask = self.groups.len() - 1;
+        let mut i = Self::hash(key, self.shift);
+        while let Some(&(k, start, end)) = self.groups.get(i) {
+            if start == u32::MAX {
+                return;
+            }
+            if k == key {
+                for (n, t) in self.long.get(start as usize..end as usize).unwrap_or(&[]) {
+                    if matches(n) {
+                        f(t);
+                    }
+                }
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+}
+
 /// `contains` operands of at most [`FewSubstrings::MAX_BYTES`] bytes in all, found in one
 /// pass over the value with the multi-pattern Shift-And algorithm: bit `i` of the state is
 /// set when the last bytes read equal the first `i + 1 - start` bytes of the operand laid
@@ -345,6 +453,139 @@ impl Name {
             std::cmp::Ordering::Equal => probe.cmp(&self.s),
             unequal => unequal,
         }
+    }
+}
+
+/// A collision-free hash table of an owner's attribute names, probed with what a context
+/// stores with each attribute (its [order key](vexil_schema::Context::attribute_order_key))
+/// plus its length and last 8 bytes, so that filling the owner's attribute cache is one
+/// table load and three integer compares per context attribute, with no data-dependent
+/// branch for names of up to 16 bytes.
+///
+/// Compilation picks a multiplier under which every name lands in its own slot (trying
+/// several, then a larger table). Names that agree in length and in their first and last 8
+/// bytes cannot be told apart that way; for those owners the index is left empty and
+/// evaluation searches the context per attribute instead.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NameIndex {
+    /// Length is a power of two (or zero: no index); free slots never match.
+    entries: Box<[NameEntry]>,
+    /// The multiplier chosen.
+    mult: u64,
+    /// `64 - log2(entries.len())`.
+    shift: u32,
+}
+
+/// One slot of a [`NameIndex`].
+#[derive(Debug, Clone, Copy)]
+struct NameEntry {
+    key: u64,
+    /// The last 8 bytes of names longer than 8 bytes, else 0.
+    last: u64,
+    /// `u32::MAX` in a free slot.
+    len: u32,
+    pos: u32,
+}
+
+impl NameEntry {
+    const FREE: NameEntry = NameEntry {
+        key: 0,
+        last: 0,
+        len: u32::MAX,
+        pos: 0,
+    };
+}
+
+impl NameIndex {
+    /// Odd multipliers tried in turn (the first is the golden-ratio constant).
+    const MULTIPLIERS: [u64; 8] = [
+        0x9E37_79B9_7F4A_7C15,
+        0xC2B2_AE3D_27D4_EB4F,
+        0x1656_67B1_9E37_79F9,
+        0xD6E8_FEB8_6659_FD93,
+        0xFF51_AFD7_ED55_8CCD,
+        0xC4CE_B9FE_1A85_EC53,
+        0x8CB9_2BA7_2F3D_8DD7,
+        0x2545_F491_4F6C_DD1D,
+    ];
+
+    /// The last 8 bytes of a name longer than 8 bytes (shorter ones are within the key).
+    #[inline]
+    fn last(b: &[u8]) -> u64 {
+        if b.len() > 8 { tail(b) } else { 0 }
+    }
+
+    #[inline]
+    fn slot(key: u64, last: u64, len: usize, mult: u64, shift: u32) -> usize {
+        let mixed = key ^ last.rotate_left(31) ^ (len as u64).rotate_left(57);
+        (mixed.wrapping_mul(mult) >> shift) as usize
+    }
+
+    /// Indexes the given names (distinct), by position; an empty index if no collision-free
+    /// table of up to 64 times their number exists.
+    pub(crate) fn new(names: &[Name]) -> Self {
+        let Ok(count) = u32::try_from(names.len()) else {
+            return Self::default();
+        };
+        if count == 0 || count == u32::MAX {
+            return Self::default();
+        }
+        let entries: Vec<NameEntry> = names
+            .iter()
+            .enumerate()
+            .map(|(pos, n)| NameEntry {
+                key: n.key,
+                last: Self::last(n.s.as_bytes()),
+                len: n.s.len().min(u32::MAX as usize - 1) as u32,
+                pos: pos as u32,
+            })
+            .collect();
+        let mut capacity = (names.len() * 2).next_power_of_two().max(2);
+        while capacity <= names.len() * 64 {
+            let shift = 64 - capacity.trailing_zeros();
+            for mult in Self::MULTIPLIERS {
+                let mut table = vec![NameEntry::FREE; capacity];
+                let placed = entries.iter().all(|e| {
+                    let i = Self::slot(e.key, e.last, e.len as usize, mult, shift);
+                    let free = table[i].len == u32::MAX;
+                    table[i] = *e;
+                    free
+                });
+                if placed {
+                    return Self {
+                        entries: table.into(),
+                        mult,
+                        shift,
+                    };
+                }
+            }
+            capacity *= 2;
+        }
+        Self::default()
+    }
+
+    /// Whether the index holds the names (see [`NameIndex::new`]).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The position among `names` (those given to [`NameIndex::new`]) of `name`, whose
+    /// order key is `key`; `miss` if it is not among them.
+    #[inline]
+    pub(crate) fn find_or(&self, names: &[Name], key: u64, name: &str, miss: usize) -> usize {
+        let b = name.as_bytes();
+        let last = Self::last(b);
+        let i = Self::slot(key, last, b.len(), self.mult, self.shift);
+        let e = self.entries.get(i).unwrap_or(&NameEntry::FREE);
+        // Key, last 8 bytes and length cover every byte of names up to 16 bytes.
+        let same = ((e.key ^ key) | (e.last ^ last) | (u64::from(e.len) ^ b.len() as u64)) == 0;
+        let pos = e.pos as usize;
+        if b.len() > 16 && same && names.get(pos).is_none_or(|n| *n.s != *name) {
+            return miss;
+        }
+        // Whether a context attribute is one the owner reads follows no pattern a branch
+        // predictor could learn, so choose without a branch.
+        std::hint::select_unpredictable(same, pos, miss)
     }
 }
 

@@ -126,7 +126,6 @@ pub(crate) fn compile_clause(
         attr,
         negate: clause.negate,
         test: if empty { Test::Never } else { test },
-        memo: super::NO_MEMO,
     })
 }
 

@@ -18,16 +18,16 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use vexil_schema::operand::{parse_date_millis, parse_semver};
 
-use crate::needle::{Hay, Name, Needle};
+use crate::needle::{Hay, Name, NameIndex, Needle};
 use crate::table::HashIndex;
 
 mod compile;
-mod memo;
+mod plan;
 
 pub(crate) use compile::compile_clause;
-pub(crate) use memo::{NO_MEMO, SlotMemo, memoise};
+pub(crate) use plan::{RulePlan, SlotPlan, plan};
 
-/// Attribute slots below this are cached per evaluation (and may have a [`SlotMemo`]).
+/// Attribute slots below this are cached per evaluation (and may have a [`SlotPlan`]).
 pub(crate) const CACHED: usize = 16;
 
 /// `in` lists up to this long are scanned; longer ones are hashed.
@@ -76,18 +76,11 @@ impl AttrNames {
 impl AttrNames {
     /// The finished, read-only table.
     pub(crate) fn into_table(self) -> AttrTable {
-        let mut sorted: Vec<u16> = (0..self.names.len())
-            .filter_map(|i| u16::try_from(i).ok())
-            .collect();
-        sorted.sort_by(|&a, &b| {
-            self.names[usize::from(a)]
-                .as_str()
-                .cmp(self.names[usize::from(b)].as_str())
-        });
+        let cached = self.names.len().min(CACHED);
         AttrTable {
+            index: NameIndex::new(&self.names[..cached]),
             names: self.names.into(),
-            sorted: sorted.into(),
-            memos: Box::default(),
+            plans: Box::default(),
         }
     }
 }
@@ -97,10 +90,11 @@ impl AttrNames {
 pub(crate) struct AttrTable {
     /// By slot.
     pub(crate) names: Box<[Name]>,
-    /// Slots in name order, for filling every slot in one pass over the context.
-    pub(crate) sorted: Box<[u16]>,
-    /// By slot, for slots below [`CACHED`]; empty when no attribute has one.
-    pub(crate) memos: Box<[SlotMemo]>,
+    /// The names of the slots below [`CACHED`], for filling those slots in one pass over
+    /// the context.
+    pub(crate) index: NameIndex,
+    /// By slot, for slots below [`CACHED`]; empty when no clause is planned.
+    pub(crate) plans: Box<[SlotPlan]>,
 }
 
 /// A value read from the context for a clause.
@@ -134,8 +128,6 @@ pub(crate) struct CClause {
     pub(crate) negate: bool,
     /// The comparison.
     pub(crate) test: Test,
-    /// This clause's bit in its attribute's [`SlotMemo`], or [`NO_MEMO`].
-    pub(crate) memo: u8,
 }
 
 /// A compiled comparison.
@@ -371,9 +363,9 @@ impl Test {
             Test::Contains(ps) => ps.found_in(s),
             Test::Matches(Matcher::Set(set)) => set.is_match(s),
             Test::Matches(Matcher::Each(res)) => res.iter().any(|r| r.is_match(s)),
-            Test::SemverEq(vs) => semver_cmp_any(s, vs.iter(), |o| o == Ordering::Equal),
-            Test::SemverLt(b) => semver_cmp_any(s, std::iter::once(b), |o| o == Ordering::Less),
-            Test::SemverGt(b) => semver_cmp_any(s, std::iter::once(b), |o| o == Ordering::Greater),
+            Test::SemverEq(_) | Test::SemverLt(_) | Test::SemverGt(_) => {
+                self.on_version(parse_version(s).as_ref())
+            }
             Test::Before(b) => date_millis_str(s).is_some_and(|x| x < *b),
             Test::After(b) => date_millis_str(s).is_some_and(|x| x > *b),
             Test::Exists => true,
@@ -415,19 +407,47 @@ fn number_date(n: &Number) -> Option<i64> {
     parse_date_millis(&Value::Number(n.clone()))
 }
 
-/// Whether the version in `s` compares to any operand as `want` says (by SemVer precedence:
-/// build metadata ignored). Unparsable strings never match.
-fn semver_cmp_any<'v>(
-    s: &str,
-    operands: impl Iterator<Item = &'v Version>,
-    want: impl Fn(Ordering) -> bool,
-) -> bool {
-    if let Some(core) = quick_semver(s) {
-        return operands.into_iter().any(|o| want(cmp_release(core, o)));
+impl Test {
+    /// Whether a version read from an attribute satisfies a `semver_*` comparison (before
+    /// negation), by SemVer precedence (build metadata ignored). An unparsable value (`None`)
+    /// never does.
+    pub(crate) fn on_version(&self, version: Option<&ParsedVersion>) -> bool {
+        let Some(v) = version else {
+            return false;
+        };
+        match self {
+            Test::SemverEq(vs) => vs.iter().any(|o| v.cmp_to(o) == Ordering::Equal),
+            Test::SemverLt(b) => v.cmp_to(b) == Ordering::Less,
+            Test::SemverGt(b) => v.cmp_to(b) == Ordering::Greater,
+            _ => false,
+        }
     }
-    match parse_semver(s) {
-        Some(v) => operands.into_iter().any(|o| want(v.cmp_precedence(o))),
-        None => false,
+}
+
+/// A version read from an attribute.
+#[derive(Debug, Clone)]
+pub(crate) enum ParsedVersion {
+    /// A plain `MAJOR.MINOR.PATCH` release, read without allocating.
+    Release([u64; 3]),
+    /// Anything else `parse_semver` accepts (pre-release, build metadata).
+    Full(Version),
+}
+
+impl ParsedVersion {
+    /// SemVer precedence against an operand.
+    fn cmp_to(&self, other: &Version) -> Ordering {
+        match self {
+            ParsedVersion::Release(core) => cmp_release(*core, other),
+            ParsedVersion::Full(v) => v.cmp_precedence(other),
+        }
+    }
+}
+
+/// Reads a version attribute: the plain form without allocating, else `parse_semver`.
+pub(crate) fn parse_version(s: &str) -> Option<ParsedVersion> {
+    match quick_semver(s) {
+        Some(core) => Some(ParsedVersion::Release(core)),
+        None => parse_semver(s).map(ParsedVersion::Full),
     }
 }
 

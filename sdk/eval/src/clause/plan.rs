@@ -1,0 +1,295 @@
+//! Rule plans: the clauses of an owner (a flag or a segment) answered as bits.
+//!
+//! Targeting rules test the same few attributes again and again: ten rules each asking
+//! whether `country` is in a list of five, whether `email` ends with one of a handful of
+//! domains, whether `age` is at least some number. Testing clause by clause reads and
+//! compares the same value once per clause, and pays the loop's bookkeeping each time.
+//! Instead, compilation gives each cheap clause on a cached attribute slot one bit of a
+//! 128-bit word, and each rule the set of bits it needs. Evaluation computes an attribute's
+//! bits once, the first time a rule needs them, with one pass suited to the value's type:
+//!
+//! - a string: one lookup in a table of every `in` operand, one comparison per distinct
+//!   `starts_with`/`ends_with` operand, one version parse for all `semver_*` clauses;
+//! - a number: one range check per `lt`/`lte`/`gt`/`gte` clause;
+//! - missing: a constant (only a negated `exists` matches);
+//! - anything else (arrays, booleans, objects, null): each clause's own test.
+//!
+//! A rule then matches when its bits are all set and its remaining clauses (`contains`,
+//! `matches`, `before`/`after`, `segment_match`, the key and kind, and anything past 128
+//! bits) match one by one. Every bit is the [`Outcome::Match`] of [`CClause::test`] on the
+//! same value, negation and missing values included, so a rule's result is the same as
+//! testing its clauses in order; `explain` does the latter, and the fixtures and property
+//! tests check both agree.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::{Attr, CClause, Found, Outcome, Test, parse_version};
+use crate::needle::{AffixTable, Hay, Needle, NeedleTable};
+
+/// Bits available to one owner's planned clauses.
+const BITS: u32 = 128;
+
+/// A planned clause: a copy of the clause and its bit.
+#[derive(Debug, Clone)]
+struct Planned {
+    clause: CClause,
+    bit: u128,
+}
+
+/// How one attribute slot's planned clauses are answered.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SlotPlan {
+    /// Every clause planned on this slot.
+    clauses: Box<[Planned]>,
+    /// The bits of those that match a missing attribute.
+    missing: u128,
+    /// Distinct `in` strings, with the bits of the clauses listing each (by position).
+    equals: NeedleTable,
+    equal_bits: Box<[u128]>,
+    /// Distinct `starts_with` operands and the bits of the clauses listing each.
+    prefixes: AffixTable<u128>,
+    /// Distinct `ends_with` operands and the bits of the clauses listing each.
+    suffixes: AffixTable<u128>,
+    /// Bits of the negated clauses answered by the three tables above.
+    table_negated: u128,
+    /// Positions in `clauses` of the `semver_*` clauses.
+    versions: Box<[u16]>,
+    /// Positions of the clauses a string answers through their own test.
+    string_rest: Box<[u16]>,
+    /// `[lo, hi]` of the number-range clauses, with their bits.
+    ranges: Box<[(f64, f64, u128)]>,
+    /// Bits of the negated range clauses.
+    range_negated: u128,
+    /// Positions of the clauses a number answers through their own test.
+    number_rest: Box<[u16]>,
+}
+
+/// What one rule needs from the plan.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RulePlan {
+    /// The bits of the rule's planned clauses: all must be set.
+    pub(crate) need: u128,
+    /// Bit `s` set: `need` reads bits of slot `s`.
+    pub(crate) slots: u32,
+    /// Positions of the rule's clauses that are not planned, in order.
+    pub(crate) rest: Box<[u32]>,
+}
+
+/// The slot a clause can be planned on, if its test is cheap enough to run for every
+/// clause of the slot whenever one is needed (`contains`, `matches` and date parsing are
+/// left to the rule).
+fn plannable(clause: &CClause, slots: usize) -> Option<usize> {
+    let Attr::Slot(slot) = clause.attr else {
+        return None;
+    };
+    let slot = usize::from(slot);
+    let cheap = matches!(
+        clause.test,
+        Test::In(_)
+            | Test::StartsWith(_)
+            | Test::EndsWith(_)
+            | Test::Range(..)
+            | Test::SemverEq(_)
+            | Test::SemverLt(_)
+            | Test::SemverGt(_)
+            | Test::Exists
+            | Test::Never
+    );
+    (cheap && slot < slots).then_some(slot)
+}
+
+/// Plans the clauses of an owner's rules (given in order) on its first `slots` attribute
+/// slots. Returns the plan of each slot (empty when no clause is planned at all) and of each
+/// rule.
+pub(crate) fn plan<'r>(
+    rules: impl Iterator<Item = &'r [CClause]>,
+    slots: usize,
+) -> (Box<[SlotPlan]>, Vec<RulePlan>) {
+    let mut by_slot: Vec<Vec<Planned>> = (0..slots).map(|_| Vec::new()).collect();
+    let mut next = 0u32;
+    let mut plans = Vec::new();
+    for clauses in rules {
+        let mut rule = RulePlan::default();
+        let mut rest = Vec::new();
+        for (j, clause) in clauses.iter().enumerate() {
+            match plannable(clause, slots).filter(|_| next < BITS) {
+                Some(slot) => {
+                    let bit = 1u128 << next;
+                    next += 1;
+                    rule.need |= bit;
+                    rule.slots |= 1 << slot;
+                    by_slot[slot].push(Planned {
+                        clause: clause.clone(),
+                        bit,
+                    });
+                }
+                None => rest.push(j as u32),
+            }
+        }
+        rule.rest = rest.into();
+        plans.push(rule);
+    }
+    let slots = if next == 0 {
+        Box::default()
+    } else {
+        by_slot.into_iter().map(SlotPlan::new).collect()
+    };
+    (slots, plans)
+}
+
+/// Distinct operands in first-seen order, each with the bits of the clauses listing it.
+#[derive(Default)]
+struct Operands {
+    list: Vec<(Box<str>, u128)>,
+    seen: HashMap<Box<str>, usize>,
+}
+
+impl Operands {
+    fn add(&mut self, s: &str, bit: u128) {
+        match self.seen.get(s) {
+            Some(&i) => self.list[i].1 |= bit,
+            None => {
+                self.seen.insert(s.into(), self.list.len());
+                self.list.push((s.into(), bit));
+            }
+        }
+    }
+
+    fn into_table(self, suffix: bool) -> AffixTable<u128> {
+        AffixTable::new(
+            suffix,
+            self.list
+                .into_iter()
+                .map(|(s, bits)| (Needle::new(&s), bits))
+                .collect(),
+        )
+    }
+}
+
+impl SlotPlan {
+    fn new(clauses: Vec<Planned>) -> Self {
+        let mut plan = SlotPlan::default();
+        let (mut equals, mut prefixes, mut suffixes) = Default::default();
+        let (mut versions, mut string_rest, mut ranges, mut number_rest) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, p) in clauses.iter().enumerate() {
+            let (clause, bit) = (&p.clause, p.bit);
+            let pos = i as u16; // at most 128 planned clauses
+            if clause.test(Found::Missing, |_| false) == Outcome::Match {
+                plan.missing |= bit;
+            }
+            let negated = if clause.negate { bit } else { 0 };
+            let (equals, prefixes, suffixes): (&mut Operands, &mut Operands, &mut Operands) =
+                (&mut equals, &mut prefixes, &mut suffixes);
+            match &clause.test {
+                Test::In(set) => set.strings().for_each(|n| equals.add(n.as_str(), bit)),
+                Test::StartsWith(ns) => ns.iter().for_each(|n| prefixes.add(n.as_str(), bit)),
+                Test::EndsWith(ns) => ns.iter().for_each(|n| suffixes.add(n.as_str(), bit)),
+                Test::SemverEq(_) | Test::SemverLt(_) | Test::SemverGt(_) => versions.push(pos),
+                _ => string_rest.push(pos),
+            }
+            if matches!(
+                clause.test,
+                Test::In(_) | Test::StartsWith(_) | Test::EndsWith(_)
+            ) {
+                plan.table_negated |= negated;
+            }
+            match clause.test {
+                Test::Range(lo, hi) => {
+                    ranges.push((lo, hi, bit));
+                    plan.range_negated |= negated;
+                }
+                _ => number_rest.push(pos),
+            }
+        }
+        let (needles, bits): (Vec<Needle>, Vec<u128>) = equals
+            .list
+            .into_iter()
+            .map(|(s, bits)| (Needle::new(&s), bits))
+            .unzip();
+        plan.clauses = clauses.into();
+        plan.equals = NeedleTable::new(needles);
+        plan.equal_bits = bits.into();
+        plan.prefixes = prefixes.into_table(false);
+        plan.suffixes = suffixes.into_table(true);
+        plan.versions = versions.into();
+        plan.string_rest = string_rest.into();
+        plan.ranges = ranges.into();
+        plan.number_rest = number_rest.into();
+        plan
+    }
+
+    /// The bits of this slot's clauses that match `found` (the slot's value).
+    pub(crate) fn truth(&self, found: Found<'_>) -> u128 {
+        match found {
+            Found::Missing => self.missing,
+            Found::Json(Value::String(s)) => self.on_string(s, found),
+            Found::Json(Value::Number(n)) => {
+                let x = n.as_f64().unwrap_or(f64::NAN); // NaN compares false
+                let mut hits = 0;
+                for &(lo, hi, bit) in &*self.ranges {
+                    if lo <= x && x <= hi {
+                        hits |= bit;
+                    }
+                }
+                let bits = hits ^ self.range_negated;
+                if self.number_rest.is_empty() {
+                    bits
+                } else {
+                    bits | self.each(&self.number_rest, found)
+                }
+            }
+            _ => {
+                let mut bits = 0;
+                for p in &*self.clauses {
+                    if p.clause.test(found, |_| false) == Outcome::Match {
+                        bits |= p.bit;
+                    }
+                }
+                bits
+            }
+        }
+    }
+
+    fn on_string(&self, s: &str, found: Found<'_>) -> u128 {
+        let hay = Hay::new(s);
+        let mut hits = 0;
+        if let Some(i) = self.equals.find(&hay) {
+            hits |= self.equal_bits.get(i).copied().unwrap_or(0);
+        }
+        self.prefixes.for_each_match(&hay, |bits| hits |= bits);
+        self.suffixes.for_each_match(&hay, |bits| hits |= bits);
+        let mut bits = hits ^ self.table_negated;
+        if !self.versions.is_empty() {
+            // One parse for every version clause on the attribute.
+            let version = parse_version(s);
+            for &i in &*self.versions {
+                if let Some(p) = self.clauses.get(usize::from(i))
+                    && p.clause.test.on_version(version.as_ref()) != p.clause.negate
+                {
+                    bits |= p.bit;
+                }
+            }
+        }
+        if self.string_rest.is_empty() {
+            bits
+        } else {
+            bits | self.each(&self.string_rest, found)
+        }
+    }
+
+    /// The bits of the clauses at `positions` that match `found`, each by its own test.
+    fn each(&self, positions: &[u16], found: Found<'_>) -> u128 {
+        let mut bits = 0;
+        for &i in positions {
+            if let Some(p) = self.clauses.get(usize::from(i))
+                && p.clause.test(found, |_| false) == Outcome::Match
+            {
+                bits |= p.bit;
+            }
+        }
+        bits
+    }
+}
