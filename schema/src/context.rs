@@ -10,30 +10,87 @@ use serde_json::Value;
 
 /// Who or what a flag is evaluated for.
 ///
-/// Attributes are kept sorted by name so that lookup is a binary search with no hashing and
-/// no allocation.
+/// Attributes are kept sorted by name (for [`Context::attributes`] and a binary-search
+/// [`Context::attribute`]) and indexed by the [hash](Context::attribute_hash) of their name,
+/// computed once when set, so that the evaluation engine, which hashes the names a flag
+/// reads when it compiles the flag, finds each with one probe.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Context {
     key: Option<String>,
     kind: Option<String>,
     attributes: Vec<Attribute>,
+    /// Open addressing over `attributes` by name hash: positions, [`FREE`] for an empty
+    /// slot. Length is a power of two at least twice the attribute count (or zero).
+    index: Box<[u32]>,
 }
 
-/// One attribute, with its name's [order key](Context::attribute_order_key).
+/// Marks a free slot of [`Context::index`](Context).
+const FREE: u32 = u32::MAX;
+
+/// One attribute, with the [fingerprint](NameKey) of its name.
 #[derive(Debug, Clone, PartialEq)]
 struct Attribute {
     name: String,
-    order: u64,
+    key: NameKey,
     value: Value,
 }
 
 impl Attribute {
     fn new(name: String, value: Value) -> Self {
         Self {
-            order: Context::attribute_order_key(&name),
+            key: NameKey::of(&name),
             name,
             value,
         }
+    }
+}
+
+/// What a lookup compares before (rarely) comparing names: a hash of the name and its first
+/// and last 8 bytes, which with its length cover every byte of names up to 16 bytes long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NameKey {
+    hash: u64,
+    head: u64,
+    tail: u64,
+}
+
+impl NameKey {
+    fn of(name: &str) -> Self {
+        let b = name.as_bytes();
+        let pack = |part: &[u8]| {
+            let mut buf = [0u8; 8];
+            buf[..part.len()].copy_from_slice(part);
+            u64::from_le_bytes(buf)
+        };
+        let n = b.len().min(8);
+        Self {
+            hash: Context::attribute_hash(name),
+            head: pack(&b[..n]),
+            tail: pack(&b[b.len() - n..]),
+        }
+    }
+}
+
+/// An attribute name prepared for repeated lookups ([`Context::attribute_by`]): hashed once,
+/// so that each lookup is one probe of the context's index and a few integer compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeName {
+    name: Box<str>,
+    key: NameKey,
+}
+
+impl AttributeName {
+    /// Prepares `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            key: NameKey::of(name),
+            name: name.into(),
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.name
     }
 }
 
@@ -97,31 +154,65 @@ impl Context {
             .map(|a| (a.name.as_str(), &a.value))
     }
 
-    /// [`Context::attribute_at`] with the name's order key
-    /// ([`Context::attribute_order_key`]), computed once when the attribute was set.
-    pub fn attribute_keyed_at(&self, index: usize) -> Option<(u64, &str, &Value)> {
-        self.attributes
-            .get(index)
-            .map(|a| (a.order, a.name.as_str(), &a.value))
-    }
-
-    /// Every attribute in name order, as [`Context::attribute_keyed_at`] gives them.
-    pub fn attributes_keyed(&self) -> impl ExactSizeIterator<Item = (u64, &str, &Value)> {
-        self.attributes
-            .iter()
-            .map(|a| (a.order, a.name.as_str(), &a.value))
-    }
-
-    /// The first 8 bytes of `name` as a big-endian integer, zero-padded: comparing two
-    /// names' keys as integers orders them as their bytes do, except that names equal in
-    /// their first 8 bytes (or one a prefix of the other within them) need a string
-    /// comparison to decide.
-    pub fn attribute_order_key(name: &str) -> u64 {
-        let mut buf = [0u8; 8];
+    /// The hash of an attribute name that the context's index uses. The same for the same
+    /// name within one build of this crate; not meant to be stored or sent.
+    fn attribute_hash(name: &str) -> u64 {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
         let b = name.as_bytes();
-        let n = b.len().min(8);
-        buf[..n].copy_from_slice(&b[..n]);
-        u64::from_be_bytes(buf)
+        let mut h = (b.len() as u64).wrapping_mul(K);
+        let mut chunks = b.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = <[u8; 8]>::try_from(chunk).map_or(0, u64::from_le_bytes);
+            h = (h ^ word).wrapping_mul(K).rotate_left(29);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            h = (h ^ u64::from_le_bytes(buf))
+                .wrapping_mul(K)
+                .rotate_left(29);
+        }
+        h ^ (h >> 32)
+    }
+
+    /// The attribute called `name`: one probe of the context's hash index (where
+    /// [`Context::attribute`] is a binary search), comparing integers only for names of up to
+    /// 16 bytes.
+    #[inline]
+    pub fn attribute_by(&self, name: &AttributeName) -> Option<&Value> {
+        let mask = self.index.len().checked_sub(1)?;
+        let mut i = name.key.hash as usize & mask;
+        loop {
+            // A free slot's position is past the end: not found.
+            let a = self.attributes.get(*self.index.get(i)? as usize)?;
+            if a.key == name.key
+                && a.name.len() == name.name.len()
+                && (a.name.len() <= 16 || *a.name == *name.name)
+            {
+                return Some(&a.value);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Rebuilds the hash index after attributes were added.
+    fn reindex(&mut self) {
+        let n = self.attributes.len().min(FREE as usize - 1);
+        if n == 0 {
+            self.index = Box::default();
+            return;
+        }
+        let capacity = (n * 2).next_power_of_two();
+        let mut index = vec![FREE; capacity];
+        for (pos, a) in self.attributes.iter().take(n).enumerate() {
+            let mut i = a.key.hash as usize & (capacity - 1);
+            while index[i] != FREE {
+                i = (i + 1) & (capacity - 1);
+            }
+            index[i] = pos as u32;
+        }
+        self.index = index.into();
     }
 
     /// All attributes, sorted by name.
@@ -152,7 +243,10 @@ impl Context {
                 .binary_search_by(|a| a.name.as_str().cmp(&name))
             {
                 Ok(i) => self.attributes[i].value = value,
-                Err(i) => self.attributes.insert(i, Attribute::new(name, value)),
+                Err(i) => {
+                    self.attributes.insert(i, Attribute::new(name, value));
+                    self.reindex();
+                }
             },
         }
     }
@@ -216,10 +310,18 @@ impl<'de> Deserialize<'de> for Context {
             key: w.key,
             kind: w.kind,
             attributes: Vec::with_capacity(w.attributes.len()),
+            index: Box::default(),
         };
+        // The map's names are distinct: sort once and index once, not per attribute.
         for (name, value) in w.attributes {
-            ctx.set(name, value);
+            match (name.as_str(), value) {
+                ("key", Value::String(s)) => ctx.key = Some(s),
+                ("kind", Value::String(s)) => ctx.kind = Some(s),
+                (_, value) => ctx.attributes.push(Attribute::new(name, value)),
+            }
         }
+        ctx.attributes.sort_by(|a, b| a.name.cmp(&b.name));
+        ctx.reindex();
         Ok(ctx)
     }
 }
@@ -241,6 +343,52 @@ mod tests {
         assert_eq!(c.attribute("mid"), Some(&json!([1, 2])));
         assert_eq!(c.attribute("missing"), None);
         assert_eq!(c.key(), Some("u1"));
+    }
+
+    #[test]
+    fn the_hash_index_finds_every_attribute_and_no_other() {
+        let mut c = Context::new("u");
+        for i in 0..300 {
+            c.set(format!("attr-{i}"), i);
+            // Replacing a value keeps the index.
+            c.set(format!("attr-{}", i / 2), i / 2);
+        }
+        let wire: Context = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        for ctx in [&c, &wire] {
+            for i in 0..300 {
+                let name = format!("attr-{i}");
+                let got = ctx.attribute_by(&AttributeName::new(&name));
+                assert_eq!(got, Some(&json!(i)), "{name}");
+                assert_eq!(got, ctx.attribute(&name));
+            }
+            for name in [
+                "attr-300",
+                "attr-",
+                "",
+                "attr-1\0",
+                "attr-1-and-more-than-16",
+            ] {
+                assert_eq!(ctx.attribute_by(&AttributeName::new(name)), None);
+            }
+        }
+        assert_eq!(
+            Context::new("k").attribute_by(&AttributeName::new("a")),
+            None
+        );
+        assert_ne!(
+            Context::attribute_hash("ab"),
+            Context::attribute_hash("ab\0")
+        );
+        // Names longer than 16 bytes that agree in hash-independent parts are still told
+        // apart by the full comparison.
+        let long = Context::builder("k")
+            .set("a-long-attribute-name-1", 1)
+            .set("a-long-attribute-name-2", 2)
+            .build();
+        assert_eq!(
+            long.attribute_by(&AttributeName::new("a-long-attribute-name-2")),
+            Some(&json!(2))
+        );
     }
 
     #[test]

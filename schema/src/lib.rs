@@ -24,7 +24,7 @@ pub mod reason;
 pub mod stream;
 pub mod validate;
 
-pub use context::{Context, ContextBuilder};
+pub use context::{AttributeName, Context, ContextBuilder};
 pub use key::{EnvironmentKey, FlagKey, KeyError, ProjectKey, SegmentKey};
 pub use model::{
     Clause, Environment, EnvironmentSnapshot, Flag, FlagConfig, FlagDefinition, FlagKind, Operator,

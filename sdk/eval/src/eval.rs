@@ -6,20 +6,18 @@
 //! only reads: it parses no operand, allocates nothing and indexes defensively (`get`), so
 //! even a broken invariant degrades into `ERROR(MALFORMED)` instead of a panic.
 
-use std::cmp::Ordering;
-
 use serde_json::Value;
 use vexil_schema::{Context, ErrorKind};
 
 use crate::bucket::{bucket_bytes, bucket_json};
-use crate::clause::{Attr, AttrTable, CACHED, CClause, Found, Outcome, RulePlan};
+use crate::clause::{Attr, AttrTable, Bits, CACHED, CClause, Found, Outcome, RulePlan};
 use crate::compile::{CServe, FlagBody};
 use crate::evaluation::{EvalReason, Evaluation};
 use crate::link::MISSING;
 use crate::malformed::MAX_DEPTH;
-use crate::needle::Name;
 use crate::snapshot::CompiledSnapshot;
 use crate::table::HashIndex;
+use vexil_schema::AttributeName;
 
 /// What a segment evaluation concluded, for explanations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +67,12 @@ impl Tracer<'_> for NoTrace {}
 struct Attrs<'c, 'n> {
     ctx: &'c Context,
     table: &'n AttrTable,
-    /// By slot; the last entry is a sink for writes that match no slot.
-    cache: [Option<&'c Value>; CACHED + 1],
+    /// By slot.
+    cache: [Option<&'c Value>; CACHED],
     /// Bit `i` set: `cache[i]` holds the lookup result for slot `i`.
     filled: u32,
     /// Bits of the planned clauses that match, for the slots in `planned`.
-    truth: u128,
+    truth: Bits,
     /// Bit `i` set: the bits of slot `i`'s planned clauses are in `truth`.
     planned: u32,
 }
@@ -84,7 +82,7 @@ impl<'c, 'n> Attrs<'c, 'n> {
         Self {
             ctx,
             table,
-            cache: [None; CACHED + 1],
+            cache: [None; CACHED],
             filled: 0,
             truth: 0,
             planned: 0,
@@ -127,16 +125,30 @@ impl<'c, 'n> Attrs<'c, 'n> {
     }
 
     /// Adds the bits of the planned clauses of every slot in `slots` to `truth`.
-    fn plan_slots(&mut self, mut slots: u32) {
-        while slots != 0 {
-            let slot = slots.trailing_zeros();
-            slots &= slots - 1;
-            let found = self.get(Attr::Slot(slot as u16));
-            if let Some(plan) = self.table.plans.get(slot as usize) {
-                self.truth |= plan.truth(found);
-            }
-            self.planned |= 1 << slot;
+    fn plan_slots(&mut self, slots: u32) {
+        // First every lookup, then every slot's bits: two short loops keep their state in
+        // registers where one long one spilled it.
+        let (names, ctx) = (&self.table.names, self.ctx);
+        let mut missing = slots & !self.filled;
+        while missing != 0 {
+            // Planned slots are below CACHED.
+            let slot = missing.trailing_zeros() as usize % CACHED;
+            missing &= missing - 1;
+            self.cache[slot] = names.get(slot).and_then(|n| ctx.attribute_by(n));
         }
+        self.filled |= slots;
+        let plans = &self.table.plans;
+        let mut truth = self.truth;
+        let mut rest = slots;
+        while rest != 0 {
+            let slot = rest.trailing_zeros() as usize % CACHED;
+            rest &= rest - 1;
+            if let Some(plan) = plans.get(slot) {
+                truth |= plan.truth(self.cache[slot]);
+            }
+        }
+        self.truth = truth;
+        self.planned |= slots;
     }
 
     #[inline]
@@ -149,7 +161,8 @@ impl<'c, 'n> Attrs<'c, 'n> {
                 let slot = usize::from(slot);
                 if slot < CACHED {
                     if self.filled & (1 << slot) == 0 {
-                        self.fill(slot);
+                        self.cache[slot] = self.lookup(slot);
+                        self.filled |= 1 << slot;
                     }
                     found(self.cache[slot])
                 } else {
@@ -159,53 +172,10 @@ impl<'c, 'n> Attrs<'c, 'n> {
         }
     }
 
-    /// Fills the cache for `slot`: for every cached slot at once, with one probe of the
-    /// owner's name index per context attribute, when that costs less than a binary search
-    /// of the context per name (about twice as many instructions per step as a probe); else
-    /// with one binary search for this slot.
-    #[cold]
-    fn fill(&mut self, slot: usize) {
-        let names = self.table.names.len().min(CACHED);
-        let count = self.ctx.attribute_count();
-        let search_steps = (usize::BITS - count.leading_zeros()) as usize + 1;
-        if self.filled == 0 && 2 * count <= names * search_steps && !self.table.index.is_empty() {
-            self.scan();
-        } else {
-            self.cache[slot] = self.lookup(slot);
-            self.filled |= 1 << slot;
-        }
-    }
-
-    /// One pass over the context's attributes, looking each up among the owner's names.
-    fn scan(&mut self) {
-        let names = &self.table.names;
-        let index = &self.table.index;
-        for (key, name, value) in self.ctx.attributes_keyed() {
-            // No branch on whether the attribute is one of the owner's: a miss writes the sink.
-            let slot = index.find_or(names, key, name, CACHED);
-            if let Some(cached) = self.cache.get_mut(slot) {
-                *cached = Some(value);
-            }
-        }
-        // Every slot below CACHED is now known: found above, or absent (still `None`).
-        self.filled = u32::MAX;
-    }
-
-    /// Binary search of the context's sorted attributes, comparing names by their leading
-    /// bytes as integers first (see [`Name`]).
+    /// One probe of the context's attribute index.
+    #[inline]
     fn lookup(&self, slot: usize) -> Option<&'c Value> {
-        let name = self.table.names.get(slot)?;
-        let (mut lo, mut hi) = (0, self.ctx.attribute_count());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let (key, probe, value) = self.ctx.attribute_keyed_at(mid)?;
-            match name.cmp_keyed(key, probe) {
-                Ordering::Less => lo = mid + 1,
-                Ordering::Greater => hi = mid,
-                Ordering::Equal => return Some(value),
-            }
-        }
-        None
+        self.ctx.attribute_by(self.table.names.get(slot)?)
     }
 
     /// The attribute's name, for explanations.
@@ -217,7 +187,7 @@ impl<'c, 'n> Attrs<'c, 'n> {
                 .table
                 .names
                 .get(usize::from(s))
-                .map_or("", Name::as_str),
+                .map_or("", AttributeName::as_str),
         }
     }
 }
@@ -551,9 +521,9 @@ mod tests {
     use crate::clause::AttrNames;
     use serde_json::json;
 
-    /// Both ways of filling the cache (one scan of the context, or a binary search per slot) agree
-    /// with `Context::attribute`, including names that differ only past 8 bytes or by a
-    /// trailing NUL.
+    /// Cached lookups agree with `Context::attribute`, for a context built attribute by
+    /// attribute and one read from JSON, including names that differ only past 8 bytes or
+    /// by a trailing NUL.
     #[test]
     fn attribute_lookups_agree_with_the_context() {
         let present = [
@@ -587,17 +557,18 @@ mod tests {
         let mut names = AttrNames::default();
         let attrs: Vec<Attr> = wanted.iter().map(|n| names.intern(n).unwrap()).collect();
         let table = names.into_table();
-        for merge in [true, false] {
-            let mut a = Attrs::new(&ctx, &table);
-            if merge {
-                a.scan();
-            }
-            for (attr, name) in attrs.iter().zip(wanted) {
-                let got = match a.get(*attr) {
-                    Found::Json(v) => Some(v),
-                    _ => None,
-                };
-                assert_eq!(got, ctx.attribute(name), "{name:?} (merge: {merge})");
+        let wire: Context = serde_json::from_value(serde_json::to_value(&ctx).unwrap()).unwrap();
+        assert_eq!(wire, ctx);
+        for ctx in [&ctx, &wire] {
+            let mut a = Attrs::new(ctx, &table);
+            for _ in 0..2 {
+                for (attr, name) in attrs.iter().zip(wanted) {
+                    let got = match a.get(*attr) {
+                        Found::Json(v) => Some(v),
+                        _ => None,
+                    };
+                    assert_eq!(got, ctx.attribute(name), "{name:?}");
+                }
             }
         }
     }

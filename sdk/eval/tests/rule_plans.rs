@@ -8,7 +8,7 @@
 //! number ranges, `semver_*`, `exists`, empty operand lists) with those it leaves to the
 //! rule (`contains`, `matches`, `before`/`after`, `segment_match`, the key), with and
 //! without negation, on up to 20 attributes (past the 16 the engine caches) and, in some
-//! cases, more than the 128 clauses a plan holds. Contexts give those attributes strings,
+//! cases, more than the 64 clauses a plan holds. Contexts give those attributes strings,
 //! numbers, booleans, arrays, objects, null, or nothing.
 
 use proptest::prelude::*;
@@ -181,7 +181,7 @@ proptest! {
     }
 
     /// Up to 20 attributes (some past the engine's cache) and up to 240 clauses (past the
-    /// 128 a plan holds).
+    /// 64 a plan holds).
     #[test]
     fn plans_agree_with_clause_by_clause_on_many_attributes(
         rules in prop::collection::vec(prop::collection::vec(clause(20), 1..8), 1..30),

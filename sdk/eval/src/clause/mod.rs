@@ -18,14 +18,16 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use vexil_schema::operand::{parse_date_millis, parse_semver};
 
-use crate::needle::{Hay, Name, NameIndex, Needle};
+use vexil_schema::AttributeName as Name;
+
+use crate::needle::{Hay, Needle};
 use crate::table::HashIndex;
 
 mod compile;
 mod plan;
 
 pub(crate) use compile::compile_clause;
-pub(crate) use plan::{RulePlan, SlotPlan, plan};
+pub(crate) use plan::{Bits, RulePlan, SlotPlan, plan};
 
 /// Attribute slots below this are cached per evaluation (and may have a [`SlotPlan`]).
 pub(crate) const CACHED: usize = 16;
@@ -76,9 +78,7 @@ impl AttrNames {
 impl AttrNames {
     /// The finished, read-only table.
     pub(crate) fn into_table(self) -> AttrTable {
-        let cached = self.names.len().min(CACHED);
         AttrTable {
-            index: NameIndex::new(&self.names[..cached]),
             names: self.names.into(),
             plans: Box::default(),
         }
@@ -90,9 +90,6 @@ impl AttrNames {
 pub(crate) struct AttrTable {
     /// By slot.
     pub(crate) names: Box<[Name]>,
-    /// The names of the slots below [`CACHED`], for filling those slots in one pass over
-    /// the context.
-    pub(crate) index: NameIndex,
     /// By slot, for slots below [`CACHED`]; empty when no clause is planned.
     pub(crate) plans: Box<[SlotPlan]>,
 }
@@ -412,13 +409,19 @@ impl Test {
     /// negation), by SemVer precedence (build metadata ignored). An unparsable value (`None`)
     /// never does.
     pub(crate) fn on_version(&self, version: Option<&ParsedVersion>) -> bool {
-        let Some(v) = version else {
-            return false;
-        };
+        match version {
+            Some(v) => self.on_version_by(|o| v.cmp_to(o)),
+            None => false,
+        }
+    }
+
+    /// [`Test::on_version`] for a version given by how it compares to an operand.
+    #[inline]
+    pub(crate) fn on_version_by(&self, cmp: impl Fn(&Version) -> Ordering) -> bool {
         match self {
-            Test::SemverEq(vs) => vs.iter().any(|o| v.cmp_to(o) == Ordering::Equal),
-            Test::SemverLt(b) => v.cmp_to(b) == Ordering::Less,
-            Test::SemverGt(b) => v.cmp_to(b) == Ordering::Greater,
+            Test::SemverEq(vs) => vs.iter().any(|o| cmp(o) == Ordering::Equal),
+            Test::SemverLt(b) => cmp(b) == Ordering::Less,
+            Test::SemverGt(b) => cmp(b) == Ordering::Greater,
             _ => false,
         }
     }
@@ -454,7 +457,7 @@ pub(crate) fn parse_version(s: &str) -> Option<ParsedVersion> {
 /// Parses the common plain form `v?MAJOR(.MINOR(.PATCH)?)?` (no pre-release, no build, no
 /// leading zeros) without allocating; anything else is left to `parse_semver`. Gives the
 /// same version `parse_semver` would (a property test checks it).
-fn quick_semver(s: &str) -> Option<[u64; 3]> {
+pub(crate) fn quick_semver(s: &str) -> Option<[u64; 3]> {
     let b = s.as_bytes();
     let b = b.strip_prefix(b"v").unwrap_or(b);
     let mut out = [0u64; 3];
@@ -488,7 +491,8 @@ fn quick_semver(s: &str) -> Option<[u64; 3]> {
 }
 
 /// SemVer precedence of a plain release against a parsed version.
-fn cmp_release(core: [u64; 3], other: &Version) -> Ordering {
+#[inline]
+pub(crate) fn cmp_release(core: [u64; 3], other: &Version) -> Ordering {
     core.cmp(&[other.major, other.minor, other.patch])
         .then(if other.pre.is_empty() {
             Ordering::Equal

@@ -5,7 +5,7 @@
 //! domains, whether `age` is at least some number. Testing clause by clause reads and
 //! compares the same value once per clause, and pays the loop's bookkeeping each time.
 //! Instead, compilation gives each cheap clause on a cached attribute slot one bit of a
-//! 128-bit word, and each rule the set of bits it needs. Evaluation computes an attribute's
+//! 64-bit word, and each rule the set of bits it needs. Evaluation computes an attribute's
 //! bits once, the first time a rule needs them, with one pass suited to the value's type:
 //!
 //! - a string: one lookup in a table of every `in` operand, one comparison per distinct
@@ -15,7 +15,7 @@
 //! - anything else (arrays, booleans, objects, null): each clause's own test.
 //!
 //! A rule then matches when its bits are all set and its remaining clauses (`contains`,
-//! `matches`, `before`/`after`, `segment_match`, the key and kind, and anything past 128
+//! `matches`, `before`/`after`, `segment_match`, the key and kind, and anything past 64
 //! bits) match one by one. Every bit is the [`Outcome::Match`] of [`CClause::test`] on the
 //! same value, negation and missing values included, so a rule's result is the same as
 //! testing its clauses in order; `explain` does the latter, and the fixtures and property
@@ -25,17 +25,21 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::{Attr, CClause, Found, Outcome, Test, parse_version};
+use super::{Attr, CClause, Found, Outcome, Test, cmp_release, parse_version, quick_semver};
 use crate::needle::{AffixTable, Hay, Needle, NeedleTable};
 
-/// Bits available to one owner's planned clauses.
-const BITS: u32 = 128;
+/// One bit per planned clause of an owner.
+pub(crate) type Bits = u64;
+
+/// Bits available to one owner's planned clauses: its cheap clauses past these are tested
+/// one by one, as before plans.
+const BITS: u32 = Bits::BITS;
 
 /// A planned clause: a copy of the clause and its bit.
 #[derive(Debug, Clone)]
 struct Planned {
     clause: CClause,
-    bit: u128,
+    bit: Bits,
 }
 
 /// How one attribute slot's planned clauses are answered.
@@ -44,24 +48,26 @@ pub(crate) struct SlotPlan {
     /// Every clause planned on this slot.
     clauses: Box<[Planned]>,
     /// The bits of those that match a missing attribute.
-    missing: u128,
+    missing: Bits,
     /// Distinct `in` strings, with the bits of the clauses listing each (by position).
     equals: NeedleTable,
-    equal_bits: Box<[u128]>,
+    equal_bits: Box<[Bits]>,
     /// Distinct `starts_with` operands and the bits of the clauses listing each.
-    prefixes: AffixTable<u128>,
+    prefixes: AffixTable<Bits>,
     /// Distinct `ends_with` operands and the bits of the clauses listing each.
-    suffixes: AffixTable<u128>,
+    suffixes: AffixTable<Bits>,
     /// Bits of the negated clauses answered by the three tables above.
-    table_negated: u128,
+    table_negated: Bits,
+    /// Whether every clause is an `in`: strings then need only the `equals` table.
+    equals_only: bool,
     /// Positions in `clauses` of the `semver_*` clauses.
     versions: Box<[u16]>,
     /// Positions of the clauses a string answers through their own test.
     string_rest: Box<[u16]>,
     /// `[lo, hi]` of the number-range clauses, with their bits.
-    ranges: Box<[(f64, f64, u128)]>,
+    ranges: Box<[(f64, f64, Bits)]>,
     /// Bits of the negated range clauses.
-    range_negated: u128,
+    range_negated: Bits,
     /// Positions of the clauses a number answers through their own test.
     number_rest: Box<[u16]>,
 }
@@ -70,7 +76,7 @@ pub(crate) struct SlotPlan {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RulePlan {
     /// The bits of the rule's planned clauses: all must be set.
-    pub(crate) need: u128,
+    pub(crate) need: Bits,
     /// Bit `s` set: `need` reads bits of slot `s`.
     pub(crate) slots: u32,
     /// Positions of the rule's clauses that are not planned, in order.
@@ -116,7 +122,7 @@ pub(crate) fn plan<'r>(
         for (j, clause) in clauses.iter().enumerate() {
             match plannable(clause, slots).filter(|_| next < BITS) {
                 Some(slot) => {
-                    let bit = 1u128 << next;
+                    let bit = 1 << next;
                     next += 1;
                     rule.need |= bit;
                     rule.slots |= 1 << slot;
@@ -142,12 +148,12 @@ pub(crate) fn plan<'r>(
 /// Distinct operands in first-seen order, each with the bits of the clauses listing it.
 #[derive(Default)]
 struct Operands {
-    list: Vec<(Box<str>, u128)>,
+    list: Vec<(Box<str>, Bits)>,
     seen: HashMap<Box<str>, usize>,
 }
 
 impl Operands {
-    fn add(&mut self, s: &str, bit: u128) {
+    fn add(&mut self, s: &str, bit: Bits) {
         match self.seen.get(s) {
             Some(&i) => self.list[i].1 |= bit,
             None => {
@@ -157,7 +163,7 @@ impl Operands {
         }
     }
 
-    fn into_table(self, suffix: bool) -> AffixTable<u128> {
+    fn into_table(self, suffix: bool) -> AffixTable<Bits> {
         AffixTable::new(
             suffix,
             self.list
@@ -176,7 +182,7 @@ impl SlotPlan {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (i, p) in clauses.iter().enumerate() {
             let (clause, bit) = (&p.clause, p.bit);
-            let pos = i as u16; // at most 128 planned clauses
+            let pos = i as u16; // at most 64 planned clauses
             if clause.test(Found::Missing, |_| false) == Outcome::Match {
                 plan.missing |= bit;
             }
@@ -204,11 +210,12 @@ impl SlotPlan {
                 _ => number_rest.push(pos),
             }
         }
-        let (needles, bits): (Vec<Needle>, Vec<u128>) = equals
+        let (needles, bits): (Vec<Needle>, Vec<Bits>) = equals
             .list
             .into_iter()
             .map(|(s, bits)| (Needle::new(&s), bits))
             .unzip();
+        plan.equals_only = clauses.iter().all(|p| matches!(p.clause.test, Test::In(_)));
         plan.clauses = clauses.into();
         plan.equals = NeedleTable::new(needles);
         plan.equal_bits = bits.into();
@@ -221,8 +228,25 @@ impl SlotPlan {
         plan
     }
 
-    /// The bits of this slot's clauses that match `found` (the slot's value).
-    pub(crate) fn truth(&self, found: Found<'_>) -> u128 {
+    /// The bits of this slot's clauses that match `value` (the slot's value, if present).
+    #[inline]
+    pub(crate) fn truth(&self, value: Option<&Value>) -> Bits {
+        match value {
+            // The commonest shape: a string tested only by `in` clauses.
+            Some(Value::String(s)) if self.equals_only => {
+                let hay = Hay::new(s);
+                let hits = match self.equals.find(&hay) {
+                    Some(i) => self.equal_bits.get(i).copied().unwrap_or(0),
+                    None => 0,
+                };
+                hits ^ self.table_negated
+            }
+            _ => self.truth_general(value.map_or(Found::Missing, Found::Json)),
+        }
+    }
+
+    #[inline(never)]
+    fn truth_general(&self, found: Found<'_>) -> Bits {
         match found {
             Found::Missing => self.missing,
             Found::Json(Value::String(s)) => self.on_string(s, found),
@@ -253,7 +277,7 @@ impl SlotPlan {
         }
     }
 
-    fn on_string(&self, s: &str, found: Found<'_>) -> u128 {
+    fn on_string(&self, s: &str, found: Found<'_>) -> Bits {
         let hay = Hay::new(s);
         let mut hits = 0;
         if let Some(i) = self.equals.find(&hay) {
@@ -263,15 +287,7 @@ impl SlotPlan {
         self.suffixes.for_each_match(&hay, |bits| hits |= bits);
         let mut bits = hits ^ self.table_negated;
         if !self.versions.is_empty() {
-            // One parse for every version clause on the attribute.
-            let version = parse_version(s);
-            for &i in &*self.versions {
-                if let Some(p) = self.clauses.get(usize::from(i))
-                    && p.clause.test.on_version(version.as_ref()) != p.clause.negate
-                {
-                    bits |= p.bit;
-                }
-            }
+            bits |= self.on_version(s);
         }
         if self.string_rest.is_empty() {
             bits
@@ -280,8 +296,31 @@ impl SlotPlan {
         }
     }
 
+    /// The bits of the version clauses that match `s`, parsed once for all of them.
+    fn on_version(&self, s: &str) -> Bits {
+        let mut bits = 0;
+        let mut each = |hit: &dyn Fn(&Test) -> bool| {
+            for &i in &*self.versions {
+                if let Some(p) = self.clauses.get(usize::from(i))
+                    && hit(&p.clause.test) != p.clause.negate
+                {
+                    bits |= p.bit;
+                }
+            }
+        };
+        match quick_semver(s) {
+            // The common plain release: compared without building a `Version`.
+            Some(core) => each(&|test| test.on_version_by(|o| cmp_release(core, o))),
+            None => {
+                let version = parse_version(s);
+                each(&|test| test.on_version(version.as_ref()));
+            }
+        }
+        bits
+    }
+
     /// The bits of the clauses at `positions` that match `found`, each by its own test.
-    fn each(&self, positions: &[u16], found: Found<'_>) -> u128 {
+    fn each(&self, positions: &[u16], found: Found<'_>) -> Bits {
         let mut bits = 0;
         for &i in positions {
             if let Some(p) = self.clauses.get(usize::from(i))
