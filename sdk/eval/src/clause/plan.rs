@@ -9,14 +9,16 @@
 //! bits once, the first time a rule needs them, with one pass suited to the value's type:
 //!
 //! - a string: one lookup in a table of every `in` operand, one comparison per distinct
-//!   `starts_with`/`ends_with` operand, one version parse for all `semver_*` clauses;
+//!   short `starts_with`/`ends_with` operand and one hash probe for the longer ones, one
+//!   Shift-And pass per `contains` clause with a few short operands, one version parse for
+//!   all `semver_*` clauses;
 //! - a number: one range check per `lt`/`lte`/`gt`/`gte` clause;
 //! - missing: a constant (only a negated `exists` matches);
 //! - anything else (arrays, booleans, objects, null): each clause's own test.
 //!
-//! A rule then matches when its bits are all set and its remaining clauses (`contains`,
-//! `matches`, `before`/`after`, `segment_match`, the key and kind, and anything past 64
-//! bits) match one by one. Every bit is the [`Outcome::Match`] of [`CClause::test`] on the
+//! A rule then matches when its bits are all set and its remaining clauses (`matches`,
+//! `contains` with many or long operands, `before`/`after`, `segment_match`, the key and
+//! kind, slots past the cached ones, and clauses past the 64th) match one by one. Every bit is the [`Outcome::Match`] of [`CClause::test`] on the
 //! same value, negation and missing values included, so a rule's result is the same as
 //! testing its clauses in order; `explain` does the latter, and the fixtures and property
 //! tests check both agree.
@@ -25,7 +27,10 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::{Attr, CClause, Found, Outcome, Test, cmp_release, parse_version, quick_semver};
+use super::{
+    Attr, CClause, Found, Outcome, Substrings, Test, cmp_release, parse_version, quick_semver,
+};
+use crate::needle::FewSubstrings;
 use crate::needle::{AffixTable, Hay, Needle, NeedleTable};
 
 /// One bit per planned clause of an owner.
@@ -56,7 +61,9 @@ pub(crate) struct SlotPlan {
     prefixes: AffixTable<Bits>,
     /// Distinct `ends_with` operands and the bits of the clauses listing each.
     suffixes: AffixTable<Bits>,
-    /// Bits of the negated clauses answered by the three tables above.
+    /// `contains` operands (a few short ones, matched in one pass each), with their bits.
+    substrings: Box<[(FewSubstrings, Bits)]>,
+    /// Bits of the negated clauses answered by the three tables and `substrings`.
     table_negated: Bits,
     /// Whether every clause is an `in`: strings then need only the `equals` table.
     equals_only: bool,
@@ -102,6 +109,7 @@ fn plannable(clause: &CClause, slots: usize) -> Option<usize> {
             | Test::SemverGt(_)
             | Test::Exists
             | Test::Never
+            | Test::Contains(Substrings::Few(_))
     );
     (cheap && slot < slots).then_some(slot)
 }
@@ -180,6 +188,7 @@ impl SlotPlan {
         let (mut equals, mut prefixes, mut suffixes) = Default::default();
         let (mut versions, mut string_rest, mut ranges, mut number_rest) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut substrings = Vec::new();
         for (i, p) in clauses.iter().enumerate() {
             let (clause, bit) = (&p.clause, p.bit);
             let pos = i as u16; // at most 64 planned clauses
@@ -194,11 +203,15 @@ impl SlotPlan {
                 Test::StartsWith(ns) => ns.iter().for_each(|n| prefixes.add(n.as_str(), bit)),
                 Test::EndsWith(ns) => ns.iter().for_each(|n| suffixes.add(n.as_str(), bit)),
                 Test::SemverEq(_) | Test::SemverLt(_) | Test::SemverGt(_) => versions.push(pos),
+                Test::Contains(Substrings::Few(few)) => substrings.push((few.clone(), bit)),
                 _ => string_rest.push(pos),
             }
             if matches!(
                 clause.test,
-                Test::In(_) | Test::StartsWith(_) | Test::EndsWith(_)
+                Test::In(_)
+                    | Test::StartsWith(_)
+                    | Test::EndsWith(_)
+                    | Test::Contains(Substrings::Few(_))
             ) {
                 plan.table_negated |= negated;
             }
@@ -222,6 +235,7 @@ impl SlotPlan {
         plan.prefixes = prefixes.into_table(false);
         plan.suffixes = suffixes.into_table(true);
         plan.versions = versions.into();
+        plan.substrings = substrings.into();
         plan.string_rest = string_rest.into();
         plan.ranges = ranges.into();
         plan.number_rest = number_rest.into();
@@ -285,6 +299,11 @@ impl SlotPlan {
         }
         self.prefixes.for_each_match(&hay, |bits| hits |= bits);
         self.suffixes.for_each_match(&hay, |bits| hits |= bits);
+        for (few, bit) in &*self.substrings {
+            if few.found_in(s) {
+                hits |= bit;
+            }
+        }
         let mut bits = hits ^ self.table_negated;
         if !self.versions.is_empty() {
             bits |= self.on_version(s);
