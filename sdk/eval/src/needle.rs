@@ -249,6 +249,10 @@ pub(crate) struct AffixTable<T> {
     suffix: bool,
     /// Operands shorter than 8 bytes.
     short: Box<[(Needle, T)]>,
+    /// Bit `b` set: some short operand has `b` as its byte at the matching end (its first
+    /// byte for `starts_with`, its last for `ends_with`), so values with another byte there
+    /// skip them all. All set if an operand is empty.
+    short_ends: [u64; 4],
     /// Operands of 8 bytes or more, ordered so that those sharing an end key are adjacent.
     long: Box<[(Needle, T)]>,
     /// Open addressing over the distinct end keys: `(key, start, end)` of their run in
@@ -276,6 +280,14 @@ impl<T> AffixTable<T> {
     pub(crate) fn new(suffix: bool, operands: Vec<(Needle, T)>) -> Self {
         let (mut long, short): (Vec<_>, Vec<_>) =
             operands.into_iter().partition(|(n, _)| n.s.len() >= 8);
+        let mut short_ends = [0u64; 4];
+        for (n, _) in &short {
+            let b = n.s.as_bytes();
+            match if suffix { b.last() } else { b.first() } {
+                Some(&byte) => short_ends[usize::from(byte >> 6)] |= 1 << (byte & 63),
+                None => short_ends = [u64::MAX; 4],
+            }
+        }
         long.sort_by_key(|(n, _)| Self::end_key(suffix, n.head, n.tail));
         let mut runs: Vec<(u64, u32, u32)> = Vec::new();
         for (i, (n, _)) in long.iter().enumerate() {
@@ -303,6 +315,7 @@ impl<T> AffixTable<T> {
         Self {
             suffix,
             short: short.into(),
+            short_ends,
             long: long.into(),
             groups: groups.into(),
             shift,
@@ -319,9 +332,15 @@ impl<T> AffixTable<T> {
                 hay.starts_with(n)
             }
         };
-        for (n, t) in &*self.short {
-            if matches(n) {
-                f(t);
+        let b = hay.s.as_bytes();
+        let end = if self.suffix { b.last() } else { b.first() };
+        // An empty value can only match empty operands, which set every bit.
+        let byte = end.copied().unwrap_or(0);
+        if self.short_ends[usize::from(byte >> 6)] >> (byte & 63) & 1 != 0 {
+            for (n, t) in &*self.short {
+                if matches(n) {
+                    f(t);
+                }
             }
         }
         if self.groups.is_empty() || hay.s.len() < 8 {
@@ -464,6 +483,35 @@ mod tests {
             let table = NeedleTable::new(keys.iter().map(|k| Needle::new(k)).collect());
             let found = table.find(&Hay::new(&hay));
             prop_assert_eq!(found, keys.iter().position(|k| *k == hay));
+        }
+
+        /// The prefix and suffix tables report exactly the operands `str::starts_with` and
+        /// `str::ends_with` accept, short and long, including operands sharing their end
+        /// bytes and empty ones.
+        #[test]
+        fn affix_tables_agree_with_std(
+            hay in "[ab\\x00é]{0,20}",
+            ops in proptest::collection::vec("[ab\\x00é]{0,14}", 0..12),
+        ) {
+            for suffix in [false, true] {
+                let table = AffixTable::new(
+                    suffix,
+                    ops.iter().enumerate().map(|(i, o)| (Needle::new(o), i)).collect(),
+                );
+                let mut got = Vec::new();
+                table.for_each_match(&Hay::new(&hay), |&i| got.push(i));
+                got.sort_unstable();
+                let want: Vec<usize> = (0..ops.len())
+                    .filter(|&i| {
+                        if suffix {
+                            hay.ends_with(ops[i].as_str())
+                        } else {
+                            hay.starts_with(ops[i].as_str())
+                        }
+                    })
+                    .collect();
+                prop_assert_eq!(got, want, "suffix: {}", suffix);
+            }
         }
 
         /// The substring table agrees with `str::contains`.

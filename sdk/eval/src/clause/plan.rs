@@ -13,8 +13,8 @@
 //!   Shift-And pass per `contains` clause with a few short operands, one version parse for
 //!   all `semver_*` clauses;
 //! - a number: one range check per `lt`/`lte`/`gt`/`gte` clause;
-//! - missing: a constant (only a negated `exists` matches);
-//! - anything else (arrays, booleans, objects, null): each clause's own test.
+//! - missing, `null`, `true` or `false`: a constant per value, computed when planning;
+//! - anything else (arrays, objects): each clause's own test.
 //!
 //! A rule then matches when its bits are all set and its remaining clauses (`matches`,
 //! `contains` with many or long operands, `before`/`after`, `segment_match`, the key and
@@ -52,8 +52,11 @@ struct Planned {
 pub(crate) struct SlotPlan {
     /// Every clause planned on this slot.
     clauses: Box<[Planned]>,
-    /// The bits of those that match a missing attribute.
+    /// The bits of those that match a missing attribute, `null`, `false` and `true`: each
+    /// clause's own answer, computed when planning (these values carry nothing else).
     missing: Bits,
+    null: Bits,
+    booleans: [Bits; 2],
     /// Distinct `in` strings, with the bits of the clauses listing each (by position).
     equals: NeedleTable,
     equal_bits: Box<[Bits]>,
@@ -192,8 +195,17 @@ impl SlotPlan {
         for (i, p) in clauses.iter().enumerate() {
             let (clause, bit) = (&p.clause, p.bit);
             let pos = i as u16; // at most 64 planned clauses
-            if clause.test(Found::Missing, |_| false) == Outcome::Match {
+            let matches = |value: Found<'_>| clause.test(value, |_| false) == Outcome::Match;
+            if matches(Found::Missing) {
                 plan.missing |= bit;
+            }
+            if matches(Found::Json(&Value::Null)) {
+                plan.null |= bit;
+            }
+            for b in [false, true] {
+                if matches(Found::Json(&Value::Bool(b))) {
+                    plan.booleans[usize::from(b)] |= bit;
+                }
             }
             let negated = if clause.negate { bit } else { 0 };
             let (equals, prefixes, suffixes): (&mut Operands, &mut Operands, &mut Operands) =
@@ -263,6 +275,8 @@ impl SlotPlan {
     fn truth_general(&self, found: Found<'_>) -> Bits {
         match found {
             Found::Missing => self.missing,
+            Found::Json(Value::Null) => self.null,
+            Found::Json(Value::Bool(b)) => self.booleans[usize::from(*b)],
             Found::Json(Value::String(s)) => self.on_string(s, found),
             Found::Json(Value::Number(n)) => {
                 let x = n.as_f64().unwrap_or(f64::NAN); // NaN compares false
