@@ -11,6 +11,8 @@
 //! cases, more than the 64 clauses a plan holds. Contexts give those attributes strings,
 //! numbers, booleans, arrays, objects, null, or nothing.
 
+mod common;
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use serde_json::{Value, json};
@@ -115,24 +117,13 @@ fn attribute_value() -> impl Strategy<Value = Option<Value>> {
 }
 
 fn snapshot(rules: &[Vec<Value>]) -> EnvironmentSnapshot {
-    let variations: Vec<Value> = (0..=rules.len())
-        .map(|i| json!({"value": format!("v{i}")}))
-        .collect();
-    let rules: Vec<Value> = rules
-        .iter()
-        .enumerate()
-        .map(|(i, clauses)| {
-            json!({"id": format!("r{i}"), "clauses": clauses, "serve": {"variation": i + 1}})
-        })
-        .collect();
     let segment_rules = json!([{"id": "s0", "clauses": [
         {"attribute": "attr0", "op": "in", "values": ["a", "ab", 1]},
         {"attribute": "attr1", "op": "exists", "values": [], "negate": true}
     ]}]);
     let parsed = serde_json::from_value(json!({
         "version": 1,
-        "flags": [{"key": "f", "kind": "string", "variations": variations, "on": true,
-                   "off_variation": 0, "rules": rules, "fallthrough": {"variation": 0}}],
+        "flags": [common::flag_with_rules(rules)],
         "segments": [{"key": "s", "included": ["k0"], "rules": segment_rules}]
     }));
     match parsed {
@@ -164,7 +155,7 @@ fn check(rules: &[Vec<Value>], values: &[Option<Value>], key: &str) -> Result<()
 
 proptest! {
     #![proptest_config(Config {
-        cases: 3000,
+        cases: 1500,
         rng_seed: RngSeed::Fixed(0x9a7e_5eed),
         failure_persistence: None,
         ..Config::default()

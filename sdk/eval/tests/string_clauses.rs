@@ -4,6 +4,8 @@
 //! number, null and missing values, with and without negation. The reference applies the
 //! documented semantics clause by clause with the standard library's string functions.
 
+mod common;
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use serde_json::{Value, json};
@@ -86,27 +88,21 @@ fn reference(rules: &[Vec<TestClause>], ctx: &serde_json::Map<String, Value>) ->
 }
 
 fn snapshot(rules: &[Vec<TestClause>]) -> EnvironmentSnapshot {
-    let variations: Vec<Value> = (0..=rules.len())
-        .map(|i| json!({"value": format!("v{i}")}))
-        .collect();
-    let rules: Vec<Value> = rules
+    let rules: Vec<Vec<Value>> = rules
         .iter()
-        .enumerate()
-        .map(|(i, clauses)| {
-            let clauses: Vec<Value> = clauses
+        .map(|clauses| {
+            clauses
                 .iter()
                 .map(|c| {
                     json!({"attribute": c.attr, "op": c.op, "values": c.values,
                            "negate": c.negate})
                 })
-                .collect();
-            json!({"id": format!("r{i}"), "clauses": clauses, "serve": {"variation": i + 1}})
+                .collect()
         })
         .collect();
     let Ok(snapshot) = serde_json::from_value(json!({
         "version": 1,
-        "flags": [{"key": "f", "kind": "string", "variations": variations, "on": true,
-                   "off_variation": 0, "rules": rules, "fallthrough": {"variation": 0}}]
+        "flags": [common::flag_with_rules(&rules)]
     })) else {
         panic!("the generated snapshot must parse")
     };
