@@ -173,17 +173,25 @@ impl Refs {
     }
 }
 
+/// Flags with fewer cheap clauses than this are not planned: testing a few clauses one by
+/// one costs about the same, and an SDK compiling 10,000 such flags at start-up would pay
+/// the plans' allocations (+70 % compile time). Segments are few and shared by many flags,
+/// so they are always planned.
+const PLAN_FLAGS_FROM: usize = 8;
+
 impl AttrNames {
     /// The finished table for an owner whose rules' clauses are `rules` (in order), with the
     /// plan of each attribute slot, and the plan of each rule (see
-    /// [`crate::clause::SlotPlan`]).
+    /// [`crate::clause::SlotPlan`]); owners with fewer than `min_planned` cheap clauses get
+    /// none.
     fn table_for<'r>(
         self,
         rules: impl Iterator<Item = &'r [CClause]>,
+        min_planned: usize,
     ) -> (AttrTable, Vec<RulePlan>) {
         let slots = self.names.len().min(CACHED);
         let mut table = self.into_table();
-        let (slot_plans, rule_plans) = plan(rules, slots);
+        let (slot_plans, rule_plans) = plan(rules, slots, min_planned);
         table.plans = slot_plans;
         (table, rule_plans)
     }
@@ -295,7 +303,9 @@ fn flag_body(flag: &Flag, off: u32) -> Result<FlagBody, Malformation> {
         });
     }
     let fallthrough = serve(&config.fallthrough, "fallthrough", &mut refs)?;
-    let (attrs, plans) = refs.attrs.table_for(rules.iter().map(|r| &*r.clauses));
+    let (attrs, plans) = refs
+        .attrs
+        .table_for(rules.iter().map(|r| &*r.clauses), PLAN_FLAGS_FROM);
     for (rule, plan) in rules.iter_mut().zip(plans) {
         rule.plan = plan;
     }
@@ -337,7 +347,7 @@ fn segment_body(segment: &Segment) -> Result<SegmentBody, Malformation> {
             bucket_by: refs.bucket_by(rule.bucket_by.as_deref(), &path)?,
         });
     }
-    let (attrs, plans) = refs.attrs.table_for(rules.iter().map(|r| &*r.clauses));
+    let (attrs, plans) = refs.attrs.table_for(rules.iter().map(|r| &*r.clauses), 1);
     for (rule, plan) in rules.iter_mut().zip(plans) {
         rule.plan = plan;
     }
@@ -399,6 +409,42 @@ mod tests {
         let mut j = base;
         j["variations"] = json!([]);
         assert_eq!(flag(j).body.unwrap_err(), Malformation::NoVariations);
+    }
+
+    /// Flags are planned only from `PLAN_FLAGS_FROM` cheap clauses; segments always.
+    #[test]
+    fn small_flags_are_not_planned() {
+        let with_rules = |n: usize| {
+            let rules: Vec<serde_json::Value> = (0..n)
+                .map(|i| {
+                    json!({"id": format!("r{i}"), "serve": {"variation": 0}, "clauses": [
+                    {"attribute": "country", "op": "in", "values": ["FR"]},
+                    {"attribute": "age", "op": "gte", "values": [i]}]})
+                })
+                .collect();
+            flag(json!({"key": "f", "kind": "boolean",
+                "variations": [{"value": true}, {"value": false}], "off_variation": 1,
+                "rules": rules, "fallthrough": {"variation": 1}}))
+            .body
+            .unwrap()
+        };
+        let small = with_rules(PLAN_FLAGS_FROM / 2 - 1);
+        assert!(small.attrs.plans.is_empty());
+        assert!(
+            small
+                .rules
+                .iter()
+                .all(|r| r.plan.rest.is_none() && r.plan.need == 0)
+        );
+        let large = with_rules(PLAN_FLAGS_FROM / 2);
+        assert_eq!(large.attrs.plans.len(), 2);
+        assert!(large.rules.iter().all(|r| r.plan.need.count_ones() == 2));
+        let segment = compile_segment(
+            serde_json::from_value(json!({"key": "s", "rules": [{"id": "r", "clauses": [
+                {"attribute": "org", "op": "in", "values": ["acme"]}]}]}))
+            .unwrap(),
+        );
+        assert_eq!(segment.body.unwrap().attrs.plans.len(), 1);
     }
 
     #[test]

@@ -116,12 +116,16 @@ impl<'c, 'n> Attrs<'c, 'n> {
         if self.truth & plan.need != plan.need {
             return false;
         }
-        plan.rest.iter().all(|&i| {
-            clauses.get(i as usize).is_some_and(|clause| {
-                let found = self.get(clause.attr);
-                clause.test(found, &mut in_segment) == Outcome::Match
-            })
-        })
+        let mut test = |clause: &CClause| {
+            let found = self.get(clause.attr);
+            clause.test(found, &mut in_segment) == Outcome::Match
+        };
+        match &plan.rest {
+            None => clauses.iter().all(test),
+            Some(rest) => rest
+                .iter()
+                .all(|&i| clauses.get(i as usize).is_some_and(&mut test)),
+        }
     }
 
     /// Adds the bits of the planned clauses of every slot in `slots` to `truth`.

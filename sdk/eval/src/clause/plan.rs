@@ -4,8 +4,9 @@
 //! whether `country` is in a list of five, whether `email` ends with one of a handful of
 //! domains, whether `age` is at least some number. Testing clause by clause reads and
 //! compares the same value once per clause, and pays the loop's bookkeeping each time.
-//! Instead, compilation gives each cheap clause on a cached attribute slot one bit of a
-//! 64-bit word, and each rule the set of bits it needs. Evaluation computes an attribute's
+//! Instead, when an owner has enough of them to pay for it, compilation gives each cheap
+//! clause on a cached attribute slot one bit of a 64-bit word, and each rule the set of bits
+//! it needs. Evaluation computes an attribute's
 //! bits once, the first time a rule needs them, with one pass suited to the value's type:
 //!
 //! - a string: one lookup in a table of every `in` operand, one comparison per distinct
@@ -89,8 +90,9 @@ pub(crate) struct RulePlan {
     pub(crate) need: Bits,
     /// Bit `s` set: `need` reads bits of slot `s`.
     pub(crate) slots: u32,
-    /// Positions of the rule's clauses that are not planned, in order.
-    pub(crate) rest: Box<[u32]>,
+    /// Positions of the rule's clauses that are not planned, in order; `None` when none is
+    /// planned (all are tested one by one).
+    pub(crate) rest: Option<Box<[u32]>>,
 }
 
 /// The slot a clause can be planned on, if its test is cheap enough to run for every
@@ -118,20 +120,30 @@ fn plannable(clause: &CClause, slots: usize) -> Option<usize> {
 }
 
 /// Plans the clauses of an owner's rules (given in order) on its first `slots` attribute
-/// slots. Returns the plan of each slot (empty when no clause is planned at all) and of each
+/// slots, if it has at least `min_planned` cheap clauses. Returns the plan of each slot (empty when no clause is planned at all) and of each
 /// rule.
 pub(crate) fn plan<'r>(
     rules: impl Iterator<Item = &'r [CClause]>,
     slots: usize,
+    min_planned: usize,
 ) -> (Box<[SlotPlan]>, Vec<RulePlan>) {
+    let rules: Vec<&[CClause]> = rules.collect();
+    // Owners with fewer than `min_planned` cheap clauses test them one by one (see
+    // `compile::PLAN_FLAGS_FROM`).
+    let cheap = rules
+        .iter()
+        .flat_map(|c| c.iter())
+        .filter(|c| plannable(c, slots).is_some())
+        .count();
+    let planned = |clause: &CClause| plannable(clause, slots).filter(|_| cheap >= min_planned);
     let mut by_slot: Vec<Vec<Planned>> = (0..slots).map(|_| Vec::new()).collect();
     let mut next = 0u32;
-    let mut plans = Vec::new();
+    let mut plans = Vec::with_capacity(rules.len());
     for clauses in rules {
         let mut rule = RulePlan::default();
         let mut rest = Vec::new();
         for (j, clause) in clauses.iter().enumerate() {
-            match plannable(clause, slots).filter(|_| next < BITS) {
+            match planned(clause).filter(|_| next < BITS) {
                 Some(slot) => {
                     let bit = 1 << next;
                     next += 1;
@@ -145,7 +157,8 @@ pub(crate) fn plan<'r>(
                 None => rest.push(j as u32),
             }
         }
-        rule.rest = rest.into();
+        // A rule with no planned clause tests them all, without a list saying so.
+        rule.rest = (rest.len() < clauses.len()).then(|| rest.into());
         plans.push(rule);
     }
     let slots = if next == 0 {
