@@ -39,9 +39,10 @@ pub(crate) enum SegmentOutcome {
 /// Observes an evaluation. Every method defaults to doing nothing, so the untraced path
 /// compiles to the bare algorithm.
 pub(crate) trait Tracer<'a> {
-    /// Whether this tracer records clauses one by one. If not, rules are answered through
-    /// their plans ([`crate::clause::SlotPlan`]), which reach the same result with fewer steps.
-    const CLAUSES: bool = false;
+    /// Whether this tracer records anything. If not, rules are answered through their plans
+    /// ([`crate::clause::SlotPlan`]), which reach the same result with fewer steps, and what
+    /// only a record needs (names, for one) is not computed.
+    const RECORDS: bool = false;
     /// A prerequisite of the flag at depth 0 was checked; `result` is `None` if it is missing.
     fn prerequisite(&mut self, _index: usize, _result: Option<&Evaluation<'a>>, _met: bool) {}
     /// Evaluation enters (`true`) or leaves (`false`) a prerequisite flag.
@@ -165,8 +166,7 @@ impl<'c, 'n> Attrs<'c, 'n> {
                 let slot = usize::from(slot);
                 if slot < CACHED {
                     if self.filled & (1 << slot) == 0 {
-                        self.cache[slot] = self.lookup(slot);
-                        self.filled |= 1 << slot;
+                        self.fill(slot);
                     }
                     found(self.cache[slot])
                 } else {
@@ -174,6 +174,17 @@ impl<'c, 'n> Attrs<'c, 'n> {
                 }
             }
         }
+    }
+
+    /// Looks up a cached slot for the first time. Out of line, so that `get` stays small
+    /// enough to inline.
+    #[inline(never)]
+    fn fill(&mut self, slot: usize) {
+        let value = self.lookup(slot);
+        if let Some(cached) = self.cache.get_mut(slot) {
+            *cached = value;
+        }
+        self.filled |= 1 << slot;
     }
 
     /// One probe of the context's attribute index.
@@ -300,7 +311,7 @@ impl CompiledSnapshot {
         let seg_base = link.segments as usize;
         for (index, rule) in body.rules.iter().enumerate() {
             tracer.rule(index);
-            let matched = if T::CLAUSES {
+            let matched = if T::RECORDS {
                 self.clauses_match(&rule.clauses, &mut attrs, seg_base, tracer)
             } else {
                 let ctx = attrs.ctx;
@@ -348,7 +359,9 @@ impl CompiledSnapshot {
             CServe::Variation(v) => (*v, false, false),
             CServe::Rollout(rollout) => {
                 let bucket = bucket_of(body.seed, attrs.get(rollout.bucket_by));
-                tracer.bucket(attrs.name(rollout.bucket_by), bucket);
+                if T::RECORDS {
+                    tracer.bucket(attrs.name(rollout.bucket_by), bucket);
+                }
                 (
                     rollout.variation(bucket.unwrap_or(0)),
                     rollout.experiment && bucket.is_some(),
@@ -472,7 +485,7 @@ impl CompiledSnapshot {
         for (index, rule) in body.rules.iter().enumerate() {
             let mut in_segment =
                 |r| self.in_segment(self.segment_at(seg_base, r), ctx, tracer, depth + 1);
-            let matched = if T::CLAUSES {
+            let matched = if T::RECORDS {
                 rule.clauses
                     .iter()
                     .all(|clause| attrs.test(clause, &mut in_segment).1 == Outcome::Match)

@@ -178,7 +178,7 @@ impl Recorder<'_> {
 }
 
 impl<'a> Tracer<'a> for Recorder<'_> {
-    const CLAUSES: bool = true;
+    const RECORDS: bool = true;
 
     fn prerequisite(&mut self, index: usize, result: Option<&Evaluation<'a>>, met: bool) {
         if self.flag_depth != 0 {
