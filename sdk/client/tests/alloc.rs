@@ -18,14 +18,23 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const CALLS: usize = 1000;
 
+/// Allocations and reallocations made during `CALLS` calls of `f`. The counter is global, so
+/// the client's background thread (still starting its runtime, or answering a change) can
+/// add a few of its own; the least of five windows is kept. Allocating in `f` itself shows
+/// up in every window (at least `CALLS`), so it cannot be hidden this way.
 fn measure(f: impl Fn()) -> (usize, usize) {
     f(); // warm up (thread-local state of the ArcSwap, lazily built caches)
-    let region = Region::new(GLOBAL);
-    for _ in 0..CALLS {
-        f();
-    }
-    let stats = region.change();
-    (stats.allocations, stats.reallocations)
+    (0..5)
+        .map(|_| {
+            let region = Region::new(GLOBAL);
+            for _ in 0..CALLS {
+                f();
+            }
+            let stats = region.change();
+            (stats.allocations, stats.reallocations)
+        })
+        .min()
+        .unwrap_or((usize::MAX, usize::MAX))
 }
 
 #[test]
