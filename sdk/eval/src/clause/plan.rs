@@ -6,8 +6,8 @@
 //! compares the same value once per clause, and pays the loop's bookkeeping each time.
 //! Instead, when an owner has enough of them to pay for it, compilation gives each cheap
 //! clause on a cached attribute slot one bit of a 64-bit word, and each rule the set of bits
-//! it needs. Evaluation computes an attribute's
-//! bits once, the first time a rule needs them, with one pass suited to the value's type:
+//! it needs. Evaluation computes an attribute's bits once, the first time a rule needs them,
+//! with one pass suited to the value's type:
 //!
 //! - a string: one lookup in a table of every `in` operand, one comparison per distinct
 //!   short `starts_with`/`ends_with` operand and one hash probe for the longer ones, one
@@ -19,10 +19,10 @@
 //!
 //! A rule then matches when its bits are all set and its remaining clauses (`matches`,
 //! `contains` with many or long operands, `before`/`after`, `segment_match`, the key and
-//! kind, slots past the cached ones, and clauses past the 64th) match one by one. Every bit is the [`Outcome::Match`] of [`CClause::test`] on the
-//! same value, negation and missing values included, so a rule's result is the same as
-//! testing its clauses in order; `explain` does the latter, and the fixtures and property
-//! tests check both agree.
+//! kind, slots past the cached ones, and clauses past the 64th) match one by one. Every bit
+//! is the [`Outcome::Match`] of [`CClause::test`] on the same value, negation and missing
+//! values included, so a rule's result is the same as testing its clauses in order;
+//! `explain` does the latter, and the fixtures and property tests check both agree.
 
 use std::collections::HashMap;
 
@@ -31,8 +31,7 @@ use serde_json::Value;
 use super::{
     Attr, CClause, Found, Outcome, Substrings, Test, cmp_release, parse_version, quick_semver,
 };
-use crate::needle::FewSubstrings;
-use crate::needle::{AffixTable, Hay, Needle, NeedleTable};
+use crate::needle::{AffixTable, FewSubstrings, Hay, Needle, NeedleTable};
 
 /// One bit per planned clause of an owner.
 pub(crate) type Bits = u64;
@@ -96,8 +95,8 @@ pub(crate) struct RulePlan {
 }
 
 /// The slot a clause can be planned on, if its test is cheap enough to run for every
-/// clause of the slot whenever one is needed (`contains`, `matches` and date parsing are
-/// left to the rule).
+/// clause of the slot whenever one is needed (`matches`, `contains` through an automaton and
+/// date parsing are left to the rule).
 fn plannable(clause: &CClause, slots: usize) -> Option<usize> {
     let Attr::Slot(slot) = clause.attr else {
         return None;
@@ -120,8 +119,8 @@ fn plannable(clause: &CClause, slots: usize) -> Option<usize> {
 }
 
 /// Plans the clauses of an owner's rules (given in order) on its first `slots` attribute
-/// slots, if it has at least `min_planned` cheap clauses. Returns the plan of each slot (empty when no clause is planned at all) and of each
-/// rule.
+/// slots, if it has at least `min_planned` cheap clauses. Returns the plan of each slot
+/// (empty when no clause is planned at all) and of each rule.
 pub(crate) fn plan<'r>(
     rules: impl Iterator<Item = &'r [CClause]>,
     slots: usize,
