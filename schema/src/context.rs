@@ -145,15 +145,6 @@ impl Context {
         self.attributes.len()
     }
 
-    /// The attribute at `index` in name order (`0..attribute_count()`), for callers that
-    /// search the sorted attributes themselves: the evaluation engine compares names by
-    /// their leading bytes as integers before falling back to a string comparison.
-    pub fn attribute_at(&self, index: usize) -> Option<(&str, &Value)> {
-        self.attributes
-            .get(index)
-            .map(|a| (a.name.as_str(), &a.value))
-    }
-
     /// The hash of an attribute name that the context's index uses. The same for the same
     /// name within one build of this crate; not meant to be stored or sent.
     fn attribute_hash(name: &str) -> u64 {

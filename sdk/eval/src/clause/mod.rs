@@ -361,7 +361,7 @@ impl Test {
             Test::Matches(Matcher::Set(set)) => set.is_match(s),
             Test::Matches(Matcher::Each(res)) => res.iter().any(|r| r.is_match(s)),
             Test::SemverEq(_) | Test::SemverLt(_) | Test::SemverGt(_) => {
-                self.on_version(parse_version(s).as_ref())
+                compare_version(s, |cmp| self.on_version(cmp)).unwrap_or(false)
             }
             Test::Before(b) => date_millis_str(s).is_some_and(|x| x < *b),
             Test::After(b) => date_millis_str(s).is_some_and(|x| x > *b),
@@ -405,19 +405,10 @@ fn number_date(n: &Number) -> Option<i64> {
 }
 
 impl Test {
-    /// Whether a version read from an attribute satisfies a `semver_*` comparison (before
-    /// negation), by SemVer precedence (build metadata ignored). An unparsable value (`None`)
-    /// never does.
-    pub(crate) fn on_version(&self, version: Option<&ParsedVersion>) -> bool {
-        match version {
-            Some(v) => self.on_version_by(|o| v.cmp_to(o)),
-            None => false,
-        }
-    }
-
-    /// [`Test::on_version`] for a version given by how it compares to an operand.
+    /// Whether a version satisfies a `semver_*` comparison (before negation), the version
+    /// given by how it compares to an operand (see [`compare_version`]).
     #[inline]
-    pub(crate) fn on_version_by(&self, cmp: impl Fn(&Version) -> Ordering) -> bool {
+    pub(crate) fn on_version(&self, cmp: impl Fn(&Version) -> Ordering) -> bool {
         match self {
             Test::SemverEq(vs) => vs.iter().any(|o| cmp(o) == Ordering::Equal),
             Test::SemverLt(b) => cmp(b) == Ordering::Less,
@@ -427,37 +418,25 @@ impl Test {
     }
 }
 
-/// A version read from an attribute.
-#[derive(Debug, Clone)]
-pub(crate) enum ParsedVersion {
-    /// A plain `MAJOR.MINOR.PATCH` release, read without allocating.
-    Release([u64; 3]),
-    /// Anything else `parse_semver` accepts (pre-release, build metadata).
-    Full(Version),
-}
-
-impl ParsedVersion {
-    /// SemVer precedence against an operand.
-    fn cmp_to(&self, other: &Version) -> Ordering {
-        match self {
-            ParsedVersion::Release(core) => cmp_release(*core, other),
-            ParsedVersion::Full(v) => v.cmp_precedence(other),
-        }
+/// Reads the version in `s` once and gives `f` its SemVer precedence against any operand
+/// (build metadata ignored): a plain release is compared without building a `Version`.
+/// `None` if `s` is not a version (then no `semver_*` comparison holds).
+#[inline]
+pub(crate) fn compare_version<R>(
+    s: &str,
+    f: impl FnOnce(&dyn Fn(&Version) -> Ordering) -> R,
+) -> Option<R> {
+    if let Some(core) = quick_semver(s) {
+        return Some(f(&|o| cmp_release(core, o)));
     }
-}
-
-/// Reads a version attribute: the plain form without allocating, else `parse_semver`.
-pub(crate) fn parse_version(s: &str) -> Option<ParsedVersion> {
-    match quick_semver(s) {
-        Some(core) => Some(ParsedVersion::Release(core)),
-        None => parse_semver(s).map(ParsedVersion::Full),
-    }
+    let version = parse_semver(s)?;
+    Some(f(&|o| version.cmp_precedence(o)))
 }
 
 /// Parses the common plain form `v?MAJOR(.MINOR(.PATCH)?)?` (no pre-release, no build, no
 /// leading zeros) without allocating; anything else is left to `parse_semver`. Gives the
 /// same version `parse_semver` would (a property test checks it).
-pub(crate) fn quick_semver(s: &str) -> Option<[u64; 3]> {
+fn quick_semver(s: &str) -> Option<[u64; 3]> {
     let b = s.as_bytes();
     let b = b.strip_prefix(b"v").unwrap_or(b);
     let mut out = [0u64; 3];
@@ -492,7 +471,7 @@ pub(crate) fn quick_semver(s: &str) -> Option<[u64; 3]> {
 
 /// SemVer precedence of a plain release against a parsed version.
 #[inline]
-pub(crate) fn cmp_release(core: [u64; 3], other: &Version) -> Ordering {
+fn cmp_release(core: [u64; 3], other: &Version) -> Ordering {
     core.cmp(&[other.major, other.minor, other.patch])
         .then(if other.pre.is_empty() {
             Ordering::Equal

@@ -28,9 +28,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::{
-    Attr, CClause, Found, Outcome, Substrings, Test, cmp_release, parse_version, quick_semver,
-};
+use super::{Attr, CClause, Found, Outcome, Substrings, Test, compare_version};
 use crate::needle::{AffixTable, FewSubstrings, Hay, Needle, NeedleTable};
 
 /// One bit per planned clause of an owner.
@@ -343,25 +341,16 @@ impl SlotPlan {
 
     /// The bits of the version clauses that match `s`, parsed once for all of them.
     fn on_version(&self, s: &str) -> Bits {
-        let mut bits = 0;
-        let mut each = |hit: &dyn Fn(&Test) -> bool| {
-            for &i in &*self.versions {
-                if let Some(p) = self.clauses.get(usize::from(i))
-                    && hit(&p.clause.test) != p.clause.negate
-                {
-                    bits |= p.bit;
-                }
-            }
+        let bits = |hit: &dyn Fn(&Test) -> bool| {
+            self.versions
+                .iter()
+                .filter_map(|&i| self.clauses.get(usize::from(i)))
+                .filter(|p| hit(&p.clause.test) != p.clause.negate)
+                .fold(0, |bits, p| bits | p.bit)
         };
-        match quick_semver(s) {
-            // The common plain release: compared without building a `Version`.
-            Some(core) => each(&|test| test.on_version_by(|o| cmp_release(core, o))),
-            None => {
-                let version = parse_version(s);
-                each(&|test| test.on_version(version.as_ref()));
-            }
-        }
-        bits
+        // Not a version: no comparison holds, so only negated clauses match.
+        compare_version(s, |cmp| bits(&|test| test.on_version(cmp)))
+            .unwrap_or_else(|| bits(&|_| false))
     }
 
     /// The bits of the clauses at `positions` that match `found`, each by its own test.
