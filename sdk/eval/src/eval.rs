@@ -424,11 +424,13 @@ impl CompiledSnapshot {
         depth: u32,
     ) -> bool {
         let outcome = self.segment_outcome(pos, ctx, tracer, depth);
-        let key = self
-            .segments
-            .get(pos as usize)
-            .map_or("", |s| s.source.key.as_str());
-        tracer.segment(key, outcome);
+        if T::RECORDS {
+            let key = self
+                .segments
+                .get(pos as usize)
+                .map_or("", |s| s.source.key.as_str());
+            tracer.segment(key, outcome);
+        }
         matches!(
             outcome,
             SegmentOutcome::Included | SegmentOutcome::Rule { .. }
