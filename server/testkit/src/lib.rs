@@ -4,6 +4,8 @@
 //!   SQLite file in a temporary directory, one per test.
 //! - [`spawn_app`]: starts the real server in process on `127.0.0.1:0` against a fresh
 //!   database, with a known admin token, and hands back a [`TestApp`] to talk to it over HTTP.
+//! - [`ServerTask`]: a server serving in the background of a test; if it fails there (an
+//!   error or a panic), stopping or dropping it fails the test.
 //!
 //! PostgreSQL is found in this order: `VEXIL_TEST_DATABASE_URL` (a URL to a server where the
 //! user may create databases); a server answering on `127.0.0.1:5432` (user `postgres`, trust
@@ -13,17 +15,21 @@
 //! skips. `VEXIL_TEST_THROWAWAY_PG=1` forces the throwaway cluster.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Command;
 use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use sqlx::Connection;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use vexil_server::{Config, Server};
+use tokio::task::{JoinError, JoinHandle};
+use vexil_server::{Config, Server, StartError};
 
 /// Which database engine a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,6 +385,123 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A server serving in the background of a test, owned by the test.
+///
+/// A failure there must fail the test, not a log line nobody reads: an error the server
+/// returns, or a panic in its task, is raised again (with the task's name) by
+/// [`ServerTask::stop`], and by dropping the `ServerTask` if the task had already ended by
+/// then. A task still running when dropped is aborted.
+pub struct ServerTask<E: fmt::Display + Send + 'static> {
+    /// Names the server in the panic that reports its failure.
+    name: String,
+    /// Asks the server to shut down gracefully.
+    shutdown: Option<oneshot::Sender<()>>,
+    /// The serving task; taken by [`ServerTask::stop`] or on drop.
+    handle: Option<JoinHandle<Result<(), E>>>,
+}
+
+impl<E: fmt::Display + Send + 'static> fmt::Debug for ServerTask<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTask")
+            .field("name", &self.name)
+            .field(
+                "running",
+                &self.handle.as_ref().is_some_and(|h| !h.is_finished()),
+            )
+            .finish()
+    }
+}
+
+impl<E: fmt::Display + Send + 'static> ServerTask<E> {
+    /// Spawns `serve(stop)`, where `stop` resolves (`Ok`) when the test asks the server to
+    /// shut down (or `Err` when the `ServerTask` is gone).
+    pub fn spawn<Fut>(
+        name: impl Into<String>,
+        serve: impl FnOnce(oneshot::Receiver<()>) -> Fut,
+    ) -> Self
+    where
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        Self {
+            name: name.into(),
+            shutdown: Some(tx),
+            handle: Some(tokio::spawn(serve(rx))),
+        }
+    }
+
+    /// Whether the task has ended (on its own, unless [`ServerTask::stop`] was called).
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Asks the server to shut down and waits for it, at most `within`.
+    ///
+    /// # Panics
+    ///
+    /// If the server returned an error or panicked, or did not stop within `within`.
+    pub async fn stop(mut self, within: Duration) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let Some(mut handle) = self.handle.take() else {
+            return;
+        };
+        match tokio::time::timeout(within, &mut handle).await {
+            Ok(result) => report(&self.name, result),
+            Err(_) => {
+                handle.abort();
+                panic!("{} did not stop within {within:?}", self.name);
+            }
+        }
+    }
+}
+
+impl<E: fmt::Display + Send + 'static> Drop for ServerTask<E> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let Some(mut handle) = self.handle.take() else {
+            return;
+        };
+        if !handle.is_finished() {
+            handle.abort();
+            return;
+        }
+        // A second panic while the test is already failing would abort the process and hide
+        // the first one.
+        if std::thread::panicking() {
+            return;
+        }
+        // Finished: the result is ready, one poll takes it without an executor.
+        if let Poll::Ready(result) =
+            Pin::new(&mut handle).poll(&mut Context::from_waker(Waker::noop()))
+        {
+            report(&self.name, result);
+        }
+    }
+}
+
+/// Panics with the failure of the task `name`, if it failed.
+fn report<E: fmt::Display>(name: &str, result: Result<Result<(), E>, JoinError>) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{name} failed in the background: {e}"),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            panic!("{name} panicked in the background: {message}")
+        }
+        // Cancelled: aborted by its owner, which is no failure of the server's.
+        Err(_) => {}
+    }
+}
+
 /// A running control plane for one test.
 #[derive(Debug)]
 pub struct TestApp {
@@ -392,8 +515,8 @@ pub struct TestApp {
     pub admin_token: String,
     /// The test's database.
     pub database: TestDatabase,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
+    /// The serving task: its failure fails the test (see [`ServerTask`]).
+    server: Option<ServerTask<StartError>>,
 }
 
 /// Starts the real server on `127.0.0.1:0` against a fresh database of `backend`.
@@ -413,16 +536,10 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     let server = Server::build(config).await.expect("the server starts");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("local address");
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        if let Err(e) = server
-            .serve(listener, async {
-                let _ = rx.await;
-            })
-            .await
-        {
-            tracing::error!(error = %e, "test server failed");
-        }
+    let task = ServerTask::spawn("the test server", move |stop| {
+        server.serve(listener, async {
+            let _ = stop.await;
+        })
     });
     TestApp {
         addr,
@@ -433,8 +550,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
             .expect("HTTP client"),
         admin_token,
         database,
-        shutdown: Some(tx),
-        server: Some(handle),
+        server: Some(task),
     }
 }
 
@@ -524,24 +640,22 @@ impl TestApp {
     }
 
     /// Stops the server and waits for it to finish in-flight requests.
+    ///
+    /// # Panics
+    ///
+    /// If the server failed in the background or does not stop within 20 s.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        if let Some(task) = self.server.take() {
+            task.stop(Duration::from_secs(20)).await;
         }
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.server.take() {
-            h.abort();
-        }
+        // The server goes before its database (dropped with the fields); a failure it had
+        // in the background fails the test here (see `ServerTask`'s `Drop`).
+        drop(self.server.take());
     }
 }
 
@@ -560,5 +674,57 @@ mod tests {
             "postgres://u:p@h/t2?sslmode=disable"
         );
         assert_eq!(with_database("postgres://h", "t3"), "postgres://h/t3");
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "the test server failed in the background: the socket went away")]
+    async fn an_error_returned_in_the_background_fails_the_test_at_stop() {
+        let task = ServerTask::spawn("the test server", |stop| async move {
+            let _ = stop.await;
+            Err::<(), _>("the socket went away")
+        });
+        task.stop(Duration::from_secs(20)).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "the test server panicked in the background: handler bug 42")]
+    async fn a_panic_in_the_background_fails_the_test_at_stop() {
+        let task = ServerTask::<String>::spawn("the test server", |_stop| async move {
+            panic!("handler bug {}", 42);
+        });
+        task.stop(Duration::from_secs(20)).await;
+    }
+
+    // On a current-thread runtime the task runs to its end while the test waits for its
+    // signal, so it has finished when the test drops it.
+    #[tokio::test(flavor = "current_thread")]
+    #[should_panic(
+        expected = "the test server failed in the background: accept: too many open files"
+    )]
+    async fn a_server_that_died_on_its_own_fails_the_test_when_dropped() {
+        let (died, dying) = oneshot::channel();
+        let task = ServerTask::spawn("the test server", |_stop| async move {
+            let _ = died.send(());
+            Err::<(), _>("accept: too many open files")
+        });
+        dying.await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(task.is_finished());
+        drop(task);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_stops_cleanly_passes() {
+        let task = ServerTask::spawn("the test server", |stop| async move {
+            let _ = stop.await;
+            Ok::<(), String>(())
+        });
+        assert!(!task.is_finished());
+        task.stop(Duration::from_secs(20)).await;
+        // Dropped while running: aborted, which is no failure.
+        drop(ServerTask::spawn("the test server", |stop| async move {
+            let _ = stop.await;
+            std::future::pending::<Result<(), String>>().await
+        }));
     }
 }
