@@ -5,11 +5,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use vexil_server::{Config, Server};
-use vexil_testkit::TestApp;
+use vexil_server::{Config, Server, StartError};
+use vexil_testkit::{ServerTask, TestApp};
 
 /// How long any single wait in these tests may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -136,12 +136,11 @@ impl Sse {
 }
 
 /// A second server process (same binary code, own port, own hub and listener) on the same
-/// database as `app`.
+/// database as `app`. A failure in its background task fails the test (see [`ServerTask`]).
 pub struct Peer {
     pub base_url: String,
     pub feed: vexil_server::feed::Feed,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<()>>,
+    task: ServerTask<StartError>,
 }
 
 impl Peer {
@@ -157,40 +156,101 @@ impl Peer {
         let feed = server.feed().clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(async move {
-            let _ = server
-                .serve(listener, async {
-                    let _ = rx.await;
-                })
-                .await;
+        let task = ServerTask::spawn("the peer server", move |stop| {
+            server.serve(listener, async {
+                let _ = stop.await;
+            })
         });
         Peer {
             base_url: format!("http://{addr}"),
             feed,
-            shutdown: Some(tx),
-            handle: Some(handle),
+            task,
         }
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            let _ = tokio::time::timeout(WAIT, h).await;
-        }
+    /// Stops the peer gracefully; panics if it failed in the background or does not stop.
+    pub async fn stop(self) {
+        self.task.stop(WAIT).await;
     }
 }
 
-impl Drop for Peer {
+/// A TCP gate between a server process and PostgreSQL: it forwards every connection until it
+/// is closed, when it cuts the connections it carries and refuses new ones (accepting and
+/// dropping them at once) until it opens again: the network between them down for a while.
+pub struct DbGate {
+    /// The database URL, connecting through the gate.
+    pub url: String,
+    open: watch::Sender<bool>,
+    refused: watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl DbGate {
+    /// A gate, open, in front of the server `database_url` points at.
+    pub async fn start(database_url: &str) -> DbGate {
+        let (prefix, rest) = database_url.split_once("://").expect("a URL");
+        let host_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(host_end);
+        let (user, host) = match authority.rsplit_once('@') {
+            Some((user, host)) => (format!("{user}@"), host),
+            None => (String::new(), authority),
+        };
+        let upstream = if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:5432")
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (open, open_rx) = watch::channel(true);
+        let refused = watch::Sender::new(0u64);
+        let counter = refused.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*open_rx.borrow() {
+                    drop(client);
+                    counter.send_modify(|n| *n += 1);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let mut open = open_rx.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = open.wait_for(|open| !*open) => {}
+                        }
+                    }
+                });
+            }
+        });
+        DbGate {
+            url: format!("{prefix}://{user}{addr}{path}"),
+            open,
+            refused,
+            task,
+        }
+    }
+
+    /// Opens the gate, or closes it, cutting every connection through it.
+    pub fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+
+    /// Waits until the gate has refused `n` connections in all.
+    pub async fn wait_refused(&self, n: u64) {
+        let mut rx = self.refused.subscribe();
+        let waited = tokio::time::timeout(WAIT, rx.wait_for(|r| *r >= n)).await;
+        assert!(
+            matches!(waited, Ok(Ok(_))),
+            "no connection attempt was refused"
+        );
+    }
+}
+
+impl Drop for DbGate {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            h.abort();
-        }
+        self.task.abort();
     }
 }
 

@@ -1,10 +1,9 @@
 //! SDK streams fed from the change log: across processes, across listener failures, on
 //! resume, at fan-out scale, and on SQLite.
 
-use std::time::Duration;
-
 use futures::future::join_all;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use vexil_testkit::{Backend, spawn_app, spawn_app_with};
 
 use crate::helpers::*;
@@ -41,34 +40,29 @@ async fn a_separate_server_process_streams_changes_made_through_this_one() {
     let keys = setup(&app, &["prod"]).await;
     create_flag(&app, "checkout").await;
     let bin = env!("CARGO_BIN_EXE_vexil-server");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let mut child = tokio::process::Command::new(bin)
         .env("VEXIL_DATABASE_URL", &app.database.url)
-        .env("VEXIL_LISTEN", format!("127.0.0.1:{port}"))
+        .env("VEXIL_LISTEN", "127.0.0.1:0")
         .env("VEXIL_DATABASE_MAX_CONNECTIONS", "4")
         .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("server binary starts");
-    let base = format!("http://127.0.0.1:{port}");
-    // Wait for readiness over HTTP (each attempt is a real request, not a timed guess).
-    let client = reqwest::Client::new();
-    let ready = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-                && r.status() == 200
-            {
-                return;
+    // Ready once it says where it listens (bound, built, about to serve: a request made now
+    // waits in the accept queue); then its output is drained so it never blocks on a pipe.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("Vexil control plane listening on ") {
+                return url.trim().to_owned();
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        panic!("the server process exited before listening");
     })
-    .await;
-    assert!(ready.is_ok(), "the server process became ready");
+    .await
+    .expect("the server process says where it listens");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let mut sse = Sse::open(&base, &keys[0], None).await;
     let put = sse.next().await;
@@ -86,9 +80,14 @@ async fn killing_the_listener_connection_loses_no_change() {
     let app = spawn_app(Backend::Postgres).await;
     let keys = setup(&app, &["prod"]).await;
     create_flag(&app, "checkout").await;
-    let peer = Peer::start_with(&app.database.url, |c| {
+    // The peer reaches PostgreSQL through a gate that can keep its listener from coming back.
+    // No periodic resync during the test: a lost notification is recovered by the
+    // listener's gap handling or not at all.
+    let gate = DbGate::start(&app.database.url).await;
+    let peer = Peer::start_with(&gate.url, |c| {
         c.listener_heartbeat_ms = 200;
         c.listener_heartbeat_timeout_ms = 1_000;
+        c.resync_secs = 3_600;
     })
     .await;
     let mut sse = Sse::open(&peer.base_url, &keys[0], None).await;
@@ -120,34 +119,40 @@ async fn killing_the_listener_connection_loses_no_change() {
     };
     let mut kills = 0;
     for _ in 0..5 {
-        let killed = app
-            .database
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
-            )
-            .await
-            .unwrap();
-        kills += killed;
+        kills += kill_listeners(&app).await;
         tokio::task::yield_now().await;
     }
-    let final_version = writer.await.unwrap();
+    let written = writer.await.unwrap();
     assert!(kills >= 1, "a LISTEN connection was terminated");
 
-    // The subscriber converges to the final version, in order, every step a patch that
+    // The subscriber converges to the last version, in order, every step a patch that
     // follows the last one or a full put.
-    while version < final_version {
-        let ev = sse.next().await;
-        let id: u64 = ev.id.as_deref().unwrap().parse().unwrap();
-        match ev.event.as_str() {
-            "patch" => assert_eq!(id, version + 1, "patches arrive in order without gaps"),
-            "put" => assert!(id > version),
-            other => panic!("unexpected event {other}"),
+    let mut converge = async |sse: &mut Sse, target: u64| {
+        while version < target {
+            let ev = sse.next().await;
+            let id: u64 = ev.id.as_deref().unwrap().parse().unwrap();
+            match ev.event.as_str() {
+                "patch" => assert_eq!(id, version + 1, "patches arrive in order without gaps"),
+                "put" => assert!(id > version),
+                other => panic!("unexpected event {other}"),
+            }
+            version = id;
         }
-        version = id;
-    }
-    assert_eq!(version, final_version);
-    // The last write turned the flag off (i = 39 is odd).
+        assert_eq!(version, target);
+    };
+    converge(&mut sse, written).await;
+
+    // Now the last change is committed while the peer's listener is dead, and nothing is
+    // written after it: no later notification can bring it, only the gap handling can. The
+    // gate cuts the peer off the database (its listener reconnects through its pool, so the
+    // pool's connections go too) and the listening backends are gone before the commit.
+    gate.set_open(false);
+    gate.wait_refused(1).await; // the peer tried to come back, and could not
+    kill_listeners(&app).await;
+    let final_version = set_on(&app, "checkout", "prod", false).await;
+    gate.set_open(true);
+    converge(&mut sse, final_version).await;
+
     let snap = expect(
         reqwest::Client::new()
             .get(format!("{}/sdk/v1/snapshot", peer.base_url))
@@ -161,6 +166,19 @@ async fn killing_the_listener_connection_loses_no_change() {
     assert_eq!(snap["version"], final_version);
     assert_eq!(snap["flags"][0]["on"], false);
     peer.stop().await;
+}
+
+/// Terminates every LISTEN connection to the test database, waiting until each is gone;
+/// returns how many.
+async fn kill_listeners(app: &vexil_testkit::TestApp) -> u64 {
+    app.database
+        .execute(
+            "SELECT pg_terminate_backend(pid, 20000) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'
+               AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
