@@ -4,6 +4,7 @@
 //! with `Last-Event-ID` and check every event they apply.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use vexil_relay::{AuthError, Hub, HubConfig, Relay, RelayConfig, RelayState, hash_sdk_key};
 use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem, SdkEvent};
 use vexil_schema::{EnvironmentSnapshot, Flag, FlagConfig, FlagKey, FlagKind, Variation};
+use vexil_testkit::ServerTask;
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -293,13 +295,13 @@ pub fn relay_config(upstream: &str) -> RelayConfig {
     c
 }
 
-/// A relay running in this process on `127.0.0.1:0`.
+/// A relay running in this process on `127.0.0.1:0`. A panic in its serving task fails the
+/// test when it is stopped or dropped (see [`ServerTask`]).
 pub struct InProcessRelay {
     pub addr: SocketAddr,
     pub state: RelayState,
     pub hub: Hub,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: Option<ServerTask<Infallible>>,
 }
 
 impl InProcessRelay {
@@ -309,15 +311,18 @@ impl InProcessRelay {
         let relay = Relay::new(config).unwrap();
         let state = relay.state().clone();
         let hub = relay.hub().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(relay.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let task = ServerTask::spawn("the in-process relay", move |stop| async move {
+            relay
+                .serve(listener, async {
+                    let _ = stop.await;
+                })
+                .await;
+            Ok(())
+        });
         Self {
             addr,
             state,
             hub,
-            stop: Some(stop),
             task: Some(task),
         }
     }
@@ -346,11 +351,8 @@ impl InProcessRelay {
 
     /// Graceful shutdown (drain), waiting for it to finish.
     pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+            task.stop(WAIT).await;
         }
     }
 }
