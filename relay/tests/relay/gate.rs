@@ -16,15 +16,32 @@ async fn nothing_is_served_before_the_relay_holds_every_environment() {
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["status"], "loading");
     assert_eq!(body["upstream"], "disconnected");
-    assert!(!retry || status == 503);
+    assert!(!retry, "a probe answers now; it never asks to be retried");
     assert_eq!(get(&format!("{}/healthz", relay.url()), None).await.0, 200);
-    for path in ["/sdk/v1/stream", "/sdk/v1/snapshot", "/relay/v1/stream"] {
+    // Every serving endpoint refuses, OFREP as much as the streams and the snapshot: an
+    // evaluation on no state would answer FLAG_NOT_FOUND as if the flag did not exist.
+    for path in [
+        "/sdk/v1/stream",
+        "/sdk/v1/snapshot",
+        "/relay/v1/stream",
+        "/ofrep/v1/configuration",
+    ] {
         let (status, retry, body) = get(
             &format!("{}{path}", relay.url()),
             Some(&sdk_key("shop/prod")),
         )
         .await;
         assert_eq!(status, 503, "{path}");
+        assert!(retry, "{path}: Retry-After");
+        assert!(body.contains("loading"), "{path}: {body}");
+    }
+    for path in [
+        "/ofrep/v1/evaluate/flags/initial",
+        "/ofrep/v1/evaluate/flags",
+    ] {
+        let (status, retry, body) =
+            post_ofrep(&format!("{}{path}", relay.url()), &sdk_key("shop/prod")).await;
+        assert_eq!(status, 503, "{path}: {body}");
         assert!(retry, "{path}: Retry-After");
         assert!(body.contains("loading"), "{path}: {body}");
     }
@@ -35,6 +52,13 @@ async fn nothing_is_served_before_the_relay_holds_every_environment() {
     assert_eq!(status, 200, "{body}");
     let mut sub = Subscriber::start(&relay.url(), &sdk_key("shop/prod"));
     sub.wait_version(1).await;
+    let (status, _, body) = post_ofrep(
+        &format!("{}/ofrep/v1/evaluate/flags/initial", relay.url()),
+        &sdk_key("shop/prod"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["value"], "v1");
 }
 
 #[tokio::test]
@@ -139,7 +163,9 @@ async fn a_revoked_key_loses_its_open_streams_and_other_keys_keep_theirs() {
     revoked.wait_disconnects(1).await;
     let (status, _, _) = get(&format!("{}/sdk/v1/snapshot", relay.url()), Some(&old)).await;
     assert_eq!(status, 401);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    revoked
+        .wait("three reconnections refused", |s| s.refused >= 3)
+        .await;
     assert_eq!(
         revoked.seen().connections,
         1,

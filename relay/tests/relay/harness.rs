@@ -484,6 +484,8 @@ pub struct Seen {
     pub connections: u32,
     /// Connections that ended (server closed or failed).
     pub disconnects: u32,
+    /// Connection attempts refused (a status other than 200) or failed.
+    pub refused: u32,
 }
 
 /// An SDK stream subscriber that reconnects with `Last-Event-ID` (every 50 ms while the
@@ -553,6 +555,7 @@ async fn subscribe(url: String, key: String, seen: watch::Sender<Seen>) {
         let resp = match req.send().await {
             Ok(r) if r.status() == 200 => r,
             _ => {
+                seen.send_modify(|s| s.refused += 1);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -651,6 +654,22 @@ pub async fn get(url: &str, key: Option<&str>) -> (u16, bool, String) {
     if let Some(k) = key {
         req = req.header("authorization", k);
     }
+    let resp = tokio::time::timeout(WAIT, req.send())
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp.headers().contains_key("retry-after");
+    (status, retry, resp.text().await.unwrap_or_default())
+}
+
+/// POST an OFREP evaluation of user `u1` to `url` with an SDK key in `X-API-Key`; the status,
+/// `Retry-After` presence and body.
+pub async fn post_ofrep(url: &str, key: &str) -> (u16, bool, String) {
+    let req = reqwest::Client::new()
+        .post(url)
+        .header("x-api-key", key)
+        .json(&json!({"context": {"targetingKey": "u1"}}));
     let resp = tokio::time::timeout(WAIT, req.send())
         .await
         .unwrap()
