@@ -1,5 +1,5 @@
-//! Faults: the upstream killed and restarted, the relay killed and restarted, SIGTERM,
-//! a silent upstream, a refused relay key.
+//! Faults: the upstream killed and restarted, the relay serving while its upstream is down,
+//! the relay killed and restarted, SIGTERM, a silent upstream, a refused relay key.
 
 use serde_json::{Value, json};
 
@@ -90,6 +90,81 @@ async fn a_relay_that_loses_its_connection_resumes_with_a_replay() {
         let seen = s.seen();
         let last = origin.model.version(&env(e));
         assert_eq!(seen.changes, (2..=last).collect::<Vec<_>>(), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_upstream_is_down_the_relay_serves_its_last_state_from_memory() {
+    let mut origin = Origin::start(&["shop/prod"]).await;
+    let mut relay = RelayProcess::start(&origin.url(), free_port().await, &[]).await;
+    relay.wait_ready().await;
+    let e = env("shop/prod");
+    let key = sdk_key("shop/prod");
+    let mut open = Subscriber::start(&relay.url(), &key);
+    open.wait_version(1).await;
+    origin.set("shop/prod", "checkout", json!("on"));
+    origin.delete("shop/prod", "initial");
+    let last = origin.model.version(&e);
+    open.wait_version(last).await;
+
+    // The upstream dies; the relay notices, and its next attempt to reach it fails.
+    origin.kill().await;
+    relay.wait_log("upstream connection lost").await;
+    relay.wait_log("upstream unavailable").await;
+
+    // The snapshot: the last state, with its version.
+    let resp = tokio::time::timeout(
+        WAIT,
+        reqwest::Client::new()
+            .get(format!("{}/sdk/v1/snapshot", relay.url()))
+            .header("authorization", &key)
+            .send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["etag"], format!("\"{last}\"").as_str());
+    let snapshot: vexil_schema::EnvironmentSnapshot = resp.json().await.unwrap();
+    assert_eq!(snapshot, origin.model.snapshot(&e));
+
+    // A new SDK stream: a put of the last state.
+    let mut late = Subscriber::start(&relay.url(), &key);
+    late.wait_version(last).await;
+    let seen = late.seen();
+    assert_eq!(seen.values, origin.model.values(&e));
+    assert!(seen.changes.is_empty(), "a put, not changes: {seen:?}");
+    assert!(seen.violations.is_empty(), "{:?}", seen.violations);
+
+    // OFREP evaluates on the last state.
+    let ofrep = |flag: &str| format!("{}/ofrep/v1/evaluate/flags/{flag}", relay.url());
+    let (status, _, body) = post_ofrep(&ofrep("checkout"), &key).await;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&body["value"], &body["metadata"]["environmentVersion"]),
+        (&json!("on"), &json!(last))
+    );
+    let (status, _, body) = post_ofrep(&ofrep("initial"), &key).await;
+    assert_eq!(status, 404, "the deleted flag stays deleted: {body}");
+
+    // Still ready (a last state is not no state), saying where it stands.
+    let (status, _, body) = get(&format!("{}/readyz", relay.url()), None).await;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["upstream"], "disconnected");
+    // The stream opened before is untouched.
+    let seen = open.seen();
+    assert_eq!((seen.connections, seen.disconnects), (1, 0));
+
+    // The upstream returns: both streams follow its changes again.
+    origin.restart().await;
+    origin.set("shop/prod", "checkout", json!("off"));
+    for sub in [&mut open, &mut late] {
+        sub.wait_version(last + 1).await;
+        let seen = sub.seen();
+        assert_eq!(seen.values, origin.model.values(&e));
+        assert!(seen.violations.is_empty(), "{:?}", seen.violations);
     }
 }
 
