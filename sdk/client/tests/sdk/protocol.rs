@@ -21,10 +21,15 @@ use vexil_sdk::{Client, DataSourceError, State as SdkState, StreamingConfig};
 
 use crate::harness::*;
 
+/// In a connection's frames: wait for [`Script::release`] before sending the rest.
+const HOLD: &str = "<hold>";
+
 #[derive(Clone, Default)]
 struct Script {
     /// Frames to send on each successive connection (then the stream stays open).
     connections: Arc<Mutex<VecDeque<Vec<String>>>>,
+    /// Lets held connections go on (see [`HOLD`]).
+    release: Arc<Notify>,
     /// The `Last-Event-ID` of each connection made.
     seen: Arc<Mutex<Vec<Option<String>>>>,
     notify: Arc<Notify>,
@@ -61,12 +66,19 @@ async fn stream(State(script): State<Script>, headers: HeaderMap) -> Response {
         .unwrap()
         .pop_front()
         .unwrap_or_default();
-    let body = futures::stream::iter(
-        frames
-            .into_iter()
-            .map(|f| Ok::<_, Infallible>(Bytes::from(f))),
-    )
-    .chain(futures::stream::pending());
+    let release = Arc::clone(&script.release);
+    let body = futures::stream::iter(frames)
+        .then(move |f| {
+            let release = Arc::clone(&release);
+            async move {
+                if f == HOLD {
+                    release.notified().await;
+                    return Ok::<_, Infallible>(Bytes::new());
+                }
+                Ok(Bytes::from(f))
+            }
+        })
+        .chain(futures::stream::pending());
     (
         [(header::CONTENT_TYPE, "text/event-stream")],
         Body::from_stream(body),
@@ -134,28 +146,43 @@ async fn a_malformed_event_triggers_a_fresh_put() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_gap_triggers_a_fresh_put() {
-    let (url, script) = serve(vec![vec![put(1, "v1"), patch(3, "v3")], vec![put(3, "v3")]]).await;
+    // The second connection's put is held back, so the state between the gap and the
+    // resynchronisation lasts until the test has looked at it.
+    let (url, script) = serve(vec![
+        vec![put(1, "v1"), patch(3, "v3")],
+        vec![HOLD.to_owned(), put(3, "v3")],
+    ])
+    .await;
     let client = client(&url);
-    let mut status = client.status_receiver();
     let seen = script.wait_connections(2).await;
-    assert_eq!(seen, [None, None]);
-    // The gap was reported while resynchronising.
-    let gap = tokio::time::timeout(
-        PATIENCE,
-        status.wait_for(|s| {
-            matches!(
-                s.last_error,
-                Some(DataSourceError::VersionGap { current: 1, got: 3 })
-            ) || s.version == Some(3)
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .clone();
-    assert!(gap.version == Some(1) || gap.version == Some(3), "{gap:?}");
-    wait_status(&client, "version 3", |s| s.version == Some(3)).await;
+    assert_eq!(
+        seen,
+        [None, None],
+        "the resynchronisation asks for everything"
+    );
+    // The gap was reported while resynchronising: stale, still serving version 1, and why.
+    let gap = wait_status(&client, "the gap reported", |s| s.last_error.is_some()).await;
+    assert_eq!(
+        gap.last_error,
+        Some(DataSourceError::VersionGap { current: 1, got: 3 }),
+        "{gap:?}"
+    );
+    assert_eq!((gap.state, gap.version), (SdkState::Stale, Some(1)));
+    assert_eq!(
+        json_of(&client, "a"),
+        json!("v1"),
+        "the patch after the gap is not applied"
+    );
+
+    script.release.notify_one();
+    let ready = wait_status(&client, "version 3", |s| s.version == Some(3)).await;
     assert_eq!(json_of(&client, "a"), json!("v3"));
+    let ready = if ready.state == SdkState::Ready {
+        ready
+    } else {
+        wait_state(&client, SdkState::Ready).await
+    };
+    assert_eq!(ready.last_error, None, "cleared once current again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
