@@ -3,6 +3,7 @@
 //! (`server`, on PostgreSQL and SQLite).
 
 mod fallback;
+mod file;
 mod fixtures;
 mod harness;
 mod polling;
