@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use vexil_relay::{AuthError, Hub, HubConfig, SdkAuth, SdkKeyTable, hash_sdk_key, sdk_router};
 use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem};
 use vexil_schema::{EnvironmentSnapshot, Flag, FlagKey};
-use vexil_sdk::{Client, FlagChange, State as SdkState, Status};
+use vexil_sdk::{Client, ClientBuilder, FlagChange, State as SdkState, Status};
 
 /// The SDK key the test environment accepts.
 pub const SDK_KEY: &str = "sdk-test-key-0123456789";
@@ -330,4 +330,57 @@ pub async fn wait_change(
 
 pub fn json_of(client: &Client, key: &str) -> Value {
     client.json_variation(key, &vexil_sdk::Context::new("anyone"), Value::Null)
+}
+
+/// Waits as long as a client takes to make `n` attempts against a server that fails every
+/// request (it closes each connection at once), the client being built by `configure` from
+/// a builder pointed at that server.
+///
+/// A test checking that something does *not* happen (a refused client must not retry, a
+/// closed one must not receive) waits this long: as long as the retries it rules out would
+/// take, however busy the machine, where a fixed sleep is either too short on a loaded CI
+/// host or needlessly long everywhere else.
+pub async fn while_a_client_retries(
+    n: usize,
+    configure: impl FnOnce(ClientBuilder) -> ClientBuilder,
+) {
+    yardstick(n, false, configure).await;
+}
+
+/// Like [`while_a_client_retries`] against a server that accepts connections and never
+/// answers: each attempt after the first lasts the client's read timeout.
+pub async fn while_a_client_times_out(
+    n: usize,
+    configure: impl FnOnce(ClientBuilder) -> ClientBuilder,
+) {
+    yardstick(n, true, configure).await;
+}
+
+async fn yardstick(n: usize, silent: bool, configure: impl FnOnce(ClientBuilder) -> ClientBuilder) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            if silent {
+                held.push(socket);
+            }
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    let client = configure(Client::builder(SDK_KEY).base_url(&url))
+        .build()
+        .unwrap();
+    for made in 0..n {
+        let attempt = tokio::time::timeout(PATIENCE, attempts.recv()).await;
+        assert!(
+            matches!(attempt, Ok(Some(()))),
+            "the yardstick client made {made} attempts, not {n}"
+        );
+    }
+    client.close();
+    task.abort();
 }

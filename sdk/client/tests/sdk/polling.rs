@@ -71,8 +71,11 @@ async fn a_refused_key_stops_polling() {
         client.wait_for_initialization(PATIENCE).await,
         Err(InitError::Failed(DataSourceError::Unauthorized))
     );
-    // At 50 ms per poll a polling client would have made several requests by now.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // In the time a client polling every 50 ms makes eight attempts, this one made none.
+    while_a_client_retries(8, |b| {
+        b.polling(PollingConfig::default().interval(Duration::from_millis(50)))
+    })
+    .await;
     assert_eq!(server.requests.all().len(), 1);
 }
 

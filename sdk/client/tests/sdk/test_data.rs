@@ -2,7 +2,6 @@
 //! notifications computed from definitions.
 
 use std::sync::mpsc;
-use std::time::Duration;
 
 use serde_json::json;
 use vexil_schema::{Operator, Segment};
@@ -53,11 +52,8 @@ async fn changes_are_visible_at_once_and_to_listeners() {
             rule_id: "rule-0".into()
         }
     );
-    wait_change(&mut changes, "checkout", Duration::from_secs(1)).await;
-    assert_eq!(
-        rx.recv_timeout(Duration::from_secs(1)).unwrap(),
-        ["checkout"]
-    );
+    wait_change(&mut changes, "checkout", PATIENCE).await;
+    assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), ["checkout"]);
 
     td.delete("checkout").unwrap();
     assert_eq!(
@@ -66,10 +62,7 @@ async fn changes_are_visible_at_once_and_to_listeners() {
             .error_kind(),
         Some(ErrorKind::FlagNotFound)
     );
-    assert_eq!(
-        rx.recv_timeout(Duration::from_secs(1)).unwrap(),
-        ["checkout"]
-    );
+    assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), ["checkout"]);
 }
 
 #[tokio::test]
