@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod concurrency;
 mod corpus;
+mod edges;
 mod environments;
 mod errors;
 mod flags;
