@@ -14,4 +14,6 @@ mod flags;
 mod idempotency;
 mod keys;
 mod kill_rollback;
+mod openapi;
+mod schema_check;
 mod segments;
