@@ -2,7 +2,9 @@
 //!
 //! Every route needs an API token (see [`crate::middleware::authenticate`]); reads need the
 //! viewer role, writes to projects, environments, flags and segments the editor role, and
-//! tokens and keys the admin role. `POST`s honour `Idempotency-Key`.
+//! deleting a project or an environment, tokens and keys the admin role. `POST`s honour
+//! `Idempotency-Key`. Query strings are strict ([`query`]); the OpenAPI document declares
+//! every error each operation can answer with ([`crate::openapi::declare_errors`]).
 
 mod admin;
 mod audit;

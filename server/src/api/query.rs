@@ -134,7 +134,7 @@ impl TryFrom<String> for Cursor {
 
 /// The store position a wire cursor stands for, if it is one this API made.
 fn decode_cursor(s: &str) -> Option<String> {
-    if s.is_empty() || s.len() % 2 != 0 || s.len() > 2048 {
+    if s.is_empty() || !s.len().is_multiple_of(2) || s.len() > 2048 {
         return None;
     }
     let bytes = (0..s.len())

@@ -208,10 +208,10 @@ impl Doc {
 
     fn validate_bounds(&self, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
         let num = |k: &str| schema.get(k).and_then(Value::as_f64);
-        if let Some(n) = value.as_f64() {
-            if num("minimum").is_some_and(|m| n < m) || num("maximum").is_some_and(|m| n > m) {
-                errors.push(format!("{at}: {n} is out of bounds"));
-            }
+        if let Some(n) = value.as_f64()
+            && (num("minimum").is_some_and(|m| n < m) || num("maximum").is_some_and(|m| n > m))
+        {
+            errors.push(format!("{at}: {n} is out of bounds"));
         }
         let count = |k: &str| schema.get(k).and_then(Value::as_u64).map(|c| c as usize);
         if let Some(s) = value.as_str() {
