@@ -235,8 +235,7 @@ pub(crate) enum Archived {
 pub(crate) struct FlagListQuery {
     /// Only flags carrying this tag.
     tag: Option<String>,
-    /// Case-insensitive substring of the key or name.
-    #[param(min_length = 1, max_length = 256)]
+    /// Case-insensitive substring of the key or name (empty: no filter).
     q: Option<String>,
     /// `true`: only archived flags; `false`: only live ones; `any` (default): both.
     #[param(inline)]
