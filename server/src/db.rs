@@ -26,6 +26,8 @@ use time::OffsetDateTime;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 
+use crate::store::StoreError;
+
 /// Which database engine a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -303,27 +305,20 @@ impl Conn<'_> {
     /// Takes the environment's write lock for the rest of the transaction and returns its
     /// current data version. On PostgreSQL this is a row lock; SQLite transactions are
     /// started with `BEGIN IMMEDIATE`, which already serialises writers.
+    ///
+    /// Callers found the environment a moment earlier; if it is gone now, a concurrent
+    /// deletion won the race: [`StoreError::Gone`].
     pub(crate) async fn lock_environment(
         &mut self,
         environment_id: i64,
-    ) -> Result<i64, sqlx::Error> {
-        let row: (i64,) = match self {
-            Conn::Pg(_) => {
-                self.fetch_one(
-                    "SELECT version FROM environments WHERE id = $1 FOR UPDATE",
-                    args![environment_id],
-                )
-                .await?
-            }
-            Conn::Lite(_) => {
-                self.fetch_one(
-                    "SELECT version FROM environments WHERE id = $1",
-                    args![environment_id],
-                )
-                .await?
-            }
+    ) -> Result<i64, StoreError> {
+        let sql = match self {
+            Conn::Pg(_) => "SELECT version FROM environments WHERE id = $1 FOR UPDATE",
+            Conn::Lite(_) => "SELECT version FROM environments WHERE id = $1",
         };
-        Ok(row.0)
+        let row: Option<(i64,)> = self.fetch_optional(sql, args![environment_id]).await?;
+        row.map(|(v,)| v)
+            .ok_or_else(|| StoreError::Gone("the environment".into()))
     }
 
     /// Takes a flag's row lock (definition changes in a project with no environment still

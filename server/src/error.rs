@@ -84,6 +84,10 @@ impl Problem {
         let mut res = (status, body).into_response();
         res.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -99,7 +103,10 @@ impl Problem {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
-    /// The request is malformed (bad JSON syntax, bad header, bad cursor).
+    /// The request cannot be parsed at all: a body that is not JSON, a header that is not
+    /// in its syntax, a query string that is not form-encoded. A request that parses but
+    /// breaks a rule (wrong type, unknown field or parameter, out-of-range value, garbage
+    /// cursor) is [`ApiError::Unprocessable`] instead.
     #[error("{0}")]
     BadRequest(String),
     /// No credentials, or credentials that are not a live API token.
@@ -269,14 +276,20 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
     )
 }
 
-/// A row that was read a moment ago is gone, or a reference points at a deleted row: a
-/// concurrent deletion won the race.
-fn deleted_meanwhile(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::RowNotFound => true,
-        _ => e
-            .as_database_error()
-            .is_some_and(|d| d.is_foreign_key_violation()),
+/// A reference points at a row deleted since it was read: a concurrent deletion won the
+/// race. (A row that vanished between two statements arrives as [`StoreError::Gone`] from
+/// the places where that can happen; any other `RowNotFound` is a bug, so a 500.)
+fn references_deleted_row(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_foreign_key_violation())
+}
+
+/// The 409 of a request that lost a race against a concurrent deletion.
+fn deleted_meanwhile(what: Option<&str>) -> ApiError {
+    let what = what.unwrap_or("something this change refers to");
+    ApiError::Conflict {
+        message: format!("{what} was deleted by a concurrent request; re-read and retry"),
+        blockers: Vec::new(),
     }
 }
 
@@ -288,27 +301,9 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { message, blockers } => ApiError::Conflict { message, blockers },
             StoreError::PreconditionFailed { current } => ApiError::PreconditionFailed { current },
             StoreError::Invalid(v) => v.into(),
-            StoreError::BadRequest(m) => {
-                let (path, message) = match m.split_once(": ") {
-                    Some((p, rest)) if !p.contains(' ') => (p.to_owned(), rest.to_owned()),
-                    _ => (String::new(), m.clone()),
-                };
-                ApiError::Unprocessable {
-                    detail: m,
-                    errors: vec![FieldProblem {
-                        path,
-                        rule: "invalid".into(),
-                        message,
-                    }],
-                }
-            }
+            StoreError::Gone(what) => deleted_meanwhile(Some(&what)),
             StoreError::Database(e) if is_unavailable(&e) => ApiError::Unavailable(Box::new(e)),
-            StoreError::Database(e) if deleted_meanwhile(&e) => ApiError::Conflict {
-                message: "something this change refers to was deleted by a concurrent request; \
-                          re-read and retry"
-                    .into(),
-                blockers: Vec::new(),
-            },
+            StoreError::Database(e) if references_deleted_row(&e) => deleted_meanwhile(None),
             other => ApiError::Internal(Box::new(other)),
         }
     }
@@ -339,10 +334,12 @@ mod tests {
             (StoreError::NotFound("flag 'x'".into()), 404),
             (StoreError::AlreadyExists("flag 'x'".into()), 409),
             (StoreError::PreconditionFailed { current: 3 }, 412),
-            (StoreError::BadRequest("key: mismatch".into()), 422),
+            (StoreError::invalid("key", "key_mismatch", "mismatch"), 422),
+            (StoreError::Gone("project 'p'".into()), 409),
             (StoreError::Corrupt("bad".into()), 500),
             (StoreError::Database(sqlx::Error::PoolTimedOut), 503),
-            (StoreError::Database(sqlx::Error::RowNotFound), 409),
+            // A missing row nobody expected is a bug, not a conflict.
+            (StoreError::Database(sqlx::Error::RowNotFound), 500),
         ];
         for (e, status) in cases {
             assert_eq!(ApiError::from(e).problem().status, status);
@@ -357,9 +354,34 @@ mod tests {
     }
 
     #[test]
-    fn bad_request_messages_name_their_path() {
-        let e = ApiError::from(StoreError::BadRequest("key: keys cannot be changed".into()));
+    fn field_errors_carry_their_path_and_rule() {
+        // The path is carried, not recovered from the message: a message with ": " in it
+        // stays whole.
+        let e = ApiError::from(StoreError::invalid(
+            "environments[0].project",
+            "unknown_project",
+            "project 'a: b' does not exist",
+        ));
         let p = e.problem();
-        assert_eq!(p.errors[0].path, "key");
+        assert_eq!(p.status, 422);
+        assert_eq!(p.errors[0].path, "environments[0].project");
+        assert_eq!(p.errors[0].rule, "unknown_project");
+        assert_eq!(p.errors[0].message, "project 'a: b' does not exist");
+    }
+
+    #[test]
+    fn unexpected_missing_rows_are_internal_and_say_nothing() {
+        let p = ApiError::from(StoreError::Database(sqlx::Error::RowNotFound)).problem();
+        assert_eq!(p.status, 500);
+        assert_eq!(p.kind, "urn:vexil:problem:internal");
+        let body = serde_json::to_string(&p).unwrap();
+        assert!(!body.contains("no rows"), "{body}");
+    }
+
+    #[test]
+    fn lost_races_are_conflicts_naming_what_went() {
+        let p = ApiError::from(StoreError::Gone("project 'p'".into())).problem();
+        assert_eq!(p.status, 409);
+        assert!(p.detail.unwrap().starts_with("project 'p' was deleted"));
     }
 }

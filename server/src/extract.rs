@@ -3,6 +3,8 @@
 //! - [`StrictJson`]: a JSON body that must match the type exactly. The model types tolerate
 //!   unknown fields (for SDK forward-compatibility); the API does not, so an unknown field, a
 //!   wrong type or a syntax error is reported with the JSON path where it happened.
+//! - [`StrictQuery`]: the query string, held to the same rules: an unknown parameter, a
+//!   value of the wrong type or out of range is a `422` naming the parameter.
 //! - [`IfMatch`]: the optional `If-Match` version.
 //! - [`Caller`]: the authenticated actor and request id, as a store `WriteContext`.
 
@@ -100,7 +102,12 @@ pub fn parse_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                         },
                         errors: vec![FieldProblem {
                             path,
-                            rule: "invalid_type".into(),
+                            rule: if message == NOT_NULL {
+                                "not_null"
+                            } else {
+                                "invalid_type"
+                            }
+                            .into(),
                             message,
                         }],
                     }
@@ -140,6 +147,91 @@ pub fn parse_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         });
     }
     Ok(value)
+}
+
+/// The query string deserialised strictly: unknown parameters are errors, every error names
+/// its parameter.
+#[derive(Debug, Clone)]
+pub struct StrictQuery<T>(pub T);
+
+/// Deserialises a query string as `T`, rejecting unknown parameters and naming the parameter
+/// of any error.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let mut unknown = Vec::new();
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
+    let result: Result<T, _> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut on_unknown));
+    let value = result.map_err(|e| {
+        let path = error_path(e.path());
+        let message = e.into_inner().to_string();
+        ApiError::Unprocessable {
+            detail: if path.is_empty() {
+                format!("the query string is invalid: {message}")
+            } else {
+                format!("query parameter '{path}': {message}")
+            },
+            errors: vec![FieldProblem {
+                path,
+                rule: "invalid_parameter".into(),
+                message,
+            }],
+        }
+    })?;
+    if !unknown.is_empty() {
+        let errors: Vec<FieldProblem> = unknown
+            .into_iter()
+            .map(|path| FieldProblem {
+                message: format!("unknown query parameter '{path}'"),
+                path,
+                rule: "unknown_parameter".into(),
+            })
+            .collect();
+        return Err(ApiError::Unprocessable {
+            detail: format!(
+                "unknown query parameter{}: {}",
+                if errors.len() == 1 { "" } else { "s" },
+                errors
+                    .iter()
+                    .map(|e| e.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            errors,
+        });
+    }
+    Ok(value)
+}
+
+impl<S, T> FromRequestParts<S> for StrictQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parse_query(parts.uri.query().unwrap_or("")).map(StrictQuery)
+    }
+}
+
+/// The message of [`non_null`]'s error; its rule code is `not_null`.
+const NOT_NULL: &str = "null is not allowed here: omit the field to keep its current value";
+
+/// For PATCH-style bodies, where an absent field means "keep the current value":
+/// `#[serde(default, deserialize_with = "crate::extract::non_null")]` on an `Option<T>`
+/// field makes an explicit `null` an error (a `422` naming the field) instead of a silent
+/// "absent", for fields that cannot hold null.
+pub fn non_null<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    match Option::<T>::deserialize(de)? {
+        Some(v) => Ok(Some(v)),
+        None => Err(serde::de::Error::custom(NOT_NULL)),
+    }
 }
 
 /// serde_json appends " at line L column C": useful for syntax errors, noise for type errors
@@ -306,6 +398,56 @@ mod tests {
             ),
             Err(ApiError::BadRequest(_))
         ));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Q {
+        limit: Option<u32>,
+        #[allow(dead_code)]
+        q: Option<String>,
+    }
+
+    #[test]
+    fn query_strings_are_strict() {
+        let q: Q = parse_query("limit=5&q=a%20b").unwrap();
+        assert_eq!(q.limit, Some(5));
+        let Err(ApiError::Unprocessable { errors, .. }) =
+            parse_query::<Q>("limit=5&temporary=true")
+        else {
+            panic!("unknown parameters must be refused")
+        };
+        assert_eq!(
+            (errors[0].path.as_str(), errors[0].rule.as_str()),
+            ("temporary", "unknown_parameter")
+        );
+        let Err(ApiError::Unprocessable { errors, .. }) = parse_query::<Q>("limit=many") else {
+            panic!("a wrong type must be refused")
+        };
+        assert_eq!(errors[0].path, "limit");
+        assert!(parse_query::<Q>("limit=1&limit=2").is_err());
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Patch {
+        #[serde(default, deserialize_with = "non_null")]
+        on: Option<bool>,
+    }
+
+    #[test]
+    fn null_is_not_absent() {
+        assert_eq!(parse_strict::<Patch>(b"{}").unwrap().on, None);
+        assert_eq!(
+            parse_strict::<Patch>(br#"{"on": true}"#).unwrap().on,
+            Some(true)
+        );
+        let Err(ApiError::Unprocessable { errors, .. }) = parse_strict::<Patch>(br#"{"on": null}"#)
+        else {
+            panic!("null must be refused")
+        };
+        assert_eq!(
+            (errors[0].path.as_str(), errors[0].rule.as_str()),
+            ("on", "not_null")
+        );
     }
 
     #[test]

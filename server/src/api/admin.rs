@@ -7,12 +7,13 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::Created;
+use super::query::{PageQuery, opaque};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::{ApiError, Problem};
-use crate::extract::{Caller, StrictJson};
+use crate::extract::{Caller, StrictJson, StrictQuery};
 use crate::store::{
-    AccessKeyKind, AccessKeyView, CreatedAccessKey, CreatedToken, RelayEnvironment, TokenView,
+    AccessKeyKind, AccessKeyView, CreatedAccessKey, CreatedToken, Page, RelayEnvironment, TokenView,
 };
 
 /// A request to create an API token.
@@ -38,15 +39,18 @@ pub(crate) async fn create_token(
     Ok(Created::at(location, created))
 }
 
-/// Lists API tokens (never their secrets).
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
-    responses((status = 200, body = Vec<TokenView>), (status = 403, body = Problem)))]
+/// Lists API tokens (never their secrets), revoked ones included, by id.
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", params(PageQuery),
+    responses((status = 200, body = Page<TokenView>)))]
 pub(crate) async fn list_tokens(
     State(app): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<TokenView>>, ApiError> {
+    StrictQuery(q): StrictQuery<PageQuery>,
+) -> Result<Json<Page<TokenView>>, ApiError> {
     caller.check(Role::Admin)?;
-    Ok(Json(app.store.list_tokens().await?))
+    Ok(Json(opaque(
+        app.store.list_tokens(q.cursor(), q.limit()).await?,
+    )))
 }
 
 /// Revokes an API token; it stops working at once.
@@ -140,26 +144,27 @@ pub(crate) async fn create_sdk_key(
     Ok(Created::at(location, created))
 }
 
-/// Lists this environment's SDK keys (masked).
+/// Lists this environment's SDK keys (masked), by id.
 #[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/sdk-keys", tag = "keys",
     params(("project" = String, Path, description = "Project key"),
-           ("environment" = String, Path, description = "Environment key")),
-    responses((status = 200, body = Vec<AccessKeyView>), (status = 403, body = Problem), (status = 404, body = Problem)))]
+           ("environment" = String, Path, description = "Environment key"), PageQuery),
+    responses((status = 200, body = Page<AccessKeyView>), (status = 404, body = Problem)))]
 pub(crate) async fn list_sdk_keys(
     State(app): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
-) -> Result<Json<Vec<AccessKeyView>>, ApiError> {
+    StrictQuery(q): StrictQuery<PageQuery>,
+) -> Result<Json<Page<AccessKeyView>>, ApiError> {
     caller.check(Role::Admin)?;
     let env = RelayEnvironment {
         project,
         environment,
     };
-    Ok(Json(
+    Ok(Json(opaque(
         app.store
-            .list_access_keys(AccessKeyKind::Sdk, Some(&env))
+            .list_access_keys(AccessKeyKind::Sdk, Some(&env), q.cursor(), q.limit())
             .await?,
-    ))
+    )))
 }
 
 /// Issues a new secret for an SDK key, optionally keeping the old one valid for a while.
@@ -232,19 +237,20 @@ pub(crate) async fn create_relay_key(
     Ok(Created::at(location, created))
 }
 
-/// Lists relay keys (masked).
-#[utoipa::path(get, path = "/api/v1/relay-keys", tag = "keys",
-    responses((status = 200, body = Vec<AccessKeyView>), (status = 403, body = Problem)))]
+/// Lists relay keys (masked), by id.
+#[utoipa::path(get, path = "/api/v1/relay-keys", tag = "keys", params(PageQuery),
+    responses((status = 200, body = Page<AccessKeyView>)))]
 pub(crate) async fn list_relay_keys(
     State(app): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<AccessKeyView>>, ApiError> {
+    StrictQuery(q): StrictQuery<PageQuery>,
+) -> Result<Json<Page<AccessKeyView>>, ApiError> {
     caller.check(Role::Admin)?;
-    Ok(Json(
+    Ok(Json(opaque(
         app.store
-            .list_access_keys(AccessKeyKind::Relay, None)
+            .list_access_keys(AccessKeyKind::Relay, None, q.cursor(), q.limit())
             .await?,
-    ))
+    )))
 }
 
 /// Issues a new secret for a relay key, optionally keeping the old one valid for a while.

@@ -1,16 +1,17 @@
 //! `/api/v1/projects/{project}/environments`: environments, their snapshot and change log.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use vexil_schema::EnvironmentSnapshot;
 
-use super::{Created, PageQuery, Tagged};
+use super::query::{PageQuery, opaque, parameter_error};
+use super::{Created, Tagged};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::{ApiError, Problem};
-use crate::extract::{Caller, StrictJson};
+use crate::extract::{Caller, StrictJson, StrictQuery};
 use crate::store::{Change, CreateEnvironment, EnvironmentView, Page, UpdateEnvironment};
 
 /// Creates an environment; every flag of the project gets a configuration in it (copied,
@@ -40,14 +41,14 @@ pub(crate) async fn list_environments(
     State(app): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
-    Query(q): Query<PageQuery>,
+    StrictQuery(q): StrictQuery<PageQuery>,
 ) -> Result<Json<Page<EnvironmentView>>, ApiError> {
     caller.check(Role::Viewer)?;
-    Ok(Json(
+    Ok(Json(opaque(
         app.store
-            .list_environments(&project, q.cursor.as_deref(), q.limit)
+            .list_environments(&project, q.cursor(), q.limit())
             .await?,
-    ))
+    )))
 }
 
 /// One environment.
@@ -86,7 +87,7 @@ pub(crate) async fn update_environment(
     ))
 }
 
-/// Deletes an environment with its configurations, segments and SDK keys.
+/// Deletes an environment with its configurations, segments and SDK keys. Admin only.
 #[utoipa::path(delete, path = "/api/v1/projects/{project}/environments/{environment}", tag = "environments",
     params(("project" = String, Path, description = "Project key"),
            ("environment" = String, Path, description = "Environment key")),
@@ -96,7 +97,7 @@ pub(crate) async fn delete_environment(
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let ctx = caller.require(Role::Editor)?;
+    let ctx = caller.require(Role::Admin)?;
     app.store
         .delete_environment(&ctx, &project, &environment)
         .await?;
@@ -108,7 +109,7 @@ pub(crate) async fn delete_environment(
 #[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/snapshot", tag = "environments",
     params(("project" = String, Path, description = "Project key"),
            ("environment" = String, Path, description = "Environment key")),
-    responses((status = 200, body = Object, description = "An EnvironmentSnapshot: {version, flags, segments}"),
+    responses((status = 200, body = crate::openapi::EnvironmentSnapshotDoc),
               (status = 404, body = Problem)))]
 pub(crate) async fn get_snapshot(
     State(app): State<AppState>,
@@ -126,12 +127,18 @@ pub(crate) async fn get_snapshot(
     })
 }
 
+/// Most changes one change-log request returns.
+const MAX_CHANGES: i64 = 10_000;
+
 /// Change-log query.
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ChangesQuery {
     /// Only changes after this environment version (default 0: all).
+    #[param(minimum = 0)]
     after: Option<i64>,
     /// At most this many (1–10,000, default 1,000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
 }
 
@@ -144,9 +151,23 @@ pub(crate) async fn get_changes(
     State(app): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
-    Query(q): Query<ChangesQuery>,
+    StrictQuery(q): StrictQuery<ChangesQuery>,
 ) -> Result<Json<Vec<Change>>, ApiError> {
     caller.check(Role::Viewer)?;
+    if q.after.is_some_and(|a| a < 0) {
+        return Err(parameter_error(
+            "after",
+            "invalid_parameter",
+            "must be 0 or more".into(),
+        ));
+    }
+    if q.limit.is_some_and(|l| !(1..=MAX_CHANGES).contains(&l)) {
+        return Err(parameter_error(
+            "limit",
+            "limit_exceeded",
+            format!("must be between 1 and {MAX_CHANGES}"),
+        ));
+    }
     Ok(Json(
         app.store
             .changes_since(

@@ -133,7 +133,9 @@ pub(crate) async fn evaluate_batch(
 ) -> Result<Json<EvaluateBatchResponse>, ApiError> {
     caller.check(Role::Viewer)?;
     if req.flags.as_ref().is_some_and(|f| f.len() > MAX_BATCH) {
-        return Err(ApiError::from(crate::store::StoreError::BadRequest(
+        return Err(ApiError::from(crate::store::StoreError::invalid(
+            "flags",
+            "limit_exceeded",
             format!("at most {MAX_BATCH} flags per batch"),
         )));
     }

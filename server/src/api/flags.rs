@@ -2,20 +2,21 @@
 //! rollback, archiving and the kill switch.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use vexil_schema::{FlagConfig, FlagDefinition};
 
-use super::{Created, PageQuery, Tagged, Versioned};
+use super::query::{FlagListQuery, PageQuery, opaque};
+use super::{Created, Tagged, Versioned};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::{ApiError, Problem};
-use crate::extract::{Caller, IfMatch, StrictJson};
+use crate::extract::{Caller, IfMatch, StrictJson, StrictQuery};
 use crate::openapi::{FlagConfigDoc, FlagDefinitionDoc};
 use crate::store::{
-    ConfigPatch, FlagConfigView, FlagFilter, FlagSummary, FlagVersion, FlagView, KillResult, Page,
+    ConfigPatch, FlagConfigView, FlagSummary, FlagVersion, FlagView, KillResult, Page,
 };
 
 /// Creates a flag; it gets a configuration in every environment of the project: off,
@@ -37,18 +38,20 @@ pub(crate) async fn create_flag(
     Ok(Created::tagged(location, view))
 }
 
-/// Lists flags by key, filtered by tag (`tag`), text in key or name (`q`) and archived state.
+/// Lists flags by key, filtered by tag (`tag`), text in key or name (`q`), archived state
+/// (`archived`) and lifetime (`temporary`); every filter runs in the database.
 #[utoipa::path(get, path = "/api/v1/projects/{project}/flags", tag = "flags",
-    params(("project" = String, Path, description = "Project key"), FlagFilter),
+    params(("project" = String, Path, description = "Project key"), FlagListQuery),
     responses((status = 200, body = Page<FlagSummary>), (status = 404, body = Problem)))]
 pub(crate) async fn list_flags(
     State(app): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
-    Query(filter): Query<FlagFilter>,
+    StrictQuery(q): StrictQuery<FlagListQuery>,
 ) -> Result<Json<Page<FlagSummary>>, ApiError> {
     caller.check(Role::Viewer)?;
-    Ok(Json(app.store.list_flags(&project, &filter).await?))
+    let filter = q.into();
+    Ok(Json(opaque(app.store.list_flags(&project, &filter).await?)))
 }
 
 /// A flag: definition and configuration in every environment. `ETag`: the definition version.
@@ -229,14 +232,14 @@ pub(crate) async fn list_versions(
     State(app): State<AppState>,
     caller: Caller,
     Path((project, flag, environment)): Path<(String, String, String)>,
-    Query(q): Query<PageQuery>,
+    StrictQuery(q): StrictQuery<PageQuery>,
 ) -> Result<Json<Page<FlagVersion>>, ApiError> {
     caller.check(Role::Viewer)?;
-    Ok(Json(
+    Ok(Json(opaque(
         app.store
-            .list_versions(&project, &flag, &environment, q.cursor.as_deref(), q.limit)
+            .list_versions(&project, &flag, &environment, q.cursor(), q.limit())
             .await?,
-    ))
+    )))
 }
 
 /// One version of a flag's configuration in one environment.

@@ -2,7 +2,9 @@
 //!
 //! Every route needs an API token (see [`crate::middleware::authenticate`]); reads need the
 //! viewer role, writes to projects, environments, flags and segments the editor role, and
-//! tokens and keys the admin role. `POST`s honour `Idempotency-Key`.
+//! deleting a project or an environment, tokens and keys the admin role. `POST`s honour
+//! `Idempotency-Key`. Query strings are strict ([`query`]); the OpenAPI document declares
+//! every error each operation can answer with ([`crate::openapi::declare_errors`]).
 
 mod admin;
 mod audit;
@@ -11,6 +13,7 @@ mod evaluate;
 mod explain;
 mod flags;
 mod projects;
+mod query;
 mod segments;
 
 use axum::Json;
@@ -18,7 +21,7 @@ use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -36,7 +39,9 @@ pub use evaluate::{
 pub use explain::{ExplainRequest, ExplainResponse};
 
 /// Builds the API router (with authentication and idempotency) and the Swagger UI router
-/// serving `/api/v1/openapi.json` and `/api/v1/docs`.
+/// serving `/api/v1/openapi.json` and `/api/v1/docs`. Every route refuses query parameters
+/// its OpenAPI operation does not declare, so the document and the API cannot disagree on
+/// them.
 pub fn routes(state: AppState) -> (Router, Router) {
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(projects::create_project, projects::list_projects))
@@ -93,7 +98,11 @@ pub fn routes(state: AppState) -> (Router, Router) {
         .routes(routes!(explain::explain))
         .routes(routes!(whoami))
         .split_for_parts();
+    let mut openapi = openapi;
+    crate::openapi::declare_errors(&mut openapi);
+    let known = query::KnownParameters::of(&openapi);
     let api = router
+        .route_layer(from_fn_with_state(known, query::reject_unknown_parameters))
         .layer(from_fn_with_state(state.clone(), middleware::idempotency))
         .layer(from_fn_with_state(state.clone(), middleware::authenticate))
         .with_state(state);
@@ -175,15 +184,6 @@ impl<T: Serialize> IntoResponse for Tagged<T> {
         }
         res
     }
-}
-
-/// Page parameters.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
-pub(crate) struct PageQuery {
-    /// Cursor from the previous page's `next_cursor`.
-    pub cursor: Option<String>,
-    /// Page size (1–500, default 50).
-    pub limit: Option<u32>,
 }
 
 /// Who the caller is.

@@ -1,24 +1,25 @@
 //! `/api/v1/projects`.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use vexil_schema::{Project, ProjectKey};
 
-use super::{Created, PageQuery};
+use super::Created;
+use super::query::{PageQuery, opaque};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::{ApiError, Problem};
-use crate::extract::{Caller, StrictJson};
+use crate::extract::{Caller, StrictJson, StrictQuery};
 use crate::store::{Page, ProjectView, UpdateProject};
 
 /// A request to create a project.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub(crate) struct CreateProject {
-    /// Unique key (`[A-Za-z0-9._-]{1,256}`).
-    #[schema(value_type = String)]
+    /// Unique key.
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,256}$")]
     key: ProjectKey,
     /// Human-readable name.
     name: String,
@@ -52,14 +53,12 @@ pub(crate) async fn create_project(
 pub(crate) async fn list_projects(
     State(app): State<AppState>,
     caller: Caller,
-    Query(q): Query<PageQuery>,
+    StrictQuery(q): StrictQuery<PageQuery>,
 ) -> Result<Json<Page<ProjectView>>, ApiError> {
     caller.check(Role::Viewer)?;
-    Ok(Json(
-        app.store
-            .list_projects(q.cursor.as_deref(), q.limit)
-            .await?,
-    ))
+    Ok(Json(opaque(
+        app.store.list_projects(q.cursor(), q.limit()).await?,
+    )))
 }
 
 /// One project.
@@ -90,7 +89,8 @@ pub(crate) async fn update_project(
     Ok(Json(app.store.update_project(&ctx, &project, body).await?))
 }
 
-/// Deletes a project with everything in it (the audit log keeps its entries).
+/// Deletes a project with everything in it (the audit log keeps its entries). Admin only:
+/// it takes every environment, flag, segment and SDK key of the project with it.
 #[utoipa::path(delete, path = "/api/v1/projects/{project}", tag = "projects",
     params(("project" = String, Path, description = "Project key")),
     responses((status = 204), (status = 404, body = Problem)))]
@@ -99,7 +99,7 @@ pub(crate) async fn delete_project(
     caller: Caller,
     Path(project): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let ctx = caller.require(Role::Editor)?;
+    let ctx = caller.require(Role::Admin)?;
     app.store.delete_project(&ctx, &project).await?;
     Ok(StatusCode::NO_CONTENT)
 }

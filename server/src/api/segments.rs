@@ -1,15 +1,16 @@
 //! `/api/v1/projects/{project}/environments/{environment}/segments`.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use vexil_schema::Segment;
 
-use super::{Created, PageQuery, Tagged, Versioned};
+use super::query::{PageQuery, opaque};
+use super::{Created, Tagged, Versioned};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::{ApiError, Problem};
-use crate::extract::{Caller, IfMatch, StrictJson};
+use crate::extract::{Caller, IfMatch, StrictJson, StrictQuery};
 use crate::openapi::SegmentDoc;
 use crate::store::{Page, SegmentSummary, SegmentView};
 
@@ -47,14 +48,14 @@ pub(crate) async fn list_segments(
     State(app): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
-    Query(q): Query<PageQuery>,
+    StrictQuery(q): StrictQuery<PageQuery>,
 ) -> Result<Json<Page<SegmentSummary>>, ApiError> {
     caller.check(Role::Viewer)?;
-    Ok(Json(
+    Ok(Json(opaque(
         app.store
-            .list_segments(&project, &environment, q.cursor.as_deref(), q.limit)
+            .list_segments(&project, &environment, q.cursor(), q.limit())
             .await?,
-    ))
+    )))
 }
 
 /// One segment with its key lists. `ETag`: the segment version.

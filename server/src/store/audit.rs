@@ -48,6 +48,7 @@ pub struct AuditEntry {
 
 /// Filters for the audit log; all optional, combined with AND.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only entries about this project.
     pub project: Option<String>,
@@ -93,14 +94,16 @@ impl Store {
     pub async fn query_audit(&self, q: &AuditQuery) -> Result<Page<AuditEntry>, StoreError> {
         let limit = page_limit(q.limit);
         let before_id = match &q.cursor {
-            Some(c) => c
-                .parse::<i64>()
-                .map_err(|_| StoreError::BadRequest("cursor: not a cursor from this API".into()))?,
+            Some(c) => c.parse::<i64>().map_err(|_| {
+                StoreError::invalid("cursor", "cursor", "not a cursor from this API")
+            })?,
             None => i64::MAX,
         };
         if q.flag.is_some() && q.project.is_none() {
-            return Err(StoreError::BadRequest(
-                "flag: filtering by flag needs the project too".into(),
+            return Err(StoreError::invalid(
+                "flag",
+                "required",
+                "filtering by flag needs the project too",
             ));
         }
         let resource = if q.flag.is_some() {

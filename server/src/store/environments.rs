@@ -39,7 +39,7 @@ pub struct EnvironmentView {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CreateEnvironment {
     /// Key, unique within the project.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,256}$")]
     pub key: EnvironmentKey,
     /// Human-readable name.
     pub name: String,
@@ -55,10 +55,12 @@ pub struct CreateEnvironment {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct UpdateEnvironment {
     /// New name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[schema(nullable = false)]
     pub name: Option<String>,
     /// New description.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[schema(nullable = false)]
     pub description: Option<String>,
 }
 
@@ -151,11 +153,16 @@ impl Store {
         lock_project(&mut c, p.id).await?;
         let source = match &req.copy_from {
             Some(k) => {
-                let row = environment_row(&mut c, p.id, k).await.map_err(|_| {
-                    StoreError::BadRequest(format!(
-                        "copy_from: environment '{k}' does not exist in project '{project}'"
-                    ))
-                })?;
+                let row = environment_row(&mut c, p.id, k)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::NotFound(_) => StoreError::invalid(
+                            "copy_from",
+                            "unknown_environment",
+                            format!("environment '{k}' does not exist in project '{project}'"),
+                        ),
+                        e => e,
+                    })?;
                 c.lock_environment(row.id).await?;
                 Some(row)
             }

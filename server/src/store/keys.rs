@@ -8,8 +8,9 @@ use utoipa::ToSchema;
 
 use super::changes::{AuditRecord, audit};
 use super::environments::environment_row;
+use super::projects::paginate;
 use super::projects::project_row;
-use super::{Store, StoreError, WriteContext, encode};
+use super::{OrGone, Page, Store, StoreError, WriteContext, encode, id_cursor, page_limit};
 use crate::auth::{
     RELAY_KEY_PREFIX, SDK_KEY_PREFIX, digests_equal, generate_secret, hash_secret, hint,
 };
@@ -210,13 +211,17 @@ impl Store {
     ) -> Result<CreatedAccessKey, StoreError> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > MAX_KEY_NAME {
-            return Err(StoreError::BadRequest(format!(
-                "name: must be 1 to {MAX_KEY_NAME} characters"
-            )));
+            return Err(StoreError::invalid(
+                "name",
+                "length",
+                format!("must be 1 to {MAX_KEY_NAME} characters"),
+            ));
         }
         if environments.is_empty() {
-            return Err(StoreError::BadRequest(
-                "environments: a key needs at least one environment".into(),
+            return Err(StoreError::invalid(
+                "environments",
+                "required",
+                "a key needs at least one environment",
             ));
         }
         let secret = generate_secret(kind.prefix());
@@ -224,19 +229,28 @@ impl Store {
         let mut c = tx.conn();
         let mut env_ids = Vec::with_capacity(environments.len());
         for (i, re) in environments.iter().enumerate() {
-            let p = project_row(&mut c, &re.project).await.map_err(|_| {
-                StoreError::BadRequest(format!(
-                    "environments[{i}].project: project '{}' does not exist",
-                    re.project
-                ))
-            })?;
+            let p = project_row(&mut c, &re.project)
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound(_) => StoreError::invalid(
+                        format!("environments[{i}].project"),
+                        "unknown_project",
+                        format!("project '{}' does not exist", re.project),
+                    ),
+                    e => e,
+                })?;
             let e = environment_row(&mut c, p.id, &re.environment)
                 .await
-                .map_err(|_| {
-                    StoreError::BadRequest(format!(
-                        "environments[{i}].environment: environment '{}' does not exist in project '{}'",
-                        re.environment, re.project
-                    ))
+                .map_err(|e| match e {
+                    StoreError::NotFound(_) => StoreError::invalid(
+                        format!("environments[{i}].environment"),
+                        "unknown_environment",
+                        format!(
+                            "environment '{}' does not exist in project '{}'",
+                            re.environment, re.project
+                        ),
+                    ),
+                    e => e,
                 })?;
             env_ids.push(e.id);
         }
@@ -280,11 +294,31 @@ impl Store {
         Ok(CreatedAccessKey { key: view, secret })
     }
 
-    /// Keys of a kind, optionally only those covering one environment, by id.
+    /// Keys of a kind, optionally only those covering one environment, by id, a page at a
+    /// time.
     pub async fn list_access_keys(
         &self,
         kind: AccessKeyKind,
         environment: Option<&RelayEnvironment>,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<AccessKeyView>, StoreError> {
+        let after = id_cursor(cursor)?;
+        let limit = page_limit(limit);
+        let mut items = self
+            .access_keys(kind, environment, after, limit + 1)
+            .await?;
+        Ok(paginate(&mut items, limit, |k| k.id.to_string()))
+    }
+
+    /// Up to `limit` keys of a kind with ids above `after`, optionally only those covering
+    /// one environment, by id.
+    async fn access_keys(
+        &self,
+        kind: AccessKeyKind,
+        environment: Option<&RelayEnvironment>,
+        after: i64,
+        limit: i64,
     ) -> Result<Vec<AccessKeyView>, StoreError> {
         let mut pc = self.db.acquire().await?;
         let mut c = pc.conn();
@@ -297,8 +331,9 @@ impl Store {
                             previous_expires_at, revoked_at
                      FROM access_keys WHERE kind = $1 AND id IN
                          (SELECT key_id FROM access_key_environments WHERE environment_id = $2)
-                     ORDER BY id",
-                    args![kind.as_str(), e.id],
+                       AND id > $3
+                     ORDER BY id LIMIT $4",
+                    args![kind.as_str(), e.id, after, limit],
                 )
                 .await?
             }
@@ -306,8 +341,8 @@ impl Store {
                 c.fetch_all(
                     "SELECT id, kind, name, hint, created_by, created_at, rotated_at,
                             previous_expires_at, revoked_at
-                     FROM access_keys WHERE kind = $1 ORDER BY id",
-                    args![kind.as_str()],
+                     FROM access_keys WHERE kind = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    args![kind.as_str(), after, limit],
                 )
                 .await?
             }
@@ -327,7 +362,9 @@ impl Store {
         id: i64,
         environment: &RelayEnvironment,
     ) -> Result<(), StoreError> {
-        let keys = self.list_access_keys(kind, Some(environment)).await?;
+        let keys = self
+            .access_keys(kind, Some(environment), 0, i64::MAX)
+            .await?;
         if keys.iter().any(|k| k.id == id) {
             Ok(())
         } else {
@@ -369,7 +406,8 @@ impl Store {
                            previous_expires_at, revoked_at",
                 args![id, hash_secret(&secret), expires, hint(&secret), t],
             )
-            .await?;
+            .await
+            .or_gone(|| format!("{} {id}", kind.resource()))?;
         let after = key_view(&mut c, row).await?;
         audit_key_change(&mut c, ctx, kind, "rotate", &before, &after, t).await?;
         tx.commit().await?;
@@ -399,7 +437,8 @@ impl Store {
                            previous_expires_at, revoked_at",
                 args![id, t],
             )
-            .await?;
+            .await
+            .or_gone(|| format!("{} {id}", kind.resource()))?;
         let after = key_view(&mut c, row).await?;
         audit_key_change(&mut c, ctx, kind, "revoke", &before, &after, t).await?;
         tx.commit().await?;

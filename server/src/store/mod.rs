@@ -31,7 +31,7 @@ mod tokens;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use vexil_schema::validate::{EnvironmentIndex, ValidationErrors};
+use vexil_schema::validate::{EnvironmentIndex, FieldError, ValidationErrors};
 
 use crate::auth::Actor;
 use crate::db::Db;
@@ -71,19 +71,56 @@ pub enum StoreError {
         /// The current version.
         current: u64,
     },
-    /// The document broke validation rules.
+    /// The request broke validation rules (a body field, or a query parameter such as a
+    /// cursor); each error carries its field path. Build single-field errors with
+    /// [`StoreError::invalid`].
     #[error(transparent)]
     Invalid(#[from] ValidationErrors),
-    /// The request is well-formed JSON but makes no sense (e.g. a key that differs from the
-    /// path's).
-    #[error("{0}")]
-    BadRequest(String),
+    /// A row this request read a moment ago is gone: a concurrent request deleted it. Only
+    /// the places where that race is expected produce it (see [`OrGone`]); any other missing
+    /// row is a bug and stays a [`StoreError::Database`] error.
+    #[error("{0} was deleted by a concurrent request")]
+    Gone(String),
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
     /// A stored document does not decode: the database was edited outside the API.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// A validation error on one field: `path` (e.g. `environments[0].project`, `cursor`),
+    /// a stable `rule` code and a sentence for a human.
+    pub fn invalid(
+        path: impl Into<String>,
+        rule: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        StoreError::Invalid(ValidationErrors {
+            errors: vec![FieldError {
+                path: path.into(),
+                rule,
+                message: message.into(),
+            }],
+        })
+    }
+}
+
+/// Maps the "no row" outcome of a statement whose row was read earlier in the request to
+/// [`StoreError::Gone`]: use it only where a concurrent deletion can remove that row.
+pub(crate) trait OrGone<T> {
+    /// `RowNotFound` becomes `Gone(what)`; any other error a database error.
+    fn or_gone(self, what: impl FnOnce() -> String) -> Result<T, StoreError>;
+}
+
+impl<T> OrGone<T> for Result<T, sqlx::Error> {
+    fn or_gone(self, what: impl FnOnce() -> String) -> Result<T, StoreError> {
+        self.map_err(|e| match e {
+            sqlx::Error::RowNotFound => StoreError::Gone(what()),
+            e => StoreError::Database(e),
+        })
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -152,6 +189,16 @@ pub struct Page<T> {
 /// Clamps a requested page size to 1..=500 (default 50).
 pub(crate) fn page_limit(limit: Option<u32>) -> i64 {
     i64::from(limit.unwrap_or(50).clamp(1, 500))
+}
+
+/// The id after which a page of an id-ordered listing starts (0 without a cursor).
+pub(crate) fn id_cursor(cursor: Option<&str>) -> Result<i64, StoreError> {
+    match cursor {
+        None => Ok(0),
+        Some(c) => c
+            .parse::<i64>()
+            .map_err(|_| StoreError::invalid("cursor", "cursor", "not a cursor from this API")),
+    }
 }
 
 /// Converts a stored non-negative counter.

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use vexil_schema::Project;
 
 use super::changes::{AuditRecord, audit};
-use super::{Page, Store, StoreError, WriteContext, encode, page_limit, unique_or};
+use super::{OrGone, Page, Store, StoreError, WriteContext, encode, page_limit, unique_or};
 use crate::db::{Conn, args, now};
 
 /// A project as the API shows it.
@@ -30,10 +30,12 @@ pub struct ProjectView {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct UpdateProject {
     /// New name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[schema(nullable = false)]
     pub name: Option<String>,
     /// New description.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[schema(nullable = false)]
     pub description: Option<String>,
 }
 
@@ -47,17 +49,21 @@ const MAX_DESCRIPTION: usize = 4096;
 
 pub(crate) fn check_text(name: &str, description: &str) -> Result<(), StoreError> {
     if name.trim().is_empty() {
-        return Err(StoreError::BadRequest("name must not be empty".into()));
+        return Err(StoreError::invalid("name", "required", "must not be empty"));
     }
     if name.chars().count() > MAX_NAME {
-        return Err(StoreError::BadRequest(format!(
-            "name may be at most {MAX_NAME} characters"
-        )));
+        return Err(StoreError::invalid(
+            "name",
+            "limit_exceeded",
+            format!("may be at most {MAX_NAME} characters"),
+        ));
     }
     if description.chars().count() > MAX_DESCRIPTION {
-        return Err(StoreError::BadRequest(format!(
-            "description may be at most {MAX_DESCRIPTION} characters"
-        )));
+        return Err(StoreError::invalid(
+            "description",
+            "limit_exceeded",
+            format!("may be at most {MAX_DESCRIPTION} characters"),
+        ));
     }
     Ok(())
 }
@@ -175,7 +181,8 @@ impl Store {
                  RETURNING key, name, description, created_at, updated_at",
                 args![key, name, description, t],
             )
-            .await?;
+            .await
+            .or_gone(|| format!("project '{key}'"))?;
         let rec = AuditRecord::new("project.update", "project", key)
             .scoped(Some(key), None)
             .before(encode(&before))

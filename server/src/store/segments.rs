@@ -285,10 +285,14 @@ impl Store {
         if_match: Option<u64>,
     ) -> Result<SegmentView, StoreError> {
         if segment.key != key {
-            return Err(StoreError::BadRequest(format!(
-                "key: the body names segment '{}' but the path names '{key}'; keys cannot be changed",
-                segment.key
-            )));
+            return Err(StoreError::invalid(
+                "key",
+                "key_mismatch",
+                format!(
+                    "the body names segment '{}' but the path names '{key}'; keys cannot be changed",
+                    segment.key
+                ),
+            ));
         }
         let (env, _local, mut tx) = self.begin_segment_write(project, environment).await?;
         let mut c = tx.conn();

@@ -5,7 +5,8 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::changes::{AuditRecord, audit};
-use super::{Store, StoreError, WriteContext, encode, unique_or};
+use super::projects::paginate;
+use super::{Page, Store, StoreError, WriteContext, encode, id_cursor, page_limit, unique_or};
 use crate::auth::{
     API_TOKEN_PREFIX, Actor, Role, digests_equal, generate_secret, hash_secret, hint,
 };
@@ -88,9 +89,11 @@ impl Store {
     ) -> Result<CreatedToken, StoreError> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > MAX_TOKEN_NAME {
-            return Err(StoreError::BadRequest(format!(
-                "name: must be 1 to {MAX_TOKEN_NAME} characters"
-            )));
+            return Err(StoreError::invalid(
+                "name",
+                "length",
+                format!("must be 1 to {MAX_TOKEN_NAME} characters"),
+            ));
         }
         let mut tx = self.db.begin().await?;
         let mut c = tx.conn();
@@ -133,18 +136,28 @@ impl Store {
             .await
     }
 
-    /// Every API token, revoked ones included, by id.
-    pub async fn list_tokens(&self) -> Result<Vec<TokenView>, StoreError> {
+    /// API tokens, revoked ones included, by id, a page at a time.
+    pub async fn list_tokens(
+        &self,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<TokenView>, StoreError> {
+        let after = id_cursor(cursor)?;
+        let limit = page_limit(limit);
         let mut pc = self.db.acquire().await?;
         let rows: Vec<TokenRow> = pc
             .conn()
             .fetch_all(
                 "SELECT id, name, role, hint, created_by, created_at, revoked_at FROM api_tokens
-                 ORDER BY id",
-                args![],
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+                args![after, limit + 1],
             )
             .await?;
-        rows.into_iter().map(TokenRow::view).collect()
+        let mut items = rows
+            .into_iter()
+            .map(TokenRow::view)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(paginate(&mut items, limit, |t| t.id.to_string()))
     }
 
     /// Revokes an API token: it stops authenticating at once.
@@ -240,9 +253,13 @@ impl Store {
         let (secret, generated) = match secret {
             Some(s) => {
                 if !s.starts_with(API_TOKEN_PREFIX) || s.len() < API_TOKEN_PREFIX.len() + 32 {
-                    return Err(StoreError::BadRequest(format!(
-                        "the bootstrap token must start with '{API_TOKEN_PREFIX}' and carry at least 32 more characters (128 bits as hex)"
-                    )));
+                    return Err(StoreError::invalid(
+                        "bootstrap_token",
+                        "key_format",
+                        format!(
+                            "the bootstrap token must start with '{API_TOKEN_PREFIX}' and carry at least 32 more characters (128 bits as hex)"
+                        ),
+                    ));
                 }
                 (s.to_owned(), false)
             }

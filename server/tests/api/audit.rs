@@ -63,7 +63,10 @@ both! {
         assert!(seen.windows(2).all(|w| w[0] > w[1]));
 
         expect(app.get("/api/v1/audit?flag=a").send().await.unwrap(), 422).await;
-        expect(app.get("/api/v1/audit?from=yesterday").send().await.unwrap(), 400).await;
+        let p = expect(app.get("/api/v1/audit?from=yesterday").send().await.unwrap(), 422).await;
+        assert_eq!(p["errors"][0]["path"], "from");
+        let p = expect(app.get("/api/v1/audit?cursor=12").send().await.unwrap(), 422).await;
+        assert_eq!(p["errors"][0]["path"], "cursor", "a raw id is not a cursor from this API");
     }
 
     async fn the_audit_log_cannot_be_changed(app) {

@@ -8,7 +8,8 @@ use crate::helpers::{bool_flag, config_path, expect};
 
 /// Every write endpoint, in an order that works when each succeeds, for project `p`; `{sdk}`,
 /// `{token}` and `{relay}` are ids of keys created beforehand by an admin. The flag says
-/// whether an editor may call it (viewers may call none, admins all).
+/// whether an editor may call it (viewers may call none, admins all). Each write changes
+/// something, so each must leave an audit entry.
 fn writes(p: &str) -> Vec<(Method, String, Value, bool)> {
     let cfg = config_path(p, "f", "e");
     vec![
@@ -45,22 +46,23 @@ fn writes(p: &str) -> Vec<(Method, String, Value, bool)> {
         (
             Method::PUT,
             format!("/api/v1/projects/{p}/flags/f"),
-            bool_flag("f"),
+            json!({"key": "f", "name": "F2", "kind": "boolean",
+                   "variations": [{"value": true}, {"value": false}]}),
             true,
         ),
         (
             Method::PUT,
             cfg.clone(),
-            json!({"off_variation": 1, "fallthrough": {"variation": 0}}),
+            json!({"off_variation": 0, "fallthrough": {"variation": 0}}),
             true,
         ),
-        (Method::PATCH, cfg.clone(), json!({"on": true}), true),
         (
             Method::POST,
             format!("{cfg}/rollback"),
             json!({"version": 1}),
             true,
         ),
+        (Method::PATCH, cfg.clone(), json!({"on": true}), true),
         (
             Method::POST,
             format!("/api/v1/projects/{p}/flags/f/kill"),
@@ -151,17 +153,18 @@ fn writes(p: &str) -> Vec<(Method, String, Value, bool)> {
             Value::Null,
             false,
         ),
+        // Deleting an environment or a whole project is an admin action.
         (
             Method::DELETE,
             format!("/api/v1/projects/{p}/environments/e"),
             Value::Null,
-            true,
+            false,
         ),
         (
             Method::DELETE,
             format!("/api/v1/projects/{p}"),
             Value::Null,
-            true,
+            false,
         ),
     ]
 }
@@ -214,8 +217,11 @@ async fn send(
     method: Method,
     path: &str,
     body: &Value,
+    request_id: &str,
 ) -> reqwest::Response {
-    let mut req = app.request_as(method, path, token);
+    let mut req = app
+        .request_as(method, path, token)
+        .header("x-request-id", request_id);
     if !body.is_null() {
         req = req.json(body);
     }
@@ -259,7 +265,7 @@ both! {
             }
             let mut ids: Option<(String, String, String)> = None;
             let before = app.database.fingerprint().await;
-            for (method, path, body, editor_may) in writes(&p) {
+            for (i, (method, path, body, editor_may)) in writes(&p).into_iter().enumerate() {
                 if ids.is_none() && (path.contains("{sdk}") || path.contains("/tokens") || path.contains("relay")) {
                     ids = Some(admin_keys(&app, &p).await);
                 }
@@ -268,11 +274,18 @@ both! {
                     None => path,
                 };
                 let allowed = match role { "viewer" => false, "editor" => editor_may, _ => true };
-                let res = send(&app, token, method.clone(), &path, &body).await;
+                let request_id = format!("rm-{role}-{i}");
+                let res = send(&app, token, method.clone(), &path, &body, &request_id).await;
                 let status = res.status();
                 let text = res.text().await.unwrap();
                 if allowed {
                     assert!(status.is_success(), "{role} {method} {path}: {status} {text}");
+                    // Every successful write is in the audit log, under its request id.
+                    let audit = expect(app.get("/api/v1/audit?limit=20").send().await.unwrap(), 200).await;
+                    assert!(
+                        audit["items"].as_array().unwrap().iter().any(|e| e["request_id"] == request_id.as_str()),
+                        "{role} {method} {path} left no audit entry: {audit}"
+                    );
                 } else {
                     assert_eq!(status, 403, "{role} {method} {path}: {text}");
                     assert!(text.contains("urn:vexil:problem:forbidden"));

@@ -51,8 +51,11 @@ both! {
 
         let before_ok = app.database.fingerprint().await;
         assert_eq!(before_ok["flags"], before["flags"] + 1);
-        let p = expect(app.get("/api/v1/projects/p/flags?limit=many").send().await.unwrap(), 400).await;
-        assert_eq!(p["type"], "urn:vexil:problem:bad-request");
+        // A query string that parses but breaks a rule is a 422 naming the parameter, like a
+        // body field.
+        let p = expect(app.get("/api/v1/projects/p/flags?limit=many").send().await.unwrap(), 422).await;
+        assert_eq!(p["type"], "urn:vexil:problem:validation");
+        assert_eq!(p["errors"][0]["path"], "limit");
         let p = expect(app.get("/api/v1/nowhere").send().await.unwrap(), 404).await;
         assert_eq!(p["type"], "urn:vexil:problem:not-found");
         let p = expect(app.delete("/api/v1/projects").send().await.unwrap(), 405).await;

@@ -18,9 +18,10 @@ both! {
         let text = list.to_string();
         assert!(!text.contains(secret));
         assert!(!text.contains(&app.admin_token));
-        let names: Vec<_> = list.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()).collect();
+        let names: Vec<_> = list["items"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()).collect();
         assert_eq!(names, ["bootstrap-admin", "ci"]);
-        assert!(list[1]["hint"].as_str().unwrap().ends_with(&secret[secret.len() - 4..]));
+        assert!(list.get("next_cursor").is_none());
+        assert!(list["items"][1]["hint"].as_str().unwrap().ends_with(&secret[secret.len() - 4..]));
         expect(app.post("/api/v1/tokens", &json!({"name": "ci", "role": "viewer"})).send().await.unwrap(), 409).await;
         expect(app.post("/api/v1/tokens", &json!({"name": "x", "role": "root"})).send().await.unwrap(), 422).await;
         expect(app.delete("/api/v1/tokens/999999").send().await.unwrap(), 404).await;
@@ -33,10 +34,10 @@ both! {
         assert!(secret.starts_with("vxs_"));
         assert_eq!(sdk["environments"], json!([{"project": "p", "environment": "prod"}]));
         let list = expect(app.get("/api/v1/projects/p/environments/prod/sdk-keys").send().await.unwrap(), 200).await;
-        assert_eq!(list.as_array().unwrap().len(), 1);
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
         assert!(!list.to_string().contains(&secret));
         let other_env = expect(app.get("/api/v1/projects/p/environments/dev/sdk-keys").send().await.unwrap(), 200).await;
-        assert!(other_env.as_array().unwrap().is_empty());
+        assert!(other_env["items"].as_array().unwrap().is_empty());
         let id = sdk["id"].as_i64().unwrap();
         // Addressed under the wrong environment, the key does not exist.
         expect(app.post(&format!("/api/v1/projects/p/environments/dev/sdk-keys/{id}/rotate"), &json!({})).send().await.unwrap(), 404).await;
@@ -76,7 +77,7 @@ both! {
         expect(app.delete(&format!("/api/v1/relay-keys/{rid}")).send().await.unwrap(), 200).await;
         assert!(store.authenticate_access_key(&relay_secret).await.unwrap().is_none());
         let relays = expect(app.get("/api/v1/relay-keys").send().await.unwrap(), 200).await;
-        assert!(relays[0]["revoked_at"].is_string());
+        assert!(relays["items"][0]["revoked_at"].is_string());
         store.db().close().await;
     }
 }

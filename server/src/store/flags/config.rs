@@ -408,9 +408,9 @@ impl Store {
     ) -> Result<Page<FlagVersion>, StoreError> {
         let limit = page_limit(limit);
         let before = match cursor {
-            Some(c) => c
-                .parse::<i64>()
-                .map_err(|_| StoreError::BadRequest("cursor: not a cursor from this API".into()))?,
+            Some(c) => c.parse::<i64>().map_err(|_| {
+                StoreError::invalid("cursor", "cursor", "not a cursor from this API")
+            })?,
             None => i64::MAX,
         };
         let mut pc = self.db.acquire().await?;

@@ -81,31 +81,33 @@ pub struct FlagConfigView {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct ConfigPatch {
     /// Turn targeting on or off.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[schema(nullable = false)]
     pub on: Option<bool>,
     /// Variation served while off.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[schema(nullable = false)]
     pub off_variation: Option<usize>,
     /// Individual targets.
-    #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[schema(value_type = Option<Vec<crate::openapi::TargetDoc>>, nullable = false)]
     pub targets: Option<Vec<Target>>,
     /// Rules.
-    #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[schema(value_type = Option<Vec<crate::openapi::RuleDoc>>, nullable = false)]
     pub rules: Option<Vec<Rule>>,
     /// What contexts matching nothing get.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[schema(value_type = Option<crate::openapi::ServeDoc>, nullable = false)]
     pub fallthrough: Option<Serve>,
     /// Prerequisites.
-    #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[schema(value_type = Option<Vec<crate::openapi::PrerequisiteDoc>>, nullable = false)]
     pub prerequisites: Option<Vec<Prerequisite>>,
 }
 
-/// Filters for listing flags.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+/// Filters for listing flags (the API parses and checks them: `api::query`).
+#[derive(Debug, Clone, Default)]
 pub struct FlagFilter {
     /// Only flags carrying this tag.
     pub tag: Option<String>,
@@ -113,7 +115,9 @@ pub struct FlagFilter {
     pub q: Option<String>,
     /// `true`: only archived flags; `false`: only live ones; absent: both.
     pub archived: Option<bool>,
-    /// Cursor from the previous page.
+    /// `true`: only temporary flags; `false`: only permanent ones; absent: both.
+    pub temporary: Option<bool>,
+    /// The key to start after.
     pub cursor: Option<String>,
     /// Page size (1–500, default 50).
     pub limit: Option<u32>,
@@ -283,10 +287,14 @@ fn check_if_match(expected: Option<u64>, current: i64) -> Result<(), StoreError>
 
 fn check_path_key(def: &FlagDefinition, key: &str) -> Result<(), StoreError> {
     if def.key != key {
-        return Err(StoreError::BadRequest(format!(
-            "key: the body names flag '{}' but the path names '{key}'; keys cannot be changed",
-            def.key
-        )));
+        return Err(StoreError::invalid(
+            "key",
+            "key_mismatch",
+            format!(
+                "the body names flag '{}' but the path names '{key}'; keys cannot be changed",
+                def.key
+            ),
+        ));
     }
     Ok(())
 }
@@ -469,20 +477,38 @@ impl Store {
         let mut pc = self.db.acquire().await?;
         let mut c = pc.conn();
         let p = project_row(&mut c, project).await?;
+        // Every filter runs in SQL, walking the (project, key) index in key order, so a page
+        // costs the same at 10,000 flags as at 10. `temporary` lives in the definition
+        // document: read with each engine's JSON operator.
+        macro_rules! list_sql {
+            ($temporary:literal) => {
+                concat!(
+                    "SELECT id, definition, archived, version, created_at, updated_at FROM flags f
+                     WHERE project_id = $1 AND key > $2
+                       AND ($3 IS NULL OR EXISTS (SELECT 1 FROM flag_tags t WHERE t.flag_id = f.id AND t.tag = $3))
+                       AND ($4 IS NULL OR LOWER(key) LIKE $4 ESCAPE '\\' OR LOWER(name) LIKE $4 ESCAPE '\\')
+                       AND ($5 IS NULL OR archived = $5)
+                       AND ($6 IS NULL OR ",
+                    $temporary,
+                    " = $6)
+                     ORDER BY key LIMIT $7"
+                )
+            };
+        }
+        let sql = match &c {
+            Conn::Pg(_) => list_sql!("COALESCE((definition->>'temporary')::boolean, FALSE)"),
+            Conn::Lite(_) => list_sql!("COALESCE(json_extract(definition, '$.temporary'), 0)"),
+        };
         let rows: Vec<FlagRow> = c
             .fetch_all(
-                "SELECT id, definition, archived, version, created_at, updated_at FROM flags f
-                 WHERE project_id = $1 AND key > $2
-                   AND ($3 IS NULL OR EXISTS (SELECT 1 FROM flag_tags t WHERE t.flag_id = f.id AND t.tag = $3))
-                   AND ($4 IS NULL OR LOWER(key) LIKE $4 ESCAPE '\\' OR LOWER(name) LIKE $4 ESCAPE '\\')
-                   AND ($5 IS NULL OR archived = $5)
-                 ORDER BY key LIMIT $6",
+                sql,
                 args![
                     p.id,
                     filter.cursor.as_deref().unwrap_or(""),
                     filter.tag.clone(),
                     pattern,
                     crate::db::Arg::OptBool(filter.archived),
+                    crate::db::Arg::OptBool(filter.temporary),
                     limit + 1
                 ],
             )
