@@ -422,8 +422,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the pool tries to open a connection before the database counts as unreachable
 /// (a refused connection is retried until then). PostgreSQL answers a connection attempt in
-/// milliseconds when it is up.
-const UNREACHABLE_AFTER: Duration = Duration::from_secs(1);
+/// milliseconds when it is up; the margin is for a loaded host.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(2);
 
 /// A pooled PostgreSQL connection, failing fast when the database is unreachable.
 ///
@@ -431,7 +431,7 @@ const UNREACHABLE_AFTER: Duration = Duration::from_secs(1);
 /// connection busy serving requests) the database is up but loaded, and the wait goes on, up
 /// to [`ACQUIRE_TIMEOUT`] in all. When it expires with room in the pool, the pool spent the
 /// whole time failing to open a connection: the database is down, and the caller gets
-/// `PoolTimedOut` (a 503) after about a second instead of ten. With `wait_for_database`
+/// `PoolTimedOut` (a 503) after two seconds instead of ten. With `wait_for_database`
 /// (start-up) an unreachable database is waited for up to [`ACQUIRE_TIMEOUT`] too.
 async fn acquire_pg(
     pool: &PgPool,

@@ -173,7 +173,8 @@ async fn a_database_outage_fails_fast_and_recovers() {
     )
     .await;
     assert_eq!(res.unwrap().status(), 503);
-    assert!(took < Duration::from_secs(3), "read took {took:?}");
+    // Reads need the database: they fail once a connection attempt has failed for 2 s.
+    assert!(took < Duration::from_secs(4), "read took {took:?}");
 
     // Back again: readiness, writes and the change feed recover.
     let c = Arc::clone(&cluster);
