@@ -155,10 +155,10 @@ fn client_addr(req: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
             .headers()
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-            .last();
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|a| a.trim().parse::<IpAddr>().ok());
         if forwarded.is_some() {
             return forwarded;
         }
@@ -412,4 +412,50 @@ pub async fn problem_context(req: Request, next: Next) -> Response {
     }
     out.extensions_mut().remove::<Problem>();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(forwarded: &[&str], peer: [u8; 4]) -> Request {
+        let mut b = Request::builder().uri("/api/v1/projects");
+        for f in forwarded {
+            b = b.header("x-forwarded-for", *f);
+        }
+        let mut req = b.body(Body::empty()).unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((peer, 40_000))));
+        req
+    }
+
+    #[test]
+    fn the_client_address_is_the_peer_unless_the_proxy_is_trusted() {
+        let req = request(&["203.0.113.9, 10.0.0.7"], [10, 0, 0, 1]);
+        assert_eq!(client_addr(&req, false), Some(IpAddr::from([10, 0, 0, 1])));
+        // Trusted: the entry the nearest proxy appended, not what the client claimed first.
+        assert_eq!(client_addr(&req, true), Some(IpAddr::from([10, 0, 0, 7])));
+        let req = request(&["1.1.1.1", "198.51.100.4"], [10, 0, 0, 1]);
+        assert_eq!(
+            client_addr(&req, true),
+            Some(IpAddr::from([198, 51, 100, 4]))
+        );
+        // An unusable last entry falls back to the peer, never to a client-supplied one.
+        let req = request(&["1.1.1.1, garbage"], [10, 0, 0, 1]);
+        assert_eq!(client_addr(&req, true), Some(IpAddr::from([10, 0, 0, 1])));
+    }
+
+    #[test]
+    fn secrets_are_removed_from_stored_bodies() {
+        let body = br#"{"id":3,"hint":"vxs_...abcd","secret":"vxs_0123"}"#;
+        let kept = without_secret(body).unwrap();
+        let kept: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!({"id": 3, "hint": "vxs_...abcd", "secret_withheld": true})
+        );
+        assert_eq!(without_secret(br#"{"id":3}"#), None);
+        assert_eq!(without_secret(b"[1,2]"), None);
+        assert_eq!(without_secret(b"not json"), None);
+    }
 }

@@ -96,13 +96,16 @@ const MAX_CACHED_TOKENS: usize = 10_000;
 /// be reached (revocation is a database write, so none can happen meanwhile).
 const STALE_WHILE_UNAVAILABLE: StdDuration = StdDuration::from_secs(300);
 
+/// What the database said about a token digest (its caller, or `None`: refused), and when.
+type CachedAnswer = (Option<Actor>, Instant);
+
 /// Recently verified and refused API token digests (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct TokenCache {
     /// How long an answer is used without asking the database again.
     ttl: StdDuration,
     /// Digest → the token's caller (`None`: refused) and when the database said so.
-    entries: Mutex<HashMap<Vec<u8>, (Option<Actor>, Instant)>>,
+    entries: Mutex<HashMap<Vec<u8>, CachedAnswer>>,
 }
 
 impl TokenCache {
@@ -113,7 +116,7 @@ impl TokenCache {
         }
     }
 
-    fn get(&self, digest: &[u8]) -> Option<(Option<Actor>, Instant)> {
+    fn get(&self, digest: &[u8]) -> Option<CachedAnswer> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.get(digest).cloned()
     }
@@ -377,5 +380,42 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(id: i64) -> Actor {
+        Actor {
+            token_id: Some(id),
+            name: format!("t{id}"),
+            role: Role::Viewer,
+        }
+    }
+
+    #[test]
+    fn the_cache_forgets_revoked_tokens_and_stays_bounded() {
+        let cache = TokenCache::new(StdDuration::from_secs(60));
+        cache.put(vec![1], Some(actor(1)));
+        cache.put(vec![2], Some(actor(2)));
+        cache.put(vec![3], None);
+        let (a, at) = cache.get(&[1]).unwrap();
+        assert_eq!(a, Some(actor(1)));
+        assert!(cache.fresh(at));
+        cache.forget_token(1);
+        assert!(cache.get(&[1]).is_none());
+        assert!(cache.get(&[2]).is_some(), "other tokens stay");
+        cache.forget_digest(&[3]);
+        assert!(cache.get(&[3]).is_none());
+        for i in 0..(MAX_CACHED_TOKENS as u32 + 5) {
+            cache.put(i.to_be_bytes().to_vec(), None);
+        }
+        assert!(cache.entries.lock().unwrap().len() <= MAX_CACHED_TOKENS);
+        // A zero lifetime never answers from memory.
+        let off = TokenCache::new(StdDuration::ZERO);
+        off.put(vec![1], Some(actor(1)));
+        assert!(!off.fresh(off.get(&[1]).unwrap().1));
     }
 }
