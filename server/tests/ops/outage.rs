@@ -47,6 +47,15 @@ impl Api {
         .unwrap()
     }
 
+    async fn snapshot(&self, sdk_key: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/sdk/v1/snapshot", self.base))
+            .bearer_auth(sdk_key)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn readyz(&self) -> reqwest::Response {
         self.client
             .get(format!("{}/readyz", self.base))
@@ -130,6 +139,20 @@ async fn a_database_outage_fails_fast_and_recovers() {
     )
     .await;
     assert_eq!(expect(api.evaluate().await, 200).await["value"], true);
+    let sdk = expect(
+        api.req(
+            reqwest::Method::POST,
+            "/api/v1/projects/p/environments/e/sdk-keys",
+        )
+        .json(&json!({"name": "web"}))
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
+    let sdk_key = sdk["secret"].as_str().unwrap().to_owned();
+    assert_eq!(api.snapshot(&sdk_key).await.status(), 200);
     assert_eq!(api.readyz().await.status(), 200);
 
     // The outage.
@@ -151,6 +174,22 @@ async fn a_database_outage_fails_fast_and_recovers() {
     assert!(
         took < Duration::from_millis(1500),
         "evaluation took {took:?}"
+    );
+
+    // SDKs with known keys are served from memory; an unknown key needs the database and is
+    // answered 503 once a connection attempt has failed, not after the pool's 10 s.
+    let (res, took) = timed(api.snapshot(&sdk_key)).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        took < Duration::from_millis(1500),
+        "SDK snapshot took {took:?}"
+    );
+    let unknown = format!("vxs_{}", "0".repeat(64));
+    let (res, took) = timed(api.snapshot(&unknown)).await;
+    assert_eq!(res.status(), 503);
+    assert!(
+        took < Duration::from_secs(4),
+        "unknown SDK key took {took:?}"
     );
 
     for attempt in 0..2 {
