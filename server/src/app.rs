@@ -21,8 +21,11 @@ use vexil_relay::{Hub, HubConfig};
 
 use crate::config::Config;
 use crate::db::{Db, DbOptions};
+use crate::error::Problem;
 use crate::feed::Feed;
+use crate::health::{self, Health};
 use crate::store::{Store, StoreError};
+use crate::throttle::AuthThrottle;
 use crate::{api, distribution, middleware};
 
 /// What every handler shares. Cheap to clone.
@@ -36,6 +39,10 @@ pub struct AppState {
     pub feed: Feed,
     /// The Prometheus recorder behind `/metrics`, when metrics are on.
     pub metrics: Option<PrometheusHandle>,
+    /// Whether the database is reachable (probed in the background).
+    pub health: Health,
+    /// Failed authentications per client address.
+    pub auth_throttle: Arc<AuthThrottle>,
 }
 
 /// Why the server could not start.
@@ -78,7 +85,8 @@ impl Server {
         .await
         .map_err(StartError::Connect)?;
         db.migrate().await.map_err(StartError::Migrate)?;
-        let store = Store::new(db);
+        let store =
+            Store::new(db).with_token_cache_ttl(Duration::from_millis(config.token_cache_ms));
         let generated_admin_token = store
             .bootstrap_admin(config.bootstrap_token.as_deref())
             .await
@@ -93,12 +101,18 @@ impl Server {
         let feed = Feed::load(store.clone(), hub, config.feed_config())
             .await
             .map_err(StartError::Load)?;
+        let auth_throttle = Arc::new(AuthThrottle::new(
+            config.auth_failure_limit,
+            Duration::from_secs(config.auth_failure_window_secs),
+        ));
         Ok(Self {
             state: AppState {
                 store,
                 config: Arc::new(config),
                 feed,
                 metrics,
+                health: Health::default(),
+                auth_throttle,
             },
             generated_admin_token,
         })
@@ -135,9 +149,16 @@ impl Server {
         let app = self.router();
         let store = self.state.store.clone();
         let purge = tokio::spawn(purge_idempotency_keys(store.clone()));
+        let probe = tokio::spawn(health::probe(
+            store.db().clone(),
+            self.state.health.clone(),
+            Duration::from_millis(self.state.config.database_probe_ms.max(10)),
+        ));
         let feed = self.state.feed.start();
         let hub = self.state.feed.hub().clone();
         let drain = Duration::from_millis(self.state.config.drain_ms);
+        // The peer address is the key of authentication throttling.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -146,6 +167,7 @@ impl Server {
             .await
             .map_err(StartError::Serve);
         purge.abort();
+        probe.abort();
         feed.stop().await;
         store.db().close().await;
         result
@@ -180,14 +202,32 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `/readyz`: the database answers and every migration is applied.
-async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
-    match app.store.db().ready().await {
-        Ok(true) => (StatusCode::OK, "ready"),
-        Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "migrations pending"),
-        Err(e) => {
+/// `/readyz`: the database answers and every migration is applied. Answers within
+/// [`health::PROBE_TIMEOUT`]: at once while the probe knows the database is down, otherwise
+/// after one bounded check. Not ready is a `503` problem saying why.
+async fn readyz(State(app): State<AppState>) -> axum::response::Response {
+    let not_ready = |slug: &str, detail: &str| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            slug,
+            Some(detail.to_owned()),
+        )
+        .into_response_with_status()
+    };
+    const UNREACHABLE: &str = "the database does not answer";
+    if app.health.is_down() {
+        return not_ready("database-unreachable", UNREACHABLE);
+    }
+    match tokio::time::timeout(health::PROBE_TIMEOUT, app.store.db().ready()).await {
+        Ok(Ok(true)) => (StatusCode::OK, "ready").into_response(),
+        Ok(Ok(false)) => not_ready("migrations-pending", "database migrations are pending"),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+            not_ready("database-unreachable", UNREACHABLE)
+        }
+        Err(_) => {
+            tracing::warn!("readiness check timed out");
+            not_ready("database-unreachable", UNREACHABLE)
         }
     }
 }

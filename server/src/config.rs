@@ -30,8 +30,14 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Database: `postgres://…` for PostgreSQL, or a SQLite file path / `sqlite://` URL (created
-    /// if missing, WAL mode).
-    #[arg(long, env = "VEXIL_DATABASE_URL", default_value = "vexil.db")]
+    /// if missing, WAL mode). May carry a password: it is never printed (`--help` hides the
+    /// variable's value; logs show the URL with the password as `***`).
+    #[arg(
+        long,
+        env = "VEXIL_DATABASE_URL",
+        default_value = "vexil.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
 
     /// Maximum pooled database connections.
@@ -96,6 +102,33 @@ pub struct Config {
     /// turn this off).
     #[arg(long, env = "VEXIL_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics: bool,
+
+    /// Failed API authentications allowed per client address within
+    /// `--auth-failure-window-secs` before further attempts get `429` (0: no throttling).
+    /// Only failures count: any amount of correctly authenticated traffic is never throttled.
+    #[arg(long, env = "VEXIL_AUTH_FAILURE_LIMIT", default_value_t = 30)]
+    pub auth_failure_limit: u32,
+
+    /// Length in seconds of the window in which failed authentications are counted.
+    #[arg(long, env = "VEXIL_AUTH_FAILURE_WINDOW_SECS", default_value_t = 60)]
+    pub auth_failure_window_secs: u64,
+
+    /// Take the client address for authentication throttling from the last
+    /// `X-Forwarded-For` entry (the one the nearest proxy added). Turn on only behind a proxy
+    /// that sets it; otherwise clients could pick their own address.
+    #[arg(long, env = "VEXIL_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
+
+    /// Milliseconds a verified API token (or a refused one) is remembered without asking the
+    /// database again. A token revoked on another server stops working within this time (at
+    /// once on the server that revoked it).
+    #[arg(long, env = "VEXIL_TOKEN_CACHE_MS", default_value_t = 5_000)]
+    pub token_cache_ms: u64,
+
+    /// Milliseconds between database health probes (they drive `/readyz` and fail writes fast
+    /// while the database is down).
+    #[arg(long, env = "VEXIL_DATABASE_PROBE_MS", default_value_t = 1_000)]
+    pub database_probe_ms: u64,
 }
 
 impl Config {
@@ -117,7 +150,17 @@ impl Config {
             ofrep_rate_limit: 10_000,
             drain_ms: 1_000,
             metrics: true,
+            auth_failure_limit: 30,
+            auth_failure_window_secs: 60,
+            trust_forwarded_for: false,
+            token_cache_ms: 5_000,
+            database_probe_ms: 1_000,
         }
+    }
+
+    /// The database URL as it may be shown in logs and on the console (see [`redact_url`]).
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(&self.database_url)
     }
 
     /// The change feed's settings.
@@ -133,9 +176,100 @@ impl Config {
     }
 }
 
+/// Query parameters whose values are secrets (libpq and sqlx accept credentials there too).
+const SECRET_PARAMS: &[&str] = &["password", "sslpassword", "passfile", "sslkey"];
+
+/// `url` with any password replaced by `***`: the one in the user-info part
+/// (`scheme://user:password@host`) and those given as query parameters (`?password=…`).
+/// Anything that is not a `scheme://` URL (a SQLite file path) is returned unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    // A password may hold '/' or '@' when not percent-encoded; a query or fragment cannot
+    // start before it ends. So user-info ends at the last '@' before the first '?' or '#'.
+    let query_start = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (before_query, tail) = rest.split_at(query_start);
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..scheme_end]);
+    match before_query.rfind('@') {
+        Some(at) => {
+            let (userinfo, host_and_path) = before_query.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _password)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(host_and_path);
+        }
+        None => out.push_str(before_query),
+    }
+    let (query, fragment) = match tail.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (tail, None),
+    };
+    if let Some(query) = query.strip_prefix('?') {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if SECRET_PARAMS.contains(&name.to_ascii_lowercase().as_str()) => {
+                    format!("{name}=***")
+                }
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://vexil:s3cret@db.internal:5432/vexil"),
+            "postgres://vexil:***@db.internal:5432/vexil"
+        );
+        // A password may contain '@' (percent-encoding is not always used) and ':'.
+        assert_eq!(
+            redact_url("postgresql://u:p@ss:w@rd@h/db?sslmode=require"),
+            "postgresql://u:***@h/db?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=s3cret&sslmode=disable"),
+            "postgres://h/db?user=u&password=***&sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://u:pa/ss@h/db?user=a@b&password=x"),
+            "postgres://u:***@h/db?user=a@b&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:pw@h?PassWord=x#frag"),
+            "postgres://u:***@h?PassWord=***#frag"
+        );
+        // Nothing secret: unchanged.
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("https://relay.example/x"),
+            "https://relay.example/x"
+        );
+        assert_eq!(redact_url("vexil.db"), "vexil.db");
+        assert_eq!(
+            redact_url("sqlite:///var/lib/vexil.db"),
+            "sqlite:///var/lib/vexil.db"
+        );
+    }
 
     #[test]
     fn defaults_start_on_sqlite_locally() {

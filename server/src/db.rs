@@ -20,7 +20,8 @@ use sqlx::sqlite::{
 };
 use sqlx::types::Json;
 use sqlx::{
-    Arguments, FromRow, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool,
+    Arguments, FromRow, PgConnection, PgPool, Postgres, SqlSafeStr, Sqlite, SqliteConnection,
+    SqlitePool,
 };
 use time::OffsetDateTime;
 use time::format_description::BorrowedFormatItem;
@@ -336,10 +337,11 @@ impl Conn<'_> {
     }
 }
 
-/// An open write transaction on either engine.
+/// An open transaction on either engine.
 #[derive(Debug)]
 pub(crate) enum Tx {
-    Pg(sqlx::Transaction<'static, Postgres>),
+    /// A PostgreSQL transaction and whether it is a write transaction.
+    Pg(sqlx::Transaction<'static, Postgres>, bool),
     /// A SQLite transaction and, for write transactions, the signal raised after commit.
     Lite(sqlx::Transaction<'static, Sqlite>, Option<Commits>),
 }
@@ -348,23 +350,41 @@ impl Tx {
     /// The transaction's connection.
     pub(crate) fn conn(&mut self) -> Conn<'_> {
         match self {
-            Tx::Pg(t) => Conn::Pg(&mut *t),
+            Tx::Pg(t, _) => Conn::Pg(&mut *t),
             Tx::Lite(t, _) => Conn::Lite(&mut *t),
         }
     }
 
-    /// Commits.
-    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+    /// Whether this is a write transaction (from [`Db::begin`]).
+    fn is_write(&self) -> bool {
         match self {
-            Tx::Pg(t) => t.commit().await,
+            Tx::Pg(_, write) => *write,
+            Tx::Lite(_, commits) => commits.is_some(),
+        }
+    }
+
+    /// Commits. A write transaction run for a request with an `Idempotency-Key` first marks
+    /// the key's record as committed, in this same transaction, so that the record can never
+    /// say "in progress" about a write that happened (see `store::idempotency`).
+    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let claim = if self.is_write() {
+            crate::store::mark_idempotency_committed(&mut self.conn()).await?
+        } else {
+            None
+        };
+        match self {
+            Tx::Pg(t, _) => t.commit().await?,
             Tx::Lite(t, commits) => {
                 t.commit().await?;
                 if let Some(c) = commits {
                     c.committed();
                 }
-                Ok(())
             }
         }
+        if let Some(claim) = claim {
+            claim.committed();
+        }
+        Ok(())
     }
 }
 
@@ -392,6 +412,41 @@ pub struct DbOptions {
     pub max_connections: u32,
 }
 
+/// How long a request waits for a pooled connection while every connection is busy.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the pool tries to open a connection before the database counts as unreachable
+/// (a refused connection is retried until then). PostgreSQL answers a connection attempt in
+/// milliseconds when it is up; the margin is for a loaded host.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(2);
+
+/// A pooled PostgreSQL connection, failing fast when the database is unreachable.
+///
+/// The pool's own timeout is [`UNREACHABLE_AFTER`]. When it expires with the pool full (every
+/// connection busy serving requests) the database is up but loaded, and the wait goes on, up
+/// to [`ACQUIRE_TIMEOUT`] in all. When it expires with room in the pool, the pool spent the
+/// whole time failing to open a connection: the database is down, and the caller gets
+/// `PoolTimedOut` (a 503) after two seconds instead of ten. With `wait_for_database`
+/// (start-up) an unreachable database is waited for up to [`ACQUIRE_TIMEOUT`] too.
+async fn acquire_pg(
+    pool: &PgPool,
+    wait_for_database: bool,
+) -> Result<sqlx::pool::PoolConnection<Postgres>, sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + ACQUIRE_TIMEOUT;
+    loop {
+        match pool.acquire().await {
+            Err(sqlx::Error::PoolTimedOut) if tokio::time::Instant::now() < deadline => {
+                let saturated =
+                    pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0;
+                if !(saturated || wait_for_database) {
+                    return Err(sqlx::Error::PoolTimedOut);
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Db {
     /// Connects (creating a SQLite file if missing, in WAL mode) without migrating.
     pub async fn connect(options: &DbOptions) -> Result<Self, sqlx::Error> {
@@ -400,9 +455,10 @@ impl Db {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections.max(1))
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(opts)
-                .await?;
+                .acquire_timeout(UNREACHABLE_AFTER)
+                .connect_lazy_with(opts);
+            // Open the first connection now, so that a wrong URL fails the start.
+            drop(acquire_pg(&pool, true).await?);
             Ok(Db::Postgres(pool))
         } else {
             let opts = if url.starts_with("sqlite:") {
@@ -470,7 +526,7 @@ impl Db {
     /// Borrows a pooled connection.
     pub(crate) async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
         Ok(match self {
-            Db::Postgres(p) => Pooled::Pg(p.acquire().await?),
+            Db::Postgres(p) => Pooled::Pg(acquire_pg(p, false).await?),
             Db::Sqlite(p, _) => Pooled::Lite(p.acquire().await?),
         })
     }
@@ -479,7 +535,10 @@ impl Db {
     /// up front rather than failing on upgrade).
     pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Postgres(p) => Tx::Pg(p.begin().await?),
+            Db::Postgres(p) => {
+                let c = acquire_pg(p, false).await?;
+                Tx::Pg(sqlx::Transaction::begin(c, None).await?, true)
+            }
             Db::Sqlite(p, commits) => Tx::Lite(
                 p.begin_with("BEGIN IMMEDIATE").await?,
                 Some(commits.clone()),
@@ -492,10 +551,12 @@ impl Db {
     /// reads one snapshot).
     pub(crate) async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Postgres(p) => Tx::Pg(
-                p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await?,
-            ),
+            Db::Postgres(p) => {
+                let c = acquire_pg(p, false).await?;
+                let begin =
+                    SqlSafeStr::into_sql_str("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+                Tx::Pg(sqlx::Transaction::begin(c, Some(begin)).await?, false)
+            }
             Db::Sqlite(p, _) => Tx::Lite(p.begin().await?, None),
         })
     }

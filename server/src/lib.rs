@@ -12,7 +12,8 @@
 //!   serves `/sdk/v1/*`, `/relay/v1/stream` and OFREP (`/ofrep/v1/*`);
 //! - [`api`]: the `/api/v1` handlers with their OpenAPI descriptions ([`openapi`]);
 //! - [`auth`]: secrets and roles; [`middleware`]: authentication, idempotency, problem
-//!   context; [`extract`]: strict JSON, `If-Match`, the caller; [`error`]: the one
+//!   context; [`throttle`]: failed-authentication limits; [`health`]: the database probe;
+//!   [`extract`]: strict JSON, `If-Match`, the caller; [`error`]: the one
 //!   [`error::ApiError`] and its RFC 9457 form.
 #![deny(missing_docs)]
 
@@ -25,10 +26,12 @@ pub mod distribution;
 pub mod error;
 pub mod extract;
 pub mod feed;
+pub mod health;
 pub mod middleware;
 pub mod openapi;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 
 pub use app::{AppState, Server, StartError, run};
 pub use config::Config;

@@ -15,7 +15,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr().context("no local address")?;
-    let database = config.database_url.clone();
+    // Never the password: logs and consoles are read by more people than the database.
+    let database = config.database_url_redacted();
     let server = Server::build(config).await.context("cannot start")?;
     tracing::info!(%addr, %database, "vexil control plane listening");
     println!("Vexil control plane listening on http://{addr}");

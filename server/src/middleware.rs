@@ -1,8 +1,11 @@
 //! Request middleware: authentication, `Idempotency-Key` replay, and problem context.
 
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
 use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -10,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::app::AppState;
 use crate::auth::{API_TOKEN_PREFIX, Actor};
 use crate::error::{ApiError, PROBLEM_JSON, Problem};
-use crate::store::{IdempotencyBegin, StoredResponse};
+use crate::store::{IdempotencyBegin, IdempotencyClaim, StoredResponse};
 
 /// The header carrying an idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -18,40 +21,151 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// Authenticates `Authorization: Bearer vxa_…` and puts the [`Actor`] in the request.
+///
+/// Failures are counted per client address (metric `vexil_auth_failures_total{reason}`);
+/// an address past its limit gets `429` with `Retry-After` without a database lookup,
+/// unless its token was verified recently (see [`crate::throttle`]). While the database is
+/// known to be down, writes are refused at once with `503` and `Retry-After`.
 pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
-    let header = req
-        .headers()
+    let client = client_addr(&req, app.config.trust_forwarded_for);
+    let token = bearer_token(req.headers());
+    let cached = token
+        .as_ref()
+        .ok()
+        .and_then(|t| app.store.cached_token(t, app.health.is_down()));
+    if cached.is_none()
+        && let Some(wait) = client.and_then(|ip| app.auth_throttle.blocked(ip, Instant::now()))
+    {
+        metrics::counter!("vexil_auth_failures_total", "reason" => "throttled").increment(1);
+        return throttled(wait);
+    }
+    let actor = match (token, cached) {
+        (Err((reason, e)), _) => return refuse(&app, client, reason, e),
+        (Ok(_), Some(actor)) => actor,
+        (Ok(token), None) => match app.store.authenticate_token(&token).await {
+            Ok(Some(actor)) => actor,
+            Ok(None) => {
+                return refuse(
+                    &app,
+                    client,
+                    "unknown",
+                    ApiError::Unauthorized("the API token is not valid or has been revoked".into()),
+                );
+            }
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+    };
+    if app.health.is_down() && is_database_write(&req) {
+        return database_down();
+    }
+    tracing::Span::current().record("actor", actor.name.as_str());
+    req.extensions_mut().insert(actor);
+    next.run(req).await
+}
+
+/// The presented API token, or why there is none usable (a metric label and the error).
+fn bearer_token(headers: &HeaderMap) -> Result<String, (&'static str, ApiError)> {
+    let Some(header) = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let Some(header) = header else {
-        return ApiError::Unauthorized(format!(
-            "send an API token as 'Authorization: Bearer {API_TOKEN_PREFIX}…'"
-        ))
-        .into_response();
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err((
+            "missing",
+            ApiError::Unauthorized(format!(
+                "send an API token as 'Authorization: Bearer {API_TOKEN_PREFIX}…'"
+            )),
+        ));
     };
     let token = match header.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
         _ => {
-            return ApiError::Unauthorized("use the Bearer authentication scheme".into())
-                .into_response();
+            return Err((
+                "scheme",
+                ApiError::Unauthorized("use the Bearer authentication scheme".into()),
+            ));
         }
     };
     if !token.starts_with(API_TOKEN_PREFIX) {
-        return ApiError::Unauthorized(
-            "the management API takes API tokens (vxa_…); SDK and relay keys cannot use it".into(),
-        )
-        .into_response();
+        return Err((
+            "wrong_kind",
+            ApiError::Unauthorized(
+                "the management API takes API tokens (vxa_…); SDK and relay keys cannot use it"
+                    .into(),
+            ),
+        ));
     }
-    match app.store.authenticate_token(token).await {
-        Ok(Some(actor)) => {
-            tracing::Span::current().record("actor", actor.name.as_str());
-            req.extensions_mut().insert(actor);
-            next.run(req).await
+    Ok(token.to_owned())
+}
+
+/// Counts a failed authentication and answers it.
+fn refuse(app: &AppState, client: Option<IpAddr>, reason: &'static str, e: ApiError) -> Response {
+    metrics::counter!("vexil_auth_failures_total", "reason" => reason).increment(1);
+    if let Some(ip) = client {
+        app.auth_throttle.failed(ip, Instant::now());
+    }
+    e.into_response()
+}
+
+/// `429` with `Retry-After` for a client past its failed-authentication limit.
+fn throttled(wait: Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut res = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too-many-failed-authentications",
+        Some(format!(
+            "too many failed authentications from this address; retry in {secs} s"
+        )),
+    )
+    .into_response_with_status();
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    res
+}
+
+/// Whether a request writes to the database: any mutating method, except evaluation
+/// (served from memory).
+fn is_database_write(req: &Request) -> bool {
+    let path = req.uri().path();
+    let evaluation = path.starts_with("/api/v1/evaluate") || path.ends_with("/explain");
+    matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) && !evaluation
+}
+
+/// Seconds a client is asked to wait before retrying while the database is unreachable.
+const RETRY_AFTER_UNAVAILABLE_SECS: u32 = 2;
+
+/// `503` with `Retry-After`, without touching the database.
+fn database_down() -> Response {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        Some("the service cannot reach its database; retry shortly".into()),
+    )
+    .into_response_with_status()
+}
+
+/// The client address throttling is keyed by: the peer, or with `trust_forwarded_for` the
+/// last `X-Forwarded-For` entry (the one the nearest proxy added; earlier ones are the
+/// client's word). `None` when served without a socket (in-process router tests).
+fn client_addr(req: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
+    if trust_forwarded_for {
+        let forwarded = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|a| a.trim().parse::<IpAddr>().ok());
+        if forwarded.is_some() {
+            return forwarded;
         }
-        Ok(None) => ApiError::Unauthorized("the API token is not valid or has been revoked".into())
-            .into_response(),
-        Err(e) => ApiError::from(e).into_response(),
     }
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 fn valid_key(key: &str) -> bool {
@@ -109,11 +223,29 @@ pub async fn idempotency(State(app): State<AppState>, req: Request, next: Next) 
         Ok(IdempotencyBegin::Mismatch) => ApiError::IdempotencyMismatch.into_response(),
         Ok(IdempotencyBegin::InProgress) => ApiError::IdempotencyInProgress.into_response(),
         Ok(IdempotencyBegin::Replay(stored)) => replay(stored),
+        Ok(IdempotencyBegin::Applied) => Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-response-lost",
+            Some(
+                "the first request with this Idempotency-Key was applied, but its response was \
+                 not kept (the server stopped before storing it); it is not applied again: read \
+                 the resource to see its state"
+                    .into(),
+            ),
+        )
+        .into_response_with_status(),
         Ok(IdempotencyBegin::Proceed) => {
-            let res = next
-                .run(Request::from_parts(parts, Body::from(bytes)))
+            let claim = IdempotencyClaim::new(token_id, &key);
+            let res = claim
+                .clone()
+                .scope(next.run(Request::from_parts(parts, Body::from(bytes))))
                 .await;
             if res.status().is_server_error() {
+                if claim.is_committed() {
+                    // Something was written: the record stays, answering "applied" to a retry
+                    // rather than letting it write again.
+                    return res;
+                }
                 if let Err(e) = app.store.idempotency_abandon(token_id, &key).await {
                     tracing::warn!(error = %e, "could not release an idempotency key");
                 }
@@ -124,7 +256,9 @@ pub async fn idempotency(State(app): State<AppState>, req: Request, next: Next) 
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "could not buffer a response for idempotency");
-                    let _ = app.store.idempotency_abandon(token_id, &key).await;
+                    if !claim.is_committed() {
+                        let _ = app.store.idempotency_abandon(token_id, &key).await;
+                    }
                     return ApiError::internal(std::io::Error::other("response body"))
                         .into_response();
                 }
@@ -146,12 +280,19 @@ pub async fn idempotency(State(app): State<AppState>, req: Request, next: Next) 
                 }
                 None => body.to_vec(),
             };
+            let content_type = header(header::CONTENT_TYPE);
+            // A secret (a token or key just created or rotated) is shown once and never stored.
+            let kept_body = content_type
+                .as_deref()
+                .filter(|t| t.starts_with("application/json"))
+                .and_then(|_| without_secret(&stored_body))
+                .unwrap_or_else(|| stored_body.clone());
             let stored = StoredResponse {
                 status: res_parts.status.as_u16(),
-                content_type: header(header::CONTENT_TYPE),
+                content_type,
                 etag: header(header::ETAG),
                 location: header(header::LOCATION),
-                body: stored_body.clone(),
+                body: kept_body,
             };
             if let Err(e) = app
                 .store
@@ -164,6 +305,18 @@ pub async fn idempotency(State(app): State<AppState>, req: Request, next: Next) 
             Response::from_parts(res_parts, Body::from(stored_body))
         }
     }
+}
+
+/// Field added to a stored response whose `secret` was removed before storing it.
+pub const SECRET_WITHHELD: &str = "secret_withheld";
+
+/// A JSON object body without its top-level `secret`, marked [`SECRET_WITHHELD`]; `None`
+/// when there is no secret to remove.
+fn without_secret(body: &[u8]) -> Option<Vec<u8>> {
+    let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    doc.remove("secret")?;
+    doc.insert(SECRET_WITHHELD.to_owned(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&doc).ok()
 }
 
 fn replay(stored: StoredResponse) -> Response {
@@ -196,8 +349,15 @@ fn request_id_of(headers: &axum::http::HeaderMap) -> Option<String> {
 pub async fn problem_context(req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let request_id = request_id_of(req.headers());
-    let res = next.run(req).await;
+    let mut res = next.run(req).await;
     let status = res.status();
+    if status == StatusCode::SERVICE_UNAVAILABLE && !res.headers().contains_key(header::RETRY_AFTER)
+    {
+        res.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(RETRY_AFTER_UNAVAILABLE_SECS),
+        );
+    }
     if let Some(mut problem) = res.extensions().get::<Problem>().cloned() {
         problem.instance = Some(path);
         problem.request_id = request_id;
@@ -252,4 +412,50 @@ pub async fn problem_context(req: Request, next: Next) -> Response {
     }
     out.extensions_mut().remove::<Problem>();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(forwarded: &[&str], peer: [u8; 4]) -> Request {
+        let mut b = Request::builder().uri("/api/v1/projects");
+        for f in forwarded {
+            b = b.header("x-forwarded-for", *f);
+        }
+        let mut req = b.body(Body::empty()).unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((peer, 40_000))));
+        req
+    }
+
+    #[test]
+    fn the_client_address_is_the_peer_unless_the_proxy_is_trusted() {
+        let req = request(&["203.0.113.9, 10.0.0.7"], [10, 0, 0, 1]);
+        assert_eq!(client_addr(&req, false), Some(IpAddr::from([10, 0, 0, 1])));
+        // Trusted: the entry the nearest proxy appended, not what the client claimed first.
+        assert_eq!(client_addr(&req, true), Some(IpAddr::from([10, 0, 0, 7])));
+        let req = request(&["1.1.1.1", "198.51.100.4"], [10, 0, 0, 1]);
+        assert_eq!(
+            client_addr(&req, true),
+            Some(IpAddr::from([198, 51, 100, 4]))
+        );
+        // An unusable last entry falls back to the peer, never to a client-supplied one.
+        let req = request(&["1.1.1.1, garbage"], [10, 0, 0, 1]);
+        assert_eq!(client_addr(&req, true), Some(IpAddr::from([10, 0, 0, 1])));
+    }
+
+    #[test]
+    fn secrets_are_removed_from_stored_bodies() {
+        let body = br#"{"id":3,"hint":"vxs_...abcd","secret":"vxs_0123"}"#;
+        let kept = without_secret(body).unwrap();
+        let kept: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!({"id": 3, "hint": "vxs_...abcd", "secret_withheld": true})
+        );
+        assert_eq!(without_secret(br#"{"id":3}"#), None);
+        assert_eq!(without_secret(b"[1,2]"), None);
+        assert_eq!(without_secret(b"not json"), None);
+    }
 }

@@ -2,13 +2,25 @@
 //!
 //! The first request with a key claims it (a row with no response yet), runs, and stores its
 //! response; a repeat with the same body gets that response back and changes nothing; a repeat
-//! with a different body is refused. Keys are per API token and kept for 24 hours. A claim
-//! whose request died without answering is taken over after [`ABANDONED_AFTER`].
+//! with a different body is refused. Keys are per API token and kept for 24 hours.
+//!
+//! The record commits with the write: while the request runs, its [`IdempotencyClaim`] sits in
+//! a task-local, and every write transaction the request commits marks the record
+//! `committed_at` inside that same transaction (see `Tx::commit`). So a record without
+//! `committed_at` always means "nothing was written", and one with it means "written" even
+//! if the server stopped before storing the response: such a key is answered as
+//! [`IdempotencyBegin::Applied`], never re-executed. A claim that neither committed nor
+//! answered (the server stopped mid-request, before any commit) is taken over after
+//! [`ABANDONED_AFTER`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use time::{Duration, OffsetDateTime};
 
 use super::{Store, StoreError};
-use crate::db::{args, now};
+use crate::db::{Conn, args, now};
 
 /// How long a stored response is replayed.
 pub const RETENTION: Duration = Duration::hours(24);
@@ -43,6 +55,68 @@ pub enum IdempotencyBegin {
     Mismatch,
     /// The first request with this key is still running.
     InProgress,
+    /// The first request with this key committed its write, but its response was not kept
+    /// (the server stopped between the commit and storing it).
+    Applied,
+}
+
+tokio::task_local! {
+    /// The idempotency key the current request runs under.
+    static CLAIM: IdempotencyClaim;
+}
+
+/// A claimed idempotency key, carried by the request that claimed it so that the store's
+/// commit points can mark the key's record in the write's own transaction.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    token_id: i64,
+    key: String,
+    /// Set once a write transaction that marked the record has committed.
+    committed: Arc<AtomicBool>,
+}
+
+impl IdempotencyClaim {
+    /// A claim on `key` of the API token `token_id`.
+    pub fn new(token_id: i64, key: &str) -> Self {
+        Self {
+            token_id,
+            key: key.to_owned(),
+            committed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Runs `f` (the request) with this claim visible to the store's commit points.
+    pub async fn scope<F: Future>(self, f: F) -> F::Output {
+        CLAIM.scope(self, f).await
+    }
+
+    /// Whether the request committed a write under this claim.
+    pub fn is_committed(&self) -> bool {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Records that a write transaction under this claim committed.
+    pub(crate) fn committed(&self) {
+        self.committed.store(true, Ordering::Release);
+    }
+}
+
+/// Inside a write transaction about to commit: marks the current request's idempotency
+/// record (if it runs under one) as committed, in this transaction. Returns the claim so the
+/// caller can note the commit once it has happened.
+pub(crate) async fn mark_idempotency_committed(
+    c: &mut Conn<'_>,
+) -> Result<Option<IdempotencyClaim>, sqlx::Error> {
+    let Ok(claim) = CLAIM.try_with(IdempotencyClaim::clone) else {
+        return Ok(None);
+    };
+    c.execute(
+        "UPDATE idempotency_keys SET committed_at = $3
+         WHERE token_id = $1 AND key = $2 AND committed_at IS NULL",
+        args![claim.token_id, claim.key.as_str(), now()],
+    )
+    .await?;
+    Ok(Some(claim))
 }
 
 #[derive(sqlx::FromRow)]
@@ -54,6 +128,7 @@ struct KeyRow {
     location: Option<String>,
     body: Option<Vec<u8>>,
     created_at: OffsetDateTime,
+    committed_at: Option<OffsetDateTime>,
 }
 
 impl Store {
@@ -79,7 +154,8 @@ impl Store {
         }
         let row: Option<KeyRow> = c
             .fetch_optional(
-                "SELECT request_hash, status, content_type, etag, location, body, created_at
+                "SELECT request_hash, status, content_type, etag, location, body, created_at,
+                        committed_at
                  FROM idempotency_keys WHERE token_id = $1 AND key = $2",
                 args![token_id, key],
             )
@@ -109,11 +185,13 @@ impl Store {
                 location: row.location,
                 body: row.body.unwrap_or_default(),
             })),
+            None if row.committed_at.is_some() => Ok(IdempotencyBegin::Applied),
             None if row.created_at + ABANDONED_AFTER < t => {
                 let taken = c
                     .execute(
                         "UPDATE idempotency_keys SET created_at = $3
-                         WHERE token_id = $1 AND key = $2 AND status IS NULL AND created_at = $4",
+                         WHERE token_id = $1 AND key = $2 AND status IS NULL
+                           AND committed_at IS NULL AND created_at = $4",
                         args![token_id, key, t, row.created_at],
                     )
                     .await?;
@@ -154,12 +232,14 @@ impl Store {
         Ok(())
     }
 
-    /// Releases a claimed key whose request failed in a way worth retrying (a 5xx).
+    /// Releases a claimed key whose request failed in a way worth retrying (a 5xx) without
+    /// committing anything.
     pub async fn idempotency_abandon(&self, token_id: i64, key: &str) -> Result<(), StoreError> {
         let mut pc = self.db.acquire().await?;
         pc.conn()
             .execute(
-                "DELETE FROM idempotency_keys WHERE token_id = $1 AND key = $2 AND status IS NULL",
+                "DELETE FROM idempotency_keys
+                 WHERE token_id = $1 AND key = $2 AND status IS NULL AND committed_at IS NULL",
                 args![token_id, key],
             )
             .await?;

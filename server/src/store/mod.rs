@@ -41,7 +41,8 @@ pub use environments::{CreateEnvironment, EnvironmentView, UpdateEnvironment};
 pub use flags::{
     ConfigPatch, FlagConfigView, FlagFilter, FlagSummary, FlagVersion, FlagView, KillResult,
 };
-pub use idempotency::{IdempotencyBegin, StoredResponse};
+pub(crate) use idempotency::mark_idempotency_committed;
+pub use idempotency::{IdempotencyBegin, IdempotencyClaim, StoredResponse};
 pub use keys::{AccessKeyKind, AccessKeyView, CreatedAccessKey, KeyScope, RelayEnvironment};
 pub use projects::{ProjectView, UpdateProject};
 pub use segments::{SegmentSummary, SegmentView};
@@ -158,6 +159,9 @@ pub struct Store {
     /// One async mutex per environment id serialising this process's writers (see
     /// `changes::local_locks`). Entries are tiny and environments few, so they are kept.
     writers: Arc<Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Recently verified and refused API tokens (see `tokens`): API requests authenticate
+    /// from memory, and keep doing so through a short database outage.
+    tokens: Arc<tokens::TokenCache>,
 }
 
 impl Store {
@@ -167,7 +171,15 @@ impl Store {
             db,
             indexes: Arc::new(Mutex::new(HashMap::new())),
             writers: Arc::new(Mutex::new(HashMap::new())),
+            tokens: Arc::new(tokens::TokenCache::new(std::time::Duration::from_secs(5))),
         }
+    }
+
+    /// Sets how long a verified or refused API token is remembered (default 5 s; zero asks
+    /// the database on every request).
+    pub fn with_token_cache_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.tokens = Arc::new(tokens::TokenCache::new(ttl));
+        self
     }
 
     /// The underlying database.

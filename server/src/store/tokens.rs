@@ -1,4 +1,14 @@
 //! API tokens: created, listed and revoked by admins; authenticated on every API request.
+//!
+//! Authentication goes through a small in-memory cache of token digests ([`TokenCache`]):
+//! a token verified (or refused) less than the cache's lifetime ago is not looked up again,
+//! so API traffic costs no database query per request and keeps authenticating from memory
+//! while the database is briefly unreachable. A revocation takes effect at once on the
+//! server that made it and within the cache's lifetime on the others.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration as StdDuration, Instant};
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -79,6 +89,66 @@ struct AuthRow {
 
 const MAX_TOKEN_NAME: usize = 128;
 
+/// Most digests the cache holds; past it, it starts afresh (a flood of random tokens must not
+/// grow memory).
+const MAX_CACHED_TOKENS: usize = 10_000;
+
+/// How long past its lifetime a verified token still authenticates while the database cannot
+/// be reached (revocation is a database write, so none can happen meanwhile).
+const STALE_WHILE_UNAVAILABLE: StdDuration = StdDuration::from_secs(300);
+
+/// What the database said about a token digest (its caller, or `None`: refused), and when.
+type CachedAnswer = (Option<Actor>, Instant);
+
+/// Recently verified and refused API token digests (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct TokenCache {
+    /// How long an answer is used without asking the database again.
+    ttl: StdDuration,
+    /// Digest → the token's caller (`None`: refused) and when the database said so.
+    entries: Mutex<HashMap<Vec<u8>, CachedAnswer>>,
+}
+
+impl TokenCache {
+    pub(crate) fn new(ttl: StdDuration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, digest: &[u8]) -> Option<CachedAnswer> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(digest).cloned()
+    }
+
+    fn put(&self, digest: Vec<u8>, actor: Option<Actor>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_CACHED_TOKENS {
+            let ttl = self.ttl;
+            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+            if entries.len() >= MAX_CACHED_TOKENS {
+                entries.clear();
+            }
+        }
+        entries.insert(digest, (actor, Instant::now()));
+    }
+
+    fn forget_digest(&self, digest: &[u8]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(digest);
+    }
+
+    fn forget_token(&self, id: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|_, (actor, _)| actor.as_ref().is_none_or(|a| a.token_id != Some(id)));
+    }
+
+    fn fresh(&self, at: Instant) -> bool {
+        at.elapsed() < self.ttl
+    }
+}
+
 impl Store {
     async fn insert_token(
         &self,
@@ -119,6 +189,8 @@ impl Store {
         let rec = AuditRecord::new("token.create", "token", &id).after(encode(&view));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
+        // Someone may have tried this secret before it existed.
+        self.tokens.forget_digest(&hash_secret(&secret));
         Ok(CreatedToken {
             token: view,
             secret,
@@ -191,15 +263,57 @@ impl Store {
             .after(encode(&after));
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
+        self.tokens.forget_token(id);
         Ok(after)
     }
 
-    /// The caller a presented API token belongs to, if it is a live token.
+    /// The caller of a token verified less than the cache lifetime ago, without asking the
+    /// database (`None`: not known to be valid right now). With `database_down`, a token
+    /// verified in the last few minutes counts too (no revocation can be written meanwhile).
+    pub fn cached_token(&self, secret: &str, database_down: bool) -> Option<Actor> {
+        match self.tokens.get(&hash_secret(secret)) {
+            Some((actor @ Some(_), at))
+                if self.tokens.fresh(at)
+                    || (database_down && at.elapsed() < STALE_WHILE_UNAVAILABLE) =>
+            {
+                actor
+            }
+            _ => None,
+        }
+    }
+
+    /// The caller a presented API token belongs to, if it is a live token: from the cache if
+    /// the database answered for this token recently, else from the database. While the
+    /// database fails, a token verified in the last few minutes keeps authenticating.
     pub async fn authenticate_token(&self, secret: &str) -> Result<Option<Actor>, StoreError> {
         if !secret.starts_with(API_TOKEN_PREFIX) {
             return Ok(None);
         }
         let digest = hash_secret(secret);
+        let cached = self.tokens.get(&digest);
+        if let Some((actor, at)) = &cached
+            && self.tokens.fresh(*at)
+        {
+            return Ok(actor.clone());
+        }
+        match self.lookup_token(&digest).await {
+            Ok(actor) => {
+                self.tokens.put(digest, actor.clone());
+                Ok(actor)
+            }
+            Err(StoreError::Database(e)) => match cached {
+                Some((Some(actor), at)) if at.elapsed() < STALE_WHILE_UNAVAILABLE => {
+                    tracing::debug!(error = %e, "database unavailable: using a recently verified token");
+                    Ok(Some(actor))
+                }
+                _ => Err(StoreError::Database(e)),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn lookup_token(&self, digest: &[u8]) -> Result<Option<Actor>, StoreError> {
+        let digest = digest.to_vec();
         let mut pc = self.db.acquire().await?;
         let row: Option<AuthRow> = pc
             .conn()
@@ -283,5 +397,42 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(id: i64) -> Actor {
+        Actor {
+            token_id: Some(id),
+            name: format!("t{id}"),
+            role: Role::Viewer,
+        }
+    }
+
+    #[test]
+    fn the_cache_forgets_revoked_tokens_and_stays_bounded() {
+        let cache = TokenCache::new(StdDuration::from_secs(60));
+        cache.put(vec![1], Some(actor(1)));
+        cache.put(vec![2], Some(actor(2)));
+        cache.put(vec![3], None);
+        let (a, at) = cache.get(&[1]).unwrap();
+        assert_eq!(a, Some(actor(1)));
+        assert!(cache.fresh(at));
+        cache.forget_token(1);
+        assert!(cache.get(&[1]).is_none());
+        assert!(cache.get(&[2]).is_some(), "other tokens stay");
+        cache.forget_digest(&[3]);
+        assert!(cache.get(&[3]).is_none());
+        for i in 0..(MAX_CACHED_TOKENS as u32 + 5) {
+            cache.put(i.to_be_bytes().to_vec(), None);
+        }
+        assert!(cache.entries.lock().unwrap().len() <= MAX_CACHED_TOKENS);
+        // A zero lifetime never answers from memory.
+        let off = TokenCache::new(StdDuration::ZERO);
+        off.put(vec![1], Some(actor(1)));
+        assert!(!off.fresh(off.get(&[1]).unwrap().1));
     }
 }
