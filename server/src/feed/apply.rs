@@ -56,7 +56,31 @@ pub(crate) struct EnvListRow {
     pub version: i64,
 }
 
+/// A catch-up read: the environment's version beside each change-log row after the applied
+/// version (one row with no log columns when there are none).
 #[derive(sqlx::FromRow)]
+struct CatchUpRow {
+    environment_version: i64,
+    version: Option<i64>,
+    op: Option<String>,
+    entity: Option<String>,
+    key: Option<String>,
+    payload: Option<Json<Value>>,
+}
+
+impl CatchUpRow {
+    /// The change-log row, if this row carries one.
+    fn log(self) -> Option<LogRow> {
+        Some(LogRow {
+            version: self.version?,
+            op: self.op?,
+            entity: self.entity?,
+            key: self.key?,
+            payload: self.payload,
+        })
+    }
+}
+
 struct LogRow {
     version: i64,
     op: String,
@@ -217,41 +241,47 @@ impl Inner {
     /// Reads the change log after the applied version and applies it, version by version.
     /// Falls back to a rebuild from the tables when the log no longer holds the next version
     /// (compacted), a version left no row, or a row cannot be used.
+    ///
+    /// The log rows and the environment's version are read in one statement, so in one
+    /// snapshot: a commit landing between two reads would otherwise look like a version
+    /// without log rows, and every subscriber would get a full `put` instead of a patch.
     pub(crate) async fn catch_up(&self, entry: &EnvEntry) -> Result<CaughtUp, StoreError> {
         loop {
             let from = entry.version();
-            let rows: Vec<LogRow> = {
+            let rows: Vec<CatchUpRow> = {
                 let mut pc = self.store.db().acquire().await?;
                 pc.conn()
                     .fetch_all(
-                        "SELECT version, op, entity, key, payload FROM change_log
-                         WHERE environment_id = $1 AND version > $2 AND version <= $2 + $3
-                         ORDER BY version, id",
+                        "SELECT e.version AS environment_version, l.version, l.op, l.entity,
+                                l.key, l.payload
+                         FROM environments e
+                         LEFT JOIN change_log l ON l.environment_id = e.id
+                              AND l.version > $2 AND l.version <= $2 + $3
+                         WHERE e.id = $1
+                         ORDER BY l.version, l.id",
                         args![entry.id, i64::try_from(from).unwrap_or(i64::MAX), BATCH],
                     )
                     .await?
             };
+            let Some(db_version) = rows.first().map(|r| to_u64(r.environment_version)) else {
+                self.remove(entry);
+                return Ok(CaughtUp::Removed);
+            };
+            let rows: Vec<LogRow> = rows.into_iter().filter_map(CatchUpRow::log).collect();
             if rows.is_empty() {
-                let Some(row) = self.environment_row(entry.id).await? else {
-                    self.remove(entry);
-                    return Ok(CaughtUp::Removed);
-                };
-                let db_version = to_u64(row.version);
                 if db_version == from {
                     return Ok(CaughtUp::Current);
                 }
                 // Ahead without log rows, or behind (a restored database): rebuild.
                 tracing::info!(environment = %entry.env, from, db_version,
                     "no change-log rows to catch up with: rebuilding from the tables");
-                metrics::counter!(super::metrics::REBUILDS, "reason" => "no_log_rows").increment(1);
-                return self.rebuild(entry).await;
+                return self.rebuild(entry, "no_log_rows").await;
             }
             let groups = group_by_version(rows);
             if groups.first().map(|(v, _)| *v) != Some(from + 1) {
                 tracing::info!(environment = %entry.env, from,
                     "the change log no longer holds the next version (compacted): rebuilding");
-                metrics::counter!(super::metrics::REBUILDS, "reason" => "compacted").increment(1);
-                return self.rebuild(entry).await;
+                return self.rebuild(entry, "compacted").await;
             }
             for (version, group) in groups {
                 if version != entry.version() + 1 {
@@ -260,17 +290,22 @@ impl Inner {
                 if let Err(Unusable(why)) = self.apply_version(entry, version, group) {
                     tracing::warn!(environment = %entry.env, version, reason = %why,
                         "change-log row unusable: rebuilding from the tables");
-                    metrics::counter!(super::metrics::REBUILDS, "reason" => "unusable_row")
-                        .increment(1);
-                    return self.rebuild(entry).await;
+                    return self.rebuild(entry, "unusable_row").await;
                 }
             }
         }
     }
 
     /// Reloads an environment from the tables and publishes it whole (subscribers get a
-    /// `put`).
-    async fn rebuild(&self, entry: &EnvEntry) -> Result<CaughtUp, StoreError> {
+    /// `put`), counting the rebuild under `reason`.
+    async fn rebuild(
+        &self,
+        entry: &EnvEntry,
+        reason: &'static str,
+    ) -> Result<CaughtUp, StoreError> {
+        metrics::counter!(super::metrics::REBUILDS, "reason" => reason).increment(1);
+        self.rebuilds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let snapshot = match self
             .store
             .environment_snapshot(entry.env.project(), entry.env.environment())
