@@ -8,8 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use serde_json::Value;
-use sqlx::types::Json;
 use vexil_eval::CompiledSnapshot;
 use vexil_relay::PublishError;
 use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem};
@@ -17,7 +15,7 @@ use vexil_schema::{EnvironmentSnapshot, Flag, FlagKey, Segment, SegmentKey};
 
 use super::Inner;
 use crate::db::args;
-use crate::store::{StoreError, to_u64};
+use crate::store::{LogEntry as LogRow, StoreError, to_u64};
 
 /// Versions read per query while catching up (a range of versions, so that a version's rows
 /// are never split between two reads).
@@ -54,39 +52,6 @@ pub(crate) struct EnvListRow {
     pub project: String,
     pub environment: String,
     pub version: i64,
-}
-
-/// A catch-up read: the environment's version beside each change-log row after the applied
-/// version (one row with no log columns when there are none).
-#[derive(sqlx::FromRow)]
-struct CatchUpRow {
-    environment_version: i64,
-    version: Option<i64>,
-    op: Option<String>,
-    entity: Option<String>,
-    key: Option<String>,
-    payload: Option<Json<Value>>,
-}
-
-impl CatchUpRow {
-    /// The change-log row, if this row carries one.
-    fn log(self) -> Option<LogRow> {
-        Some(LogRow {
-            version: self.version?,
-            op: self.op?,
-            entity: self.entity?,
-            key: self.key?,
-            payload: self.payload,
-        })
-    }
-}
-
-struct LogRow {
-    version: i64,
-    op: String,
-    entity: String,
-    key: String,
-    payload: Option<Json<Value>>,
 }
 
 /// How an environment's catch-up ended.
@@ -242,32 +207,21 @@ impl Inner {
     /// Falls back to a rebuild from the tables when the log no longer holds the next version
     /// (compacted), a version left no row, or a row cannot be used.
     ///
-    /// The log rows and the environment's version are read in one statement, so in one
-    /// snapshot: a commit landing between two reads would otherwise look like a version
-    /// without log rows, and every subscriber would get a full `put` instead of a patch.
+    /// The log rows and the environment's version are read in one snapshot
+    /// ([`crate::store::Store::change_log_after`]): a commit landing between two reads would
+    /// otherwise look like a version without log rows, and every subscriber would get a full
+    /// `put` instead of a patch.
     pub(crate) async fn catch_up(&self, entry: &EnvEntry) -> Result<CaughtUp, StoreError> {
         loop {
             let from = entry.version();
-            let rows: Vec<CatchUpRow> = {
-                let mut pc = self.store.db().acquire().await?;
-                pc.conn()
-                    .fetch_all(
-                        "SELECT e.version AS environment_version, l.version, l.op, l.entity,
-                                l.key, l.payload
-                         FROM environments e
-                         LEFT JOIN change_log l ON l.environment_id = e.id
-                              AND l.version > $2 AND l.version <= $2 + $3
-                         WHERE e.id = $1
-                         ORDER BY l.version, l.id",
-                        args![entry.id, i64::try_from(from).unwrap_or(i64::MAX), BATCH],
-                    )
-                    .await?
-            };
-            let Some(db_version) = rows.first().map(|r| to_u64(r.environment_version)) else {
+            let after = i64::try_from(from).unwrap_or(i64::MAX);
+            let Some((db_version, rows)) =
+                self.store.change_log_after(entry.id, after, BATCH).await?
+            else {
                 self.remove(entry);
                 return Ok(CaughtUp::Removed);
             };
-            let rows: Vec<LogRow> = rows.into_iter().filter_map(CatchUpRow::log).collect();
+            let db_version = to_u64(db_version);
             if rows.is_empty() {
                 if db_version == from {
                     return Ok(CaughtUp::Current);
@@ -436,6 +390,9 @@ fn apply_to(base: &CompiledSnapshot, change: &Change) -> CompiledSnapshot {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+    use sqlx::types::Json;
+
     use super::*;
 
     fn row(version: i64, op: &str, entity: &str, key: &str, payload: Option<Value>) -> LogRow {
@@ -445,6 +402,7 @@ mod tests {
             entity: entity.to_owned(),
             key: key.to_owned(),
             payload: payload.map(Json),
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
         }
     }
 

@@ -25,6 +25,7 @@ mod keys;
 mod projects;
 mod segments;
 mod snapshot;
+pub(crate) use changes::LogEntry;
 pub use snapshot::Change;
 mod tokens;
 
