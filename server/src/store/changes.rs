@@ -84,6 +84,15 @@ pub(crate) enum Op {
     Delete,
 }
 
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Delete => "delete",
+        }
+    }
+}
+
 /// Change-log entity.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Entity {
@@ -91,37 +100,85 @@ pub(crate) enum Entity {
     Segment,
 }
 
+impl Entity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Entity::Flag => "flag",
+            Entity::Segment => "segment",
+        }
+    }
+}
+
 /// Bumps an environment's data version and appends one change-log row per change. The caller
 /// holds the environment lock. Returns the new version.
+///
+/// On PostgreSQL the bump and the first row are one statement (a data-modifying CTE), as
+/// this runs while the environment's writers queue for its lock; SQLite runs in process and
+/// has no data-modifying CTEs, so it takes one statement each.
 pub(crate) async fn record_changes(
     conn: &mut Conn<'_>,
     environment_id: i64,
     changes: Vec<(Op, Entity, String, Option<Value>)>,
     now: OffsetDateTime,
 ) -> Result<i64, StoreError> {
-    let (version,): (i64,) = conn
-        .fetch_one(
-            "UPDATE environments SET version = version + 1 WHERE id = $1 RETURNING version",
-            args![environment_id],
-        )
-        .await?;
-    for (op, entity, key, payload) in changes {
-        let op = match op {
-            Op::Put => "put",
-            Op::Delete => "delete",
-        };
-        let entity = match entity {
-            Entity::Flag => "flag",
-            Entity::Segment => "segment",
-        };
-        conn.execute(
-            "INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            args![environment_id, version, op, entity, key, payload, now],
-        )
-        .await?;
+    let mut changes = changes.into_iter();
+    let version = match (&*conn, changes.next()) {
+        (Conn::Pg(_), Some((op, entity, key, payload))) => {
+            let (version,): (i64,) = conn
+                .fetch_one(
+                    "WITH env AS (
+                         UPDATE environments SET version = version + 1 WHERE id = $1
+                         RETURNING version
+                     )
+                     INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at)
+                     SELECT $1, env.version, $2, $3, $4, $5, $6 FROM env
+                     RETURNING version",
+                    args![environment_id, op.as_str(), entity.as_str(), key, payload, now],
+                )
+                .await?;
+            version
+        }
+        (_, first) => {
+            let (version,): (i64,) = conn
+                .fetch_one(
+                    "UPDATE environments SET version = version + 1 WHERE id = $1 RETURNING version",
+                    args![environment_id],
+                )
+                .await?;
+            if let Some(change) = first {
+                append_change(conn, environment_id, version, change, now).await?;
+            }
+            version
+        }
+    };
+    for change in changes {
+        append_change(conn, environment_id, version, change, now).await?;
     }
     Ok(version)
+}
+
+async fn append_change(
+    conn: &mut Conn<'_>,
+    environment_id: i64,
+    version: i64,
+    (op, entity, key, payload): (Op, Entity, String, Option<Value>),
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        args![
+            environment_id,
+            version,
+            op.as_str(),
+            entity.as_str(),
+            key,
+            payload,
+            now
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// One audit entry to append.
