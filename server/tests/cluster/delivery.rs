@@ -65,7 +65,6 @@ async fn concurrent_writes_on_two_servers_reach_every_subscriber_as_patches() {
             Sse::open(&r.base_url, &key).await,
         ));
     }
-    let rebuilds_before = [cluster.rebuilds(0).await, cluster.rebuilds(1).await];
 
     // Each writer toggles its own flag, so every write changes something; the writers of
     // both servers commit to the same environment, interleaved.
@@ -101,10 +100,10 @@ async fn concurrent_writes_on_two_servers_reach_every_subscriber_as_patches() {
             .map(|(name, s)| check_stream_owned(name, s, last)),
     )
     .await;
-    for i in 0..2 {
+    for i in 0..cluster.servers.len() {
         assert_eq!(
             cluster.rebuilds(i).await,
-            rebuilds_before[i],
+            0,
             "server {i} rebuilt an environment under concurrent writes"
         );
     }

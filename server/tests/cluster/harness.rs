@@ -390,18 +390,28 @@ pub struct Sse {
 }
 
 impl Sse {
-    /// Opens `GET {base}/sdk/v1/stream` with `key`.
+    /// Opens `GET {base}/sdk/v1/stream` with `key`, retrying for at most [`WAIT`] while the
+    /// key or its environment is still propagating: a server that does not serve an
+    /// environment created a moment ago through another server answers 503 (`Retry-After`),
+    /// and a relay knows only the key hashes its upstream has sent it so far (401 until then).
     pub async fn open(base: &str, key: &str) -> Sse {
-        let res = tokio::time::timeout(
-            WAIT,
-            reqwest::Client::new()
-                .get(format!("{base}/sdk/v1/stream"))
-                .header("authorization", key)
-                .send(),
-        )
+        let client = reqwest::Client::new();
+        let res = tokio::time::timeout(WAIT, async {
+            loop {
+                let res = client
+                    .get(format!("{base}/sdk/v1/stream"))
+                    .header("authorization", key)
+                    .send()
+                    .await
+                    .expect("stream request");
+                if res.status() != 503 && res.status() != 401 {
+                    return res;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
         .await
-        .expect("the stream opens in time")
-        .expect("stream request");
+        .expect("the stream opens in time");
         assert_eq!(res.status(), 200, "stream status at {base}");
         Sse {
             body: res.bytes_stream().boxed(),
