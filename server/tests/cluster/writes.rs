@@ -146,3 +146,71 @@ async fn a_write_that_changes_nothing_creates_no_version() {
     assert_eq!(next.event, "patch");
     assert_eq!(next.version(), Some(env + 1), "{next:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn putting_the_current_segment_or_environment_names_changes_nothing() {
+    let cluster = Cluster::start(2, &[]).await;
+    let base = "/api/v1/projects/p/environments/prod/segments";
+    let created = cluster
+        .expect(
+            0,
+            "POST",
+            base,
+            Some(json!({"key": "beta", "name": "Beta", "included": ["a", "b"]})),
+            201,
+        )
+        .await;
+    let env = cluster.environment_version().await;
+    let audit_before = audit_len(&cluster).await;
+
+    // The segment as it is (its salt and version included, or the salt left out).
+    let mut same = created["segment"].clone();
+    let put = cluster
+        .expect(1, "PUT", &format!("{base}/beta"), Some(same.clone()), 200)
+        .await;
+    assert_eq!(put["segment"], created["segment"]);
+    same["salt"] = json!("");
+    let put = cluster
+        .expect(0, "PUT", &format!("{base}/beta"), Some(same), 200)
+        .await;
+    assert_eq!(put["segment"]["version"], created["segment"]["version"]);
+    assert_eq!(put["environment_version"].as_u64(), Some(env));
+
+    // An environment's current name and description.
+    let current = cluster
+        .expect(0, "GET", "/api/v1/projects/p/environments/prod", None, 200)
+        .await;
+    let patched = cluster
+        .expect(
+            1,
+            "PATCH",
+            "/api/v1/projects/p/environments/prod",
+            Some(json!({"name": current["name"], "description": current["description"]})),
+            200,
+        )
+        .await;
+    assert_eq!(patched["updated_at"], current["updated_at"]);
+
+    assert_eq!(cluster.environment_version().await, env, "no version");
+    assert_eq!(audit_len(&cluster).await, audit_before, "no audit entry");
+    // A real change still is one.
+    let changed = cluster
+        .expect(
+            1,
+            "PUT",
+            &format!("{base}/beta"),
+            Some(json!({"key": "beta", "name": "Beta 2"})),
+            200,
+        )
+        .await;
+    assert_eq!(changed["environment_version"].as_u64(), Some(env + 1));
+}
+
+/// How many audit entries there are (at most 500).
+async fn audit_len(cluster: &Cluster) -> Option<usize> {
+    cluster
+        .expect(0, "GET", "/api/v1/audit?limit=500", None, 200)
+        .await["items"]
+        .as_array()
+        .map(Vec::len)
+}
