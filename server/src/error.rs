@@ -270,10 +270,16 @@ impl From<ValidationErrors> for ApiError {
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    )
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        // PostgreSQL going away under a session: a connection exception (class 08) or an
+        // operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
+        // connect now), as when it is stopped or restarted; the transaction was rolled back.
+        _ => e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")),
+    }
 }
 
 /// A reference points at a row deleted since it was read: a concurrent deletion won the

@@ -8,8 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use serde_json::Value;
-use sqlx::types::Json;
 use vexil_eval::CompiledSnapshot;
 use vexil_relay::PublishError;
 use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem};
@@ -17,7 +15,7 @@ use vexil_schema::{EnvironmentSnapshot, Flag, FlagKey, Segment, SegmentKey};
 
 use super::Inner;
 use crate::db::args;
-use crate::store::{StoreError, to_u64};
+use crate::store::{LogEntry as LogRow, StoreError, to_u64};
 
 /// Versions read per query while catching up (a range of versions, so that a version's rows
 /// are never split between two reads).
@@ -54,15 +52,6 @@ pub(crate) struct EnvListRow {
     pub project: String,
     pub environment: String,
     pub version: i64,
-}
-
-#[derive(sqlx::FromRow)]
-struct LogRow {
-    version: i64,
-    op: String,
-    entity: String,
-    key: String,
-    payload: Option<Json<Value>>,
 }
 
 /// How an environment's catch-up ended.
@@ -217,41 +206,36 @@ impl Inner {
     /// Reads the change log after the applied version and applies it, version by version.
     /// Falls back to a rebuild from the tables when the log no longer holds the next version
     /// (compacted), a version left no row, or a row cannot be used.
+    ///
+    /// The log rows and the environment's version are read in one snapshot
+    /// ([`crate::store::Store::change_log_after`]): a commit landing between two reads would
+    /// otherwise look like a version without log rows, and every subscriber would get a full
+    /// `put` instead of a patch.
     pub(crate) async fn catch_up(&self, entry: &EnvEntry) -> Result<CaughtUp, StoreError> {
         loop {
             let from = entry.version();
-            let rows: Vec<LogRow> = {
-                let mut pc = self.store.db().acquire().await?;
-                pc.conn()
-                    .fetch_all(
-                        "SELECT version, op, entity, key, payload FROM change_log
-                         WHERE environment_id = $1 AND version > $2 AND version <= $2 + $3
-                         ORDER BY version, id",
-                        args![entry.id, i64::try_from(from).unwrap_or(i64::MAX), BATCH],
-                    )
-                    .await?
+            let after = i64::try_from(from).unwrap_or(i64::MAX);
+            let Some((db_version, rows)) =
+                self.store.change_log_after(entry.id, after, BATCH).await?
+            else {
+                self.remove(entry);
+                return Ok(CaughtUp::Removed);
             };
+            let db_version = to_u64(db_version);
             if rows.is_empty() {
-                let Some(row) = self.environment_row(entry.id).await? else {
-                    self.remove(entry);
-                    return Ok(CaughtUp::Removed);
-                };
-                let db_version = to_u64(row.version);
                 if db_version == from {
                     return Ok(CaughtUp::Current);
                 }
                 // Ahead without log rows, or behind (a restored database): rebuild.
                 tracing::info!(environment = %entry.env, from, db_version,
                     "no change-log rows to catch up with: rebuilding from the tables");
-                metrics::counter!(super::metrics::REBUILDS, "reason" => "no_log_rows").increment(1);
-                return self.rebuild(entry).await;
+                return self.rebuild(entry, "no_log_rows").await;
             }
             let groups = group_by_version(rows);
             if groups.first().map(|(v, _)| *v) != Some(from + 1) {
                 tracing::info!(environment = %entry.env, from,
                     "the change log no longer holds the next version (compacted): rebuilding");
-                metrics::counter!(super::metrics::REBUILDS, "reason" => "compacted").increment(1);
-                return self.rebuild(entry).await;
+                return self.rebuild(entry, "compacted").await;
             }
             for (version, group) in groups {
                 if version != entry.version() + 1 {
@@ -260,17 +244,22 @@ impl Inner {
                 if let Err(Unusable(why)) = self.apply_version(entry, version, group) {
                     tracing::warn!(environment = %entry.env, version, reason = %why,
                         "change-log row unusable: rebuilding from the tables");
-                    metrics::counter!(super::metrics::REBUILDS, "reason" => "unusable_row")
-                        .increment(1);
-                    return self.rebuild(entry).await;
+                    return self.rebuild(entry, "unusable_row").await;
                 }
             }
         }
     }
 
     /// Reloads an environment from the tables and publishes it whole (subscribers get a
-    /// `put`).
-    async fn rebuild(&self, entry: &EnvEntry) -> Result<CaughtUp, StoreError> {
+    /// `put`), counting the rebuild under `reason`.
+    async fn rebuild(
+        &self,
+        entry: &EnvEntry,
+        reason: &'static str,
+    ) -> Result<CaughtUp, StoreError> {
+        metrics::counter!(super::metrics::REBUILDS, "reason" => reason).increment(1);
+        self.rebuilds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let snapshot = match self
             .store
             .environment_snapshot(entry.env.project(), entry.env.environment())
@@ -401,6 +390,9 @@ fn apply_to(base: &CompiledSnapshot, change: &Change) -> CompiledSnapshot {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+    use sqlx::types::Json;
+
     use super::*;
 
     fn row(version: i64, op: &str, entity: &str, key: &str, payload: Option<Value>) -> LogRow {
@@ -410,6 +402,7 @@ mod tests {
             entity: entity.to_owned(),
             key: key.to_owned(),
             payload: payload.map(Json),
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::Inner;
-use crate::db::{args, now};
+use crate::db::now;
 use crate::store::StoreError;
 
 impl Inner {
@@ -23,17 +23,7 @@ impl Inner {
         let cutoff = now()
             .checked_sub(age)
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        let mut pc = self.store.db().acquire().await?;
-        let deleted = pc
-            .conn()
-            .execute(
-                "DELETE FROM change_log WHERE created_at < $2 OR version <= (
-                     SELECT e.version - $1 FROM environments e WHERE e.id = change_log.environment_id
-                 )",
-                args![keep, cutoff],
-            )
-            .await?;
-        Ok(deleted)
+        self.store.compact_change_log(keep, cutoff).await
     }
 }
 

@@ -15,6 +15,8 @@ pub const NOTIFICATIONS: &str = "vexil_feed_notifications_total";
 /// Counter: environments rebuilt from the tables instead of caught up from the change log
 /// (`reason` = `no_log_rows`, `compacted`, `unusable_row`).
 pub const REBUILDS: &str = "vexil_feed_rebuilds_total";
+/// The `reason` labels of [`REBUILDS`].
+pub const REBUILD_REASONS: &[&str] = &["no_log_rows", "compacted", "unusable_row"];
 /// Counter: change-log rows deleted by compaction.
 pub const COMPACTED_ROWS: &str = "vexil_feed_change_log_compacted_rows_total";
 /// Counter: rounds of applying changes that failed (database errors); retried with back-off.

@@ -26,6 +26,7 @@ mod listen;
 pub mod metrics;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -119,6 +120,9 @@ pub(crate) struct Inner {
     /// The mark sequence number the last finished round covered ([`Feed::settle`] waits on
     /// it).
     rounds: watch::Sender<u64>,
+    /// Environments rebuilt from the tables since the feed was loaded (the
+    /// [`metrics::REBUILDS`] counter of this feed alone, for tests and embedders).
+    rebuilds: AtomicU64,
 }
 
 impl Inner {
@@ -227,8 +231,13 @@ impl Feed {
                 wake: Notify::new(),
                 apply_lock: tokio::sync::Mutex::new(()),
                 rounds,
+                rebuilds: AtomicU64::new(0),
             }),
         };
+        for reason in metrics::REBUILD_REASONS {
+            // Registered at zero, so that `/metrics` shows that no rebuild happened.
+            ::metrics::counter!(metrics::REBUILDS, "reason" => *reason).increment(0);
+        }
         feed.sync().await?;
         Ok(feed)
     }
@@ -290,6 +299,14 @@ impl Feed {
         tokio::time::timeout(timeout, rounds.wait_for(|n| *n >= seq))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// How many times an environment was rebuilt from the tables (every subscriber then gets
+    /// a full `put`) since the feed was loaded, initial loads not included. Catching up from
+    /// the change log never rebuilds, except after a real gap (a compacted log, a restored
+    /// database, an unusable row).
+    pub fn rebuilds(&self) -> u64 {
+        self.inner.rebuilds.load(Ordering::Relaxed)
     }
 
     /// Deletes change-log rows beyond the retention limits now; returns how many.

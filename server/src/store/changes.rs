@@ -1,5 +1,10 @@
 //! What every write to an environment shares: the version bump, the change-log row, the audit
 //! entry, the flag history row, and the validation index (cached per environment version).
+//!
+//! Every statement on the change log lives here, each in one helper with its dialects inside:
+//! appending ([`record_changes`]), reading after a version ([`Store::change_log_after`] for
+//! the feed, [`change_log_since`] for the API) and compaction
+//! ([`Store::compact_change_log`]).
 
 use std::sync::Arc;
 
@@ -14,11 +19,78 @@ use vexil_schema::{FlagConfig, FlagDefinition, Segment};
 use super::{Store, StoreError, WriteContext, decode};
 use crate::db::{Conn, args};
 
+/// One change-log row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LogEntry {
+    /// The environment version the change was committed as.
+    pub version: i64,
+    /// `put` or `delete`.
+    pub op: String,
+    /// `flag` or `segment`.
+    pub entity: String,
+    /// The flag or segment key.
+    pub key: String,
+    /// For `put`: the flag (as SDKs see it) or segment.
+    pub payload: Option<Json<Value>>,
+    /// When it was committed.
+    pub created_at: OffsetDateTime,
+}
+
+/// A catch-up read: the environment's version beside each change-log row (one row with no
+/// log columns when there are none).
+#[derive(sqlx::FromRow)]
+struct CatchUpRow {
+    environment_version: i64,
+    version: Option<i64>,
+    op: Option<String>,
+    entity: Option<String>,
+    key: Option<String>,
+    payload: Option<Json<Value>>,
+    created_at: Option<OffsetDateTime>,
+}
+
+impl CatchUpRow {
+    fn entry(self) -> Option<LogEntry> {
+        Some(LogEntry {
+            version: self.version?,
+            op: self.op?,
+            entity: self.entity?,
+            key: self.key?,
+            payload: self.payload,
+            created_at: self.created_at?,
+        })
+    }
+}
+
+/// At most `limit` change-log rows of an environment after version `after`, oldest first.
+pub(crate) async fn change_log_since(
+    c: &mut Conn<'_>,
+    environment_id: i64,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<LogEntry>, StoreError> {
+    Ok(c.fetch_all(
+        "SELECT version, op, entity, key, payload, created_at FROM change_log
+         WHERE environment_id = $1 AND version > $2 ORDER BY version, id LIMIT $3",
+        args![environment_id, after, limit],
+    )
+    .await?)
+}
+
 /// Change-log operation.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Op {
     Put,
     Delete,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Delete => "delete",
+        }
+    }
 }
 
 /// Change-log entity.
@@ -28,37 +100,85 @@ pub(crate) enum Entity {
     Segment,
 }
 
+impl Entity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Entity::Flag => "flag",
+            Entity::Segment => "segment",
+        }
+    }
+}
+
 /// Bumps an environment's data version and appends one change-log row per change. The caller
 /// holds the environment lock. Returns the new version.
+///
+/// On PostgreSQL the bump and the first row are one statement (a data-modifying CTE), as
+/// this runs while the environment's writers queue for its lock; SQLite runs in process and
+/// has no data-modifying CTEs, so it takes one statement each.
 pub(crate) async fn record_changes(
     conn: &mut Conn<'_>,
     environment_id: i64,
     changes: Vec<(Op, Entity, String, Option<Value>)>,
     now: OffsetDateTime,
 ) -> Result<i64, StoreError> {
-    let (version,): (i64,) = conn
-        .fetch_one(
-            "UPDATE environments SET version = version + 1 WHERE id = $1 RETURNING version",
-            args![environment_id],
-        )
-        .await?;
-    for (op, entity, key, payload) in changes {
-        let op = match op {
-            Op::Put => "put",
-            Op::Delete => "delete",
-        };
-        let entity = match entity {
-            Entity::Flag => "flag",
-            Entity::Segment => "segment",
-        };
-        conn.execute(
-            "INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            args![environment_id, version, op, entity, key, payload, now],
-        )
-        .await?;
+    let mut changes = changes.into_iter();
+    let version = match (&*conn, changes.next()) {
+        (Conn::Pg(_), Some((op, entity, key, payload))) => {
+            let (version,): (i64,) = conn
+                .fetch_one(
+                    "WITH env AS (
+                         UPDATE environments SET version = version + 1 WHERE id = $1
+                         RETURNING version
+                     )
+                     INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at)
+                     SELECT $1, env.version, $2, $3, $4, $5, $6 FROM env
+                     RETURNING version",
+                    args![environment_id, op.as_str(), entity.as_str(), key, payload, now],
+                )
+                .await?;
+            version
+        }
+        (_, first) => {
+            let (version,): (i64,) = conn
+                .fetch_one(
+                    "UPDATE environments SET version = version + 1 WHERE id = $1 RETURNING version",
+                    args![environment_id],
+                )
+                .await?;
+            if let Some(change) = first {
+                append_change(conn, environment_id, version, change, now).await?;
+            }
+            version
+        }
+    };
+    for change in changes {
+        append_change(conn, environment_id, version, change, now).await?;
     }
     Ok(version)
+}
+
+async fn append_change(
+    conn: &mut Conn<'_>,
+    environment_id: i64,
+    version: i64,
+    (op, entity, key, payload): (Op, Entity, String, Option<Value>),
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        args![
+            environment_id,
+            version,
+            op.as_str(),
+            entity.as_str(),
+            key,
+            payload,
+            now
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// One audit entry to append.
@@ -192,6 +312,59 @@ struct IndexSegmentRow {
 }
 
 impl Store {
+    /// The environment's current version and its change-log rows for versions `after + 1`
+    /// to `after + versions`, oldest first; `None` if the environment is gone.
+    ///
+    /// One statement, so one snapshot: read apart, a commit landing between the two reads
+    /// would look like a version without log rows (a gap) and force a needless rebuild.
+    pub(crate) async fn change_log_after(
+        &self,
+        environment_id: i64,
+        after: i64,
+        versions: i64,
+    ) -> Result<Option<(i64, Vec<LogEntry>)>, StoreError> {
+        let mut pc = self.db.acquire().await?;
+        let rows: Vec<CatchUpRow> = pc
+            .conn()
+            .fetch_all(
+                "SELECT e.version AS environment_version, l.version, l.op, l.entity, l.key,
+                        l.payload, l.created_at
+                 FROM environments e
+                 LEFT JOIN change_log l ON l.environment_id = e.id
+                      AND l.version > $2 AND l.version <= $2 + $3
+                 WHERE e.id = $1
+                 ORDER BY l.version, l.id",
+                args![environment_id, after, versions],
+            )
+            .await?;
+        let Some(version) = rows.first().map(|r| r.environment_version) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            version,
+            rows.into_iter().filter_map(CatchUpRow::entry).collect(),
+        )))
+    }
+
+    /// Deletes the change-log rows more than `keep` versions behind their environment or
+    /// committed before `cutoff`; returns how many.
+    pub(crate) async fn compact_change_log(
+        &self,
+        keep: i64,
+        cutoff: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let mut pc = self.db.acquire().await?;
+        Ok(pc
+            .conn()
+            .execute(
+                "DELETE FROM change_log WHERE created_at < $2 OR version <= (
+                     SELECT e.version - $1 FROM environments e WHERE e.id = change_log.environment_id
+                 )",
+                args![keep, cutoff],
+            )
+            .await?)
+    }
+
     /// The validation index of an environment at `version` (which the caller read under the
     /// environment lock), taken out of the cache when it describes that version, else loaded.
     /// Give it back with [`Store::put_index`] after the commit.

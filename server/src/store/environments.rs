@@ -328,6 +328,10 @@ impl Store {
             .description
             .unwrap_or_else(|| before.description.clone());
         check_text(&name, &description)?;
+        if name == before.name && description == before.description {
+            // Nothing changes: no write, no audit entry.
+            return Ok(before);
+        }
         let t = now();
         c.execute(
             "UPDATE environments SET name = $2, description = $3, updated_at = $4 WHERE id = $1",

@@ -25,6 +25,7 @@ mod keys;
 mod projects;
 mod segments;
 mod snapshot;
+pub(crate) use changes::LogEntry;
 pub use snapshot::Change;
 mod tokens;
 
@@ -125,8 +126,35 @@ impl<T> OrGone<T> for Result<T, sqlx::Error> {
 }
 
 impl From<sqlx::Error> for StoreError {
+    /// A database error, except those that only a concurrent writer (in this process or
+    /// another one) can cause: a unique violation on a racing insert, a deadlock or a
+    /// serialization failure (a foreign-key violation, a concurrent deletion, is mapped to
+    /// 409 at the HTTP boundary). Those are conflicts (409: the client may retry),
+    /// never a 500, however many servers write to the database.
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(e)
+        match race_of(&e) {
+            Some(what) => {
+                tracing::warn!(error = %e, "write lost a race with a concurrent writer");
+                StoreError::Conflict {
+                    message: format!("a concurrent change got there first ({what}): retry"),
+                    blockers: Vec::new(),
+                }
+            }
+            None => StoreError::Database(e),
+        }
+    }
+}
+
+/// What kind of race a database error reports, if it reports one.
+fn race_of(e: &sqlx::Error) -> Option<&'static str> {
+    let d = e.as_database_error()?;
+    if d.is_unique_violation() {
+        return Some("already exists");
+    }
+    // PostgreSQL: serialization_failure, deadlock_detected.
+    match d.code().as_deref() {
+        Some("40001") | Some("40P01") => Some("transactions collided"),
+        _ => None,
     }
 }
 

@@ -174,6 +174,10 @@ impl Store {
             .description
             .unwrap_or_else(|| before.description.clone());
         check_text(&name, &description)?;
+        if name == before.name && description == before.description {
+            // Nothing changes: no write, no audit entry.
+            return Ok(before);
+        }
         let t = now();
         let after: ProjectView = c
             .fetch_one(

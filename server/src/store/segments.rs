@@ -298,7 +298,7 @@ impl Store {
         let mut c = tx.conn();
         let from = c.lock_environment(env.id).await?;
         let row = existing_segment(&mut c, env.id, key).await?;
-        let (before, created_at, _) = assemble(row)?;
+        let (before, created_at, updated_before) = assemble(row)?;
         if let Some(expected) = if_match
             && expected != before.version
         {
@@ -306,10 +306,20 @@ impl Store {
                 current: before.version,
             });
         }
-        let mut ix = self.take_index(&mut c, env.id, from).await?;
         if segment.salt.is_empty() {
             segment.salt = before.salt.clone();
         }
+        segment.version = before.version;
+        if segment == before {
+            // Nothing changes: nothing is versioned, logged, notified or audited.
+            return Ok(SegmentView {
+                segment: before,
+                environment_version: Some(from),
+                created_at,
+                updated_at: updated_before,
+            });
+        }
+        let mut ix = self.take_index(&mut c, env.id, from).await?;
         segment.version = before.version + 1;
         let seg = validate_segment(segment, &ix)?.into_inner();
         let t = now();

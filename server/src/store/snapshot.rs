@@ -33,16 +33,6 @@ pub struct Change {
 }
 
 #[derive(sqlx::FromRow)]
-struct ChangeRow {
-    version: i64,
-    op: String,
-    entity: String,
-    key: String,
-    payload: Option<Json<Value>>,
-    created_at: OffsetDateTime,
-}
-
-#[derive(sqlx::FromRow)]
 struct SnapshotFlagRow {
     definition: Json<Value>,
     config: Json<Value>,
@@ -104,13 +94,9 @@ impl Store {
         let mut c = pc.conn();
         let p = project_row(&mut c, project).await?;
         let e = environment_row(&mut c, p.id, environment).await?;
-        let rows: Vec<ChangeRow> = c
-            .fetch_all(
-                "SELECT version, op, entity, key, payload, created_at FROM change_log
-                 WHERE environment_id = $1 AND version > $2 ORDER BY version, id LIMIT $3",
-                args![e.id, after_version, limit.clamp(1, 10_000)],
-            )
-            .await?;
+        let rows =
+            super::changes::change_log_since(&mut c, e.id, after_version, limit.clamp(1, 10_000))
+                .await?;
         Ok(rows
             .into_iter()
             .map(|r| Change {

@@ -12,7 +12,8 @@
 //! auth); a throwaway cluster started with `initdb`/`pg_ctl` from `PATH` or
 //! `/usr/lib/postgresql/*/bin` (as the `postgres` user when running as root), stopped when the
 //! test process exits. If none works the harness panics saying what to install: it never
-//! skips. `VEXIL_TEST_THROWAWAY_PG=1` forces the throwaway cluster.
+//! skips. `VEXIL_TEST_THROWAWAY_PG=1` forces the throwaway cluster. A test that stops
+//! PostgreSQL starts a [`PostgresCluster`] of its own.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -121,89 +122,152 @@ fn pg_command(program: &Path, args: &[&str], as_postgres: bool) -> Command {
 }
 
 fn start_throwaway_cluster() -> Result<String, String> {
-    let initdb = find_pg_bin("initdb").ok_or("initdb not found")?;
-    let pg_ctl = find_pg_bin("pg_ctl").ok_or("pg_ctl not found")?;
-    let root = is_root();
-    let dir = std::env::temp_dir().join(format!("vexil-pg-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    if root {
-        let ok = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir)
-            .status()
-            .map_err(|e| format!("chown: {e}"))?
-            .success();
-        if !ok {
-            return Err("cannot chown the cluster directory to the postgres user".into());
+    let cluster = PostgresCluster::start()?;
+    let url = cluster.admin_url.clone();
+    // Shared by every test of the process: its watchdog stops it when the process exits.
+    std::mem::forget(cluster);
+    Ok(url)
+}
+
+/// A throwaway PostgreSQL cluster of a test's own (`initdb` and `pg_ctl` from `PATH` or
+/// `/usr/lib/postgresql/*/bin`, run as the `postgres` user when the test runs as root), on a
+/// free port of 127.0.0.1 with trust authentication. A test may stop and restart it
+/// ([`PostgresCluster::stop_fast`], [`PostgresCluster::restart`]) to see what an outage does.
+/// Dropping it stops it and removes its files; a watchdog does the same if the test process
+/// dies first.
+#[derive(Debug)]
+pub struct PostgresCluster {
+    /// The URL of its `postgres` database, as user `postgres`.
+    pub admin_url: String,
+    pg_ctl: PathBuf,
+    data: String,
+    opts: String,
+    log: String,
+    dir: PathBuf,
+    as_postgres: bool,
+}
+
+impl PostgresCluster {
+    /// Creates and starts a cluster.
+    pub fn start() -> Result<Self, String> {
+        let initdb = find_pg_bin("initdb").ok_or("initdb not found")?;
+        let pg_ctl = find_pg_bin("pg_ctl").ok_or("pg_ctl not found")?;
+        let root = is_root();
+        let dir = std::env::temp_dir().join(format!("vexil-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        if root {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .map_err(|e| format!("chown: {e}"))?
+                .success();
+            if !ok {
+                return Err("cannot chown the cluster directory to the postgres user".into());
+            }
+        }
+        let data = dir.join("data").to_string_lossy().into_owned();
+        let dir_s = dir.to_string_lossy().into_owned();
+        let out = pg_command(
+            &initdb,
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            root,
+        )
+        .output()
+        .map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("free port: {e}"))?
+            .port();
+        let cluster = Self {
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            opts: format!("-p {port} -k {dir_s} -h 127.0.0.1 -c fsync=off"),
+            log: dir.join("log").to_string_lossy().into_owned(),
+            pg_ctl,
+            data,
+            dir,
+            as_postgres: root,
+        };
+        // A watchdog outlives this process by at most a second: once the test process is
+        // gone it stops the cluster and removes its directory.
+        let stop = if root {
+            format!(
+                "runuser -u postgres -- '{}' -D '{}' -m immediate stop",
+                cluster.pg_ctl.display(),
+                cluster.data
+            )
+        } else {
+            format!(
+                "'{}' -D '{}' -m immediate stop",
+                cluster.pg_ctl.display(),
+                cluster.data
+            )
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf '{dir_s}'",
+            pid = std::process::id()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("watchdog: {e}"))?;
+        cluster.restart()?;
+        Ok(cluster)
+    }
+
+    /// Starts the (stopped) cluster again on the same port and data, waiting until it
+    /// accepts connections.
+    pub fn restart(&self) -> Result<(), String> {
+        self.pg_ctl(&["-o", &self.opts, "-l", &self.log, "-w", "start"])
+    }
+
+    /// Stops the cluster the way an operator's fast shutdown does (`pg_ctl stop -m fast`:
+    /// sessions are disconnected, open transactions rolled back), waiting until it is down.
+    pub fn stop_fast(&self) -> Result<(), String> {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"])
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["-D", self.data.as_str()];
+        all.extend_from_slice(args);
+        let out = pg_command(&self.pg_ctl, &all, self.as_postgres)
+            .output()
+            .map_err(|e| format!("pg_ctl {args:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
         }
     }
-    let data = dir.join("data");
-    let data_s = data.to_string_lossy().into_owned();
-    let dir_s = dir.to_string_lossy().into_owned();
-    let out = pg_command(
-        &initdb,
-        &[
-            "-D",
-            &data_s,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        ],
-        root,
-    )
-    .output()
-    .map_err(|e| format!("initdb: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+}
+
+impl Drop for PostgresCluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("free port: {e}"))?
-        .port();
-    let opts = format!("-p {port} -k {dir_s} -h 127.0.0.1 -c fsync=off");
-    let log = dir.join("log").to_string_lossy().into_owned();
-    let out = pg_command(
-        &pg_ctl,
-        &["-D", &data_s, "-o", &opts, "-l", &log, "-w", "start"],
-        root,
-    )
-    .output()
-    .map_err(|e| format!("pg_ctl start: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "pg_ctl start failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    // A watchdog outlives this process by at most a second: once the test process is gone it
-    // stops the cluster and removes its directory.
-    let stop = if root {
-        format!(
-            "runuser -u postgres -- '{}' -D '{data_s}' -m immediate stop",
-            pg_ctl.display()
-        )
-    } else {
-        format!("'{}' -D '{data_s}' -m immediate stop", pg_ctl.display())
-    };
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf '{dir_s}'",
-        pid = std::process::id()
-    );
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("watchdog: {e}"))?;
-    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
 
 /// `url` with its database name replaced by `name`.

@@ -24,47 +24,42 @@ struct ConfigTarget<'a> {
 
 #[derive(sqlx::FromRow)]
 struct LockedConfigRow {
-    environment_version: i64,
     definition: Json<Value>,
     archived: bool,
     config: Json<Value>,
     config_version: i64,
 }
 
-/// Takes the environment's write lock and reads the flag and its configuration there.
+/// Takes the environment's write lock, then reads the flag and its configuration.
+///
+/// Two statements on purpose: under READ COMMITTED a statement that waited for a row lock
+/// re-checks only the locked row and keeps its snapshot of every other table, so a joined
+/// read of the configuration would return the version a concurrent writer (in another
+/// process) has just replaced, and this write would reuse its version number. A statement
+/// started after the lock is granted sees every commit made before it.
 async fn lock_config(
     c: &mut Conn<'_>,
     environment_id: i64,
     flag_id: i64,
-) -> Result<Option<LockedConfigRow>, StoreError> {
-    let sql = match c {
-        Conn::Pg(_) => {
-            "SELECT e.version AS environment_version, f.definition, f.archived, c.config,
-                    c.version AS config_version
-             FROM environments e
-             JOIN flag_configs c ON c.environment_id = e.id
-             JOIN flags f ON f.id = c.flag_id
-             WHERE e.id = $1 AND c.flag_id = $2
-             FOR UPDATE OF e"
-        }
-        Conn::Lite(_) => {
-            "SELECT e.version AS environment_version, f.definition, f.archived, c.config,
-                    c.version AS config_version
-             FROM environments e
-             JOIN flag_configs c ON c.environment_id = e.id
-             JOIN flags f ON f.id = c.flag_id
-             WHERE e.id = $1 AND c.flag_id = $2"
-        }
-    };
-    Ok(c.fetch_optional(sql, args![environment_id, flag_id])
-        .await?)
+) -> Result<(i64, Option<LockedConfigRow>), StoreError> {
+    let environment_version = c.lock_environment(environment_id).await?;
+    let row = c
+        .fetch_optional(
+            "SELECT f.definition, f.archived, c.config, c.version AS config_version
+             FROM flag_configs c JOIN flags f ON f.id = c.flag_id
+             WHERE c.environment_id = $1 AND c.flag_id = $2",
+            args![environment_id, flag_id],
+        )
+        .await?;
+    Ok((environment_version, row))
 }
 
 /// The outcome of a configuration write, for the caller to cache after commit.
 struct Written {
     config: FlagConfig,
     environment_version: i64,
-    index: EnvironmentIndex,
+    /// The validation index after the write; `None` when the write changed nothing.
+    index: Option<EnvironmentIndex>,
 }
 
 impl Store {
@@ -187,8 +182,14 @@ impl Store {
         let written = self
             .write_config(&mut c, ctx, &at, if_match, action, make)
             .await?;
-        tx.commit().await?;
-        self.put_index(env_id, written.environment_version, written.index);
+        match written.index {
+            Some(index) => {
+                tx.commit().await?;
+                self.put_index(env_id, written.environment_version, index);
+            }
+            // Nothing changed: nothing to commit, version, notify or audit.
+            None => drop(tx),
+        }
         Ok(FlagConfigView {
             config: written.config,
             environment_version: written.environment_version,
@@ -198,8 +199,8 @@ impl Store {
     /// Writes one configuration under the environment lock: precondition, validation, row,
     /// version bump, change log, history, audit. The environment lock is held from the first
     /// statement to the commit, so this is the section every writer of the environment
-    /// queues for: it takes two statements on PostgreSQL (lock-and-read, then one statement
-    /// writing every row) and a handful on SQLite (in process, no round trips).
+    /// queues for. A configuration equal to the current one is no write at all: the current
+    /// one is returned and nothing is versioned, logged, notified or audited.
     async fn write_config(
         &self,
         c: &mut Conn<'_>,
@@ -209,9 +210,9 @@ impl Store {
         action: &str,
         make: impl FnOnce(FlagConfig) -> Result<FlagConfig, StoreError>,
     ) -> Result<Written, StoreError> {
-        let locked: LockedConfigRow = lock_config(c, at.environment_id, at.flag_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("flag '{}'", at.flag_key)))?;
+        let (from, locked) = lock_config(c, at.environment_id, at.flag_id).await?;
+        let locked =
+            locked.ok_or_else(|| StoreError::NotFound(format!("flag '{}'", at.flag_key)))?;
         let definition: FlagDefinition = decode("flag definition", locked.definition.0)?;
         if locked.archived {
             return Err(StoreError::Conflict {
@@ -226,104 +227,59 @@ impl Store {
         current.version = to_u64(locked.config_version);
         check_if_match(if_match, locked.config_version)?;
         let mut cfg = make(current.clone())?;
-        cfg.version = current.version + 1;
+        cfg.version = current.version;
         if cfg.salt.is_empty() {
             cfg.salt = current.salt.clone();
         }
-        let mut ix = self
-            .take_index(c, at.environment_id, locked.environment_version)
-            .await?;
+        if cfg == current {
+            return Ok(Written {
+                config: current,
+                environment_version: from,
+                index: None,
+            });
+        }
+        cfg.version = current.version + 1;
+        let mut ix = self.take_index(c, at.environment_id, from).await?;
         let cfg = validate_config(&definition, cfg, &ix)?.into_inner();
         let now = now();
+        c.execute(
+            "UPDATE flag_configs SET config = $3, version = $4, updated_at = $5
+             WHERE flag_id = $1 AND environment_id = $2",
+            args![
+                at.flag_id,
+                at.environment_id,
+                encode(&cfg),
+                i64::try_from(cfg.version).unwrap_or(i64::MAX),
+                now
+            ],
+        )
+        .await?;
         let flag_payload = encode(&Flag::new(&definition, cfg.clone()));
-        let environment_version = match c {
-            Conn::Pg(_) => {
-                let (v,): (i64,) = c
-                    .fetch_one(
-                        "WITH env AS (
-                             UPDATE environments SET version = version + 1 WHERE id = $1 RETURNING version
-                         ), cfg AS (
-                             UPDATE flag_configs SET config = $3, version = $4, updated_at = $5
-                             WHERE flag_id = $2 AND environment_id = $1
-                         ), log AS (
-                             INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at)
-                             SELECT $1, env.version, 'put', 'flag', $6, $7, $5 FROM env
-                         ), hist AS (
-                             INSERT INTO flag_config_versions
-                                 (flag_id, environment_id, version, config, environment_version, actor, action, created_at)
-                             SELECT $2, $1, $4, $3, env.version, $8, $9, $5 FROM env
-                         ), aud AS (
-                             INSERT INTO audit_log (occurred_at, actor, actor_token_id, action, resource, project_key,
-                                                    environment_key, resource_key, request_id, before, after)
-                             VALUES ($5, $8, $10, $9, 'flag', $11, $12, $6, $13, $14, $3)
-                         )
-                         SELECT version FROM env",
-                        args![
-                            at.environment_id,
-                            at.flag_id,
-                            encode(&cfg),
-                            i64::try_from(cfg.version).unwrap_or(i64::MAX),
-                            now,
-                            at.flag_key,
-                            flag_payload,
-                            ctx.actor.name.as_str(),
-                            action,
-                            ctx.actor.token_id,
-                            at.project,
-                            at.environment,
-                            ctx.request_id.clone(),
-                            encode(&current)
-                        ],
-                    )
-                    .await?;
-                v
-            }
-            Conn::Lite(_) => {
-                c.execute(
-                    "UPDATE flag_configs SET config = $3, version = $4, updated_at = $5
-                     WHERE flag_id = $1 AND environment_id = $2",
-                    args![
-                        at.flag_id,
-                        at.environment_id,
-                        encode(&cfg),
-                        i64::try_from(cfg.version).unwrap_or(i64::MAX),
-                        now
-                    ],
-                )
-                .await?;
-                let v = record_changes(
-                    c,
-                    at.environment_id,
-                    vec![(
-                        Op::Put,
-                        Entity::Flag,
-                        at.flag_key.to_owned(),
-                        Some(flag_payload),
-                    )],
-                    now,
-                )
-                .await?;
-                let rec = HistoryRecord {
-                    flag_id: at.flag_id,
-                    environment_id: at.environment_id,
-                    config: &cfg,
-                    environment_version: v,
-                    action,
-                };
-                history(c, ctx, rec, now).await?;
-                let rec = AuditRecord::new(action, "flag", at.flag_key)
-                    .scoped(Some(at.project), Some(at.environment))
-                    .before(encode(&current))
-                    .after(encode(&cfg));
-                audit(c, ctx, rec, now).await?;
-                v
-            }
+        let change = (
+            Op::Put,
+            Entity::Flag,
+            at.flag_key.to_owned(),
+            Some(flag_payload),
+        );
+        let environment_version = record_changes(c, at.environment_id, vec![change], now).await?;
+        let rec = HistoryRecord {
+            flag_id: at.flag_id,
+            environment_id: at.environment_id,
+            config: &cfg,
+            environment_version,
+            action,
         };
+        history(c, ctx, rec, now).await?;
+        let rec = AuditRecord::new(action, "flag", at.flag_key)
+            .scoped(Some(at.project), Some(at.environment))
+            .before(encode(&current))
+            .after(encode(&cfg));
+        audit(c, ctx, rec, now).await?;
         ix.insert_flag_config(&definition, &cfg);
         Ok(Written {
             config: cfg,
             environment_version,
-            index: ix,
+            index: Some(ix),
         })
     }
 
@@ -336,7 +292,9 @@ impl Store {
     ) -> Result<KillResult, StoreError> {
         let (_local, mut tx) = self.begin_flag_write(project, key).await?;
         let mut c = tx.conn();
-        let p = project_row(&mut c, project).await?;
+        // The flag's lock first (the order definition writes take), so that its definition
+        // and archived state are read as committed, not as before a concurrent change.
+        let (p, _) = locked_flag(&mut c, project, key).await?;
         let f = flag_row(&mut c, p.id, key).await?;
         let def: FlagDefinition = decode("flag definition", f.definition.0.clone())?;
         let envs = environment_rows(&mut c, p.id).await?;
