@@ -132,7 +132,7 @@ impl RelayConfig {
         format!(
             "{}{}",
             self.upstream_url.trim_end_matches('/'),
-            crate::relay_stream::RELAY_STREAM_PATH
+            vexil_fanout::relay_stream::RELAY_STREAM_PATH
         )
     }
 }

@@ -15,8 +15,8 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use vexil_relay::ofrep::{OfrepConfig, ofrep_router_with};
-use vexil_relay::{relay_router, sdk_router};
+use vexil_fanout::ofrep::{OfrepConfig, ofrep_router_with};
+use vexil_fanout::{relay_router, sdk_router};
 
 use crate::app::AppState;
 

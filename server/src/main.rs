@@ -36,6 +36,6 @@ async fn main() -> anyhow::Result<()> {
 
 /// Completes on ctrl-c or SIGTERM (the relay binary's signal handling, shared).
 async fn shutdown_signal() {
-    vexil_relay::signal::shutdown_signal().await;
+    vexil_fanout::signal::shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
 }

@@ -21,8 +21,8 @@ use vexil_schema::stream::{
 };
 
 use super::sse::SseEvent;
-use crate::hub::{Hub, PublishError, SnapshotOutcome};
 pub(crate) use crate::relay_state::RelayState;
+use vexil_fanout::hub::{Hub, PublishError, SnapshotOutcome};
 
 /// Why an event could not be applied: local state no longer follows upstream.
 #[derive(Debug, thiserror::Error)]

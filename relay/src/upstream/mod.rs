@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use vexil_schema::stream::RelayCursor;
 
 use crate::config::RelayConfig;
-use crate::hub::Hub;
+use vexil_fanout::hub::Hub;
 
 pub(crate) use apply::{Applier, RelayState};
 use backoff::Backoff;

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use serde_json::Value;
 use sqlx::types::Json;
 use vexil_eval::CompiledSnapshot;
-use vexil_relay::PublishError;
+use vexil_fanout::PublishError;
 use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem};
 use vexil_schema::{EnvironmentSnapshot, Flag, FlagKey, Segment, SegmentKey};
 

@@ -25,9 +25,9 @@ use vexil_schema::stream::{Change, EnvironmentId, SdkKeyHash, parse_version};
 use crate::auth::SdkKeyTable;
 
 use crate::frame::Frame;
+use crate::items::Items;
 use crate::metrics::EnvMetrics;
 use crate::ring::{Resume, Ring};
-use crate::state::Items;
 use crate::subscriber::{Audience, EndsWhen, Start, Subscription};
 
 mod config;
