@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use vexil_schema::stream::{EnvironmentId, SdkKeyHash};
 
 use vexil_fanout::auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
-use vexil_fanout::hub::{Hub, HubConfig};
+use vexil_fanout::hub::Hub;
 use vexil_fanout::lean::{LeanSse, serve_lean};
 use vexil_fanout::relay_stream::{RelayAuth, relay_router};
 use vexil_fanout::{ofrep, sdk_router};
@@ -100,7 +100,7 @@ impl Relay {
         } else {
             None
         };
-        let hub = Hub::new(HubConfig::default().keep_alive(config.keep_alive));
+        let hub = Hub::new(config.distribution.hub_config());
         Ok(Self {
             config: Arc::new(config),
             hub,
@@ -128,7 +128,11 @@ impl Relay {
             state: self.state.clone(),
         };
         let gated = sdk_router(self.hub.clone(), sdk_auth.clone())
-            .merge(ofrep::ofrep_router(self.state.clone(), sdk_auth))
+            .merge(ofrep::ofrep_router_with(
+                self.state.clone(),
+                sdk_auth,
+                self.config.distribution.ofrep_config(),
+            ))
             .merge(relay_router(self.hub.clone(), downstream))
             .layer(middleware::from_fn_with_state(
                 Gate {

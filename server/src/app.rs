@@ -17,7 +17,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use vexil_fanout::{Hub, HubConfig};
+use vexil_fanout::Hub;
 
 use crate::config::Config;
 use crate::db::{Db, DbOptions};
@@ -89,7 +89,7 @@ impl Server {
         } else {
             None
         };
-        let hub = Hub::new(HubConfig::default().ring_capacity(config.stream_ring_capacity));
+        let hub = Hub::new(config.distribution.hub_config());
         let feed = Feed::load(store.clone(), hub, config.feed_config())
             .await
             .map_err(StartError::Load)?;

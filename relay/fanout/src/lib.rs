@@ -21,7 +21,8 @@
 //! - [`serve`]: an HTTP/1-only server loop that halves the memory of idle SSE connections
 //!   compared with `axum::serve`; `lean` (feature `lean`): a leaner one still, writing SDK
 //!   streams straight to the socket with no per-connection buffers (used by the relay).
-//! - [`signal`]: the shutdown signal both binaries wait for.
+//! - [`signal`]: the shutdown signal both binaries wait for; [`config`]: the distribution
+//!   options both binaries take ([`DistributionArgs`]).
 //!
 //! The wire payloads live in [`vexil_schema::stream`]; `docs/design.md` ("Distribution
 //! protocol") describes ordering, resume and failure modes.
@@ -48,6 +49,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod config;
 pub mod frame;
 pub mod http;
 pub mod hub;
@@ -63,6 +65,7 @@ pub mod signal;
 pub mod subscriber;
 
 pub use auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
+pub use config::DistributionArgs;
 pub use frame::FrameError;
 pub use http::sdk_router;
 pub use hub::{Hub, HubConfig, NotServing, PublishError, SnapshotOutcome};

@@ -409,6 +409,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     let mut config = Config::with_database(database.url.clone());
     config.bootstrap_token = Some(admin_token.clone());
     config.database_max_connections = 10;
+    // Tests stop servers with streams open: close them over 1 s, not the default 5 s.
+    config.drain_ms = 1_000;
     adjust(&mut config);
     let server = Server::build(config).await.expect("the server starts");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
