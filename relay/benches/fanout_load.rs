@@ -62,7 +62,7 @@ fn heap_in_use() -> i64 {
 }
 
 async fn server_main() -> anyhow::Result<()> {
-    use vexil_relay::{Hub, HubConfig, SdkKeyTable, hash_sdk_key, sdk_router};
+    use vexil_fanout::{Hub, HubConfig, SdkKeyTable, hash_sdk_key, sdk_router};
 
     let hub = Hub::new(HubConfig::default());
     let keys = SdkKeyTable::new();
@@ -72,7 +72,7 @@ async fn server_main() -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     let app = sdk_router(hub.clone(), keys);
     if std::env::args().any(|a| a == "--http1") {
-        tokio::spawn(vexil_relay::serve_http1(
+        tokio::spawn(vexil_fanout::serve_http1(
             listener,
             app,
             std::future::pending(),

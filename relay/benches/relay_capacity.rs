@@ -72,7 +72,7 @@ fn unix_nanos() -> u128 {
 // Coordinator.
 
 async fn coordinator_main() -> anyhow::Result<()> {
-    use vexil_relay::{AuthError, Hub, HubConfig, hash_sdk_key, relay_router};
+    use vexil_fanout::{AuthError, Hub, HubConfig, hash_sdk_key, relay_router};
 
     let connections = num("--connections", 10_000);
     let workers = num("--workers", 2).max(1);
@@ -92,7 +92,7 @@ async fn coordinator_main() -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let origin_addr = listener.local_addr()?;
-    tokio::spawn(vexil_relay::serve_http1(
+    tokio::spawn(vexil_fanout::serve_http1(
         listener,
         relay_router(hub.clone(), auth),
         std::future::pending(),

@@ -1,7 +1,7 @@
 //! The edge relay as a whole: the hub fed by the upstream client, the HTTP routes, readiness,
 //! metrics and the drain on shutdown.
 //!
-//! Routes (one listener, HTTP/1.1; SDK streams on the lean path of [`crate::lean`], everything
+//! Routes (one listener, HTTP/1.1; SDK streams on the lean path of [`vexil_fanout::lean`], everything
 //! else through hyper and axum):
 //! - `GET /sdk/v1/stream`, `GET /sdk/v1/snapshot`: SDKs, authenticated with the SDK key
 //!   hashes received from upstream ([`Hub::keys`]);
@@ -33,13 +33,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use vexil_schema::stream::{EnvironmentId, SdkKeyHash};
 
-use crate::auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
+use vexil_fanout::auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
+use vexil_fanout::hub::Hub;
+use vexil_fanout::lean::{LeanSse, serve_lean};
+use vexil_fanout::relay_stream::{RelayAuth, relay_router};
+use vexil_fanout::{ofrep, sdk_router};
+
 use crate::config::RelayConfig;
-use crate::hub::{Hub, HubConfig};
-use crate::lean::{LeanSse, serve_lean};
 use crate::relay_state::RelayState;
-use crate::relay_stream::{RelayAuth, relay_router};
-use crate::{ofrep, sdk_router, upstream};
+use crate::upstream;
 
 /// Why the relay cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +96,11 @@ impl Relay {
         }
         let client = upstream::client().map_err(RelayError::HttpClient)?;
         let metrics = if config.metrics {
-            crate::metrics::install_prometheus()
+            vexil_fanout::metrics::install_prometheus()
         } else {
             None
         };
-        let hub = Hub::new(HubConfig::default().keep_alive(config.keep_alive));
+        let hub = Hub::new(config.distribution.hub_config());
         Ok(Self {
             config: Arc::new(config),
             hub,
@@ -126,7 +128,11 @@ impl Relay {
             state: self.state.clone(),
         };
         let gated = sdk_router(self.hub.clone(), sdk_auth.clone())
-            .merge(ofrep::ofrep_router(self.state.clone(), sdk_auth))
+            .merge(ofrep::ofrep_router_with(
+                self.state.clone(),
+                sdk_auth,
+                self.config.distribution.ofrep_config(),
+            ))
             .merge(relay_router(self.hub.clone(), downstream))
             .layer(middleware::from_fn_with_state(
                 Gate {
@@ -144,7 +150,7 @@ impl Relay {
             });
         let mut app = gated.merge(probes);
         if let Some(handle) = self.metrics.clone() {
-            app = app.merge(crate::metrics::prometheus_router(handle));
+            app = app.merge(vexil_fanout::metrics::prometheus_router(handle));
         }
         app
     }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use vexil_fanout::config::{DistributionArgs, parse_duration, parse_without_env};
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,9 +37,9 @@ pub struct RelayConfig {
     #[arg(long, env = "VEXIL_LISTEN", default_value = "0.0.0.0:8070")]
     pub listen: SocketAddr,
 
-    /// Interval between keep-alive comments on every SSE stream this relay serves.
-    #[arg(long, env = "VEXIL_KEEP_ALIVE", default_value = "15s", value_parser = parse_duration)]
-    pub keep_alive: Duration,
+    /// Hub and OFREP options, the same as the control plane's.
+    #[command(flatten)]
+    pub distribution: DistributionArgs,
 
     /// On SIGTERM, subscriber streams are closed spread over this window so that SDKs do not
     /// all reconnect at once.
@@ -92,7 +93,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("upstream_url", &self.upstream_url)
             .field("relay_key", &"<redacted>")
             .field("listen", &self.listen)
-            .field("keep_alive", &self.keep_alive)
+            .field("distribution", &self.distribution)
             .field("drain_window", &self.drain_window)
             .field("upstream_read_timeout", &self.upstream_read_timeout)
             .field("upstream_backoff_initial", &self.upstream_backoff_initial)
@@ -108,23 +109,25 @@ impl std::fmt::Debug for RelayConfig {
 
 impl RelayConfig {
     /// The defaults for everything but the upstream and the key (for tests and tools);
-    /// listens on `127.0.0.1:0`.
+    /// listens on `127.0.0.1:0`. The defaults are the command line's, read from its
+    /// declarations (no variable is read).
     pub fn new(upstream_url: impl Into<String>, relay_key: impl Into<String>) -> Self {
-        Self {
-            upstream_url: upstream_url.into(),
-            relay_key: relay_key.into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            keep_alive: Duration::from_secs(15),
-            drain_window: Duration::from_secs(10),
-            upstream_read_timeout: Duration::from_secs(45),
-            upstream_backoff_initial: Duration::from_secs(1),
-            upstream_backoff_max: Duration::from_secs(30),
-            upstream_auth_backoff: Duration::from_secs(300),
-            upstream_healthy_after: Duration::from_secs(60),
-            downstream_relay_keys: Vec::new(),
-            metrics: true,
-            log_format: LogFormat::Text,
-        }
+        let upstream_url = upstream_url.into();
+        let relay_key = relay_key.into();
+        let args = [
+            "vexil-relay",
+            "--upstream-url",
+            &upstream_url,
+            "--relay-key",
+            &relay_key,
+        ];
+        let mut config: Self = match parse_without_env(&args) {
+            Ok(c) => c,
+            // Both required options are given and every default parses (unit-tested).
+            Err(e) => unreachable!("the relay's defaults do not parse: {e}"),
+        };
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
     }
 
     /// The URL of the upstream's relay stream.
@@ -132,45 +135,14 @@ impl RelayConfig {
         format!(
             "{}{}",
             self.upstream_url.trim_end_matches('/'),
-            crate::relay_stream::RELAY_STREAM_PATH
+            vexil_fanout::relay_stream::RELAY_STREAM_PATH
         )
-    }
-}
-
-/// Parses `250ms`, `15s`, `5m`, `1h` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 15s, 5m or 1h"))?;
-    match unit.trim() {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
-        other => Err(format!(
-            "unknown unit {other:?} in {s:?}: use ms, s, m or h"
-        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "s", "1.5s", "-1s", "3d", "ms5"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn defaults_match_new() {
@@ -184,7 +156,8 @@ mod tests {
         .unwrap();
         let built = RelayConfig::new("http://up:8080/", "vxr_x");
         assert_eq!(parsed.listen.to_string(), "0.0.0.0:8070");
-        assert_eq!(parsed.keep_alive, built.keep_alive);
+        assert_eq!(parsed.distribution, built.distribution);
+        assert_eq!(parsed.distribution, DistributionArgs::default());
         assert_eq!(parsed.drain_window, built.drain_window);
         assert_eq!(parsed.upstream_read_timeout, built.upstream_read_timeout);
         assert_eq!(

@@ -35,6 +35,12 @@ pub struct RelayState {
     inner: Arc<Inner>,
 }
 
+impl vexil_fanout::ofrep::EvaluatorSource for RelayState {
+    fn evaluator(&self, env: &EnvironmentId) -> Option<Arc<CompiledSnapshot>> {
+        RelayState::evaluator(self, env)
+    }
+}
+
 impl Default for RelayState {
     fn default() -> Self {
         Self {

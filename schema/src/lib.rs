@@ -7,13 +7,15 @@
 //! - [`fixture`]: the shared evaluation and benchmark fixtures (`testdata/`) and their loader.
 //! - [`operand`]: parsers for clause operands (dates, semvers, size-limited regexes).
 //! - [`reason`]: evaluation reasons in wire form, and their mapping to OpenFeature's.
-//! - [`stream`]: the streaming protocol's event payloads (SDK and relay streams).
+//! - [`stream`]: the streaming protocol's event payloads (SDK and relay streams);
+//!   [`backoff`]: the reconnection delays every stream client uses (a pure calculator).
 //! - [`validate`]: every rule a document must pass before it is stored, with field paths and
 //!   stable rule codes; [`limits`] holds the size limits it enforces.
 //!
 //! This crate holds serde types only: no HTTP, database or runtime types appear in its API.
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod context;
 pub mod fixture;
 pub mod key;

@@ -17,7 +17,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use vexil_relay::{Hub, HubConfig};
+use vexil_fanout::Hub;
 
 use crate::config::Config;
 use crate::db::{Db, DbOptions};
@@ -93,11 +93,11 @@ impl Server {
             .map_err(StartError::Bootstrap)?;
         // Before the hub: it registers its per-environment handles with the recorder.
         let metrics = if config.metrics {
-            vexil_relay::metrics::install_prometheus()
+            vexil_fanout::metrics::install_prometheus()
         } else {
             None
         };
-        let hub = Hub::new(HubConfig::default().ring_capacity(config.stream_ring_capacity));
+        let hub = Hub::new(config.distribution.hub_config());
         let feed = Feed::load(store.clone(), hub, config.feed_config())
             .await
             .map_err(StartError::Load)?;
@@ -254,7 +254,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz));
     let mut public = public.with_state(state.clone());
     if let Some(handle) = state.metrics.clone() {
-        public = public.merge(vexil_relay::metrics::prometheus_router(handle));
+        public = public.merge(vexil_fanout::metrics::prometheus_router(handle));
     }
     let control = Router::new()
         .merge(public)

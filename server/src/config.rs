@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use vexil_fanout::DistributionArgs;
+use vexil_fanout::config::parse_without_env;
 
 use crate::feed::FeedConfig;
 
@@ -86,13 +88,9 @@ pub struct Config {
     #[arg(long, env = "VEXIL_CHANGE_LOG_RETAIN_HOURS", default_value_t = 168)]
     pub change_log_retain_hours: u64,
 
-    /// Recent changes kept per environment in memory for `Last-Event-ID` resume.
-    #[arg(long, env = "VEXIL_STREAM_RING_CAPACITY", default_value_t = 1024)]
-    pub stream_ring_capacity: usize,
-
-    /// OFREP requests per second allowed per SDK key (0: unlimited).
-    #[arg(long, env = "VEXIL_OFREP_RATE_LIMIT", default_value_t = 10_000)]
-    pub ofrep_rate_limit: u32,
+    /// Hub and OFREP options, the same as the edge relay's.
+    #[command(flatten)]
+    pub distribution: DistributionArgs,
 
     /// Milliseconds over which open SDK and relay streams are closed on shutdown.
     #[arg(long, env = "VEXIL_DRAIN_MS", default_value_t = 5_000)]
@@ -132,30 +130,18 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration with defaults for everything but the database (for tests and tools).
+    /// A configuration with defaults for everything but the database (for tests and tools);
+    /// listens on `127.0.0.1:0`. The defaults are the command line's, read from its
+    /// declarations (no variable is read), so the two cannot drift apart.
     pub fn with_database(database_url: impl Into<String>) -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: database_url.into(),
-            database_max_connections: 16,
-            log_format: LogFormat::Text,
-            bootstrap_token: None,
-            max_body_bytes: 16 * 1024 * 1024,
-            resync_secs: 30,
-            listener_heartbeat_ms: 10_000,
-            listener_heartbeat_timeout_ms: 5_000,
-            change_log_retain_versions: 10_000,
-            change_log_retain_hours: 168,
-            stream_ring_capacity: 1024,
-            ofrep_rate_limit: 10_000,
-            drain_ms: 1_000,
-            metrics: true,
-            auth_failure_limit: 30,
-            auth_failure_window_secs: 60,
-            trust_forwarded_for: false,
-            token_cache_ms: 5_000,
-            database_probe_ms: 1_000,
-        }
+        let mut config: Self = match parse_without_env(&["vexil-server"]) {
+            Ok(c) => c,
+            // No option is required and every default parses (unit-tested).
+            Err(e) => unreachable!("the server's defaults do not parse: {e}"),
+        };
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.database_url = database_url.into();
+        config
     }
 
     /// The database URL as it may be shown in logs and on the console (see [`redact_url`]).
@@ -277,6 +263,20 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.database_url, "vexil.db");
         assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn with_database_takes_the_command_line_defaults() {
+        let parsed = Config::try_parse_from(["vexil-server"]).unwrap();
+        let built = Config::with_database("postgres://x/y");
+        assert_eq!(built.database_url, "postgres://x/y");
+        assert_eq!(built.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(built.drain_ms, parsed.drain_ms);
+        assert_eq!(built.drain_ms, 5_000);
+        assert_eq!(built.distribution, parsed.distribution);
+        assert_eq!(built.distribution, DistributionArgs::default());
+        assert_eq!(built.resync_secs, parsed.resync_secs);
+        assert_eq!(built.max_body_bytes, parsed.max_body_bytes);
     }
 
     #[test]

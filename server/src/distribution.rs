@@ -15,8 +15,8 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use vexil_relay::ofrep::{OfrepConfig, ofrep_router_with};
-use vexil_relay::{relay_router, sdk_router};
+use vexil_fanout::ofrep::ofrep_router_with;
+use vexil_fanout::{relay_router, sdk_router};
 
 use crate::app::AppState;
 
@@ -26,7 +26,7 @@ const MAX_OFREP_BODY: usize = 256 * 1024;
 /// The SDK, relay and OFREP routes.
 pub fn routes(state: &AppState) -> Router {
     let feed = &state.feed;
-    let ofrep = OfrepConfig::default().rate_limit(state.config.ofrep_rate_limit);
+    let ofrep = state.config.distribution.ofrep_config();
     Router::new()
         .merge(sdk_router(feed.hub().clone(), feed.clone()))
         .merge(relay_router(feed.hub().clone(), feed.clone()))

@@ -8,7 +8,7 @@
 //!   (every environment change locks the environment, bumps its version, appends to the
 //!   change log and the audit log in one transaction);
 //! - [`feed`]: change distribution: `LISTEN`/`NOTIFY` (or the in-process SQLite signal),
-//!   the change log applied to in-memory compiled snapshots and to the `vexil-relay` hub that
+//!   the change log applied to in-memory compiled snapshots and to the `vexil-fanout` hub that
 //!   serves `/sdk/v1/*`, `/relay/v1/stream` and OFREP (`/ofrep/v1/*`);
 //! - [`api`]: the `/api/v1` handlers with their OpenAPI descriptions ([`openapi`]);
 //! - [`auth`]: secrets and roles; [`middleware`]: authentication, idempotency, problem
@@ -20,6 +20,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod distribution;

@@ -16,13 +16,12 @@
 
 use vexil_eval::CompiledSnapshot;
 use vexil_schema::stream::{
-    Change, Delete, EnvDelete, EnvPatch, EnvPut, EnvironmentId, ItemRef, PatchItem, RelayEvent,
-    StreamError,
+    Change, EnvDelete, EnvPatch, EnvPut, EnvironmentId, RelayEvent, StreamError,
 };
 
 use super::sse::SseEvent;
-use crate::hub::{Hub, PublishError, SnapshotOutcome};
 pub(crate) use crate::relay_state::RelayState;
+use vexil_fanout::hub::{Hub, PublishError, SnapshotOutcome};
 
 /// Why an event could not be applied: local state no longer follows upstream.
 #[derive(Debug, thiserror::Error)]
@@ -136,19 +135,15 @@ impl Applier {
 
     fn change(&mut self, env: &EnvironmentId, change: Change) -> Result<(), Desync> {
         match self.hub.publish_change(env, &change) {
-            Ok(version) => {
+            Ok(_) => {
                 if let Some(current) = self.state.evaluator(env) {
-                    let next = match change {
-                        Change::Patch(p) => match p.item {
-                            PatchItem::Flag(f) => current.with_flag(f, version),
-                            PatchItem::Segment(s) => current.with_segment(s, version),
-                        },
-                        Change::Delete(Delete { item, .. }) => match item {
-                            ItemRef::Flag(k) => current.without_flag(k.as_str(), version),
-                            ItemRef::Segment(k) => current.without_segment(k.as_str(), version),
-                        },
-                    };
-                    self.state.set_evaluator(env, next);
+                    match current.apply(&change) {
+                        Ok(next) => self.state.set_evaluator(env, next),
+                        // The hub took the change, so the compiled snapshot was at the same
+                        // version: a broken invariant, not an upstream fault.
+                        Err(e) => tracing::error!(environment = %env, error = %e,
+                            "the compiled snapshot is out of step with the hub"),
+                    }
                 }
                 Ok(())
             }

@@ -1,7 +1,8 @@
 //! The relay's upstream client: one relay stream (`GET /relay/v1/stream`) from the control
 //! plane or a parent relay, applied to the local [`Hub`], key registry and evaluators.
 //!
-//! - [`sse`]: the incremental SSE parser; [`backoff`]: reconnection delays.
+//! - [`sse`]: the incremental SSE parser; reconnection delays are
+//!   [`vexil_schema::backoff`]'s.
 //! - [`apply`]: what each relay event does to local state, and when the relay is ready.
 //! - this module: the connection loop. It reconnects after any failure with exponential
 //!   backoff and full jitter, resuming with a `Last-Event-ID` cursor built from the versions
@@ -11,7 +12,6 @@
 //!   happens upstream, the hub keeps serving its last state.
 
 pub(crate) mod apply;
-pub(crate) mod backoff;
 pub(crate) mod sse;
 
 use std::sync::Arc;
@@ -25,11 +25,11 @@ use tokio::sync::watch;
 use vexil_schema::stream::RelayCursor;
 
 use crate::config::RelayConfig;
-use crate::hub::Hub;
+use vexil_fanout::hub::Hub;
 
 pub(crate) use apply::{Applier, RelayState};
-use backoff::Backoff;
 use sse::SseParser;
+use vexil_schema::backoff::Backoff;
 
 /// Gauge: 1 while the upstream stream is connected, else 0.
 pub const UPSTREAM_CONNECTED: &str = "vexil_relay_upstream_connected";
@@ -98,6 +98,7 @@ pub(crate) async fn run(
             &mut backoff,
             &config,
             desyncs_in_a_row,
+            tokio::time::Instant::now().into_std(),
             rand::random::<f64>(),
         );
         log_end(&ended, &url, delay, &config);
@@ -117,27 +118,29 @@ pub(crate) fn client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-/// How long to wait after `ended`, `unit` being a random draw in `[0, 1)` for the jitter.
+/// How long to wait after `ended` at `now`, `unit` being a random draw in `[0, 1)` for the
+/// jitter.
 fn delay_after(
     ended: &Ended,
     backoff: &mut Backoff,
     config: &RelayConfig,
     desyncs_in_a_row: u32,
+    now: std::time::Instant,
     unit: f64,
 ) -> Duration {
     match ended {
         Ended::Stopped => Duration::ZERO,
         Ended::Unavailable { retry_after, .. } => {
-            let delay = backoff.next_delay_with(unit);
+            let delay = backoff.next_delay(now, unit);
             // Honour the upstream's Retry-After, within the backoff cap.
             retry_after.map_or(delay, |r| delay.max(r.min(config.upstream_backoff_max)))
         }
         // Retrying sooner cannot help until an operator acts: no retry storm.
         Ended::Refused(_) => config.upstream_auth_backoff,
-        Ended::Lost(_) => backoff.next_delay_with(unit),
+        Ended::Lost(_) => backoff.next_delay(now, unit),
         // At once the first time; if resyncing does not help, back off like any failure.
         Ended::Desync if desyncs_in_a_row <= 1 => Duration::ZERO,
-        Ended::Desync => backoff.next_delay_with(unit),
+        Ended::Desync => backoff.next_delay(now, unit),
     }
 }
 
@@ -235,7 +238,7 @@ async fn connect(
         return classify(status, retry_after);
     }
     tracing::info!(%url, resumed = !cursor.0.is_empty(), "connected to upstream");
-    backoff.connected();
+    backoff.connected(tokio::time::Instant::now().into_std());
     gauge!(UPSTREAM_CONNECTED).set(1.0);
     applier.state().set_connected(true);
     let mut body = response.bytes_stream();
@@ -289,6 +292,10 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
+    fn now() -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
     fn config() -> RelayConfig {
         RelayConfig::new("http://up", "vxr_k")
     }
@@ -300,7 +307,7 @@ mod tests {
         for status in [401, 403, 404, 400] {
             let ended = classify(StatusCode::from_u16(status).unwrap(), None);
             assert!(matches!(ended, Ended::Refused(_)), "{status}");
-            assert_eq!(delay_after(&ended, &mut b, &c, 0, 0.5), 300 * S);
+            assert_eq!(delay_after(&ended, &mut b, &c, 0, now(), 0.5), 300 * S);
         }
         assert_eq!(
             b.ceiling(),
@@ -321,16 +328,16 @@ mod tests {
         }
         let lost = Ended::Lost("closed");
         let delays: Vec<_> = (0..7)
-            .map(|_| delay_after(&lost, &mut b, &c, 0, 1.0))
+            .map(|_| delay_after(&lost, &mut b, &c, 0, now(), 1.0))
             .collect();
         assert_eq!(delays, [S, 2 * S, 4 * S, 8 * S, 16 * S, 30 * S, 30 * S]);
 
         let mut b = Backoff::new(S, 30 * S, 60 * S);
         let busy = classify(StatusCode::SERVICE_UNAVAILABLE, Some(10 * S));
-        assert_eq!(delay_after(&busy, &mut b, &c, 0, 0.0), 10 * S);
+        assert_eq!(delay_after(&busy, &mut b, &c, 0, now(), 0.0), 10 * S);
         let very_busy = classify(StatusCode::SERVICE_UNAVAILABLE, Some(3600 * S));
         assert_eq!(
-            delay_after(&very_busy, &mut b, &c, 0, 0.0),
+            delay_after(&very_busy, &mut b, &c, 0, now(), 0.0),
             30 * S,
             "capped"
         );
@@ -341,10 +348,13 @@ mod tests {
         let c = config();
         let mut b = Backoff::new(S, 30 * S, 60 * S);
         assert_eq!(
-            delay_after(&Ended::Desync, &mut b, &c, 1, 1.0),
+            delay_after(&Ended::Desync, &mut b, &c, 1, now(), 1.0),
             Duration::ZERO
         );
-        assert_eq!(delay_after(&Ended::Desync, &mut b, &c, 2, 1.0), S);
-        assert_eq!(delay_after(&Ended::Desync, &mut b, &c, 3, 1.0), 2 * S);
+        assert_eq!(delay_after(&Ended::Desync, &mut b, &c, 2, now(), 1.0), S);
+        assert_eq!(
+            delay_after(&Ended::Desync, &mut b, &c, 3, now(), 1.0),
+            2 * S
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use futures::StreamExt;
 use serde_json::json;
-use vexil_relay::StartKind;
+use vexil_fanout::StartKind;
 
 use crate::harness::*;
 
@@ -116,7 +116,7 @@ async fn key_rotation_upstream_applies_at_the_relay() {
     let hub = origin.hub.clone().unwrap();
     hub.set_environment_keys(
         &env("shop/prod"),
-        &[vexil_relay::hash_sdk_key("vxs_rotated")],
+        &[vexil_fanout::hash_sdk_key("vxs_rotated")],
     );
     relay
         .wait_until("the rotated key is known", |r| {

@@ -20,7 +20,8 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use vexil_relay::{AuthError, Hub, HubConfig, Relay, RelayConfig, RelayState, hash_sdk_key};
+use vexil_fanout::{AuthError, Hub, HubConfig, hash_sdk_key};
+use vexil_relay::{Relay, RelayConfig, RelayState};
 use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem, SdkEvent};
 use vexil_schema::{EnvironmentSnapshot, Flag, FlagConfig, FlagKey, FlagKind, Variation};
 use vexil_testkit::ServerTask;
@@ -167,8 +168,8 @@ impl Origin {
             }
         };
         let counter = self.stream_requests.clone();
-        let app = vexil_relay::relay_router(hub.clone(), auth)
-            .merge(vexil_relay::sdk_router(hub.clone(), hub.keys().clone()))
+        let app = vexil_fanout::relay_router(hub.clone(), auth)
+            .merge(vexil_fanout::sdk_router(hub.clone(), hub.keys().clone()))
             .layer(axum::middleware::from_fn(
                 move |req: axum::extract::Request, next: axum::middleware::Next| {
                     if req.uri().path() == "/relay/v1/stream" {
@@ -368,7 +369,7 @@ impl RelayProcess {
     /// Starts the binary on `listen` (port 0 for any) against `upstream` and waits until it
     /// listens.
     pub async fn start(upstream: &str, listen: SocketAddr, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vexil-relay"))
+        let mut child = Command::new(crate::RELAY_BIN)
             .args([
                 "--upstream-url",
                 upstream,

@@ -24,7 +24,7 @@
 //!   applies updates in version order; `changes`: which flags an update affected; `wire`:
 //!   fast decoding of full snapshots;
 //! - [`source`]: the [`DataSource`] trait and its streaming, polling, file and [`TestData`]
-//!   implementations; `backoff`: reconnection delays;
+//!   implementations; reconnection delays are `vexil_schema::backoff`'s;
 //! - `persist` and `fallback`: the last-known-good file and when it is served;
 //! - `runtime`: the background thread with its own Tokio runtime; `listeners`: flag-change
 //!   notifications; [`status`]: states and errors; `detail`: owned evaluation results.
@@ -33,7 +33,6 @@
 //! performance.
 #![deny(missing_docs)]
 
-mod backoff;
 mod builder;
 mod changes;
 mod client;

@@ -8,9 +8,9 @@ use std::time::SystemTime;
 
 use arc_swap::{ArcSwapOption, Guard};
 use tokio::sync::{broadcast, watch};
-use vexil_eval::CompiledSnapshot;
+use vexil_eval::{ApplyError, CompiledSnapshot};
 use vexil_schema::EnvironmentSnapshot;
-use vexil_schema::stream::{Delete, ItemRef, Patch, PatchItem, SdkEvent};
+use vexil_schema::stream::{Change, Delete, ItemRef, Patch, PatchItem, SdkEvent};
 
 use crate::changes::{Touched, changed_flags};
 use crate::listeners::{CHANNEL_CAPACITY, FlagChange};
@@ -198,10 +198,10 @@ impl Store {
 
     /// Applies one stream event, in version order.
     pub(crate) fn apply(&self, event: SdkEvent, origin: DataOrigin) -> Applied {
-        let (version, item) = match event {
+        let change = match event {
             SdkEvent::Put(snapshot) => return self.replace_owned(snapshot, origin),
-            SdkEvent::Patch(Patch { version, item }) => (version, Item::Patch(item)),
-            SdkEvent::Delete(Delete { version, item }) => (version, Item::Delete(item)),
+            SdkEvent::Patch(p) => Change::Patch(p),
+            SdkEvent::Delete(d) => Change::Delete(d),
         };
         let mut w = self.writer();
         if self.is_closed() {
@@ -210,39 +210,33 @@ impl Store {
         let Some(old) = self.current.load_full() else {
             return Applied::NoData;
         };
-        let current = old.version();
-        if version <= current {
-            return Applied::Ignored {
-                current,
-                got: version,
-            };
-        }
-        if version != current + 1 {
-            return Applied::Gap {
-                current,
-                got: version,
-            };
-        }
-        let (new, touched_key, is_flag) = match item {
-            Item::Patch(PatchItem::Flag(f)) => {
-                let key = f.key.clone().into_string();
-                (old.with_flag(f, version), key, true)
-            }
-            Item::Patch(PatchItem::Segment(s)) => {
-                let key = s.key.clone().into_string();
-                (old.with_segment(s, version), key, false)
-            }
-            Item::Delete(ItemRef::Flag(k)) => {
-                (old.without_flag(&k, version), k.into_string(), true)
-            }
-            Item::Delete(ItemRef::Segment(k)) => {
-                (old.without_segment(&k, version), k.into_string(), false)
+        let new = match old.apply(&change) {
+            Ok(new) => new,
+            Err(ApplyError::Stale { current, got }) => return Applied::Ignored { current, got },
+            Err(ApplyError::Gap { current, got }) => return Applied::Gap { current, got },
+            // `ApplyError` is non-exhaustive: refuse what this version does not know.
+            Err(e) => {
+                tracing::warn!(error = %e, "change not applied");
+                return Applied::Gap {
+                    current: old.version(),
+                    got: change.version(),
+                };
             }
         };
+        let (touched_key, is_flag) = match &change {
+            Change::Patch(Patch { item, .. }) => match item {
+                PatchItem::Flag(f) => (f.key.as_str(), true),
+                PatchItem::Segment(s) => (s.key.as_str(), false),
+            },
+            Change::Delete(Delete { item, .. }) => match item {
+                ItemRef::Flag(k) => (k.as_str(), true),
+                ItemRef::Segment(k) => (k.as_str(), false),
+            },
+        };
         let touched = if is_flag {
-            Touched::Flag(&touched_key)
+            Touched::Flag(touched_key)
         } else {
-            Touched::Segment(&touched_key)
+            Touched::Segment(touched_key)
         };
         self.commit(&mut w, Some(&old), new, origin, touched)
     }
@@ -355,11 +349,6 @@ impl Store {
             seq: self.change_seq(),
         })
     }
-}
-
-enum Item {
-    Patch(PatchItem),
-    Delete(ItemRef),
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //! every implementation runs.
 #![deny(missing_docs)]
 
+mod apply;
 pub mod bucket;
 mod clause;
 mod compile;
@@ -35,6 +36,7 @@ mod needle;
 mod snapshot;
 mod table;
 
+pub use apply::ApplyError;
 pub use bucket::bucket;
 pub use evaluation::{EvalReason, Evaluation, TypedEvaluation};
 pub use explain::{

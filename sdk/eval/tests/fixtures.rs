@@ -113,3 +113,64 @@ fn bench_fixtures_evaluate_as_expected() {
         assert_eq!(eval.in_experiment, b.expected.in_experiment, "{}", b.name);
     }
 }
+
+/// The fixtures' snapshots built from an empty one by [`CompiledSnapshot::apply`], one
+/// `patch` per flag and segment at successive versions, with a flag and a segment patched in
+/// and deleted again on the way: the path every stream client takes.
+fn applied(snapshot: &EnvironmentSnapshot) -> CompiledSnapshot {
+    use vexil_schema::stream::{Change, Delete, ItemRef, Patch, PatchItem};
+    use vexil_schema::{FlagKey, Segment, SegmentKey};
+
+    let mut items: Vec<PatchItem> = Vec::new();
+    let doomed: Segment = serde_json::from_value(serde_json::json!({"key": "zz-doomed"})).unwrap();
+    items.push(PatchItem::Segment(doomed));
+    items.extend(snapshot.flags.iter().cloned().map(PatchItem::Flag));
+    if let Some(first) = snapshot.flags.first() {
+        let mut doomed = first.clone();
+        doomed.key = FlagKey::parse("zz-doomed").unwrap();
+        items.push(PatchItem::Flag(doomed));
+    }
+    items.extend(snapshot.segments.iter().cloned().map(PatchItem::Segment));
+    let mut compiled = CompiledSnapshot::default();
+    let next = |change: &dyn Fn(u64) -> Change, compiled: &mut CompiledSnapshot| {
+        *compiled = compiled
+            .apply(&change(compiled.version() + 1))
+            .expect("in order");
+    };
+    for item in items {
+        next(
+            &|version| {
+                Change::Patch(Patch {
+                    version,
+                    item: item.clone(),
+                })
+            },
+            &mut compiled,
+        );
+    }
+    for item in [
+        ItemRef::Flag(FlagKey::parse("zz-doomed").unwrap()),
+        ItemRef::Segment(SegmentKey::parse("zz-doomed").unwrap()),
+    ] {
+        next(
+            &|version| {
+                Change::Delete(Delete {
+                    version,
+                    item: item.clone(),
+                })
+            },
+            &mut compiled,
+        );
+    }
+    assert!(compiled.flag("zz-doomed").is_none() && compiled.segment("zz-doomed").is_none());
+    compiled
+}
+
+#[test]
+fn every_fixture_passes_on_snapshots_built_by_applying_changes() {
+    let mut failures = Vec::new();
+    for file in load_eval_fixtures().expect("fixtures load") {
+        failures.extend(run(&file, &applied(&file.snapshot), "applied"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use vexil_eval::CompiledSnapshot;
-use vexil_relay::PublishError;
+use vexil_fanout::PublishError;
 use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem};
 use vexil_schema::{EnvironmentSnapshot, Flag, FlagKey, Segment, SegmentKey};
 
@@ -292,14 +292,12 @@ impl Inner {
         for row in rows {
             changes.push(to_change(version, row)?);
         }
-        let mut next: Option<CompiledSnapshot> = None;
-        for change in &changes {
-            let base = next.as_ref().unwrap_or(&current);
-            next = Some(apply_to(base, change));
-        }
-        let Some(next) = next else {
+        if changes.is_empty() {
             return Err(Unusable("a version without rows".to_owned()));
-        };
+        }
+        let next = current
+            .apply_version(&changes)
+            .map_err(|e| Unusable(e.to_string()))?;
         let next = Arc::new(next);
         entry.compiled.store(Arc::clone(&next));
         if let [change] = changes.as_slice() {
@@ -372,19 +370,6 @@ fn to_change(version: u64, row: LogRow) -> Result<Change, Unusable> {
             item: ItemRef::Segment(SegmentKey::parse(row.key.clone()).map_err(|e| bad(&e))?),
         })),
         (op, entity) => Err(bad(&format!("unknown change {op} {entity}"))),
-    }
-}
-
-fn apply_to(base: &CompiledSnapshot, change: &Change) -> CompiledSnapshot {
-    match change {
-        Change::Patch(p) => match &p.item {
-            PatchItem::Flag(f) => base.with_flag(f.clone(), p.version),
-            PatchItem::Segment(s) => base.with_segment(s.clone(), p.version),
-        },
-        Change::Delete(d) => match &d.item {
-            ItemRef::Flag(k) => base.without_flag(k.as_str(), d.version),
-            ItemRef::Segment(k) => base.without_segment(k.as_str(), d.version),
-        },
     }
 }
 

@@ -12,7 +12,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use time::OffsetDateTime;
-use vexil_relay::{AuthError, RelayAuth, SdkAuth};
+use vexil_fanout::{AuthError, RelayAuth, SdkAuth};
 use vexil_schema::stream::{EnvironmentId, SdkKeyHash};
 
 use super::{Feed, Inner};

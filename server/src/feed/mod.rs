@@ -34,8 +34,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use vexil_eval::CompiledSnapshot;
-use vexil_relay::Hub;
-use vexil_relay::ofrep::EvaluatorSource;
+use vexil_fanout::Hub;
+use vexil_fanout::ofrep::EvaluatorSource;
 use vexil_schema::stream::EnvironmentId;
 
 use crate::db::Db;
@@ -187,7 +187,7 @@ impl Inner {
 /// The change feed of one server process: in-memory compiled snapshots and the hub, kept up
 /// to date from the database. Cheap to clone.
 ///
-/// It is the server's [`vexil_relay::SdkAuth`], [`vexil_relay::RelayAuth`] and
+/// It is the server's [`vexil_fanout::SdkAuth`], [`vexil_fanout::RelayAuth`] and
 /// [`EvaluatorSource`].
 #[derive(Debug, Clone)]
 pub struct Feed {

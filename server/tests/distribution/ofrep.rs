@@ -235,7 +235,9 @@ async fn ofrep_answers_match_the_spec() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ofrep_rate_limits_per_key_with_retry_after() {
-    let app = vexil_testkit::spawn_app_with(Backend::Sqlite, |c| c.ofrep_rate_limit = 2).await;
+    let app =
+        vexil_testkit::spawn_app_with(Backend::Sqlite, |c| c.distribution.ofrep_rate_limit = 2)
+            .await;
     let keys = setup(&app, &["prod"]).await;
     create_flag(&app, "f").await;
     let auth = format!("Bearer {}", keys[0]);

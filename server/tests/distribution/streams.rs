@@ -183,7 +183,10 @@ async fn kill_listeners(app: &vexil_testkit::TestApp) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_event_id_resumes_from_the_ring_or_gets_a_put() {
-    let app = spawn_app_with(Backend::Postgres, |c| c.stream_ring_capacity = 4).await;
+    let app = spawn_app_with(Backend::Postgres, |c| {
+        c.distribution.stream_ring_capacity = 4
+    })
+    .await;
     let keys = setup(&app, &["prod"]).await;
     create_flag(&app, "checkout").await;
     let mut sse = Sse::open(&app.base_url, &keys[0], None).await;

@@ -4,7 +4,7 @@
 use std::future::IntoFuture;
 
 use serde_json::json;
-use vexil_relay::{Hub, HubConfig, SdkKeyTable, hash_sdk_key, sdk_router};
+use vexil_fanout::{Hub, HubConfig, SdkKeyTable, hash_sdk_key, sdk_router};
 use vexil_schema::stream::EnvironmentId;
 use vexil_schema::{EnvironmentSnapshot, Flag};
 

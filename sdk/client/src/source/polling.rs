@@ -8,11 +8,11 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH};
 use vexil_schema::EnvironmentSnapshot;
 
-use crate::backoff::Backoff;
 use crate::source::http::{SNAPSHOT_PATH, Upstream, problem_detail, retry_after, status_error};
 use crate::source::{BoxFuture, DataSource, Shutdown, Updates};
 use crate::status::{DataOrigin, DataSourceError};
 use crate::wire::decode_snapshot;
+use vexil_schema::backoff::Backoff;
 
 /// Tuning of the polling source.
 #[derive(Debug, Clone)]
@@ -98,7 +98,8 @@ impl PollingSource {
     async fn run(&self, updates: &Updates) {
         let interval = self.config.interval;
         // Failed polls are retried sooner than the interval, but never later.
-        let mut backoff = Backoff::new(interval.min(Duration::from_secs(1)), interval);
+        // Reset after every successful poll, so `reset_after` never comes into play.
+        let mut backoff = Backoff::new(interval.min(Duration::from_secs(1)), interval, interval);
         let mut etag: Option<String> = None;
         loop {
             let fetched =
@@ -126,7 +127,9 @@ impl PollingSource {
                     return;
                 }
                 Err(e) => {
-                    let delay = backoff.next_delay().max(e.retry_after.unwrap_or_default());
+                    let delay = backoff
+                        .next_delay(tokio::time::Instant::now().into_std(), rand::random())
+                        .max(e.retry_after.unwrap_or_default());
                     tracing::warn!(error = %e.error, ?delay, "flag poll failed; retrying");
                     updates.interrupted(e.error);
                     delay

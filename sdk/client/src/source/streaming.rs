@@ -23,7 +23,6 @@ use eventsource_client::{self as es, Client as _, ReconnectOptions, SSE};
 use futures::StreamExt;
 use vexil_schema::stream::{SdkEvent, StreamError};
 
-use crate::backoff::Backoff;
 use crate::source::http::{
     ReqwestTransport, STREAM_PATH, Upstream, problem_detail, read_error_body, status_error,
 };
@@ -31,6 +30,10 @@ use crate::source::polling::{Polled, fetch_snapshot};
 use crate::source::{BoxFuture, DataSource, Shutdown, Updates};
 use crate::status::{DataOrigin, DataSourceError};
 use crate::store::Applied;
+use vexil_schema::backoff::Backoff;
+
+/// A stream connection that stayed up this long resets the reconnection backoff.
+const RESET_AFTER: Duration = Duration::from_secs(60);
 use crate::wire::decode_event;
 
 /// Tuning of the streaming source.
@@ -133,6 +136,7 @@ impl StreamingSource {
         let mut backoff = Backoff::new(
             self.config.initial_reconnect_delay,
             self.config.max_reconnect_delay,
+            RESET_AFTER,
         );
         if !self.bootstrap(updates).await {
             return;
@@ -155,7 +159,7 @@ impl StreamingSource {
             }
             failures = failures.saturating_add(1);
             let delay = backoff
-                .next_delay()
+                .next_delay(tokio::time::Instant::now().into_std(), rand::random())
                 .max(ended.retry_after.unwrap_or_default());
             if failures == 1 || failures.is_multiple_of(20) {
                 tracing::warn!(error = %ended.error, ?delay, failures, "flag stream interrupted; reconnecting");
@@ -238,7 +242,7 @@ impl StreamingSource {
             };
             match item {
                 Ok(SSE::Connected(_)) => {
-                    backoff.connected();
+                    backoff.connected(tokio::time::Instant::now().into_std());
                     tracing::debug!(?last_event_id, "flag stream connected");
                     if last_event_id.is_some() {
                         // Resuming: the server replays what was missed right away, or

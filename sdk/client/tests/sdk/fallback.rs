@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use vexil_relay::HubConfig;
+use vexil_fanout::HubConfig;
 use vexil_sdk::{Client, Context, DataOrigin, ErrorKind, InitError, State, StreamingConfig};
 
 use crate::harness::*;

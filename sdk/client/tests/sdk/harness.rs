@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use vexil_relay::{AuthError, Hub, HubConfig, SdkAuth, SdkKeyTable, hash_sdk_key, sdk_router};
+use vexil_fanout::{AuthError, Hub, HubConfig, SdkAuth, SdkKeyTable, hash_sdk_key, sdk_router};
 use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem};
 use vexil_schema::{EnvironmentSnapshot, Flag, FlagKey};
 use vexil_sdk::{Client, ClientBuilder, FlagChange, State as SdkState, Status};

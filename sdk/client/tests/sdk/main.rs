@@ -1,6 +1,6 @@
 //! Integration tests of the Rust SDK: real sockets, real SSE, the real hub and SDK endpoints
-//! of `vexil-relay` (which the server and the relay both mount), and the real control plane
-//! (`server`, on PostgreSQL and SQLite).
+//! of `vexil-fanout` (which the server and the relay both mount). The SDK against the real
+//! control plane is in the end-to-end crate (`relay/e2e`).
 
 mod fallback;
 mod file;
@@ -8,7 +8,6 @@ mod fixtures;
 mod harness;
 mod polling;
 mod protocol;
-mod server;
 mod streaming;
 mod sync_host;
 mod test_data;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use vexil_relay::HubConfig;
+use vexil_fanout::HubConfig;
 use vexil_sdk::{Client, Context, DataSourceError, InitError, PollingConfig, State};
 
 use crate::harness::*;

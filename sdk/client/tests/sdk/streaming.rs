@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use vexil_relay::HubConfig;
+use vexil_fanout::HubConfig;
 use vexil_sdk::{
     Client, Context, DataOrigin, DataSourceError, ErrorKind, InitError, Reason, State,
     StreamingConfig,

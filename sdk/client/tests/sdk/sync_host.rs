@@ -3,7 +3,7 @@
 
 use std::sync::mpsc;
 
-use vexil_relay::HubConfig;
+use vexil_fanout::HubConfig;
 use vexil_sdk::{Client, Context, State};
 
 use crate::harness::*;

@@ -1,6 +1,6 @@
 //! What publishing and subscribing report: outcomes and refusals.
 
-use crate::state::EncodeError;
+use crate::items::EncodeError;
 
 /// Why a published snapshot or change was not applied.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use vexil_relay::{AuthError, Hub, HubConfig, RelayStreamConfig, hash_sdk_key, relay_router_with};
+use vexil_fanout::{AuthError, Hub, HubConfig, RelayStreamConfig, hash_sdk_key, relay_router_with};
 use vexil_schema::stream::{EnvironmentId, RelayCursor, RelayEvent};
 
 use helpers::{Sse, SseClient, WAIT, delete, flag, patch, snapshot};

@@ -2,7 +2,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use vexil_relay::HubConfig;
+use vexil_fanout::HubConfig;
 use vexil_schema::{Flag, FlagConfig, FlagKey, FlagKind, Variation};
 
 use crate::helpers::*;
@@ -126,7 +126,7 @@ async fn a_subscriber_that_stops_reading_delays_nobody_and_is_resynced_then_drop
     }
     // When it reads again it has fallen behind: it gets a fresh put of the current state.
     stalled.read_until(b"event: put\nid: 41\n", b"").await;
-    assert_eq!(counter(&snapshotter, vexil_relay::metrics::LAG_RESYNCS), 1);
+    assert_eq!(counter(&snapshotter, vexil_fanout::metrics::LAG_RESYNCS), 1);
 
     // Phase 2: it stalls again, beyond its allowance this time: it is disconnected.
     for v in 42..=81 {
@@ -139,7 +139,7 @@ async fn a_subscriber_that_stops_reading_delays_nobody_and_is_resynced_then_drop
     let caught_up = stalled.read_until(b"\r\n0\r\n\r\n", b"id: 81\n").await;
     assert!(!caught_up, "a dropped subscriber must not catch up");
     assert_eq!(
-        counter(&snapshotter, vexil_relay::metrics::LAG_DISCONNECTS),
+        counter(&snapshotter, vexil_fanout::metrics::LAG_DISCONNECTS),
         1
     );
     assert_eq!(app.hub.subscriber_count(&env()), 1);

@@ -36,7 +36,7 @@ impl ServerProcess {
     /// Starts the built binary on `database_url` with `admin_token` as bootstrap token and
     /// waits until it says where it listens (it binds `127.0.0.1:0`).
     pub async fn start(database_url: &str, admin_token: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vexil-server"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vexil-e2e-server"))
             .env("VEXIL_LISTEN", "127.0.0.1:0")
             .env("VEXIL_DATABASE_URL", database_url)
             .env("VEXIL_BOOTSTRAP_TOKEN", admin_token)

@@ -149,7 +149,13 @@ pub(crate) fn auth_error(e: AuthError, retry_after: Duration) -> Response {
 
 /// The key in `Authorization` (`<key>` or `Bearer <key>`), if any.
 pub(crate) fn sdk_key(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    authorization_key(headers.get(AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The key of an `Authorization` value: `<key>` or `Bearer <key>` (any case, any spaces
+/// around). The one parser behind the axum routes and the lean stream server.
+pub(crate) fn authorization_key(value: &str) -> Option<&str> {
+    let value = value.trim();
     let key = match value.split_once(' ') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
         Some(_) => return None,

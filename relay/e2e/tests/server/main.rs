@@ -3,8 +3,11 @@
 //! the upstream killed and restarted while changes are made, keys checked at the relay.
 
 #[allow(dead_code)]
-#[path = "../relay/harness.rs"]
+#[path = "../../../tests/relay/harness.rs"]
 mod harness;
+
+/// The relay binary the harness starts as a child process.
+const RELAY_BIN: &str = env!("CARGO_BIN_EXE_vexil-e2e-relay");
 
 mod cable;
 mod control_plane;

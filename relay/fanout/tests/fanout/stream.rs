@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use vexil_relay::HubConfig;
+use vexil_fanout::HubConfig;
 use vexil_schema::stream::SdkEvent;
 
 use crate::helpers::*;

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use vexil_schema::stream::EnvironmentId;
 
 use crate::auth::{SdkAuth, hash_sdk_key};
-use crate::http::STREAM_PATH;
+use crate::http::{STREAM_PATH, authorization_key};
 use crate::hub::Hub;
 use crate::subscriber::Subscription;
 
@@ -131,7 +131,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, httparse::Error> {
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).ok().map(str::trim);
         if h.name.eq_ignore_ascii_case("authorization") {
-            head.key = value.and_then(bearer).map(str::to_owned);
+            head.key = value.and_then(authorization_key).map(str::to_owned);
         } else if h.name.eq_ignore_ascii_case("last-event-id") {
             head.last_event_id = value.map(str::to_owned);
         } else if h.name.eq_ignore_ascii_case("content-length") {
@@ -144,17 +144,6 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, httparse::Error> {
         }
     }
     Ok(Some((len, head)))
-}
-
-/// The key of an `Authorization` value: `<key>` or `Bearer <key>` (as [`crate::http`]).
-fn bearer(value: &str) -> Option<&str> {
-    let key = match value.split_once(' ') {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-        Some(_) => return None,
-        None if value.eq_ignore_ascii_case("bearer") => return None,
-        None => value,
-    };
-    (!key.is_empty()).then_some(key)
 }
 
 /// Serves `app` on `listener`, SDK streams on the lean path, until `shutdown` completes;
@@ -360,14 +349,5 @@ mod tests {
                 .is_none()
         );
         assert!(parse_head(b"\x16\x03\x01 not http").is_err());
-    }
-
-    #[test]
-    fn bearer_matches_the_router() {
-        assert_eq!(bearer("k"), Some("k"));
-        assert_eq!(bearer("Bearer k"), Some("k"));
-        assert_eq!(bearer("bearer  k "), Some("k"));
-        assert_eq!(bearer("Basic x"), None);
-        assert_eq!(bearer("Bearer"), None);
     }
 }

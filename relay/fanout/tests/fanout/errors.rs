@@ -1,4 +1,4 @@
-use vexil_relay::{AuthError, Hub, HubConfig, PublishError, SnapshotOutcome};
+use vexil_fanout::{AuthError, Hub, HubConfig, PublishError, SnapshotOutcome};
 
 use crate::helpers::*;
 

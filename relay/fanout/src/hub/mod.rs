@@ -25,9 +25,9 @@ use vexil_schema::stream::{Change, EnvironmentId, SdkKeyHash, parse_version};
 use crate::auth::SdkKeyTable;
 
 use crate::frame::Frame;
+use crate::items::Items;
 use crate::metrics::EnvMetrics;
 use crate::ring::{Resume, Ring};
-use crate::state::Items;
 use crate::subscriber::{Audience, EndsWhen, Start, Subscription};
 
 mod config;
@@ -459,7 +459,8 @@ impl Hub {
         self.channel(env).map_or(0, |c| c.tx.receiver_count())
     }
 
-    /// The current snapshot of `env`, for the snapshot endpoint.
+    /// The current state of `env`: the body of `GET /sdk/v1/snapshot` (served by
+    /// [`crate::http`], plain or pre-compressed) and the stream's `put`.
     pub(crate) fn current(&self, env: &EnvironmentId) -> Result<Arc<Current>, NotServing> {
         if self.is_draining() {
             return Err(NotServing::ShuttingDown);
@@ -467,13 +468,6 @@ impl Hub {
         self.channel(env)
             .and_then(|c| c.current())
             .ok_or(NotServing::NotReady)
-    }
-
-    /// The current snapshot JSON of `env` and its version (the body of
-    /// `GET /sdk/v1/snapshot`).
-    pub fn snapshot_json(&self, env: &EnvironmentId) -> Result<(u64, Bytes), NotServing> {
-        let c = self.current(env)?;
-        Ok((c.version, c.put.data()))
     }
 
     /// Subscribes to `env`'s SDK stream. `last_event_id` is the client's `Last-Event-ID`:

@@ -9,8 +9,8 @@
 //! Authentication: an SDK key in `Authorization` (`Bearer <key>` or the bare key) or in
 //! `X-API-Key`, through any [`SdkAuth`]; 401 and 403 have no body, as the spec says. Each key
 //! is rate limited ([`OfrepConfig::rate_limit`], 429 with `Retry-After`). Compiled snapshots
-//! come from an [`EvaluatorSource`]: the relay's [`crate::RelayState`], or the control
-//! plane's in-memory snapshots.
+//! come from an [`EvaluatorSource`]: the edge relay's state, or the control plane's
+//! in-memory snapshots.
 //!
 //! Context: `targetingKey` (a string) is the context key; without it the context is
 //! anonymous, which Vexil evaluates by its anonymous rules (rollouts serve the fallthrough's
@@ -54,12 +54,6 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub trait EvaluatorSource: Clone + Send + Sync + 'static {
     /// The current compiled snapshot of `env`, or `None` if it is not loaded (503).
     fn evaluator(&self, env: &EnvironmentId) -> Option<Arc<CompiledSnapshot>>;
-}
-
-impl EvaluatorSource for crate::RelayState {
-    fn evaluator(&self, env: &EnvironmentId) -> Option<Arc<CompiledSnapshot>> {
-        crate::RelayState::evaluator(self, env)
-    }
 }
 
 /// Tuning of the OFREP endpoints.

@@ -1,4 +1,4 @@
-use vexil_relay::HubConfig;
+use vexil_fanout::HubConfig;
 
 use crate::helpers::*;
 

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use vexil_relay::HubConfig;
+use vexil_fanout::HubConfig;
 
 use crate::helpers::*;
 
@@ -50,17 +50,17 @@ async fn removing_an_environment_ends_its_streams() {
 
 #[tokio::test]
 async fn serve_http1_streams_and_stops_after_the_hub_drains() {
-    let hub = vexil_relay::Hub::new(HubConfig::default());
-    let keys = vexil_relay::SdkKeyTable::new();
-    keys.set_environment_keys(&env(), &[vexil_relay::hash_sdk_key(KEY)]);
+    let hub = vexil_fanout::Hub::new(HubConfig::default());
+    let keys = vexil_fanout::SdkKeyTable::new();
+    keys.set_environment_keys(&env(), &[vexil_fanout::hash_sdk_key(KEY)]);
     hub.publish_snapshot(&env(), &snapshot(1, vec![])).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_hub = hub.clone();
-    let server = tokio::spawn(vexil_relay::serve_http1(
+    let server = tokio::spawn(vexil_fanout::serve_http1(
         listener,
-        vexil_relay::sdk_router(hub.clone(), keys),
+        vexil_fanout::sdk_router(hub.clone(), keys),
         async move {
             let _ = stop_rx.await;
             drain_hub.shutdown(Duration::ZERO).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 use tokio::net::TcpListener;
-use vexil_relay::{Hub, HubConfig, SdkAuth, SdkKeyTable, hash_sdk_key, sdk_router};
+use vexil_fanout::{Hub, HubConfig, SdkAuth, SdkKeyTable, hash_sdk_key, sdk_router};
 use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem};
 use vexil_schema::{EnvironmentSnapshot, Flag, FlagConfig, FlagKey, FlagKind, Variation};
 

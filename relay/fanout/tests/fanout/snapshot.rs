@@ -1,6 +1,6 @@
 use std::io::Read;
 
-use vexil_relay::HubConfig;
+use vexil_fanout::HubConfig;
 use vexil_schema::EnvironmentSnapshot;
 
 use crate::helpers::*;
