@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
@@ -25,6 +24,7 @@ use vexil_relay::{Relay, RelayConfig, RelayState};
 use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem, SdkEvent};
 use vexil_schema::{EnvironmentSnapshot, Flag, FlagConfig, FlagKey, FlagKind, Variation};
 use vexil_testkit::ServerTask;
+use vexil_testkit::sse::{Block, SseReader};
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -562,41 +562,25 @@ async fn subscribe(url: String, key: String, seen: watch::Sender<Seen>) {
             }
         };
         seen.send_modify(|s| s.connections += 1);
-        let mut body = resp.bytes_stream();
-        let mut buf = Vec::new();
-        'read: while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else { break };
-            buf.extend_from_slice(&chunk);
-            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = buf.drain(..end + 2).collect();
-                let Ok(text) = String::from_utf8(block) else {
-                    break 'read;
-                };
-                seen.send_if_modified(|s| apply_block(&text, s));
-            }
+        let mut reader = SseReader::new(resp);
+        while let Some(block) = reader.next_block().await {
+            seen.send_if_modified(|s| apply_block(&block, s));
         }
         seen.send_modify(|s| s.disconnects += 1);
     }
 }
 
 /// Applies one SSE block; returns whether anything changed.
-fn apply_block(text: &str, s: &mut Seen) -> bool {
-    let (mut event, mut data) = (None, None);
-    for line in text.trim_end_matches('\n').split('\n') {
-        if line.starts_with(':') {
-            return false;
-        }
-        let (field, value) = line.split_once(": ").unwrap_or((line, ""));
-        match field {
-            "event" => event = Some(value),
-            "data" => data = Some(value),
-            _ => {}
-        }
-    }
-    let (Some(event), Some(data)) = (event, data) else {
-        s.violations.push(format!("not an event: {text:?}"));
-        return true;
+fn apply_block(block: &Block, s: &mut Seen) -> bool {
+    let Block::Event(ev) = block else {
+        // Keep-alive comments change nothing.
+        return false;
     };
+    let (event, data) = (ev.event.as_str(), ev.data.as_str());
+    if event == "message" || data.is_empty() {
+        s.violations.push(format!("not an event: {ev:?}"));
+        return true;
+    }
     let decoded = match SdkEvent::decode(event, data) {
         Ok(e) => e,
         Err(e) => {

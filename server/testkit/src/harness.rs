@@ -214,6 +214,11 @@ impl PostgresCluster {
         Ok(cluster)
     }
 
+    /// The URL of `database` in this cluster, as user `postgres`.
+    pub fn url(&self, database: &str) -> String {
+        with_database(&self.admin_url, database)
+    }
+
     /// Starts the (stopped) cluster again on the same port and data, waiting until it
     /// accepts connections.
     pub fn restart(&self) -> Result<(), String> {

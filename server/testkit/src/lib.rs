@@ -6,6 +6,7 @@
 //!   database, with a known admin token, and hands back a [`TestApp`] to talk to it over HTTP.
 //! - [`ServerTask`]: a server serving in the background of a test; if it fails there (an
 //!   error or a panic), stopping or dropping it fails the test.
+//! - [`sse`]: the one Server-Sent Events reader every harness reads streams with.
 //!
 //! PostgreSQL is found in this order: `VEXIL_TEST_DATABASE_URL` (a URL to a server where the
 //! user may create databases); a server answering on `127.0.0.1:5432` (user `postgres`, trust
@@ -15,6 +16,7 @@
 //! skips. `VEXIL_TEST_THROWAWAY_PG=1` forces the throwaway cluster. A test that stops
 //! PostgreSQL starts a [`PostgresCluster`] of its own.
 
+pub mod sse;
 mod task;
 pub use task::ServerTask;
 

@@ -2,36 +2,22 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::BoxStream;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vexil_server::{Config, Server, StartError};
+use vexil_testkit::sse::SseReader;
 use vexil_testkit::{ServerTask, TestApp};
 
 /// How long any single wait in these tests may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// One server-sent event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub event: String,
-    pub id: Option<String>,
-    pub data: String,
-}
+pub use vexil_testkit::sse::Event;
 
-impl Event {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data).expect("event data is JSON")
-    }
-}
-
-/// A minimal SSE reader over a real HTTP response.
+/// An SSE client over a real HTTP response (the bytes read by [`SseReader`]).
 pub struct Sse {
-    body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: String,
+    reader: SseReader,
 }
 
 impl Sse {
@@ -55,67 +41,22 @@ impl Sse {
         assert_eq!(res.status(), 200, "stream status");
         assert_eq!(res.headers()["content-type"], "text/event-stream");
         Sse {
-            body: res.bytes_stream().boxed(),
-            buf: String::new(),
+            reader: SseReader::new(res),
         }
     }
 
-    /// The next event (keep-alive comments skipped).
+    /// The next event (keep-alive comments skipped); the stream must stay open.
     pub async fn next(&mut self) -> Event {
-        tokio::time::timeout(WAIT, self.next_inner())
+        tokio::time::timeout(WAIT, self.reader.next_event())
             .await
             .expect("an event arrives in time")
-    }
-
-    async fn next_inner(&mut self) -> Event {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut ev = Event {
-                    event: "message".to_owned(),
-                    id: None,
-                    data: String::new(),
-                };
-                let mut any = false;
-                for line in block.lines() {
-                    if line.starts_with(':') || line.is_empty() {
-                        continue;
-                    }
-                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                    let value = value.strip_prefix(' ').unwrap_or(value);
-                    any = true;
-                    match field {
-                        "event" => ev.event = value.to_owned(),
-                        "id" => ev.id = Some(value.to_owned()),
-                        "data" => {
-                            if !ev.data.is_empty() {
-                                ev.data.push('\n');
-                            }
-                            ev.data.push_str(value);
-                        }
-                        _ => {}
-                    }
-                }
-                if any {
-                    return ev;
-                }
-                continue;
-            }
-            let chunk = self
-                .body
-                .next()
-                .await
-                .expect("the stream stays open")
-                .expect("stream chunk");
-            self.buf
-                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
-        }
+            .expect("the stream stays open")
     }
 
     /// Whether the server ends the stream within [`WAIT`] (anything sent before is skipped).
     pub async fn ends(&mut self) -> bool {
         tokio::time::timeout(WAIT, async {
-            while let Some(Ok(_)) = self.body.next().await {}
+            while self.reader.next_block().await.is_some() {}
         })
         .await
         .is_ok()

@@ -3,7 +3,6 @@
 //! restarts (never the shared server).
 
 mod binary;
-mod cluster;
 mod outage;
 mod throttle;
 

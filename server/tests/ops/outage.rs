@@ -10,8 +10,8 @@ use sqlx::Connection;
 use tokio::net::TcpListener;
 use vexil_server::{Config, Server};
 
-use crate::cluster::Cluster;
 use crate::expect;
+use vexil_testkit::PostgresCluster;
 
 struct Api {
     client: reqwest::Client,
@@ -75,7 +75,14 @@ async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_fails_fast_and_recovers() {
     vexil_testkit::init_tracing();
-    let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::create).await.unwrap());
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(|| {
+            PostgresCluster::start()
+                .unwrap_or_else(|e| panic!("a throwaway PostgreSQL cluster: {e}"))
+        })
+        .await
+        .unwrap(),
+    );
     let mut admin = sqlx::PgConnection::connect(&cluster.url("postgres"))
         .await
         .unwrap();
@@ -157,7 +164,9 @@ async fn a_database_outage_fails_fast_and_recovers() {
 
     // The outage.
     let c = Arc::clone(&cluster);
-    tokio::task::spawn_blocking(move || c.stop()).await.unwrap();
+    tokio::task::spawn_blocking(move || c.stop_fast().expect("PostgreSQL stops"))
+        .await
+        .unwrap();
 
     let (res, took) = timed(api.readyz()).await;
     assert_eq!(res.status(), 503);
@@ -217,7 +226,7 @@ async fn a_database_outage_fails_fast_and_recovers() {
 
     // Back again: readiness, writes and the change feed recover.
     let c = Arc::clone(&cluster);
-    tokio::task::spawn_blocking(move || c.start())
+    tokio::task::spawn_blocking(move || c.restart().expect("PostgreSQL starts again"))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -6,8 +6,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::BoxStream;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::TcpListener;
@@ -15,6 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use vexil_relay::{Relay, RelayConfig};
+use vexil_testkit::sse::SseReader;
 use vexil_testkit::{Backend, TestDatabase};
 
 /// How long any single wait may take before the test fails.
@@ -364,29 +363,11 @@ impl Drop for EdgeRelay {
     }
 }
 
-/// One server-sent event.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub event: String,
-    pub id: Option<String>,
-    pub data: String,
-}
+pub use vexil_testkit::sse::Event;
 
-impl Event {
-    /// The version the event carries in its `id`.
-    pub fn version(&self) -> Option<u64> {
-        self.id.as_deref()?.parse().ok()
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data).expect("event data is JSON")
-    }
-}
-
-/// A minimal SSE reader over a real HTTP response.
+/// An SSE client over a real HTTP response (the bytes read by [`SseReader`]).
 pub struct Sse {
-    body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: String,
+    reader: SseReader,
 }
 
 impl Sse {
@@ -414,59 +395,15 @@ impl Sse {
         .expect("the stream opens in time");
         assert_eq!(res.status(), 200, "stream status at {base}");
         Sse {
-            body: res.bytes_stream().boxed(),
-            buf: String::new(),
+            reader: SseReader::new(res),
         }
     }
 
     /// The next event (comments skipped), `None` when the server ended the stream.
     pub async fn next(&mut self) -> Option<Event> {
-        tokio::time::timeout(WAIT, self.next_inner())
+        tokio::time::timeout(WAIT, self.reader.next_event())
             .await
             .expect("an event arrives in time")
-    }
-
-    async fn next_inner(&mut self) -> Option<Event> {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut ev = Event {
-                    event: "message".to_owned(),
-                    id: None,
-                    data: String::new(),
-                };
-                let mut any = false;
-                for line in block.lines() {
-                    if line.is_empty() || line.starts_with(':') {
-                        continue;
-                    }
-                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                    let value = value.strip_prefix(' ').unwrap_or(value);
-                    any = true;
-                    match field {
-                        "event" => ev.event = value.to_owned(),
-                        "id" => ev.id = Some(value.to_owned()),
-                        "data" => {
-                            if !ev.data.is_empty() {
-                                ev.data.push('\n');
-                            }
-                            ev.data.push_str(value);
-                        }
-                        _ => {}
-                    }
-                }
-                if any {
-                    return Some(ev);
-                }
-                continue;
-            }
-            match self.body.next().await {
-                Some(Ok(chunk)) => self
-                    .buf
-                    .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream")),
-                Some(Err(_)) | None => return None,
-            }
-        }
     }
 
     /// Reads events until one carries version `version` or later; returns them all.
@@ -487,8 +424,10 @@ impl Sse {
 
     /// Whether the server ends the stream within `limit` (events before the end skipped).
     pub async fn ends_within(&mut self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, async { while self.next_inner().await.is_some() {} })
-            .await
-            .is_ok()
+        tokio::time::timeout(limit, async {
+            while self.reader.next_event().await.is_some() {}
+        })
+        .await
+        .is_ok()
     }
 }
