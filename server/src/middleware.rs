@@ -197,12 +197,71 @@ pub async fn idempotency(State(app): State<AppState>, req: Request, next: Next) 
         return ApiError::Unauthorized("missing API token".into()).into_response();
     };
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_owned();
-    let request_id = request_id_of(&parts.headers);
     let bytes = match to_bytes(body, app.config.max_body_bytes).await {
         Ok(b) => b,
         Err(_) => return ApiError::PayloadTooLarge.into_response(),
     };
+    let hash = request_hash(&parts, &bytes);
+    match app.store.idempotency_begin(token_id, &key, &hash).await {
+        Err(e) => ApiError::from(e).into_response(),
+        Ok(IdempotencyBegin::Mismatch) => ApiError::IdempotencyMismatch.into_response(),
+        Ok(IdempotencyBegin::InProgress) => ApiError::IdempotencyInProgress.into_response(),
+        Ok(IdempotencyBegin::Replay(stored)) => replay(stored),
+        Ok(IdempotencyBegin::Applied) => response_lost(),
+        Ok(IdempotencyBegin::Proceed) => {
+            let claim = IdempotencyClaim::new(token_id, &key);
+            let path = parts.uri.path().to_owned();
+            let request_id = request_id_of(&parts.headers);
+            let res = claim
+                .clone()
+                .scope(next.run(Request::from_parts(parts, Body::from(bytes))))
+                .await;
+            if res.status().is_server_error() {
+                // Something written keeps its record, answering "applied" to a retry rather
+                // than letting it write again; nothing written releases the key.
+                if !claim.is_committed() {
+                    release(&app, token_id, &key).await;
+                }
+                return res;
+            }
+            let (mut res_parts, body) = res.into_parts();
+            let body = match to_bytes(body, usize::MAX).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not buffer a response for idempotency");
+                    if !claim.is_committed() {
+                        release(&app, token_id, &key).await;
+                    }
+                    return ApiError::internal(std::io::Error::other("response body"))
+                        .into_response();
+                }
+            };
+            // A problem body is finished by `problem_context` on the way out; store it the
+            // way the client will see it.
+            let client_body = match res_parts.extensions.remove::<Problem>() {
+                Some(mut p) => {
+                    p.instance = Some(path);
+                    p.request_id = request_id;
+                    serde_json::to_vec(&p).unwrap_or_else(|_| body.to_vec())
+                }
+                None => body.to_vec(),
+            };
+            let stored = stored_response(&res_parts, &client_body);
+            if let Err(e) = app
+                .store
+                .idempotency_complete(token_id, &key, &stored)
+                .await
+            {
+                tracing::warn!(error = %e, "could not store a response for idempotency");
+            }
+            res_parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(res_parts, Body::from(client_body))
+        }
+    }
+}
+
+/// What identifies a request for its `Idempotency-Key`: method, path and query, body.
+fn request_hash(parts: &axum::http::request::Parts, body: &[u8]) -> Vec<u8> {
     let mut hasher = Sha256::new();
     hasher.update(parts.method.as_str().as_bytes());
     hasher.update([0]);
@@ -215,95 +274,54 @@ pub async fn idempotency(State(app): State<AppState>, req: Request, next: Next) 
             .as_bytes(),
     );
     hasher.update([0]);
-    hasher.update(&bytes);
-    let hash = hasher.finalize().to_vec();
+    hasher.update(body);
+    hasher.finalize().to_vec()
+}
 
-    match app.store.idempotency_begin(token_id, &key, &hash).await {
-        Err(e) => ApiError::from(e).into_response(),
-        Ok(IdempotencyBegin::Mismatch) => ApiError::IdempotencyMismatch.into_response(),
-        Ok(IdempotencyBegin::InProgress) => ApiError::IdempotencyInProgress.into_response(),
-        Ok(IdempotencyBegin::Replay(stored)) => replay(stored),
-        Ok(IdempotencyBegin::Applied) => Problem::new(
-            StatusCode::CONFLICT,
-            "idempotency-response-lost",
-            Some(
-                "the first request with this Idempotency-Key was applied, but its response was \
-                 not kept (the server stopped before storing it); it is not applied again: read \
-                 the resource to see its state"
-                    .into(),
-            ),
-        )
-        .into_response_with_status(),
-        Ok(IdempotencyBegin::Proceed) => {
-            let claim = IdempotencyClaim::new(token_id, &key);
-            let res = claim
-                .clone()
-                .scope(next.run(Request::from_parts(parts, Body::from(bytes))))
-                .await;
-            if res.status().is_server_error() {
-                if claim.is_committed() {
-                    // Something was written: the record stays, answering "applied" to a retry
-                    // rather than letting it write again.
-                    return res;
-                }
-                if let Err(e) = app.store.idempotency_abandon(token_id, &key).await {
-                    tracing::warn!(error = %e, "could not release an idempotency key");
-                }
-                return res;
-            }
-            let (mut res_parts, body) = res.into_parts();
-            let body = match to_bytes(body, usize::MAX).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not buffer a response for idempotency");
-                    if !claim.is_committed() {
-                        let _ = app.store.idempotency_abandon(token_id, &key).await;
-                    }
-                    return ApiError::internal(std::io::Error::other("response body"))
-                        .into_response();
-                }
-            };
-            let header = |name: header::HeaderName| {
-                res_parts
-                    .headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            // A problem body is finished by `problem_context` on the way out; store it the
-            // way the client will see it.
-            let stored_body = match res_parts.extensions.remove::<Problem>() {
-                Some(mut p) => {
-                    p.instance = Some(path);
-                    p.request_id = request_id;
-                    serde_json::to_vec(&p).unwrap_or_else(|_| body.to_vec())
-                }
-                None => body.to_vec(),
-            };
-            let content_type = header(header::CONTENT_TYPE);
-            // A secret (a token or key just created or rotated) is shown once and never stored.
-            let kept_body = content_type
-                .as_deref()
-                .filter(|t| t.starts_with("application/json"))
-                .and_then(|_| without_secret(&stored_body))
-                .unwrap_or_else(|| stored_body.clone());
-            let stored = StoredResponse {
-                status: res_parts.status.as_u16(),
-                content_type,
-                etag: header(header::ETAG),
-                location: header(header::LOCATION),
-                body: kept_body,
-            };
-            if let Err(e) = app
-                .store
-                .idempotency_complete(token_id, &key, &stored)
-                .await
-            {
-                tracing::warn!(error = %e, "could not store a response for idempotency");
-            }
-            res_parts.headers.remove(header::CONTENT_LENGTH);
-            Response::from_parts(res_parts, Body::from(stored_body))
-        }
+/// The answer to a repeat of a request that was applied but whose response was never stored.
+fn response_lost() -> Response {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "idempotency-response-lost",
+        Some(
+            "the first request with this Idempotency-Key was applied, but its response was \
+             not kept (the server stopped before storing it); it is not applied again: read \
+             the resource to see its state"
+                .into(),
+        ),
+    )
+    .into_response_with_status()
+}
+
+/// Releases a key whose request wrote nothing, so that it may be retried.
+async fn release(app: &AppState, token_id: i64, key: &str) {
+    if let Err(e) = app.store.idempotency_abandon(token_id, key).await {
+        tracing::warn!(error = %e, "could not release an idempotency key");
+    }
+}
+
+/// The response as it is kept for replays: a secret (a token or key just created or rotated)
+/// is shown once and never stored.
+fn stored_response(parts: &axum::http::response::Parts, body: &[u8]) -> StoredResponse {
+    let header = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header(header::CONTENT_TYPE);
+    let kept_body = content_type
+        .as_deref()
+        .filter(|t| t.starts_with("application/json"))
+        .and_then(|_| without_secret(body))
+        .unwrap_or_else(|| body.to_vec());
+    StoredResponse {
+        status: parts.status.as_u16(),
+        content_type,
+        etag: header(header::ETAG),
+        location: header(header::LOCATION),
+        body: kept_body,
     }
 }
 

@@ -152,20 +152,7 @@ impl Store {
         let p = project_row(&mut c, project).await?;
         lock_project(&mut c, p.id).await?;
         let source = match &req.copy_from {
-            Some(k) => {
-                let row = environment_row(&mut c, p.id, k)
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::NotFound(_) => StoreError::invalid(
-                            "copy_from",
-                            "unknown_environment",
-                            format!("environment '{k}' does not exist in project '{project}'"),
-                        ),
-                        e => e,
-                    })?;
-                c.lock_environment(row.id).await?;
-                Some(row)
-            }
+            Some(k) => Some(copy_source(&mut c, p.id, project, k).await?),
             None => None,
         };
         let t = now();
@@ -178,59 +165,16 @@ impl Store {
             .await
             .map_err(|e| unique_or(e, || format!("environment '{}'", req.key)))?;
 
-        let flags: Vec<FlagDefRow> = c
-            .fetch_all(
-                "SELECT id, definition, archived FROM flags WHERE project_id = $1 ORDER BY id",
-                args![p.id],
-            )
-            .await?;
-        let copied: Vec<ConfigRow> = match &source {
-            Some(src) => {
-                c.fetch_all(
-                    "SELECT flag_id, config FROM flag_configs WHERE environment_id = $1",
-                    args![src.id],
-                )
-                .await?
-            }
-            None => Vec::new(),
-        };
-        let mut copied: std::collections::HashMap<i64, Value> = copied
-            .into_iter()
-            .map(|r| (r.flag_id, r.config.0))
+        let configs = insert_flag_configs(&mut c, p.id, id, source.as_ref(), t).await?;
+        let mut changes: Vec<_> = configs
+            .iter()
+            .filter(|fc| !fc.archived)
+            .map(|fc| {
+                let flag = Flag::new(&fc.definition, fc.config.clone());
+                let key = fc.definition.key.to_string();
+                (Op::Put, Entity::Flag, key, Some(encode(&flag)))
+            })
             .collect();
-
-        let mut configs = Vec::with_capacity(flags.len());
-        for f in &flags {
-            let def: FlagDefinition = decode("flag definition", f.definition.0.clone())?;
-            let cfg = match copied.remove(&f.id) {
-                Some(v) => {
-                    let mut cfg: FlagConfig = decode("flag configuration", v)?;
-                    cfg.version = 1;
-                    cfg
-                }
-                None => initial_config(&def),
-            };
-            c.execute(
-                "INSERT INTO flag_configs (flag_id, environment_id, config, version, updated_at)
-                 VALUES ($1, $2, $3, 1, $4)",
-                args![f.id, id, encode(&cfg), t],
-            )
-            .await?;
-            configs.push((f, def, cfg));
-        }
-
-        let mut changes = Vec::new();
-        for (f, def, cfg) in &configs {
-            if !f.archived {
-                let flag = Flag::new(def, cfg.clone());
-                changes.push((
-                    Op::Put,
-                    Entity::Flag,
-                    def.key.to_string(),
-                    Some(encode(&flag)),
-                ));
-            }
-        }
         if let Some(src) = &source {
             c.execute(
                 "INSERT INTO segments (environment_id, key, name, body, included, excluded,
@@ -240,23 +184,18 @@ impl Store {
                 args![id, t, src.id],
             )
             .await?;
-            let segments = self.load_segments(&mut c, id).await?;
-            for s in segments {
-                changes.push((
-                    Op::Put,
-                    Entity::Segment,
-                    s.key.to_string(),
-                    Some(encode(&s)),
-                ));
+            for s in self.load_segments(&mut c, id).await? {
+                let key = s.key.to_string();
+                changes.push((Op::Put, Entity::Segment, key, Some(encode(&s))));
             }
         }
         if !changes.is_empty() {
             let version = record_changes(&mut c, id, changes, t).await?;
-            for (f, _, cfg) in &configs {
+            for fc in &configs {
                 let rec = HistoryRecord {
-                    flag_id: f.id,
+                    flag_id: fc.flag_id,
                     environment_id: id,
-                    config: cfg,
+                    config: &fc.config,
                     environment_version: version,
                     action: "environment.create",
                 };
@@ -380,4 +319,90 @@ impl Store {
         self.forget_index(e.id);
         Ok(())
     }
+}
+
+/// A flag's first configuration in a new environment.
+struct NewConfig {
+    flag_id: i64,
+    archived: bool,
+    definition: FlagDefinition,
+    config: FlagConfig,
+}
+
+/// The environment a new one copies from (`copy_from`), locked so that its configurations
+/// cannot change while they are copied.
+async fn copy_source(
+    c: &mut Conn<'_>,
+    project_id: i64,
+    project: &str,
+    key: &str,
+) -> Result<EnvironmentRow, StoreError> {
+    let row = environment_row(c, project_id, key)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(_) => StoreError::invalid(
+                "copy_from",
+                "unknown_environment",
+                format!("environment '{key}' does not exist in project '{project}'"),
+            ),
+            e => e,
+        })?;
+    c.lock_environment(row.id).await?;
+    Ok(row)
+}
+
+/// Gives every flag of the project a configuration in the new environment `id`: a copy of
+/// `source`'s (at version 1), or the initial one (off).
+async fn insert_flag_configs(
+    c: &mut Conn<'_>,
+    project_id: i64,
+    id: i64,
+    source: Option<&EnvironmentRow>,
+    t: OffsetDateTime,
+) -> Result<Vec<NewConfig>, StoreError> {
+    let flags: Vec<FlagDefRow> = c
+        .fetch_all(
+            "SELECT id, definition, archived FROM flags WHERE project_id = $1 ORDER BY id",
+            args![project_id],
+        )
+        .await?;
+    let copied: Vec<ConfigRow> = match source {
+        Some(src) => {
+            c.fetch_all(
+                "SELECT flag_id, config FROM flag_configs WHERE environment_id = $1",
+                args![src.id],
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
+    let mut copied: std::collections::HashMap<i64, Value> = copied
+        .into_iter()
+        .map(|r| (r.flag_id, r.config.0))
+        .collect();
+    let mut configs = Vec::with_capacity(flags.len());
+    for f in flags {
+        let definition: FlagDefinition = decode("flag definition", f.definition.0)?;
+        let config = match copied.remove(&f.id) {
+            Some(v) => {
+                let mut cfg: FlagConfig = decode("flag configuration", v)?;
+                cfg.version = 1;
+                cfg
+            }
+            None => initial_config(&definition),
+        };
+        c.execute(
+            "INSERT INTO flag_configs (flag_id, environment_id, config, version, updated_at)
+             VALUES ($1, $2, $3, 1, $4)",
+            args![f.id, id, encode(&config), t],
+        )
+        .await?;
+        configs.push(NewConfig {
+            flag_id: f.id,
+            archived: f.archived,
+            definition,
+            config,
+        });
+    }
+    Ok(configs)
 }
