@@ -7,13 +7,13 @@
 //! even a broken invariant degrades into `ERROR(MALFORMED)` instead of a panic.
 
 use serde_json::Value;
-use vexil_schema::{Context, ErrorKind};
+use vexil_schema::{Context, ErrorKind, Flag};
 
 use crate::bucket::{bucket_bytes, bucket_json};
 use crate::clause::{Attr, AttrTable, Bits, CACHED, CClause, Found, Outcome, RulePlan};
 use crate::compile::{CServe, FlagBody};
 use crate::evaluation::{EvalReason, Evaluation};
-use crate::link::MISSING;
+use crate::link::{FlagLink, MISSING};
 use crate::malformed::MAX_DEPTH;
 use crate::snapshot::CompiledSnapshot;
 use crate::table::HashIndex;
@@ -260,37 +260,14 @@ impl CompiledSnapshot {
             return malformed; // excluded by linking; a guard against unbounded recursion
         }
 
-        for (i, prerequisite) in config.prerequisites.iter().enumerate() {
-            let target = self
-                .links
-                .targets
-                .get(link.prerequisites as usize + i)
-                .copied()
-                .unwrap_or(MISSING);
-            let met = if target == MISSING {
-                tracer.prerequisite(i, None, false);
-                false
-            } else {
-                tracer.nest_flag(true);
-                let result = self.eval_at(target, ctx, tracer, depth + 1);
-                tracer.nest_flag(false);
-                let met = matches!(
-                    result.reason,
-                    EvalReason::TargetMatch
-                        | EvalReason::RuleMatch { .. }
-                        | EvalReason::Fallthrough
-                ) && result.variation == Some(prerequisite.variation);
-                tracer.prerequisite(i, Some(&result), met);
-                met
-            };
-            if !met {
-                return serve(
-                    body.off,
-                    EvalReason::PrerequisiteFailed {
-                        prerequisite_key: &prerequisite.key,
-                    },
-                );
-            }
+        if !config.prerequisites.is_empty()
+            && let Some(prerequisite_key) =
+                self.unmet_prerequisite(link, source, ctx, tracer, depth)
+        {
+            return serve(
+                body.off,
+                EvalReason::PrerequisiteFailed { prerequisite_key },
+            );
         }
 
         if !body.targets.is_empty()
@@ -342,6 +319,47 @@ impl CompiledSnapshot {
             EvalReason::Fallthrough,
             tracer,
         )
+    }
+
+    /// The key of the first prerequisite of a flag that is not met, evaluating each in turn
+    /// (nested one level deeper); `None` when all are.
+    #[inline]
+    fn unmet_prerequisite<'a, T: Tracer<'a>>(
+        &'a self,
+        link: &FlagLink,
+        source: &'a Flag,
+        ctx: &Context,
+        tracer: &mut T,
+        depth: u32,
+    ) -> Option<&'a str> {
+        for (i, prerequisite) in source.config.prerequisites.iter().enumerate() {
+            let target = self
+                .links
+                .targets
+                .get(link.prerequisites as usize + i)
+                .copied()
+                .unwrap_or(MISSING);
+            let met = if target == MISSING {
+                tracer.prerequisite(i, None, false);
+                false
+            } else {
+                tracer.nest_flag(true);
+                let result = self.eval_at(target, ctx, tracer, depth + 1);
+                tracer.nest_flag(false);
+                let met = matches!(
+                    result.reason,
+                    EvalReason::TargetMatch
+                        | EvalReason::RuleMatch { .. }
+                        | EvalReason::Fallthrough
+                ) && result.variation == Some(prerequisite.variation);
+                tracer.prerequisite(i, Some(&result), met);
+                met
+            };
+            if !met {
+                return Some(&prerequisite.key);
+            }
+        }
+        None
     }
 
     /// Serves a variation or a rollout of a flag.
