@@ -56,7 +56,7 @@ async fn main() {
         let _ = server.serve(listener, std::future::pending()).await;
     });
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, bool, Instant)>();
     let ready = join_all((0..SUBSCRIBERS).map(|_| {
         let (base, key, tx) = (base.clone(), key.clone(), tx.clone());
         async move {
@@ -72,17 +72,29 @@ async fn main() {
             tokio::spawn(async move {
                 let mut ready_tx = Some(ready_tx);
                 let mut buf = String::new();
-                while let Some(Ok(chunk)) = body.next().await {
+                loop {
+                    let chunk = match body.next().await {
+                        Some(Ok(chunk)) => chunk,
+                        Some(Err(e)) => {
+                            eprintln!("a subscriber's stream failed: {e}");
+                            break;
+                        }
+                        None => {
+                            eprintln!("a subscriber's stream was ended by the server");
+                            break;
+                        }
+                    };
                     buf.push_str(&String::from_utf8_lossy(&chunk));
                     while let Some(end) = buf.find("\n\n") {
                         let block: String = buf.drain(..end + 2).collect();
                         let id = block.lines().find_map(|l| l.strip_prefix("id: "));
-                        if block.starts_with("event: put") {
-                            if let Some(r) = ready_tx.take() {
-                                let _ = r.send(());
-                            }
+                        let put = block.starts_with("event: put");
+                        if put && let Some(r) = ready_tx.take() {
+                            let _ = r.send(());
                         } else if let Some(v) = id.and_then(|s| s.parse().ok()) {
-                            let _ = tx.send((v, Instant::now()));
+                            // A later `put` is a resync (a subscriber that fell behind gets
+                            // the whole state): it delivers the version too, and is counted.
+                            let _ = tx.send((v, put, Instant::now()));
                         }
                     }
                 }
@@ -95,6 +107,7 @@ async fn main() {
 
     let client = reqwest::Client::new();
     let mut samples: Vec<Duration> = Vec::with_capacity(SUBSCRIBERS * WRITES);
+    let mut resyncs = 0usize;
     for i in 0..WRITES {
         let t0 = Instant::now();
         let res = client
@@ -110,11 +123,14 @@ async fn main() {
             .unwrap();
         let mut got = 0;
         while got < SUBSCRIBERS {
-            let (version, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            let (version, put, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
                 .await
-                .expect("every subscriber receives the change")
-                .unwrap();
+                .unwrap_or_else(|_| {
+                    panic!("write {i} (version {v}): {got} of {SUBSCRIBERS} subscribers received it within 30 s")
+                })
+                .expect("the subscribers' channel stays open");
             assert_eq!(version, v, "changes arrive in order");
+            resyncs += usize::from(put);
             samples.push(at - t0);
             got += 1;
         }
@@ -122,7 +138,7 @@ async fn main() {
     samples.sort_unstable();
     let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     println!(
-        "propagation, {SUBSCRIBERS} subscribers x {WRITES} writes ({} samples): p50 {:?}, p99 {:?}, max {:?}",
+        "propagation, {SUBSCRIBERS} subscribers x {WRITES} writes ({} samples, {resyncs} by resync): p50 {:?}, p99 {:?}, max {:?}",
         samples.len(),
         pct(0.50),
         pct(0.99),
