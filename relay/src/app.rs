@@ -31,6 +31,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use vexil_fanout::telemetry::redact_url;
 use vexil_schema::stream::{EnvironmentId, SdkKeyHash};
 
 use vexil_fanout::auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
@@ -174,7 +175,7 @@ impl Relay {
     /// for every connection to finish and stops the upstream client.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, upstream = %self.config.upstream_url, "vexil relay listening");
+            tracing::info!(%addr, upstream = %redact_url(&self.config.upstream_url), "vexil relay listening");
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let upstream = tokio::spawn(upstream::run(

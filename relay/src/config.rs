@@ -3,17 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use vexil_fanout::config::{DistributionArgs, parse_duration, parse_without_env};
 
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use vexil_fanout::telemetry::LogFormat;
 
 /// The edge relay's configuration.
 #[derive(Clone, Parser)]

@@ -1,17 +1,10 @@
 //! Logging setup for the relay binary: `tracing` with an env filter (`RUST_LOG`, default
-//! `info`), text or JSON lines on stdout.
-
-use tracing_subscriber::EnvFilter;
+//! `info`), text or JSON lines on stdout (see [`vexil_fanout::telemetry`], shared with the
+//! control plane).
 
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. Returns an error if one is already installed.
 pub fn init(format: LogFormat) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,reqwest=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    }
+    vexil_fanout::telemetry::init(format, "info,hyper=warn,reqwest=warn")
 }

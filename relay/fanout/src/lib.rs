@@ -22,7 +22,8 @@
 //!   compared with `axum::serve`; `lean` (feature `lean`): a leaner one still, writing SDK
 //!   streams straight to the socket with no per-connection buffers (used by the relay).
 //! - [`signal`]: the shutdown signal both binaries wait for; [`config`]: the distribution
-//!   options both binaries take ([`DistributionArgs`]).
+//!   options both binaries take ([`DistributionArgs`]); [`telemetry`]: their log set-up and
+//!   [`telemetry::redact_url`].
 //!
 //! The wire payloads live in [`vexil_schema::stream`]; `docs/design.md` ("Distribution
 //! protocol") describes ordering, resume and failure modes.
@@ -63,6 +64,7 @@ mod ring;
 pub mod serve;
 pub mod signal;
 pub mod subscriber;
+pub mod telemetry;
 
 pub use auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
 pub use config::DistributionArgs;

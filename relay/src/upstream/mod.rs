@@ -26,6 +26,7 @@ use vexil_schema::stream::RelayCursor;
 
 use crate::config::RelayConfig;
 use vexil_fanout::hub::Hub;
+use vexil_fanout::telemetry::redact_url;
 
 pub(crate) use apply::{Applier, RelayState};
 use sse::SseParser;
@@ -70,6 +71,8 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let url = config.stream_url();
+    // Logs never show credentials a URL may carry.
+    let shown = redact_url(&url);
     let mut backoff = Backoff::new(
         config.upstream_backoff_initial,
         config.upstream_backoff_max,
@@ -101,7 +104,7 @@ pub(crate) async fn run(
             tokio::time::Instant::now().into_std(),
             rand::random::<f64>(),
         );
-        log_end(&ended, &url, delay, &config);
+        log_end(&ended, &shown, delay, &config);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -210,7 +213,7 @@ async fn connect(
     if !cursor.0.is_empty() {
         request = request.header("last-event-id", cursor.to_string());
     }
-    tracing::debug!(%url, cursor = %cursor, "connecting to upstream");
+    tracing::debug!(url = %redact_url(url), cursor = %cursor, "connecting to upstream");
     let response = match tokio::time::timeout(config.upstream_read_timeout, request.send()).await {
         Err(_) => {
             return Ended::Unavailable {
@@ -219,7 +222,9 @@ async fn connect(
             };
         }
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "upstream request failed");
+            // The URL is logged once, redacted, with the outcome; the error's copy may carry
+            // credentials.
+            tracing::debug!(error = %e.without_url(), "upstream request failed");
             return Ended::Unavailable {
                 reason: "connect",
                 retry_after: None,
@@ -237,7 +242,7 @@ async fn connect(
             .map(Duration::from_secs);
         return classify(status, retry_after);
     }
-    tracing::info!(%url, resumed = !cursor.0.is_empty(), "connected to upstream");
+    tracing::info!(url = %redact_url(url), resumed = !cursor.0.is_empty(), "connected to upstream");
     backoff.connected(tokio::time::Instant::now().into_std());
     gauge!(UPSTREAM_CONNECTED).set(1.0);
     applier.state().set_connected(true);
@@ -249,7 +254,7 @@ async fn connect(
             Err(_) => return Ended::Lost("read_timeout"),
             Ok(None) => return Ended::Lost("closed"),
             Ok(Some(Err(e))) => {
-                tracing::debug!(error = %e, "upstream stream failed");
+                tracing::debug!(error = %e.without_url(), "upstream stream failed");
                 return Ended::Lost("error");
             }
             Ok(Some(Ok(chunk))) => chunk,

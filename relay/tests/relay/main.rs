@@ -10,4 +10,5 @@ mod faults;
 mod gate;
 mod harness;
 mod ofrep;
+mod output;
 mod sdk_client;
