@@ -121,30 +121,18 @@ pub fn parse_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         )));
     }
     if !unknown.is_empty() {
-        let errors: Vec<FieldProblem> = unknown
-            .into_iter()
-            .map(|path| FieldProblem {
-                message: format!(
+        let count = unknown.len();
+        return Err(unknown_names(
+            unknown,
+            "unknown_field",
+            |path| {
+                format!(
                     "unknown field '{}'",
-                    path.rsplit('.').next().unwrap_or(&path)
-                ),
-                path,
-                rule: "unknown_field".into(),
-            })
-            .collect();
-        return Err(ApiError::Unprocessable {
-            detail: format!(
-                "the body has {} unknown field{}: {}",
-                errors.len(),
-                if errors.len() == 1 { "" } else { "s" },
-                errors
-                    .iter()
-                    .map(|e| e.path.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            errors,
-        });
+                    path.rsplit('.').next().unwrap_or(path)
+                )
+            },
+            format!("the body has {count} unknown field{}", plural(count)),
+        ));
     }
     Ok(value)
 }
@@ -179,26 +167,7 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
         }
     })?;
     if !unknown.is_empty() {
-        let errors: Vec<FieldProblem> = unknown
-            .into_iter()
-            .map(|path| FieldProblem {
-                message: format!("unknown query parameter '{path}'"),
-                path,
-                rule: "unknown_parameter".into(),
-            })
-            .collect();
-        return Err(ApiError::Unprocessable {
-            detail: format!(
-                "unknown query parameter{}: {}",
-                if errors.len() == 1 { "" } else { "s" },
-                errors
-                    .iter()
-                    .map(|e| e.path.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            errors,
-        });
+        return Err(unknown_query_parameters(unknown));
     }
     Ok(value)
 }
@@ -353,6 +322,41 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .map(str::to_owned);
         Ok(Caller(WriteContext { actor, request_id }))
     }
+}
+
+/// `422` for query parameters the operation does not take.
+pub(crate) fn unknown_query_parameters(names: Vec<String>) -> ApiError {
+    let lead = format!("unknown query parameter{}", plural(names.len()));
+    unknown_names(
+        names,
+        "unknown_parameter",
+        |path| format!("unknown query parameter '{path}'"),
+        lead,
+    )
+}
+
+/// `422` naming each unknown name (a body field or a query parameter) under `rule`; the
+/// detail is `lead` followed by the names.
+fn unknown_names(
+    names: Vec<String>,
+    rule: &str,
+    message: impl Fn(&str) -> String,
+    lead: String,
+) -> ApiError {
+    let detail = format!("{lead}: {}", names.join(", "));
+    let errors = names
+        .into_iter()
+        .map(|path| FieldProblem {
+            message: message(&path),
+            path,
+            rule: rule.into(),
+        })
+        .collect();
+    ApiError::Unprocessable { detail, errors }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 #[cfg(test)]

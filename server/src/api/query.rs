@@ -70,26 +70,7 @@ pub(crate) async fn reject_unknown_parameters(
             .filter(|k| !names.contains(k))
             .collect();
         if !unknown.is_empty() {
-            let errors: Vec<FieldProblem> = unknown
-                .into_iter()
-                .map(|path| FieldProblem {
-                    message: format!("unknown query parameter '{path}'"),
-                    path,
-                    rule: "unknown_parameter".into(),
-                })
-                .collect();
-            return ApiError::Unprocessable {
-                detail: format!(
-                    "unknown query parameters: {}",
-                    errors
-                        .iter()
-                        .map(|e| e.path.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                errors,
-            }
-            .into_response();
+            return crate::extract::unknown_query_parameters(unknown).into_response();
         }
     }
     next.run(req).await
