@@ -4,6 +4,7 @@
 //! - [`model`]: projects, environments, flag definitions and configurations, segments, and
 //!   the [`model::EnvironmentSnapshot`] an SDK evaluates.
 //! - [`context`]: the evaluation context.
+//! - [`events`]: analytics events (exposures, custom events, summaries) and their bulk upload.
 //! - [`fixture`]: the shared evaluation and benchmark fixtures (`testdata/`) and their loader.
 //! - [`operand`]: parsers for clause operands (dates, semvers, size-limited regexes).
 //! - [`reason`]: evaluation reasons in wire form, and their mapping to OpenFeature's.
@@ -17,6 +18,7 @@
 
 pub mod backoff;
 pub mod context;
+pub mod events;
 pub mod fixture;
 pub mod key;
 pub mod limits;

@@ -25,6 +25,7 @@ pub mod config;
 pub mod db;
 pub mod distribution;
 pub mod error;
+pub mod experiments;
 pub mod extract;
 pub mod feed;
 pub mod health;
