@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dist::{normal_cdf, normal_pdf, normal_quantile, normal_sf};
 use crate::error::{StatsError, check_alpha};
-use crate::sample::Moments;
+use crate::sample::{Moments, Sample};
 
 /// Default mixture standard deviation `τ` of the sequential test, on the relative scale.
 pub const DEFAULT_TAU: f64 = 0.1;
@@ -117,7 +117,8 @@ pub struct Comparison {
 /// # Errors
 /// [`StatsError::TooFewUnits`] when a variation has fewer than 2 units,
 /// [`StatsError::NonPositiveControlMean`] when `ȳ_c ≤ 0`, [`StatsError::ZeroVariance`] when
-/// both variances are 0, [`StatsError::InvalidInput`] on a bad `alpha`, `tau` or moments.
+/// both variances are 0 (or the treatment is constant at 0, so the relative lift's standard error
+/// is 0), [`StatsError::InvalidInput`] on a bad `alpha`, `tau` or moments.
 pub fn compare(
     control: &Moments,
     treatment: &Moments,
@@ -151,6 +152,11 @@ pub fn compare(
         return Err(StatsError::ZeroVariance);
     }
     let var_rel = vt / (mc * mc) + mt * mt * vc / (mc * mc * mc * mc);
+    if var_rel <= 0.0 {
+        // A constant treatment with mean 0 (no conversion yet) against a varying control: the
+        // delta method has nothing to say about a lift of exactly −100 %.
+        return Err(StatsError::ZeroVariance);
+    }
 
     let absolute = effect(mt - mc, var_abs, method, alpha, tau * mc);
     let relative = effect(mt / mc - 1.0, var_rel, method, alpha, tau);
@@ -183,6 +189,20 @@ pub fn compare(
             rule: "magnitudes too large to compare in double precision",
         })
     }
+}
+
+/// [`compare`] straight from the sums: `control.moments()` and `treatment.moments()` first.
+///
+/// # Errors
+/// As [`Sample::moments`](crate::Sample::moments) (named `control` / `treatment` only through
+/// the error's content) and as [`compare`].
+pub fn compare_samples(
+    control: &Sample,
+    treatment: &Sample,
+    method: Method,
+    alpha: f64,
+) -> Result<Comparison, StatsError> {
+    compare(&control.moments()?, &treatment.moments()?, method, alpha)
 }
 
 /// The estimate, interval and p-value of one effect with variance `var > 0`; `tau` is the
@@ -257,7 +277,6 @@ fn all_finite(c: &Comparison) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::Sample;
 
     fn m(n: u64, conversions: u64) -> Moments {
         Sample::conversions(n, conversions).moments().unwrap()
@@ -282,6 +301,19 @@ mod tests {
     }
 
     #[test]
+    fn from_samples_is_the_same() {
+        let (c, t) = (Sample::conversions(500, 50), Sample::conversions(500, 70));
+        assert_eq!(
+            compare_samples(&c, &t, Method::Bayesian, 0.05),
+            compare(&m(500, 50), &m(500, 70), Method::Bayesian, 0.05)
+        );
+        assert!(matches!(
+            compare_samples(&Sample::conversions(0, 0), &t, Method::Bayesian, 0.05),
+            Err(StatsError::TooFewUnits { .. })
+        ));
+    }
+
+    #[test]
     fn sequential_is_wider_than_fixed() {
         let (c, t) = (m(5_000, 500), m(5_000, 540));
         let f = compare(&c, &t, Method::FixedHorizon, 0.05).unwrap();
@@ -299,6 +331,10 @@ mod tests {
         );
         assert_eq!(
             compare(&m(100, 100), &m(100, 100), Method::FixedHorizon, 0.05),
+            Err(StatsError::ZeroVariance)
+        );
+        assert_eq!(
+            compare(&c, &m(100, 0), Method::Sequential { tau: None }, 0.05),
             Err(StatsError::ZeroVariance)
         );
         assert!(compare(&c, &c, Method::FixedHorizon, 1.0).is_err());

@@ -17,7 +17,7 @@
 //!   `s'²_g = s²_y,g − 2θ s_xy,g + θ² s²_x,g` (sample variances and covariance, denominator
 //!   `n_g − 1`).
 //!
-//! The adjusted [`Moments`] go to [`crate::compare`] like any others. Treating `θ` and `x̄` as
+//! The adjusted [`Moments`] go to [`crate::compare()`] like any others. Treating `θ` and `x̄` as
 //! known ignores their estimation error, which is of order `1/n` (Deng et al. §3.3).
 
 use serde::{Deserialize, Serialize};

@@ -17,9 +17,10 @@ pub enum StatsError {
         /// Units the statistic needs.
         needed: u64,
     },
-    /// The standard error of the effect is zero: every unit has the same value, so no test can
-    /// be made.
-    #[error("zero variance: every unit in both samples has the same value")]
+    /// The standard error of an effect is zero, so no test can be made: every unit in both
+    /// samples has the same value, or the treatment is constant at 0 (its relative lift of
+    /// −100 % has no delta-method variance).
+    #[error("zero variance: the effect's standard error is 0, so no test can be made")]
     ZeroVariance,
     /// The control mean is zero or negative, so a relative lift is undefined.
     #[error("control mean is {0}: a relative lift needs a positive control mean")]

@@ -5,14 +5,27 @@
 //! so an analysis reads aggregates, never raw events. Every function returns a typed
 //! [`StatsError`] rather than panicking or producing NaN.
 //!
-//! - [`sample`]: [`Sample`] (the sums) and [`Moments`] (n, mean, variance) that comparisons read.
-//! - [`cuped`]: variance reduction with a pre-exposure covariate ([`cuped()`]).
-//! - [`compare`]: one treatment against the control ([`compare()`]): absolute and relative lift
-//!   (delta method) under a fixed-horizon, sequential (always-valid) or Bayesian [`Method`].
-//! - [`srm`]: the sample-ratio-mismatch chi-square test ([`srm()`]).
-//! - [`holm`]: Holm's correction across treatments ([`holm()`]).
-//! - [`power`]: sample size and time to significance ([`sample_size`]).
-//! - [`dist`]: the normal and chi-square functions underneath, implemented here with references.
+//! - [`sample`](mod@sample): [`Sample`] (the sums) and [`Moments`] (n, mean, variance), which
+//!   the comparisons read.
+//! - [`cuped`](mod@cuped): variance reduction with a pre-exposure covariate ([`cuped()`]).
+//! - [`compare`](mod@compare): one treatment against the control ([`compare()`]): absolute and
+//!   relative lift (delta method) under a fixed-horizon, sequential (always-valid) or Bayesian
+//!   [`Method`].
+//! - [`srm`](mod@srm): the sample-ratio-mismatch chi-square test ([`srm()`]).
+//! - [`holm`](mod@holm): Holm's correction across treatments ([`holm()`]).
+//! - [`power`](mod@power): sample size and time to significance ([`sample_size`]).
+//! - [`dist`](mod@dist): the normal and chi-square functions underneath, implemented here with
+//!   references.
+//!
+//! A results page for variations `0` (control) `1..k` reads, per metric: [`srm()`] on the units
+//! per variation against the configured weights (if it flags a mismatch, nothing else can be
+//! trusted); optionally [`cuped()`] over all variations; [`compare()`] of each treatment with the
+//! control; with two or more treatments, [`holm()`] over the treatments' `relative.p_value`s, a
+//! treatment being significant when its adjusted p-value is below `α` (the Bayesian method has
+//! no p-values and is not corrected); [`sample_size`] for the plan. Early in an experiment
+//! [`compare()`] legitimately fails (no control conversion yet:
+//! [`StatsError::NonPositiveControlMean`]; nothing varies: [`StatsError::ZeroVariance`]): show
+//! "not enough data", not an error.
 //!
 //! Each module documents its formulas and references; `docs/statistics.md` collects them. The
 //! tests compare every estimator with scipy/statsmodels on committed fixtures
@@ -41,7 +54,7 @@ pub mod power;
 pub mod sample;
 pub mod srm;
 
-pub use compare::{Comparison, DEFAULT_TAU, Effect, Method, Posterior, compare};
+pub use compare::{Comparison, DEFAULT_TAU, Effect, Method, Posterior, compare, compare_samples};
 pub use cuped::{Cuped, CupedAdjusted, cuped};
 pub use error::StatsError;
 pub use holm::holm;

@@ -18,8 +18,8 @@ pub struct Sample {
 }
 
 /// A variation's estimate: units, mean and per-unit sample variance. This is what the
-/// comparisons read, so a [`Sample`] and a CUPED-adjusted variation ([`crate::cuped`]) are
-/// analysed the same way.
+/// comparisons read, so a [`Sample`] and a CUPED-adjusted variation
+/// ([`cuped`](mod@crate::cuped)) are analysed the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Moments {
     /// Units.
