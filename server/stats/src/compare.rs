@@ -211,7 +211,8 @@ fn effect(estimate: f64, var: f64, method: Method, alpha: f64, tau: f64) -> Effe
     let se = var.sqrt();
     match method {
         Method::FixedHorizon | Method::Bayesian => {
-            let half = normal_quantile(1.0 - alpha / 2.0) * se;
+            // −Φ⁻¹(α/2) = Φ⁻¹(1 − α/2), without rounding 1 − α/2 for tiny α.
+            let half = -normal_quantile(alpha / 2.0) * se;
             let p_value = match method {
                 Method::FixedHorizon => Some(2.0 * normal_sf((estimate / se).abs())),
                 _ => None,

@@ -4,7 +4,7 @@
 //! With baseline mean `μ`, per-unit variance `σ²`, relative MDE `δ`, the standardised effect is
 //! `d = |δ| μ / σ`. A two-sided z-test at level `α` with `n` units in each of two arms has power
 //! `Φ(d√(n/2) − z) + Φ(−d√(n/2) − z)`, `z = Φ⁻¹(1 − α/2)`; [`sample_size`] solves it for `n`
-//! (Newton's method from the textbook `n = 2 (z + Φ⁻¹(power))² / d²`; Chow, Shao & Wang, *Sample
+//! (by bisection; close to the textbook `n = 2 (z + Φ⁻¹(power))² / d²`; Chow, Shao & Wang, *Sample
 //! Size Calculations in Clinical Research*, §3.2; the same equation as statsmodels'
 //! `NormalIndPower.solve_power` with `ratio = 1`). Every treatment is compared with the control
 //! at the same `n`, so `k` variations need `k·n` units; with Holm's correction pass `α / (k − 1)`
@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dist::{normal_cdf, normal_pdf, normal_quantile};
+use crate::dist::{normal_cdf, normal_quantile};
 use crate::error::{StatsError, check_alpha};
 
 /// What [`sample_size`] plans for.
@@ -40,7 +40,7 @@ pub struct SampleSizeInput {
 pub struct SampleSize {
     /// The exact (fractional) units per variation that solve the power equation.
     pub per_variation_exact: f64,
-    /// `per_variation_exact` rounded up.
+    /// `per_variation_exact` rounded up, and at least 2.
     pub per_variation: u64,
     /// `per_variation · variations`.
     pub total: u64,
@@ -78,37 +78,67 @@ pub fn sample_size(input: &SampleSizeInput) -> Result<SampleSize, StatsError> {
     }
 
     let d = input.mde_relative.abs() * input.baseline_mean / input.baseline_variance.sqrt();
-    let z = normal_quantile(1.0 - alpha / 2.0);
-    // Solve f(s) = Φ(s − z) + Φ(−s − z) = power for s = d√(n/2) ≥ 0; f is increasing there.
-    let mut s = z + normal_quantile(input.power);
-    for _ in 0..50 {
-        let f = normal_cdf(s - z) + normal_cdf(-s - z) - input.power;
-        let slope = normal_pdf(s - z) - normal_pdf(s + z);
-        if slope <= 0.0 {
-            break;
-        }
-        let step = f / slope;
-        s -= step;
-        if step.abs() <= 1e-15 * s.abs() {
-            break;
-        }
-    }
-    let exact = 2.0 * s * s / (d * d);
-    let total_exact = exact.ceil() * f64::from(input.variations);
-    if !(exact.is_finite() && total_exact < u64::MAX as f64) {
+    let z = -normal_quantile(alpha / 2.0);
+    let s = solve_power(z, input.power);
+    let d2 = d * d;
+    if !d2.is_finite() {
         return bad(
-            "mde_relative",
-            "too small: the plan exceeds any possible sample",
+            "baseline_variance",
+            "too small for the baseline mean: any sample detects this effect",
         );
     }
-    let per_variation = exact.ceil() as u64;
-    let total = per_variation * u64::from(input.variations);
+    let exact = 2.0 * s * s / d2;
+    let too_many = || {
+        bad(
+            "mde_relative",
+            "too small: the plan exceeds any possible sample",
+        )
+    };
+    // `as` saturates, so anything at or past u64::MAX is caught by checked_mul or the bound.
+    if !(exact.is_finite() && exact < u64::MAX as f64) {
+        return too_many();
+    }
+    // Two units are the fewest a variance (and so any test) needs.
+    let per_variation = (exact.ceil() as u64).max(2);
+    let Some(total) = per_variation.checked_mul(u64::from(input.variations)) else {
+        return too_many();
+    };
+    let days = input.daily_units.map(|d| total as f64 / d);
+    if days.is_some_and(|d| !d.is_finite()) {
+        return bad("daily_units", "too small: the plan would take forever");
+    }
     Ok(SampleSize {
         per_variation_exact: exact,
         per_variation,
         total,
-        days: input.daily_units.map(|d| total as f64 / d),
+        days,
     })
+}
+
+/// The `s ≥ 0` with `Φ(s − z) + Φ(−s − z) = power`, for `2Φ(−z) = α < power < 1`.
+///
+/// The left side rises from `α` at `s = 0` towards 1, so bisection on a bracket converges for
+/// every valid input (Newton can overshoot when `power` is barely above `α`); 200 halvings reach
+/// the resolution of a double.
+fn solve_power(z: f64, power: f64) -> f64 {
+    let f = |s: f64| normal_cdf(s - z) + normal_cdf(-s - z);
+    let (mut lo, mut hi) = (0.0_f64, (z + normal_quantile(power)).max(0.0) + 1.0);
+    while f(hi) < power && hi < 1e6 {
+        lo = hi;
+        hi *= 2.0;
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if f(mid) < power {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
 }
 
 #[cfg(test)]

@@ -45,13 +45,21 @@ pub fn srm(observed: &[u64], weights: &[f64]) -> Result<Srm, StatsError> {
             "every weight must be a finite, non-negative number",
         ));
     }
-    let positive = weights.iter().filter(|w| **w > 0.0).count();
+    // Scaled by the largest weight, so their sum cannot overflow; a weight so small against the
+    // largest that its expected count is 0 in double precision counts as 0.
+    let largest = weights.iter().copied().fold(0.0_f64, f64::max);
+    let shares: Vec<f64> = weights
+        .iter()
+        .map(|w| if largest > 0.0 { w / largest } else { 0.0 })
+        .collect();
+    let positive = shares.iter().filter(|s| **s > 0.0).count();
     if positive < 2 {
         return Err(StatsError::BadWeights(
             "at least two weights must be positive",
         ));
     }
-    let total: u64 = observed.iter().sum();
+    // In u128: counts near u64::MAX must not overflow the total.
+    let total: u128 = observed.iter().map(|&o| u128::from(o)).sum();
     if total == 0 {
         return Err(StatsError::TooFewUnits {
             field: "observed",
@@ -59,17 +67,17 @@ pub fn srm(observed: &[u64], weights: &[f64]) -> Result<Srm, StatsError> {
             needed: 1,
         });
     }
-    let weight_sum: f64 = weights.iter().sum();
+    let share_sum: f64 = shares.iter().sum();
     let n = total as f64;
     let mut chi2 = 0.0;
-    for (&o, &w) in observed.iter().zip(weights) {
-        if w == 0.0 {
+    for (&o, &share) in observed.iter().zip(&shares) {
+        if share == 0.0 {
             if o > 0 {
                 chi2 = f64::INFINITY;
             }
             continue;
         }
-        let e = n * w / weight_sum;
+        let e = n * share / share_sum;
         let d = o as f64 - e;
         chi2 += d * d / e;
     }
