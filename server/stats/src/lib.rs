@@ -13,6 +13,7 @@
 //!   [`Method`].
 //! - [`srm`](mod@srm): the sample-ratio-mismatch chi-square test ([`srm()`]).
 //! - [`holm`](mod@holm): Holm's correction across treatments ([`holm()`]).
+//! - [`family`]: every treatment against the control with Holm applied ([`compare_family`]).
 //! - [`power`](mod@power): sample size and time to significance ([`sample_size`]).
 //! - [`dist`](mod@dist): the normal and chi-square functions underneath, implemented here with
 //!   references.
@@ -22,7 +23,8 @@
 //! trusted); optionally [`cuped()`] over all variations; [`compare()`] of each treatment with the
 //! control; with two or more treatments, [`holm()`] over the treatments' `relative.p_value`s, a
 //! treatment being significant when its adjusted p-value is below `α` (the Bayesian method has
-//! no p-values and is not corrected); [`sample_size`] for the plan. Early in an experiment
+//! no p-values and is not corrected) — [`compare_family`] does these two steps in one call;
+//! [`sample_size`] for the plan. Early in an experiment
 //! [`compare()`] legitimately fails (no control conversion yet:
 //! [`StatsError::NonPositiveControlMean`]; nothing varies: [`StatsError::ZeroVariance`]): show
 //! "not enough data", not an error.
@@ -49,6 +51,7 @@ pub mod compare;
 pub mod cuped;
 pub mod dist;
 mod error;
+pub mod family;
 pub mod holm;
 pub mod power;
 pub mod sample;
@@ -57,6 +60,7 @@ pub mod srm;
 pub use compare::{Comparison, DEFAULT_TAU, Effect, Method, Posterior, compare, compare_samples};
 pub use cuped::{Cuped, CupedAdjusted, cuped};
 pub use error::StatsError;
+pub use family::{FamilyMember, compare_family};
 pub use holm::holm;
 pub use power::{SampleSize, SampleSizeInput, sample_size};
 pub use sample::{Moments, Sample};
