@@ -28,6 +28,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "tokens", description = "API tokens (admin)"),
         (name = "keys", description = "SDK and relay keys (admin)"),
         (name = "evaluate", description = "Evaluation"),
+        (name = "experiments", description = "Metrics, experiments and their results"),
     )
 )]
 pub struct ApiDoc;

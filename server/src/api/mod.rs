@@ -10,6 +10,8 @@ mod admin;
 mod audit;
 mod environments;
 mod evaluate;
+#[path = "../experiments/api.rs"]
+mod experiments;
 mod explain;
 mod flags;
 mod projects;
@@ -97,6 +99,27 @@ pub fn routes(state: AppState) -> (Router, Router) {
         .routes(routes!(evaluate::evaluate_batch))
         .routes(routes!(explain::explain))
         .routes(routes!(whoami))
+        .routes(routes!(
+            experiments::create_metric,
+            experiments::list_metrics
+        ))
+        .routes(routes!(
+            experiments::get_metric,
+            experiments::put_metric,
+            experiments::delete_metric
+        ))
+        .routes(routes!(
+            experiments::create_experiment,
+            experiments::list_experiments
+        ))
+        .routes(routes!(
+            experiments::get_experiment,
+            experiments::put_experiment,
+            experiments::delete_experiment
+        ))
+        .routes(routes!(experiments::start_experiment))
+        .routes(routes!(experiments::stop_experiment))
+        .routes(routes!(experiments::get_results))
         .split_for_parts();
     let mut openapi = openapi;
     crate::openapi::declare_errors(&mut openapi);

@@ -48,6 +48,10 @@ pub use keys::{AccessKeyKind, AccessKeyView, CreatedAccessKey, KeyScope, RelayEn
 pub use projects::{ProjectView, UpdateProject};
 pub use segments::{SegmentSummary, SegmentView};
 pub use tokens::{CreatedToken, TokenView};
+// For the experiments module (`crate::experiments`), which keeps its own tables.
+pub(crate) use changes::{AuditRecord, audit};
+pub(crate) use environments::environment_row;
+pub(crate) use projects::{paginate, project_row};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ mod corpus;
 mod edges;
 mod environments;
 mod errors;
+mod experiments;
 mod flags;
 mod idempotency;
 mod keys;

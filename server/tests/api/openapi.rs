@@ -827,6 +827,78 @@ async fn every_route_answers_as_the_document_says() {
     c.admin(M::DELETE, "/api/v1/relay-keys/999999", None, 404)
         .await;
 
+    // Metrics and experiments.
+    c.admin(M::POST, flags, Some(def("xf")), 201).await;
+    let metrics = "/api/v1/projects/p/metrics";
+    let metric = |key: &str, name: &str| {
+        json!({"key": key, "name": name, "description": "d", "kind": "sum", "event_key": "purchase",
+               "window_hours": 24, "direction": "decrease", "cap": {"percentile": 99.0}})
+    };
+    c.admin(M::POST, metrics, Some(metric("buy", "Buy")), 201)
+        .await;
+    c.admin(M::POST, metrics, Some(metric("buy", "Buy")), 409)
+        .await;
+    c.admin(M::GET, &format!("{metrics}?limit=1"), None, 200)
+        .await;
+    c.admin(M::GET, "/api/v1/projects/nope/metrics", None, 404)
+        .await;
+    c.admin(M::GET, &format!("{metrics}/buy"), None, 200).await;
+    c.admin(M::GET, &format!("{metrics}/nope"), None, 404).await;
+    c.admin(
+        M::PUT,
+        &format!("{metrics}/buy"),
+        Some(metric("buy", "Buy 2")),
+        200,
+    )
+    .await;
+    c.admin(
+        M::PUT,
+        &format!("{metrics}/buy"),
+        Some(metric("other", "B")),
+        422,
+    )
+    .await;
+    c.admin(M::POST, metrics, Some(metric("gone", "Gone")), 201)
+        .await;
+    c.admin(M::DELETE, &format!("{metrics}/gone"), None, 204)
+        .await;
+    c.admin(M::DELETE, &format!("{metrics}/gone"), None, 404)
+        .await;
+    let xs = "/api/v1/projects/p/environments/e/experiments";
+    let x = json!({"key": "x", "name": "X", "hypothesis": "h", "flag": "xf", "control": 0,
+                   "primary_metric": "buy", "secondary_metrics": [], "guardrail_metrics": ["buy"],
+                   "method": "bayesian", "alpha": 0.1});
+    c.admin(M::POST, xs, Some(x.clone()), 201).await;
+    c.admin(M::POST, xs, Some(x.clone()), 409).await;
+    c.admin(M::GET, &format!("{xs}?limit=5"), None, 200).await;
+    c.admin(
+        M::GET,
+        "/api/v1/projects/p/environments/nope/experiments",
+        None,
+        404,
+    )
+    .await;
+    c.admin(M::GET, &format!("{xs}/x"), None, 200).await;
+    c.admin(M::GET, &format!("{xs}/nope"), None, 404).await;
+    c.admin(M::PUT, &format!("{xs}/x"), Some(x.clone()), 200)
+        .await;
+    c.admin(M::PUT, &format!("{xs}/nope"), Some(x.clone()), 422)
+        .await;
+    c.admin(M::GET, &format!("{xs}/x/results"), None, 409).await;
+    c.admin(M::POST, &format!("{xs}/x/stop"), None, 409).await;
+    c.admin(M::POST, &format!("{xs}/x/start"), None, 200).await;
+    c.admin(M::POST, &format!("{xs}/x/start"), None, 409).await;
+    c.admin(
+        M::GET,
+        &format!("{xs}/x/results?mde=0.1&iteration=1"),
+        None,
+        200,
+    )
+    .await;
+    c.admin(M::POST, &format!("{xs}/x/stop"), None, 200).await;
+    c.admin(M::DELETE, &format!("{xs}/x"), None, 204).await;
+    c.admin(M::DELETE, &format!("{xs}/x"), None, 404).await;
+
     // Deletions.
     c.admin(M::DELETE, &format!("{segs}/s"), None, 409).await;
     c.admin(M::DELETE, "/api/v1/projects/p/flags/g", None, 409)

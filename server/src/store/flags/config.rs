@@ -262,6 +262,16 @@ impl Store {
             Some(flag_payload),
         );
         let environment_version = record_changes(c, at.environment_id, vec![change], now).await?;
+        // A running experiment on this flag starts a new iteration if its allocation changed.
+        crate::experiments::on_flag_config_written(
+            c,
+            at.flag_id,
+            at.environment_id,
+            &definition,
+            &cfg,
+            now,
+        )
+        .await?;
         let rec = HistoryRecord {
             flag_id: at.flag_id,
             environment_id: at.environment_id,

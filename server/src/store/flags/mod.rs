@@ -597,6 +597,8 @@ impl Store {
         let mut cache = Vec::new();
         let mut environments = BTreeMap::new();
         for (e, from, ix, cfg) in staged {
+            // A running experiment on this flag starts a new iteration if its variations changed.
+            crate::experiments::on_flag_config_written(&mut c, f.id, e.id, &def, &cfg, t).await?;
             if !f.archived {
                 let flag = Flag::new(&def, cfg.clone());
                 let to = record_changes(
