@@ -120,7 +120,9 @@ impl Forwarder {
     /// A forwarder with its own HTTP client.
     pub fn new(config: ForwarderConfig) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder().timeout(config.timeout).build()?;
-        let permits = Arc::new(Semaphore::new(config.buffer.clamp(1, Semaphore::MAX_PERMITS)));
+        let permits = Arc::new(Semaphore::new(
+            config.buffer.clamp(1, Semaphore::MAX_PERMITS),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -246,11 +248,15 @@ async fn forward(inner: &Inner, env: &EnvironmentId, batch: Vec<Pending>) {
     for p in &batch {
         events.extend(p.events.iter().cloned());
     }
-    let result = send(inner, env, EventBatch {
-        schema_version: EVENTS_SCHEMA_VERSION,
-        sdk: None,
-        events,
-    })
+    let result = send(
+        inner,
+        env,
+        EventBatch {
+            schema_version: EVENTS_SCHEMA_VERSION,
+            sdk: None,
+            events,
+        },
+    )
     .await;
     match &result {
         Ok(r) => metrics::counter!(FORWARDED).increment(r.accepted),
@@ -326,7 +332,9 @@ async fn send(
                     .await
                     .map_err(|e| ForwardError::Upstream(format!("unreadable answer: {e}")));
             }
-            Ok(r) if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS => {
+            Ok(r)
+                if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS =>
+            {
                 last = format!("upstream answered {}", r.status());
             }
             Ok(r) => {
@@ -531,7 +539,9 @@ fn decode(
         None | Some("identity") => body,
         Some("gzip") => {
             let mut out = Vec::new();
-            let limit = u64::try_from(max_bytes).unwrap_or(u64::MAX).saturating_add(1);
+            let limit = u64::try_from(max_bytes)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1);
             flate2::read::GzDecoder::new(body)
                 .take(limit)
                 .read_to_end(&mut out)

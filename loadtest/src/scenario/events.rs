@@ -147,15 +147,13 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<Report> {
                     .await;
                 i += 1;
                 match res {
-                    Ok(r) if r.status() == 200 => {
-                        match r.json::<serde_json::Value>().await {
-                            Ok(v) => {
-                                tally.acknowledged += v["accepted"].as_u64().unwrap_or(0);
-                                tally.latency.record(sent.elapsed());
-                            }
-                            Err(_) => tally.io_errors += 1,
+                    Ok(r) if r.status() == 200 => match r.json::<serde_json::Value>().await {
+                        Ok(v) => {
+                            tally.acknowledged += v["accepted"].as_u64().unwrap_or(0);
+                            tally.latency.record(sent.elapsed());
                         }
-                    }
+                        Err(_) => tally.io_errors += 1,
+                    },
                     Ok(r) => {
                         *tally.refused.entry(r.status().as_u16()).or_default() += 1;
                         // The relay said when to come back (503, Retry-After): a short pause.
@@ -236,7 +234,11 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<Report> {
         ),
         Row::info(
             "batch latency p50 / p99",
-            format!("{} / {}", ms(result.latency.p50_ms), ms(result.latency.p99_ms)),
+            format!(
+                "{} / {}",
+                ms(result.latency.p50_ms),
+                ms(result.latency.p99_ms)
+            ),
         ),
         Row::info(
             "non-200 / I/O errors",

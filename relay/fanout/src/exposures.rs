@@ -133,7 +133,10 @@ impl ExposureRecorder {
 
     /// How many exposures are remembered now.
     pub fn remembered(&self) -> usize {
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 

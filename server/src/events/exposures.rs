@@ -44,11 +44,7 @@ impl ServerExposures {
     }
 }
 
-async fn writer(
-    mut rx: mpsc::Receiver<(EnvironmentId, Exposure)>,
-    feed: Feed,
-    store: EventStore,
-) {
+async fn writer(mut rx: mpsc::Receiver<(EnvironmentId, Exposure)>, feed: Feed, store: EventStore) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + LINGER;

@@ -241,11 +241,19 @@ fn decode_batch(
         None | Some("identity") => body,
         Some("gzip") => {
             let mut out = Vec::new();
-            let limit = u64::try_from(max_bytes).unwrap_or(u64::MAX).saturating_add(1);
+            let limit = u64::try_from(max_bytes)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1);
             flate2::read::GzDecoder::new(body)
                 .take(limit)
                 .read_to_end(&mut out)
-                .map_err(|e| bad("gzip", "bad-request", format!("the body is not valid gzip: {e}")))?;
+                .map_err(|e| {
+                    bad(
+                        "gzip",
+                        "bad-request",
+                        format!("the body is not valid gzip: {e}"),
+                    )
+                })?;
             if out.len() > max_bytes {
                 return Err(BatchRefusal {
                     reason: "too_large",
@@ -317,10 +325,7 @@ pub(crate) fn validate_events(
     let mut accepted = Vec::with_capacity(events.len());
     let mut rejected = Vec::new();
     for (index, raw) in events.iter().enumerate() {
-        match raw
-            .decode()
-            .and_then(|e| e.validate(now_ms).map(|()| e))
-        {
+        match raw.decode().and_then(|e| e.validate(now_ms).map(|()| e)) {
             Ok(e) => accepted.push(e),
             Err(e) => {
                 metrics::counter!(REJECTED, "reason" => reason_label(&e)).increment(1);
@@ -418,18 +423,24 @@ mod tests {
         assert_eq!(decode_batch(&plain, body, 1 << 20).unwrap().events.len(), 1);
         let mut gz = HeaderMap::new();
         gz.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        assert_eq!(decode_batch(&gz, &gzip(body), 1 << 20).unwrap().events.len(), 1);
+        assert_eq!(
+            decode_batch(&gz, &gzip(body), 1 << 20)
+                .unwrap()
+                .events
+                .len(),
+            1
+        );
         // A gzip bomb stops at the limit.
         let big = gzip(&vec![b' '; 10_000]);
         assert_eq!(
             decode_batch(&gz, &big, 1_000).unwrap_err().status,
             StatusCode::PAYLOAD_TOO_LARGE
         );
+        assert_eq!(decode_batch(&gz, body, 1 << 20).unwrap_err().reason, "gzip");
         assert_eq!(
-            decode_batch(&gz, body, 1 << 20).unwrap_err().reason,
-            "gzip"
+            decode_batch(&plain, b"{", 100).unwrap_err().reason,
+            "not_json"
         );
-        assert_eq!(decode_batch(&plain, b"{", 100).unwrap_err().reason, "not_json");
         let v2 = br#"{"schema_version":2,"events":[]}"#;
         assert_eq!(
             decode_batch(&plain, v2, 100).unwrap_err().reason,

@@ -460,6 +460,9 @@ mod tests {
             value: Some(2.5),
         });
         let row = EventRow::of(&c, None);
-        assert_eq!((row.kind, row.key.as_str(), row.value), ("custom", "buy", Some(2.5)));
+        assert_eq!(
+            (row.kind, row.key.as_str(), row.value),
+            ("custom", "buy", Some(2.5))
+        );
     }
 }

@@ -36,7 +36,13 @@ fn batch(events: Vec<Value>) -> Value {
 }
 
 /// `POST {base}{path}` with `key` and a body (gzip-compressed when `gz`).
-async fn post_events(base: &str, path: &str, key: &str, body: &Value, gz: bool) -> reqwest::Response {
+async fn post_events(
+    base: &str,
+    path: &str,
+    key: &str,
+    body: &Value,
+    gz: bool,
+) -> reqwest::Response {
     let bytes = serde_json::to_vec(body).unwrap();
     let mut req = reqwest::Client::new()
         .post(format!("{base}{path}"))
@@ -57,11 +63,13 @@ async fn count(db: &TestDatabase, kind: Option<&str>) -> i64 {
     match db.backend {
         Backend::Postgres => {
             let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM events WHERE $1::text IS NULL OR kind = $1")
-                .bind(kind)
-                .fetch_one(&mut c)
-                .await
-                .unwrap()
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM events WHERE $1::text IS NULL OR kind = $1",
+            )
+            .bind(kind)
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
         }
         Backend::Sqlite => {
             let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.url))
@@ -101,7 +109,12 @@ async fn ingests_and_reports_rejections(backend: Backend) {
             .map(|r| r["index"].as_u64().unwrap())
             .collect();
         assert_eq!(rejected, vec![3, 4, 5], "{answer}");
-        assert!(answer["rejected"][1]["reason"].as_str().unwrap().contains("event_key"));
+        assert!(
+            answer["rejected"][1]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("event_key")
+        );
     }
     // Acknowledged means stored: both batches' accepted events are there.
     assert_eq!(count(&app.database, None).await, 6);
@@ -150,7 +163,14 @@ async fn bad_batches_and_keys_are_refused_as_a_whole() {
     assert_eq!(p["type"], "urn:vexil:problem:bad-request");
 
     // Another schema version: 400.
-    let res = post_events(base, "/events/v1/bulk", &keys[0], &json!({"schema_version": 2, "events": []}), false).await;
+    let res = post_events(
+        base,
+        "/events/v1/bulk",
+        &keys[0],
+        &json!({"schema_version": 2, "events": []}),
+        false,
+    )
+    .await;
     let p = expect(res, 400).await;
     assert_eq!(p["type"], "urn:vexil:problem:unsupported-event-schema");
 
@@ -161,8 +181,17 @@ async fn bad_batches_and_keys_are_refused_as_a_whole() {
     assert_eq!(p["type"], "urn:vexil:problem:too-many-events");
 
     // Too large, as sent and as decompressed.
-    let big: Vec<Value> = (0..2_000).map(|i| custom("purchase", &format!("user-{i}"))).collect();
-    let res = post_events(base, "/events/v1/bulk", &keys[0], &batch(big.clone()), false).await;
+    let big: Vec<Value> = (0..2_000)
+        .map(|i| custom("purchase", &format!("user-{i}")))
+        .collect();
+    let res = post_events(
+        base,
+        "/events/v1/bulk",
+        &keys[0],
+        &batch(big.clone()),
+        false,
+    )
+    .await;
     assert_eq!(res.status(), 413);
     let res = post_events(base, "/events/v1/bulk", &keys[0], &batch(big), true).await;
     assert_eq!(res.status(), 413);
@@ -214,7 +243,10 @@ async fn nothing_is_acknowledged_while_the_database_is_unreachable() {
         if res.status() == 200 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the server never recovered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never recovered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Exactly the acknowledged events are stored; the refused ones are not.
@@ -242,9 +274,14 @@ async fn retention_drops_old_partitions_on_postgres() {
     // A partition 40 days old with a row in it, one 10 days old.
     assert!(store.create_partition(today - 40).await.unwrap());
     assert!(store.create_partition(today - 10).await.unwrap());
-    assert!(!store.create_partition(today - 10).await.unwrap(), "exists already");
+    assert!(
+        !store.create_partition(today - 10).await.unwrap(),
+        "exists already"
+    );
     let old = (today - 40) * 86_400_000 + 1;
-    let mut c = sqlx::PgConnection::connect(&app.database.url).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(&app.database.url)
+        .await
+        .unwrap();
     sqlx::query("INSERT INTO events (environment_id, received_at_ms, kind, time_ms, key) VALUES (1, $1, 'custom', $1, 'k')")
         .bind(old)
         .execute(&mut c)
@@ -273,7 +310,14 @@ async fn retention_drops_old_partitions_on_postgres() {
 async fn retention_deletes_old_rows_on_sqlite() {
     let app = spawn_app(Backend::Sqlite).await;
     let keys = setup(&app, &["prod"]).await;
-    let res = post_events(&app.base_url, "/events/v1/bulk", &keys[0], &batch(vec![custom("a", "u")]), false).await;
+    let res = post_events(
+        &app.base_url,
+        "/events/v1/bulk",
+        &keys[0],
+        &batch(vec![custom("a", "u")]),
+        false,
+    )
+    .await;
     expect(res, 200).await;
     let store = event_store(&app.database, 1).await;
     // Two days later, the row is past a one-day retention.
@@ -310,7 +354,10 @@ pub async fn wait_count(db: &TestDatabase, kind: &str, n: i64) {
             return;
         }
         assert!(got < n, "{got} {kind} rows, expected {n}");
-        assert!(tokio::time::Instant::now() < deadline, "{got} {kind} rows, expected {n}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{got} {kind} rows, expected {n}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -343,7 +390,9 @@ async fn ofrep_records_one_exposure_per_context_flag_and_variation() {
     ofrep("/ofrep/v1/evaluate/flags/checkout", "u2").await;
     ofrep("/ofrep/v1/evaluate/flags/plain", "u3").await;
     wait_count(&app.database, "exposure", 2).await;
-    let mut c = sqlx::PgConnection::connect(&app.database.url).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(&app.database.url)
+        .await
+        .unwrap();
     let rows: Vec<(String, String, i32)> = sqlx::query_as(
         "SELECT key, context_key, variation FROM events WHERE kind = 'exposure' ORDER BY context_key",
     )

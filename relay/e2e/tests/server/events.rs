@@ -86,7 +86,9 @@ async fn post(base: &str, key: &str, events: Vec<Value>) -> reqwest::Response {
 }
 
 async fn stored(app: &TestApp, kind: &str) -> i64 {
-    let mut c = sqlx::PgConnection::connect(&app.database.url).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(&app.database.url)
+        .await
+        .unwrap();
     sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE kind = $1")
         .bind(kind)
         .fetch_one(&mut c)
@@ -120,7 +122,10 @@ async fn the_relay_acknowledges_what_upstream_committed() {
     // Acknowledged means committed upstream: every accepted event is there, no waiting.
     assert_eq!(stored(&app, "custom").await, 20 * 49);
     // Keys the relay does not know are refused at the relay.
-    assert_eq!(post(&base, "vxs_unknown", vec![custom(0)]).await.status(), 401);
+    assert_eq!(
+        post(&base, "vxs_unknown", vec![custom(0)]).await.status(),
+        401
+    );
     relay.stop().await;
     app.stop().await;
 }
@@ -211,7 +216,10 @@ async fn ofrep_at_the_relay_records_exposures_upstream() {
     }
     let deadline = tokio::time::Instant::now() + WAIT;
     while stored(&app, "exposure").await < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "exposures never arrived");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "exposures never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stored(&app, "exposure").await, 2);
