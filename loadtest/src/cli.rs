@@ -8,10 +8,11 @@ use clap::{Parser, Subcommand};
 
 use crate::report::Report;
 use crate::scenario::capacity::CapacityArgs;
+use crate::scenario::events::EventsArgs;
 use crate::scenario::ofrep::OfrepArgs;
 use crate::scenario::propagation::PropagationArgs;
 use crate::scenario::reconnect_storm::ReconnectStormArgs;
-use crate::scenario::{capacity, ofrep, propagation, reconnect_storm};
+use crate::scenario::{capacity, events, ofrep, propagation, reconnect_storm};
 
 /// Command-line interface.
 #[derive(Debug, Parser)]
@@ -46,6 +47,9 @@ pub enum Command {
     /// N subscribers, the relay killed and restarted: time until all are back and current,
     /// the relay's peak CPU and memory.
     ReconnectStorm(ReconnectStormArgs),
+    /// N senders posting gzip event batches through one relay into the server on
+    /// PostgreSQL: acknowledged events per second, and none of them lost.
+    Events(EventsArgs),
     /// Internal: a subscriber worker process (plan on stdin, observations on stdout).
     #[command(hide = true)]
     Worker,
@@ -60,6 +64,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
             Command::Capacity(a) => capacity::run(a).await.map(Some),
             Command::Ofrep(a) => ofrep::run(a).await.map(Some),
             Command::ReconnectStorm(a) => reconnect_storm::run(a).await.map(Some),
+            Command::Events(a) => events::run(a).await.map(Some),
             Command::Worker => crate::worker::run_worker().await.map(|()| None),
         }
     };

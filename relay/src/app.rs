@@ -9,6 +9,9 @@
 //!   evaluation on the relay's compiled snapshots;
 //! - `GET /relay/v1/stream`: relays chained below this one (this relay's own key or one of
 //!   `VEXIL_DOWNSTREAM_RELAY_KEYS`; scope: everything this relay serves);
+//! - `POST /events/v1/bulk` (SDK key), `POST /relay/v1/events/{project}/{environment}`
+//!   (relay key, from relays chained below): analytics events, forwarded upstream
+//!   ([`crate::events`]);
 //! - `GET /healthz` (liveness), `GET /readyz` (ready to serve), `GET /metrics` (Prometheus).
 //!
 //! Until the relay holds the full state of every environment in its scope, the SDK, OFREP
@@ -35,12 +38,14 @@ use vexil_fanout::telemetry::redact_url;
 use vexil_schema::stream::{EnvironmentId, SdkKeyHash};
 
 use vexil_fanout::auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
+use vexil_fanout::exposures::ExposureRecorder;
 use vexil_fanout::hub::Hub;
 use vexil_fanout::lean::{LeanSse, serve_lean};
 use vexil_fanout::relay_stream::{RelayAuth, relay_router};
 use vexil_fanout::{ofrep, sdk_router};
 
 use crate::config::RelayConfig;
+use crate::events::{self, EventRoutes, Forwarder, ForwarderConfig};
 use crate::relay_state::RelayState;
 use crate::upstream;
 
@@ -73,6 +78,8 @@ pub struct Relay {
     state: RelayState,
     metrics: Option<PrometheusHandle>,
     client: reqwest::Client,
+    forwarder: Forwarder,
+    exposures: Arc<ExposureRecorder>,
 }
 
 impl Relay {
@@ -102,18 +109,38 @@ impl Relay {
             None
         };
         let hub = Hub::new(config.distribution.hub_config());
+        let forwarder = Forwarder::new(ForwarderConfig {
+            upstream_url: config.upstream_url.clone(),
+            relay_key: config.relay_key.clone(),
+            buffer: config.events_buffer,
+            concurrency: config.events_upstream_concurrency,
+            attempts: config.events_upstream_attempts,
+            timeout: config.events_upstream_timeout,
+        })
+        .map_err(RelayError::HttpClient)?;
+        let exposures = Arc::new(ExposureRecorder::new(
+            Arc::new(forwarder.clone()),
+            config.events_exposure_cache,
+        ));
         Ok(Self {
             config: Arc::new(config),
             hub,
             state: RelayState::new(),
             metrics,
             client,
+            forwarder,
+            exposures,
         })
     }
 
     /// The relay's hub (its environments, versions and subscribers).
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// The event forwarder (`/events/v1/bulk` and OFREP exposures, upstream).
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
     }
 
     /// The relay's state (readiness, upstream connection, scope, evaluators).
@@ -128,13 +155,23 @@ impl Relay {
             hashes: Arc::clone(&sdk_auth.relay_keys),
             state: self.state.clone(),
         };
+        let events = events::router(EventRoutes {
+            forwarder: self.forwarder.clone(),
+            sdk_auth: sdk_auth.clone(),
+            relay_auth: downstream.clone(),
+            max_body_bytes: self.config.events_max_body_bytes,
+        });
         let gated = sdk_router(self.hub.clone(), sdk_auth.clone())
             .merge(ofrep::ofrep_router_with(
                 self.state.clone(),
                 sdk_auth,
-                self.config.distribution.ofrep_config(),
+                self.config
+                    .distribution
+                    .ofrep_config()
+                    .exposures(Arc::clone(&self.exposures)),
             ))
             .merge(relay_router(self.hub.clone(), downstream))
+            .merge(events)
             .layer(middleware::from_fn_with_state(
                 Gate {
                     state: self.state.clone(),

@@ -78,6 +78,32 @@ pub struct RelayConfig {
     /// Log format.
     #[arg(long, env = "VEXIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Most analytics events held at once (waiting for or in flight to upstream); past it,
+    /// `/events/v1/bulk` answers `503` with `Retry-After`.
+    #[arg(long, env = "VEXIL_EVENTS_BUFFER", default_value_t = 200_000)]
+    pub events_buffer: usize,
+
+    /// Concurrent upstream event requests per environment.
+    #[arg(long, env = "VEXIL_EVENTS_UPSTREAM_CONCURRENCY", default_value_t = 4)]
+    pub events_upstream_concurrency: usize,
+
+    /// Attempts to deliver one upstream event request before the SDKs waiting for it get
+    /// `503` (and retry themselves).
+    #[arg(long, env = "VEXIL_EVENTS_UPSTREAM_ATTEMPTS", default_value_t = 4)]
+    pub events_upstream_attempts: u32,
+
+    /// Timeout of one upstream event request.
+    #[arg(long, env = "VEXIL_EVENTS_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub events_upstream_timeout: Duration,
+
+    /// Largest event batch accepted, in bytes, both as sent and decompressed.
+    #[arg(long, env = "VEXIL_EVENTS_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub events_max_body_bytes: usize,
+
+    /// Exposures of OFREP evaluations remembered for deduplication.
+    #[arg(long, env = "VEXIL_EVENTS_EXPOSURE_CACHE", default_value_t = 100_000)]
+    pub events_exposure_cache: usize,
 }
 
 impl std::fmt::Debug for RelayConfig {
@@ -96,6 +122,15 @@ impl std::fmt::Debug for RelayConfig {
             .field("downstream_relay_keys", &self.downstream_relay_keys.len())
             .field("metrics", &self.metrics)
             .field("log_format", &self.log_format)
+            .field("events_buffer", &self.events_buffer)
+            .field(
+                "events_upstream_concurrency",
+                &self.events_upstream_concurrency,
+            )
+            .field("events_upstream_attempts", &self.events_upstream_attempts)
+            .field("events_upstream_timeout", &self.events_upstream_timeout)
+            .field("events_max_body_bytes", &self.events_max_body_bytes)
+            .field("events_exposure_cache", &self.events_exposure_cache)
             .finish()
     }
 }

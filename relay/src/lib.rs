@@ -5,6 +5,8 @@
 //! - [`config`]: [`RelayConfig`], flags and `VEXIL_*` variables.
 //! - [`upstream`]: the upstream client (SSE parser, backoff, applying relay events).
 //! - [`relay_state`]: readiness, scope and compiled snapshots ([`RelayState`]).
+//! - [`events`]: analytics events (`/events/v1/bulk`, OFREP exposures) forwarded upstream,
+//!   acknowledged only once upstream acknowledged.
 //! - [`app`]: [`Relay`] and [`run`]: routes, readiness gate, probes, metrics, drain.
 //! - [`telemetry`]: logging setup; [`cli`]: the command, which `src/bin/vexil-relay.rs`
 //!   calls.
@@ -16,6 +18,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod relay_state;
 pub mod telemetry;
 pub mod upstream;

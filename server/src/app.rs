@@ -18,10 +18,12 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use vexil_fanout::Hub;
+use vexil_fanout::exposures::ExposureRecorder;
 
 use crate::config::Config;
 use crate::db::{Db, DbOptions};
 use crate::error::Problem;
+use crate::events::{self, EventStore};
 use crate::feed::Feed;
 use crate::health::{self, Health};
 use crate::store::{Store, StoreError};
@@ -43,6 +45,10 @@ pub struct AppState {
     pub health: Health,
     /// Failed authentications per client address.
     pub auth_throttle: Arc<AuthThrottle>,
+    /// Raw analytics event storage (`/events/v1/bulk`).
+    pub events: EventStore,
+    /// Records the exposures of OFREP evaluations of experiment flags.
+    pub exposures: Arc<ExposureRecorder>,
 }
 
 /// Why the server could not start.
@@ -64,6 +70,9 @@ pub enum StartError {
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
+    /// The event partitions could not be prepared.
+    #[error("cannot prepare event storage: {0}")]
+    Events(#[source] StoreError),
 }
 
 /// A server ready to serve: database open and migrated, admin token bootstrapped.
@@ -105,6 +114,19 @@ impl Server {
             config.auth_failure_limit,
             Duration::from_secs(config.auth_failure_window_secs),
         ));
+        let events = EventStore::new(store.db().clone(), config.events_retention_days);
+        events
+            .maintain(events::now_ms())
+            .await
+            .map_err(StartError::Events)?;
+        let exposures = Arc::new(ExposureRecorder::new(
+            Arc::new(events::ServerExposures::spawn(
+                feed.clone(),
+                events.clone(),
+                config.events_exposure_cache,
+            )),
+            config.events_exposure_cache,
+        ));
         Ok(Self {
             state: AppState {
                 store,
@@ -113,6 +135,8 @@ impl Server {
                 metrics,
                 health: Health::default(),
                 auth_throttle,
+                events,
+                exposures,
             },
             generated_admin_token,
         })
@@ -154,6 +178,7 @@ impl Server {
             self.state.health.clone(),
             Duration::from_millis(self.state.config.database_probe_ms.max(10)),
         ));
+        let events = tokio::spawn(events::maintenance(self.state.events.clone()));
         let feed = self.state.feed.start();
         let hub = self.state.feed.hub().clone();
         let drain = Duration::from_millis(self.state.config.drain_ms);
@@ -168,6 +193,7 @@ impl Server {
             .map_err(StartError::Serve);
         purge.abort();
         probe.abort();
+        events.abort();
         feed.stop().await;
         store.db().close().await;
         result
@@ -267,6 +293,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(control)
         .merge(distribution::routes(&state))
+        .merge(events::routes(&state))
         .layer(from_fn(problem_context_outside_distribution))
         .layer(
             TraceLayer::new_for_http()

@@ -120,6 +120,25 @@ pub struct Config {
     /// while the database is down).
     #[arg(long, env = "VEXIL_DATABASE_PROBE_MS", default_value_t = 1_000)]
     pub database_probe_ms: u64,
+
+    /// Largest event batch accepted on `/events/v1/bulk`, in bytes, both as sent and
+    /// decompressed.
+    #[arg(long, env = "VEXIL_EVENTS_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub events_max_body_bytes: usize,
+
+    /// Event batches per second allowed per SDK key (burst: one second's worth;
+    /// 0: unlimited).
+    #[arg(long, env = "VEXIL_EVENTS_RATE_LIMIT", default_value_t = 100)]
+    pub events_rate_limit: u32,
+
+    /// Days raw events are kept (PostgreSQL drops whole day partitions; 0: forever).
+    #[arg(long, env = "VEXIL_EVENTS_RETENTION_DAYS", default_value_t = 30)]
+    pub events_retention_days: u32,
+
+    /// Exposures of OFREP evaluations remembered for deduplication (per context × flag ×
+    /// variation); also the queue of exposures waiting to be stored.
+    #[arg(long, env = "VEXIL_EVENTS_EXPOSURE_CACHE", default_value_t = 100_000)]
+    pub events_exposure_cache: usize,
 }
 
 impl Config {

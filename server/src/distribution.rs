@@ -26,7 +26,11 @@ const MAX_OFREP_BODY: usize = 256 * 1024;
 /// The SDK, relay and OFREP routes.
 pub fn routes(state: &AppState) -> Router {
     let feed = &state.feed;
-    let ofrep = state.config.distribution.ofrep_config();
+    let ofrep = state
+        .config
+        .distribution
+        .ofrep_config()
+        .exposures(state.exposures.clone());
     Router::new()
         .merge(sdk_router(feed.hub().clone(), feed.clone()))
         .merge(relay_router(feed.hub().clone(), feed.clone()))

@@ -14,7 +14,8 @@
 //! - [`auth`]: secrets and roles; [`middleware`]: authentication, idempotency, problem
 //!   context; [`throttle`]: failed-authentication limits; [`health`]: the database probe;
 //!   [`extract`]: strict JSON, `If-Match`, the caller; [`error`]: the one
-//!   [`error::ApiError`] and its RFC 9457 form.
+//!   [`error::ApiError`] and its RFC 9457 form;
+//! - [`events`]: analytics event ingestion (`/events/v1/bulk`), storage and retention.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod db;
 pub mod distribution;
 pub mod error;
+pub mod events;
 pub mod experiments;
 pub mod extract;
 pub mod feed;

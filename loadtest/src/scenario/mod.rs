@@ -3,7 +3,9 @@
 //! - [`propagation`]: write → every subscriber, through the server and a relay;
 //! - [`capacity`]: idle subscribers one relay process holds, and its memory per subscriber;
 //! - [`ofrep`]: remote-evaluation throughput and latency against the relay and the server;
-//! - [`reconnect_storm`]: every subscriber reconnecting to a restarted relay.
+//! - [`reconnect_storm`]: every subscriber reconnecting to a restarted relay;
+//! - [`events`]: sustained event ingestion through a relay into PostgreSQL, 0 acknowledged
+//!   events lost.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,6 +15,7 @@ use crate::subscriber::{Backoff, StreamTarget};
 use crate::system::{Stack, StackOptions};
 
 pub mod capacity;
+pub mod events;
 pub mod ofrep;
 pub mod propagation;
 pub mod reconnect_storm;

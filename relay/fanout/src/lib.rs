@@ -13,7 +13,8 @@
 //!   key on one connection, resumable with a cursor), served by the control plane and by
 //!   relays to the relays chained below them; the pluggable [`RelayAuth`] trait.
 //! - [`ofrep`]: the OpenFeature Remote Evaluation Protocol endpoints on compiled snapshots
-//!   from any [`ofrep::EvaluatorSource`].
+//!   from any [`ofrep::EvaluatorSource`]; [`exposures`]: the exposures they record for
+//!   experiment flags.
 //! - [`auth`]: the pluggable [`SdkAuth`] trait and [`SdkKeyTable`], the SDK key hash
 //!   registry each hub carries ([`Hub::keys`]).
 //! - [`metrics`]: metric names (recorded through the `metrics` facade) and the Prometheus
@@ -51,6 +52,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod exposures;
 pub mod frame;
 pub mod http;
 pub mod hub;

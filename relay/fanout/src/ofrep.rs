@@ -19,6 +19,10 @@
 //! other field is an attribute. A body that is not JSON is `PARSE_ERROR`; a `context` that
 //! is not an object, or a `targetingKey` that is not a string, is `INVALID_CONTEXT`.
 //! A flag whose configuration is malformed answers 400 `PARSE_ERROR` (in bulk, that item).
+//!
+//! Exposures: with [`OfrepConfig::exposures`], every evaluation with `in_experiment` (single
+//! or bulk) is recorded through an [`ExposureRecorder`] (deduplicated per context × flag ×
+//! variation), so apps in any language take part in experiments.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,6 +43,7 @@ use vexil_schema::stream::{EnvironmentId, SdkKeyHash};
 use vexil_schema::{Context, Flag};
 
 use crate::auth::{AuthError, SdkAuth, hash_sdk_key};
+use crate::exposures::ExposureRecorder;
 use crate::http::sdk_key;
 
 /// Path of single-flag evaluation (with `{key}`).
@@ -65,6 +70,8 @@ pub struct OfrepConfig {
     pub rate_limit: u32,
     /// `minPollingIntervalMs` announced by `GET /ofrep/v1/configuration`.
     pub min_polling_interval: Duration,
+    /// Where exposures of experiment flags go (none: not recorded).
+    pub exposures: Option<Arc<ExposureRecorder>>,
 }
 
 impl Default for OfrepConfig {
@@ -72,6 +79,7 @@ impl Default for OfrepConfig {
         Self {
             rate_limit: 10_000,
             min_polling_interval: Duration::from_secs(10),
+            exposures: None,
         }
     }
 }
@@ -80,6 +88,12 @@ impl OfrepConfig {
     /// Sets [`OfrepConfig::rate_limit`].
     pub fn rate_limit(mut self, per_second: u32) -> Self {
         self.rate_limit = per_second;
+        self
+    }
+
+    /// Records the exposures of evaluations with `in_experiment` through `recorder`.
+    pub fn exposures(mut self, recorder: Arc<ExposureRecorder>) -> Self {
+        self.exposures = Some(recorder);
         self
     }
 
@@ -145,6 +159,9 @@ async fn evaluate_one<S: EvaluatorSource, A: SdkAuth>(
         }
     };
     let eval = compiled.evaluate(&key, &ctx);
+    if let Some(recorder) = &s.config.exposures {
+        recorder.observe(&env, &compiled, &key, &ctx, &eval);
+    }
     match eval.reason.error_kind() {
         Some(ErrorKind::FlagNotFound) => json_response(
             StatusCode::NOT_FOUND,
@@ -188,6 +205,9 @@ async fn evaluate_all<S: EvaluatorSource, A: SdkAuth>(
         .flag_keys()
         .map(|key| {
             let eval = compiled.evaluate(key, &ctx);
+            if let Some(recorder) = &s.config.exposures {
+                recorder.observe(&env, &compiled, key, &ctx, &eval);
+            }
             match eval.reason.error_kind() {
                 Some(kind) => failure(key, kind),
                 None => success(key, compiled.flag(key), &eval, compiled.version()),

@@ -278,6 +278,12 @@ impl Feed {
         self.inner.sync_all().await
     }
 
+    /// The database id of a loaded environment (`None` if it is not loaded).
+    pub fn environment_id(&self, env: &EnvironmentId) -> Option<i64> {
+        let envs = self.inner.envs.read().unwrap_or_else(|p| p.into_inner());
+        envs.by_key.get(env).map(|e| e.id)
+    }
+
     /// The hub the SDK and relay streams are served from.
     pub fn hub(&self) -> &Hub {
         &self.inner.hub

@@ -2,6 +2,7 @@
 //! SSE streams.
 
 mod evaluate;
+mod events;
 mod fixtures;
 mod helpers;
 mod ofrep;

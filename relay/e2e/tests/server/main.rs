@@ -11,3 +11,4 @@ const RELAY_BIN: &str = env!("CARGO_BIN_EXE_vexil-e2e-relay");
 
 mod cable;
 mod control_plane;
+mod events;
