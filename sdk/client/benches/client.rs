@@ -15,7 +15,7 @@ mod support;
 use support::{KEY, local_hub, many_flags};
 use vexil_eval::CompiledSnapshot;
 use vexil_schema::fixture::load_bench_fixtures;
-use vexil_sdk::{Client, Context, PollingConfig, TestData};
+use vexil_sdk::{Client, Context, EventSink, EventsConfig, PollingConfig, TestData};
 
 fn evaluate(c: &mut Criterion) {
     let fixtures = match load_bench_fixtures() {
@@ -35,6 +35,20 @@ fn evaluate(c: &mut Criterion) {
         assert_eq!(d.reason, fixture.expected.reason, "{}", fixture.name);
         assert_eq!(d.variation, fixture.expected.variation, "{}", fixture.name);
 
+        // The same with events on, to an in-memory sink flushed only at the end: each call
+        // counts for the summary; the experiment's exposure is recorded once (warm-up), then
+        // deduplicated.
+        let td_events = TestData::new();
+        td_events.load(fixture.snapshot.clone());
+        let with_events = match Client::builder("bench")
+            .data_source(td_events)
+            .events(EventsConfig::default().flush_interval(Duration::from_secs(3600)))
+            .event_sink(EventSink::new())
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => panic!("client: {e}"),
+        };
         let compiled = CompiledSnapshot::compile(&fixture.snapshot);
         group.bench_function(format!("{}/engine", fixture.name), |b| {
             b.iter(|| compiled.evaluate(black_box(flag), black_box(ctx)))
@@ -43,9 +57,15 @@ fn evaluate(c: &mut Criterion) {
             group.bench_function(format!("{}/bool_variation", fixture.name), |b| {
                 b.iter(|| client.bool_variation(black_box(flag), black_box(ctx), false))
             });
+            group.bench_function(format!("{}/bool_variation+events", fixture.name), |b| {
+                b.iter(|| with_events.bool_variation(black_box(flag), black_box(ctx), false))
+            });
         } else {
             group.bench_function(format!("{}/string_variation", fixture.name), |b| {
                 b.iter(|| client.string_variation(black_box(flag), black_box(ctx), ""))
+            });
+            group.bench_function(format!("{}/string_variation+events", fixture.name), |b| {
+                b.iter(|| with_events.string_variation(black_box(flag), black_box(ctx), ""))
             });
         }
         group.bench_function(format!("{}/json_variation_detail", fixture.name), |b| {

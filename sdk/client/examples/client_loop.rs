@@ -4,6 +4,8 @@
 //! cargo build --release -p vexil-sdk --example client_loop
 //! # CPU time of an evaluation through the client API (task-clock ÷ iterations):
 //! perf stat -e task-clock target/release/examples/client_loop simple-bool 30000000
+//! # the same with events on (summary counts; exposures deduplicated), to an in-memory sink:
+//! perf stat -e task-clock target/release/examples/client_loop experiment 30000000 events
 //! # build() to first evaluation against a local hub serving 10,000 flags, N times:
 //! target/release/examples/client_loop init 30 [polling]
 //! ```
@@ -16,7 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use vexil_schema::fixture::load_bench_fixtures;
-use vexil_sdk::{Client, Context, PollingConfig, TestData};
+use vexil_sdk::{Client, Context, EventSink, EventsConfig, PollingConfig, TestData};
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -27,17 +29,19 @@ fn main() -> ExitCode {
         args.first(),
         args.get(1).and_then(|n| n.parse::<u64>().ok()),
     ) else {
-        eprintln!("usage: client_loop <simple-bool|targeting|experiment|init> <count> [polling]");
+        eprintln!(
+            "usage: client_loop <simple-bool|targeting|experiment|init> <count> [polling|events]"
+        );
         return ExitCode::FAILURE;
     };
     if name == "init" {
         init(n, args.get(2).is_some_and(|a| a == "polling"))
     } else {
-        evaluate(name, n)
+        evaluate(name, n, args.get(2).is_some_and(|a| a == "events"))
     }
 }
 
-fn evaluate(name: &str, iterations: u64) -> ExitCode {
+fn evaluate(name: &str, iterations: u64, events: bool) -> ExitCode {
     let fixture = match load_bench_fixtures() {
         Ok(f) => f.into_iter().find(|f| f.name == name),
         Err(e) => {
@@ -51,7 +55,14 @@ fn evaluate(name: &str, iterations: u64) -> ExitCode {
     };
     let td = TestData::new();
     td.load(fixture.snapshot.clone());
-    let client = match Client::builder("loop").data_source(td).build() {
+    let mut builder = Client::builder("loop").data_source(td);
+    if events {
+        // Flushed only at exit: the loop measures recording alone.
+        builder = builder
+            .events(EventsConfig::default().flush_interval(Duration::from_secs(3600)))
+            .event_sink(EventSink::new());
+    }
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

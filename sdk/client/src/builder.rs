@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::client::{Client, Shared};
+use crate::events::{Delivery, EventSink, Events, EventsConfig};
 use crate::fallback::{self, Fallback};
 use crate::listeners::{Listeners, dispatch_loop};
 use crate::persist::{LastKnownGood, persist_loop};
@@ -71,6 +72,8 @@ pub struct ClientBuilder {
     init_timeout: Duration,
     connect_timeout: Duration,
     close_timeout: Duration,
+    events: EventsConfig,
+    event_sink: Option<EventSink>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -102,6 +105,8 @@ impl ClientBuilder {
             init_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
+            events: EventsConfig::default(),
+            event_sink: None,
         }
     }
 
@@ -193,6 +198,23 @@ impl ClientBuilder {
         self
     }
 
+    /// Configures analytics events: exposures, custom events and evaluation summaries,
+    /// sent to `{base_url}/events/v1/bulk` with the SDK key (see [`EventsConfig`];
+    /// [`EventsConfig::disabled`] turns them off). Only the streaming and polling sources
+    /// send events; offline, file and custom sources (e.g. [`crate::TestData`]) record
+    /// nothing unless an [`ClientBuilder::event_sink`] is set.
+    pub fn events(mut self, config: EventsConfig) -> Self {
+        self.events = config;
+        self
+    }
+
+    /// Delivers events to `sink` instead of the network, whatever the data source: for
+    /// tests that assert on their own exposures and `track` calls.
+    pub fn event_sink(mut self, sink: EventSink) -> Self {
+        self.event_sink = Some(sink);
+        self
+    }
+
     fn upstream(&self) -> Result<Upstream, BuildError> {
         check_sdk_key(&self.sdk_key)?;
         let base_url =
@@ -216,20 +238,31 @@ impl ClientBuilder {
     /// Validates the configuration and starts the client: the data source and the
     /// background thread. Returns at once; see [`Client::wait_for_initialization`].
     pub fn build(self) -> Result<Client, BuildError> {
-        let source: Option<Box<dyn DataSource>> = match &self.source {
-            SourceChoice::Streaming(config) => Some(Box::new(StreamingSource {
-                upstream: self.upstream()?,
+        let network = match &self.source {
+            SourceChoice::Streaming(_) | SourceChoice::Polling(_) => Some(self.upstream()?),
+            _ => None,
+        };
+        let delivery = match (&self.event_sink, &network) {
+            _ if !self.events.enabled => None,
+            (Some(sink), _) => Some(Delivery::Sink(sink.clone())),
+            (None, Some(upstream)) => Some(Delivery::Http(upstream.clone())),
+            (None, None) => None,
+        };
+        let events = delivery.map(|d| Arc::new(Events::new(self.events.clone(), d)));
+        let source: Option<Box<dyn DataSource>> = match (&self.source, network) {
+            (SourceChoice::Streaming(config), Some(upstream)) => Some(Box::new(StreamingSource {
+                upstream,
                 config: config.clone(),
             })),
-            SourceChoice::Polling(config) => Some(Box::new(PollingSource {
-                upstream: self.upstream()?,
+            (SourceChoice::Polling(config), Some(upstream)) => Some(Box::new(PollingSource {
+                upstream,
                 config: config.clone(),
             })),
-            SourceChoice::File { path, reload } => Some(Box::new(FileSource {
+            (SourceChoice::File { path, reload }, _) => Some(Box::new(FileSource {
                 path: path.clone(),
                 reload: *reload,
             })),
-            SourceChoice::Offline | SourceChoice::Custom(_) => None,
+            _ => None,
         };
         let offline = matches!(self.source, SourceChoice::Offline);
         let source = match self.source {
@@ -258,6 +291,7 @@ impl ClientBuilder {
             } else {
                 Fallback::none()
             }),
+            events: events.clone(),
         });
         // Subscribed now, so that changes made before the thread runs reach the listeners.
         let changes = store.subscribe_changes();
@@ -286,6 +320,7 @@ impl ClientBuilder {
             init_timeout,
             close_timeout: self.close_timeout,
             shutdown,
+            events,
         });
         let background = Background::spawn(shutdown_tx, main).map_err(BuildError::Runtime)?;
         Ok(Client::from_parts(shared, background, self.close_timeout))
@@ -303,6 +338,7 @@ struct BackgroundWork {
     init_timeout: Duration,
     close_timeout: Duration,
     shutdown: Shutdown,
+    events: Option<Arc<Events>>,
 }
 
 fn background_main(w: BackgroundWork) -> BoxFuture {
@@ -352,6 +388,14 @@ fn background_main(w: BackgroundWork) -> BoxFuture {
             ))
         });
 
+        let events = w.events.map(|events| {
+            tokio::spawn(crate::events::sender::run(
+                events,
+                Arc::clone(&store),
+                w.shutdown.clone(),
+            ))
+        });
+
         w.shutdown.wait().await;
         tracing::debug!("closing the client");
         if let Some(source) = source {
@@ -366,6 +410,12 @@ fn background_main(w: BackgroundWork) -> BoxFuture {
                 .is_err()
         {
             tracing::warn!("the last-known-good write did not finish in time");
+        }
+        // The sender flushes once more when it sees the shutdown.
+        if let Some(events) = events
+            && tokio::time::timeout(w.close_timeout, events).await.is_err()
+        {
+            tracing::warn!("pending events were not sent in time");
         }
         store.close();
         dispatcher.abort();

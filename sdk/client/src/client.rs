@@ -9,11 +9,13 @@ use futures::future::{Either, select};
 use tokio::sync::{broadcast, watch};
 
 use crate::builder::ClientBuilder;
+use crate::events::{EventStats, Events};
 use crate::fallback::Fallback;
 use crate::listeners::{FlagChange, ListenerId, Listeners};
 use crate::runtime::Background;
 use crate::status::{DataOrigin, DataSourceError, State, Status};
 use crate::store::Store;
+use vexil_schema::Context;
 
 /// Why [`Client::wait_for_initialization`] returned without the client being ready.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -56,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<Store>,
     pub(crate) listeners: Arc<Listeners>,
     pub(crate) fallback: Arc<Fallback>,
+    /// The event pipeline; `None` when events are off (or there is nowhere to send them).
+    pub(crate) events: Option<Arc<Events>>,
 }
 
 struct Inner {
@@ -134,9 +138,50 @@ impl Client {
         &self.inner.shared.store
     }
 
-    /// The current status.
+    #[inline]
+    pub(crate) fn events(&self) -> Option<&Events> {
+        self.inner.shared.events.as_deref()
+    }
+
+    /// The current status, with the event pipeline's counters.
     pub fn status(&self) -> Status {
-        self.store().status()
+        let mut status = self.store().status();
+        status.events = self.event_stats();
+        status
+    }
+
+    /// The event pipeline's counters (all zero when events are off).
+    pub fn event_stats(&self) -> EventStats {
+        self.events().map(Events::stats).unwrap_or_default()
+    }
+
+    /// Records a custom event for `ctx` (e.g. `"purchase"`), sent with the next flush; the
+    /// experiment analysis counts it towards metrics on `event_key`. Never blocks or fails:
+    /// an event with an empty or over-long key (over 256 bytes), or for a context without a
+    /// key, is dropped and counted in [`EventStats::invalid`]. A no-op when events are off.
+    pub fn track(&self, event_key: &str, ctx: &Context) {
+        if let Some(events) = self.events() {
+            events.track(event_key, ctx, None);
+        }
+    }
+
+    /// [`Client::track`] with a numeric value (revenue, latency, items…); a non-finite
+    /// value is dropped and counted in [`EventStats::invalid`].
+    pub fn track_value(&self, event_key: &str, ctx: &Context, value: f64) {
+        if let Some(events) = self.events() {
+            events.track(event_key, ctx, Some(value));
+        }
+    }
+
+    /// Sends the events queued and the current summary now rather than at the next
+    /// interval. Returns at once, except with an [`crate::EventSink`], where everything
+    /// pending is in the sink when it returns. [`Client::close`] flushes as well.
+    pub fn flush(&self) {
+        if let Some(events) = self.events()
+            && !events.flush_to_sink(self.store().snapshot().as_ref())
+        {
+            events.wake.notify_one();
+        }
     }
 
     /// A receiver of every status change (`tokio::sync::watch`, usable from any async
@@ -240,7 +285,8 @@ impl Client {
     }
 
     /// Stops the data source and background work, writing a pending last-known-good
-    /// snapshot first (waiting up to the builder's close timeout). Evaluations keep working
+    /// snapshot and sending pending events first (waiting up to the builder's close
+    /// timeout). Evaluations keep working
     /// on the flags held. Dropping the last clone of the client does the same.
     pub fn close(&self) {
         self.store().close();

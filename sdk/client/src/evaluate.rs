@@ -6,8 +6,12 @@
 //! type needs is allocated: `bool_variation`, `number_variation` and `int_variation`
 //! allocate nothing; `string_variation` allocates the returned `String`. When the client has
 //! no flags yet, the caller's default is returned with `ERROR(CLIENT_NOT_READY)`.
+//!
+//! With events on, each evaluation (except through `all_flags`) is also counted for the
+//! summary, and one in an experiment records an exposure (see [`crate::events`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 use vexil_eval::{CompiledSnapshot, Evaluation};
@@ -27,10 +31,26 @@ impl Client {
         not_ready: impl FnOnce() -> R,
     ) -> R {
         let guard = self.store().load();
-        match guard.as_deref() {
-            Some(snapshot) => f(snapshot, snapshot.evaluate(flag_key, ctx)),
+        match guard.as_ref() {
+            Some(snapshot) => f(snapshot, self.evaluate_in(snapshot, flag_key, ctx)),
             None => not_ready(),
         }
+    }
+
+    /// Evaluates `flag_key` in `snapshot`, recording the evaluation for events when they
+    /// are on (a summary count; an exposure when in an experiment).
+    #[inline]
+    fn evaluate_in<'a>(
+        &self,
+        snapshot: &'a Arc<CompiledSnapshot>,
+        flag_key: &str,
+        ctx: &Context,
+    ) -> Evaluation<'a> {
+        let (pos, e) = snapshot.evaluate_indexed(flag_key, ctx);
+        if let Some(events) = self.events() {
+            events.evaluated(snapshot, pos, &e, flag_key, ctx);
+        }
+        e
     }
 
     /// A boolean flag's value for `ctx`, or `default` if the flag is missing, not boolean,
@@ -74,8 +94,8 @@ impl Client {
     pub fn json_variation(&self, flag_key: &str, ctx: &Context, default: Value) -> Value {
         let guard = self.store().load();
         match guard
-            .as_deref()
-            .and_then(|s| s.evaluate(flag_key, ctx).value)
+            .as_ref()
+            .and_then(|s| self.evaluate_in(s, flag_key, ctx).value)
         {
             Some(v) => v.clone(),
             None => default,
@@ -161,10 +181,10 @@ impl Client {
         default: Value,
     ) -> EvaluationDetail<Value> {
         let guard = self.store().load();
-        let Some(s) = guard.as_deref() else {
+        let Some(s) = guard.as_ref() else {
             return EvaluationDetail::error(default, ErrorKind::ClientNotReady);
         };
-        let e = s.evaluate(flag_key, ctx);
+        let e = self.evaluate_in(s, flag_key, ctx);
         match e.value {
             Some(v) => EvaluationDetail::from_parts(
                 v.clone(),

@@ -26,6 +26,8 @@
 //! - [`source`]: the [`DataSource`] trait and its streaming, polling, file and [`TestData`]
 //!   implementations; reconnection delays are `vexil_schema::backoff`'s;
 //! - `persist` and `fallback`: the last-known-good file and when it is served;
+//! - [`events`]: exposures, custom events (`track`) and evaluation summaries, queued and
+//!   sent in the background to `/events/v1/bulk` (or to an [`EventSink`] in tests);
 //! - `runtime`: the background thread with its own Tokio runtime; `listeners`: flag-change
 //!   notifications; [`status`]: states and errors; `detail`: owned evaluation results.
 //!
@@ -38,6 +40,7 @@ mod changes;
 mod client;
 mod detail;
 mod evaluate;
+pub mod events;
 mod fallback;
 mod listeners;
 mod persist;
@@ -50,6 +53,7 @@ mod wire;
 pub use builder::{BuildError, ClientBuilder, DEFAULT_BASE_URL};
 pub use client::{Client, InitError};
 pub use detail::{AllFlags, EvaluationDetail};
+pub use events::{EventSink, EventStats, EventsConfig};
 pub use listeners::{FlagChange, ListenerId};
 pub use source::polling::PollingConfig;
 pub use source::streaming::StreamingConfig;

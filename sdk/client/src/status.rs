@@ -167,6 +167,10 @@ pub struct Status {
     pub last_error: Option<DataSourceError>,
     /// When `state` last changed.
     pub since: SystemTime,
+    /// The event pipeline's counters (queued, dropped, sent…), as of
+    /// [`crate::Client::status`]; zero in the values published on
+    /// [`crate::Client::status_receiver`].
+    pub events: crate::events::EventStats,
 }
 
 impl Status {
@@ -177,6 +181,7 @@ impl Status {
             origin: None,
             last_error: None,
             since: SystemTime::now(),
+            events: crate::events::EventStats::default(),
         }
     }
 

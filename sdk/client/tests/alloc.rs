@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use vexil_schema::fixture::load_bench_fixtures;
-use vexil_sdk::{Client, Context, TestData};
+use vexil_sdk::{Client, Context, EventSink, EventsConfig, TestData};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -109,6 +109,42 @@ fn evaluations_allocate_only_what_they_return() {
             "{name}: unknown flag"
         );
     }
+
+    // With events on (to a sink, flushed only on demand): counting the evaluation for the
+    // summary, and an exposure already sent (the experiment fixture, after the warm-up
+    // call), allocate nothing either.
+    let sink = EventSink::new();
+    let (tx, rx) = mpsc::channel();
+    let td = TestData::new();
+    let events_client = Client::builder("unused")
+        .data_source(td.clone())
+        .events(EventsConfig::default().flush_interval(Duration::from_secs(3600)))
+        .event_sink(sink.clone())
+        .build()
+        .unwrap();
+    events_client.on_flag_change(move |c| {
+        let _ = tx.send(c.version);
+    });
+    for fixture in &fixtures {
+        let version = td.load(fixture.snapshot.clone());
+        while rx.recv_timeout(Duration::from_secs(10)).unwrap() != version {}
+        let (flag, ctx) = (fixture.flag.as_str(), &fixture.context);
+        assert_eq!(
+            measure(|| {
+                std::hint::black_box(events_client.number_variation(flag, ctx, 1.5));
+            }),
+            (0, 0),
+            "{}: number_variation with events on",
+            fixture.name
+        );
+    }
+    events_client.flush();
+    assert_eq!(
+        sink.exposures().len(),
+        1,
+        "the experiment fixture's exposure, once"
+    );
+    assert!(!sink.summaries().is_empty());
 
     // The counter does count.
     let region = Region::new(GLOBAL);

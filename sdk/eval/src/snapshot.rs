@@ -169,6 +169,28 @@ impl CompiledSnapshot {
         }
     }
 
+    /// [`CompiledSnapshot::evaluate`], also returning the flag's position in this snapshot
+    /// (`None` when the flag is absent), for callers that keep per-flag side tables such as
+    /// evaluation counters: positions run from 0 to [`CompiledSnapshot::len`] in
+    /// [`CompiledSnapshot::flag_keys`] order and are valid for this snapshot only.
+    #[inline]
+    pub fn evaluate_indexed<'a>(
+        &'a self,
+        flag_key: &str,
+        ctx: &Context,
+    ) -> (Option<u32>, Evaluation<'a>) {
+        match self.flag_position(flag_key) {
+            Some(pos) => (Some(pos), self.eval_at(pos, ctx, &mut NoTrace, 0)),
+            None => (None, Evaluation::error(ErrorKind::FlagNotFound)),
+        }
+    }
+
+    /// The source definition of the flag at `position` (see
+    /// [`CompiledSnapshot::evaluate_indexed`]).
+    pub fn flag_at(&self, position: u32) -> Option<&Flag> {
+        self.flags.get(position as usize).map(|f| &f.source)
+    }
+
     /// Evaluates a flag and records every step taken, for debugging tools and the
     /// "why did this user get this value" API. Allocates.
     pub fn explain(&self, flag_key: &str, ctx: &Context) -> Explanation {

@@ -46,6 +46,23 @@ impl VexilProvider {
     pub fn client(&self) -> &Client {
         &self.client
     }
+
+    /// OpenFeature's tracking API (`track(trackingEventName, evaluationContext,
+    /// trackingEventDetails)`): records a custom event for the context, with the details'
+    /// numeric `value` if given, through [`Client::track`] / [`Client::track_value`], so
+    /// that experiment metrics count it.
+    ///
+    /// The `open-feature` crate (0.3) has no tracking hook in its `FeatureProvider` trait or
+    /// its client yet, so applications call this on the provider (keep a clone of it, or of
+    /// its [`VexilProvider::client`]). Never blocks or fails; see [`Client::track`] for what
+    /// is dropped.
+    pub fn track(&self, tracking_event_name: &str, ctx: &EvaluationContext, value: Option<f64>) {
+        let ctx = to_vexil_context(ctx);
+        match value {
+            Some(v) => self.client.track_value(tracking_event_name, &ctx, v),
+            None => self.client.track(tracking_event_name, &ctx),
+        }
+    }
 }
 
 #[async_trait]

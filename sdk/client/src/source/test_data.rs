@@ -358,6 +358,16 @@ impl TestFlag {
         self
     }
 
+    /// Like [`TestFlag::rollout`], as an experiment: evaluations record exposures (see
+    /// [`crate::ClientBuilder::event_sink`] to inspect them in tests).
+    pub fn experiment(mut self, weights: &[(usize, u32)]) -> Self {
+        self = self.rollout(weights);
+        if let Serve::Rollout(r) = &mut self.config.fallthrough {
+            r.experiment = true;
+        }
+        self
+    }
+
     /// Requires flag `key` to be on and serve `variation` first.
     pub fn prerequisite(mut self, key: &str, variation: usize) -> Self {
         match FlagKey::parse(key) {

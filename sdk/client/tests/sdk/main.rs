@@ -2,6 +2,7 @@
 //! of `vexil-fanout` (which the server and the relay both mount). The SDK against the real
 //! control plane is in the end-to-end crate (`relay/e2e`).
 
+mod events;
 mod fallback;
 mod file;
 mod fixtures;
