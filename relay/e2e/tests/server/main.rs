@@ -12,3 +12,4 @@ const RELAY_BIN: &str = env!("CARGO_BIN_EXE_vexil-e2e-relay");
 mod cable;
 mod control_plane;
 mod events;
+mod experiments;
