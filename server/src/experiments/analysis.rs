@@ -369,7 +369,6 @@ impl Store {
             }
             metrics.push(result);
         }
-        drop(c);
         tx.commit().await?;
 
         let sample_size = match (mde, primary_control) {

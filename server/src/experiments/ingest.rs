@@ -259,6 +259,10 @@ fn unit_deltas(targets: &[&Target], events: &[Event]) -> BTreeMap<(i64, String),
     units
 }
 
+/// One custom event for one metric of one iteration: (iteration, metric, unit, time, value,
+/// window).
+type Hit<'a> = (i64, i64, &'a str, i64, f64, Option<i64>);
+
 /// Folds one validated batch into the aggregates (see the module documentation).
 pub(crate) async fn fold(
     conn: &mut Conn<'_>,
@@ -300,7 +304,7 @@ pub(crate) async fn fold(
     }
 
     // Custom events: per (iteration, metric, unit), by the unit's first exposure.
-    let mut hits: Vec<(i64, i64, &str, i64, f64, Option<i64>)> = Vec::new();
+    let mut hits: Vec<Hit<'_>> = Vec::new();
     for e in events {
         let Event::Custom(c) = e else { continue };
         let t = ms(c.time);
