@@ -128,7 +128,7 @@ pub struct Config {
 
     /// Event batches per second allowed per SDK key (burst: one second's worth;
     /// 0: unlimited).
-    #[arg(long, env = "VEXIL_EVENTS_RATE_LIMIT", default_value_t = 100)]
+    #[arg(long, env = "VEXIL_EVENTS_RATE_LIMIT", default_value_t = 1_000)]
     pub events_rate_limit: u32,
 
     /// Days raw events are kept (PostgreSQL drops whole day partitions; 0: forever).
