@@ -12,7 +12,7 @@
 //! plain evaluation, never fails an evaluation and never panics. The queue is bounded: when
 //! full, the oldest event is dropped and counted ([`EventStats::dropped`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -263,6 +263,8 @@ pub(crate) struct Events {
     pub(crate) sent: AtomicU64,
     pub(crate) failed: AtomicU64,
     invalid: AtomicU64,
+    /// Whether a 404 from the receiver was logged at warning level already.
+    pub(crate) warned_missing: AtomicBool,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -292,6 +294,7 @@ impl Events {
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
+            warned_missing: AtomicBool::new(false),
             config,
         }
     }

@@ -67,7 +67,14 @@ pub(crate) async fn flush(events: &Events, store: &Store, shutdown: Option<&Shut
                 events.failed.fetch_add(rejected.min(n), Ordering::Relaxed);
             }
             Err(reason) => {
-                tracing::warn!(events = n, %reason, "events dropped");
+                // A server or relay predating the events endpoint answers 404 to every
+                // flush: say so once, not every interval.
+                let missing = reason.starts_with("HTTP 404");
+                if !missing || !events.warned_missing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(events = n, %reason, "events dropped");
+                } else {
+                    tracing::debug!(events = n, %reason, "events dropped");
+                }
                 events.failed.fetch_add(n, Ordering::Relaxed);
             }
         }

@@ -46,6 +46,7 @@ impl Upload {
 #[derive(Debug, Clone, Copy)]
 enum Reply {
     Unavailable { retry_after: u64 },
+    NotFound,
 }
 
 #[derive(Clone)]
@@ -76,6 +77,7 @@ async fn bulk(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Res
             [("retry-after", retry_after.to_string())],
         )
             .into_response(),
+        Some(Reply::NotFound) => StatusCode::NOT_FOUND.into_response(),
         None => axum::Json(BulkResponse {
             accepted,
             rejected: vec![],
@@ -349,6 +351,20 @@ async fn a_503_is_retried_after_its_retry_after() {
     client.close();
     let stats = client.event_stats();
     assert_eq!((stats.sent, stats.failed), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_is_not_retried_and_counts_as_failed() {
+    let mut server = EventServer::start(flags()).await;
+    server.script.lock().unwrap().push_back(Reply::NotFound);
+    let client = server.client(manual().summaries(false)).await;
+    client.track("a", &Context::new("u"));
+    client.flush();
+    server.next("the only attempt").await;
+    client.close();
+    assert!(server.uploads.try_recv().is_err(), "a 404 was retried");
+    let stats = client.event_stats();
+    assert_eq!((stats.sent, stats.failed), (0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
