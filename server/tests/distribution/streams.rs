@@ -550,10 +550,13 @@ async fn a_one_key_edit_of_a_large_segment_streams_as_a_delta_and_resumes() {
     let base = "/api/v1/projects/p/environments/prod/segments";
     let included: Vec<String> = (0..100_000).map(|i| format!("user-{i:06}")).collect();
     expect(
-        app.post(base, &json!({"key": "big", "name": "Big", "included": included}))
-            .send()
-            .await
-            .unwrap(),
+        app.post(
+            base,
+            &json!({"key": "big", "name": "Big", "included": included}),
+        )
+        .send()
+        .await
+        .unwrap(),
         201,
     )
     .await;
@@ -595,7 +598,10 @@ async fn a_one_key_edit_of_a_large_segment_streams_as_a_delta_and_resumes() {
     // Resume across the delta: replayed from the ring.
     let mut resumed = Sse::open(&app.base_url, &keys[0], Some(&start.to_string())).await;
     let replay = resumed.next().await;
-    assert_eq!((replay.event.as_str(), replay.data.as_str()), ("delta", delta.data.as_str()));
+    assert_eq!(
+        (replay.event.as_str(), replay.data.as_str()),
+        ("delta", delta.data.as_str())
+    );
     // A new subscriber's put holds the list exactly as stored.
     let mut fresh = Sse::open(&app.base_url, &keys[0], None).await;
     let put = fresh.next().await;
