@@ -18,6 +18,7 @@
 
 pub mod backoff;
 pub mod context;
+pub mod delta;
 pub mod events;
 pub mod fixture;
 pub mod key;

@@ -57,7 +57,13 @@ pub const MAX_RULE_ID_LEN: usize = 256;
 pub const MAX_TARGET_KEYS: usize = 100_000;
 
 /// Most context keys in a segment's `included` list, and separately in its `excluded` list.
-pub const MAX_SEGMENT_KEYS: usize = 100_000;
+/// Large customer lists are edited key by key (`delta` events), so their size costs memory
+/// on receivers, not bandwidth per edit.
+pub const MAX_SEGMENT_KEYS: usize = 1_000_000;
+
+/// Most keys one incremental edit of key lists may name (added and removed, over every list
+/// it edits): one request of the segment keys or flag targets edit operations.
+pub const MAX_EDIT_KEYS: usize = 100_000;
 
 /// Longest context key in a target list or a segment's `included`/`excluded` lists.
 pub const MAX_CONTEXT_KEY_LEN: usize = 1_024;

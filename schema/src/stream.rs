@@ -8,6 +8,11 @@
 //! | `put`    | environment version | the full [`EnvironmentSnapshot`]                   |
 //! | `patch`  | environment version | [`Patch`]: `{"version", "flag": Flag}` or `{"version", "segment": Segment}` |
 //! | `delete` | environment version | [`Delete`]: `{"version", "kind": "flag"\|"segment", "key"}` |
+//! | `delta`  | environment version | [`Delta`]: `{"version", "segment": SegmentDelta}` or `{"version", "flag_targets": TargetsDelta}` |
+//!
+//! `delta` (protocol v2) edits the key lists of one item in place (see [`crate::delta`] for
+//! the canonical list rules). Clients that predate it ignore the unknown event, see a version
+//! gap at the next change and resynchronise with a full `put`: never wrong, only costlier.
 //!
 //! A keep-alive is an SSE comment line (`: keep-alive`), ignored by every SSE parser.
 //!
@@ -18,6 +23,7 @@
 //! | `env-put`    | [`RelayCursor`]   | [`EnvPut`]: `{"environment", "snapshot"}`      |
 //! | `env-patch`  | [`RelayCursor`]   | [`EnvPatch`]: `{"environment", "version", "flag"\|"segment"}` |
 //! | `env-delete` | [`RelayCursor`]   | [`EnvDelete`]: `{"environment", "version", "kind", "key"}` |
+//! | `env-delta`  | [`RelayCursor`]   | [`EnvDelta`]: `{"environment", "version", "segment"\|"flag_targets"}` |
 //! | `env-remove` | [`RelayCursor`]   | [`EnvRemove`]: `{"environment"}`                |
 //! | `keys`       | none              | [`EnvKeys`]: `{"environment", "sdk_key_hashes"}` |
 //!
@@ -35,6 +41,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::delta::{SegmentDelta, TargetsDelta};
 use crate::key::{EnvironmentKey, FlagKey, KeyError, ProjectKey, SegmentKey};
 use crate::model::{EnvironmentSnapshot, Flag, Segment};
 
@@ -46,12 +53,16 @@ pub mod event {
     pub const PATCH: &str = "patch";
     /// A flag or segment was deleted.
     pub const DELETE: &str = "delete";
+    /// Keys were added to or removed from a segment's lists or a flag's targets.
+    pub const DELTA: &str = "delta";
     /// Relay stream: full state of one environment.
     pub const ENV_PUT: &str = "env-put";
     /// Relay stream: a flag or segment of one environment was created or changed.
     pub const ENV_PATCH: &str = "env-patch";
     /// Relay stream: a flag or segment of one environment was deleted.
     pub const ENV_DELETE: &str = "env-delete";
+    /// Relay stream: keys of one environment's segment lists or flag targets were edited.
+    pub const ENV_DELTA: &str = "env-delta";
     /// Relay stream: the relay no longer serves this environment.
     pub const ENV_REMOVE: &str = "env-remove";
     /// Relay stream: the SHA-256 hashes of one environment's SDK keys.
@@ -206,6 +217,37 @@ pub struct Delete {
     pub item: ItemRef,
 }
 
+/// What a `delta` edits: `"segment": {...}` or `"flag_targets": {...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaItem {
+    /// A segment's `included`/`excluded` lists.
+    Segment(SegmentDelta),
+    /// A flag's individual targets.
+    FlagTargets(TargetsDelta),
+}
+
+impl DeltaItem {
+    /// The item the delta edits.
+    pub fn item_ref(&self) -> ItemRef {
+        match self {
+            DeltaItem::Segment(d) => ItemRef::Segment(d.key.clone()),
+            DeltaItem::FlagTargets(d) => ItemRef::Flag(d.key.clone()),
+        }
+    }
+}
+
+/// The data of a `delta` event: `{"version": 12, "segment": {"key": "enterprise",
+/// "version": 5, "included": {"add": ["u1"], "remove": ["u2"]}}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The environment version this change produces.
+    pub version: u64,
+    /// What is edited.
+    #[serde(flatten)]
+    pub item: DeltaItem,
+}
+
 /// One change to an environment: what a publisher hands the fan-out engine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -213,6 +255,8 @@ pub enum Change {
     Patch(Patch),
     /// A flag or segment was deleted.
     Delete(Delete),
+    /// Keys of a segment's lists or of a flag's targets were added or removed.
+    Delta(Delta),
 }
 
 impl Change {
@@ -221,6 +265,7 @@ impl Change {
         match self {
             Change::Patch(p) => p.version,
             Change::Delete(d) => d.version,
+            Change::Delta(d) => d.version,
         }
     }
 
@@ -229,7 +274,14 @@ impl Change {
         match self {
             Change::Patch(_) => event::PATCH,
             Change::Delete(_) => event::DELETE,
+            Change::Delta(_) => event::DELTA,
         }
+    }
+}
+
+impl From<Delta> for Change {
+    fn from(d: Delta) -> Self {
+        Change::Delta(d)
     }
 }
 
@@ -254,6 +306,8 @@ pub enum SdkEvent {
     Patch(Patch),
     /// `delete`: remove one item.
     Delete(Delete),
+    /// `delta`: edit the key lists of one item.
+    Delta(Delta),
 }
 
 impl SdkEvent {
@@ -263,6 +317,7 @@ impl SdkEvent {
             event::PUT => json(event::PUT, data).map(SdkEvent::Put),
             event::PATCH => json(event::PATCH, data).map(SdkEvent::Patch),
             event::DELETE => json(event::DELETE, data).map(SdkEvent::Delete),
+            event::DELTA => json(event::DELTA, data).map(SdkEvent::Delta),
             other => Err(StreamError::UnknownEvent(other.to_owned())),
         }
     }
@@ -273,6 +328,7 @@ impl SdkEvent {
             SdkEvent::Put(s) => s.version,
             SdkEvent::Patch(p) => p.version,
             SdkEvent::Delete(d) => d.version,
+            SdkEvent::Delta(d) => d.version,
         }
     }
 }
@@ -372,6 +428,17 @@ pub struct EnvDelete {
     pub delete: Delete,
 }
 
+/// Relay stream `env-delta` data:
+/// `{"environment": "proj/prod", "version": 9, "segment": {"key", "included": {...}}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvDelta {
+    /// The environment.
+    pub environment: EnvironmentId,
+    /// The change, as on the SDK stream.
+    #[serde(flatten)]
+    pub delta: Delta,
+}
+
 /// Relay stream `env-remove` data: the relay must stop serving the environment and forget its
 /// keys (the relay key's scope changed, or the environment was deleted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,6 +466,8 @@ pub enum RelayEvent {
     EnvPatch(EnvPatch),
     /// `env-delete`.
     EnvDelete(EnvDelete),
+    /// `env-delta`.
+    EnvDelta(EnvDelta),
     /// `env-remove`.
     EnvRemove(EnvRemove),
     /// `keys`.
@@ -412,6 +481,7 @@ impl RelayEvent {
             event::ENV_PUT => json(event::ENV_PUT, data).map(RelayEvent::EnvPut),
             event::ENV_PATCH => json(event::ENV_PATCH, data).map(RelayEvent::EnvPatch),
             event::ENV_DELETE => json(event::ENV_DELETE, data).map(RelayEvent::EnvDelete),
+            event::ENV_DELTA => json(event::ENV_DELTA, data).map(RelayEvent::EnvDelta),
             event::ENV_REMOVE => json(event::ENV_REMOVE, data).map(RelayEvent::EnvRemove),
             event::KEYS => json(event::KEYS, data).map(RelayEvent::Keys),
             other => Err(StreamError::UnknownEvent(other.to_owned())),
@@ -424,6 +494,7 @@ impl RelayEvent {
             RelayEvent::EnvPut(e) => &e.environment,
             RelayEvent::EnvPatch(e) => &e.environment,
             RelayEvent::EnvDelete(e) => &e.environment,
+            RelayEvent::EnvDelta(e) => &e.environment,
             RelayEvent::EnvRemove(e) => &e.environment,
             RelayEvent::Keys(e) => &e.environment,
         }
@@ -574,6 +645,27 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn delta_wire_forms() {
+        let data = r#"{"version":12,"segment":{"key":"enterprise","version":5,"included":{"add":["u1"],"remove":["u2"]}}}"#;
+        let SdkEvent::Delta(d) = SdkEvent::decode("delta", data).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!(d.version, 12);
+        assert_eq!(serde_json::to_string(&d).unwrap(), data);
+        assert_eq!(Change::Delta(d.clone()).event_name(), "delta");
+        assert_eq!(
+            d.item.item_ref(),
+            ItemRef::Segment(SegmentKey::parse("enterprise").unwrap())
+        );
+        let targets = r#"{"environment":"p/e","version":13,"flag_targets":{"key":"f","version":8,"targets":[{"variation":0,"add":["a"],"remove":["b"]}]}}"#;
+        let RelayEvent::EnvDelta(e) = RelayEvent::decode("env-delta", targets).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!(e.delta.version, 13);
+        assert_eq!(serde_json::to_string(&e).unwrap(), targets);
     }
 
     #[test]

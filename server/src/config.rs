@@ -48,8 +48,9 @@ pub struct Config {
     #[arg(long, env = "VEXIL_BOOTSTRAP_TOKEN", hide_env_values = true)]
     pub bootstrap_token: Option<String>,
 
-    /// Largest accepted request body, in bytes (a 100,000-key segment is about 4 MB).
-    #[arg(long, env = "VEXIL_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    /// Largest accepted request body, in bytes (a 100,000-key segment is about 4 MB, a
+    /// segment with two lists of 1,000,000 keys about 40 MB; edits of keys need far less).
+    #[arg(long, env = "VEXIL_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
     /// Seconds between full resynchronisations of every environment from the change log (a

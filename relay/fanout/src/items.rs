@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use vexil_schema::stream::{Change, Delete, ItemRef, Patch, PatchItem, event};
-use vexil_schema::{EnvironmentSnapshot, FlagKey, SegmentKey};
+use vexil_schema::stream::{Change, Delete, Delta, DeltaItem, ItemRef, Patch, PatchItem, event};
+use vexil_schema::{EnvironmentSnapshot, Flag, FlagKey, Segment, SegmentKey};
 
 use crate::frame::{Frame, FrameError};
 
@@ -21,6 +21,10 @@ pub enum EncodeError {
     /// The encoded JSON or id would break SSE framing.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// A `delta` edits an item the environment does not hold: the publisher's state and the
+    /// hub's differ, so it must publish a full snapshot.
+    #[error("a delta edits {0:?}, which is absent")]
+    Missing(ItemRef),
 }
 
 /// Every item of an environment at one version, each encoded once.
@@ -102,6 +106,32 @@ impl Items {
                 };
                 frame
             }
+            Change::Delta(d) => {
+                // The item's JSON is re-encoded once per change for the `put` (the cost of
+                // keeping `put` exact); subscribers are sent only the small delta frame.
+                let Delta { item, .. } = d;
+                let missing = || EncodeError::Missing(item.item_ref());
+                let json: Bytes = match item {
+                    DeltaItem::Segment(sd) => {
+                        let old = self.segments.get(&sd.key).ok_or_else(missing)?;
+                        let mut segment: Segment = serde_json::from_slice(old)?;
+                        sd.apply(&mut segment);
+                        serde_json::to_vec(&segment)?.into()
+                    }
+                    DeltaItem::FlagTargets(td) => {
+                        let old = self.flags.get(&td.key).ok_or_else(missing)?;
+                        let mut flag: Flag = serde_json::from_slice(old)?;
+                        td.apply(&mut flag);
+                        serde_json::to_vec(&flag)?.into()
+                    }
+                };
+                let frame = Frame::encode(event::DELTA, &id, &[&serde_json::to_vec(d)?])?;
+                match item {
+                    DeltaItem::Segment(sd) => self.segments.insert(sd.key.clone(), json),
+                    DeltaItem::FlagTargets(td) => self.flags.insert(td.key.clone(), json),
+                };
+                frame
+            }
         };
         self.version = version;
         Ok(frame)
@@ -121,7 +151,7 @@ fn push_joined<'a>(parts: &mut Vec<&'a [u8]>, items: impl Iterator<Item = &'a By
 mod tests {
     use super::*;
     use serde_json::json;
-    use vexil_schema::{Flag, FlagConfig, FlagKind, Segment, Variation};
+    use vexil_schema::{FlagConfig, FlagKind, Variation};
 
     fn flag(key: &str, off: usize) -> Flag {
         Flag {
@@ -163,6 +193,63 @@ mod tests {
             items.put_frame().unwrap().data().as_ref(),
             br#"{"version":0,"flags":[],"segments":[]}"#
         );
+    }
+
+    /// The shared delta fixtures (`schema/testdata/delta`): the `put` after a delta holds
+    /// exactly the item the fixture expects, and the delta frame is the delta alone.
+    #[test]
+    fn deltas_follow_the_shared_fixtures() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schema/testdata/delta/lists.json"
+        );
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for case in file["cases"].as_array().unwrap() {
+            let name = case["name"].as_str().unwrap();
+            let mut snap = EnvironmentSnapshot {
+                version: 1,
+                ..Default::default()
+            };
+            if let Some(s) = case["before"].get("segment") {
+                snap.segments
+                    .push(serde_json::from_value(s.clone()).unwrap());
+            } else {
+                snap.flags
+                    .push(serde_json::from_value(case["before"]["flag"].clone()).unwrap());
+            }
+            let mut items = Items::from_snapshot(&snap).unwrap();
+            let delta = Change::Delta(Delta {
+                version: 2,
+                item: serde_json::from_value(case["delta"].clone()).unwrap(),
+            });
+            let frame = items.apply(&delta).unwrap();
+            let text = std::str::from_utf8(frame.bytes()).unwrap();
+            assert!(
+                text.starts_with("event: delta\nid: 2\ndata: {\"version\":2,"),
+                "{text}"
+            );
+            let after = put_data(&items);
+            match case["after"].get("segment") {
+                Some(s) => {
+                    let want: Segment = serde_json::from_value(s.clone()).unwrap();
+                    assert_eq!(after.segments, vec![want], "{name}");
+                }
+                None => {
+                    let want: Flag = serde_json::from_value(case["after"]["flag"].clone()).unwrap();
+                    assert_eq!(after.flags, vec![want], "{name}");
+                }
+            }
+        }
+        let missing = Change::Delta(Delta {
+            version: 3,
+            item: serde_json::from_value(json!({"segment": {"key": "nope"}})).unwrap(),
+        });
+        let mut items = Items::from_snapshot(&EnvironmentSnapshot::default()).unwrap();
+        assert!(matches!(
+            items.apply(&missing),
+            Err(EncodeError::Missing(_))
+        ));
     }
 
     #[test]

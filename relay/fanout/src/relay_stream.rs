@@ -378,6 +378,7 @@ impl<A: RelayAuth> Connection<A> {
             event::PUT => event::ENV_PUT,
             event::PATCH => event::ENV_PATCH,
             event::DELETE => event::ENV_DELETE,
+            event::DELTA => event::ENV_DELTA,
             other => {
                 tracing::error!(environment = %env, event = other, "unexpected SDK event");
                 return Err(Stop::Encode);

@@ -5,7 +5,7 @@
 //! - `env-put` → [`Hub::publish_snapshot`] and a freshly compiled snapshot. A put older than
 //!   the local state replaces it all the same: upstream is the source of truth (its database
 //!   was restored, or it is a replica that is behind and will catch up).
-//! - `env-patch` / `env-delete` → [`Hub::publish_change`] and an incremental update of the
+//! - `env-patch` / `env-delete` / `env-delta` → [`Hub::publish_change`] and an incremental update of the
 //!   compiled snapshot. Duplicates and stale changes are ignored; a gap is a [`Desync`]: the
 //!   caller reconnects with the hub's cursor and upstream replays or sends a put.
 //! - `env-remove` → [`Hub::remove_environment`]; the environment leaves the scope.
@@ -16,7 +16,7 @@
 
 use vexil_eval::CompiledSnapshot;
 use vexil_schema::stream::{
-    Change, EnvDelete, EnvPatch, EnvPut, EnvironmentId, RelayEvent, StreamError,
+    Change, EnvDelete, EnvDelta, EnvPatch, EnvPut, EnvironmentId, RelayEvent, StreamError,
 };
 
 use super::sse::SseEvent;
@@ -80,6 +80,9 @@ impl Applier {
                 delete,
             }) => {
                 self.change(&environment, Change::Delete(delete))?;
+            }
+            RelayEvent::EnvDelta(EnvDelta { environment, delta }) => {
+                self.change(&environment, Change::Delta(delta))?;
             }
             RelayEvent::EnvRemove(r) => {
                 self.hub.remove_environment(&r.environment);

@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use vexil_fanout::{AuthError, Hub, HubConfig, hash_sdk_key};
 use vexil_relay::{Relay, RelayConfig, RelayState};
-use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem, SdkEvent};
+use vexil_schema::stream::{
+    Change, Delete, DeltaItem, EnvironmentId, ItemRef, Patch, PatchItem, SdkEvent,
+};
 use vexil_schema::{EnvironmentSnapshot, Flag, FlagConfig, FlagKey, FlagKind, Variation};
 use vexil_testkit::ServerTask;
 use vexil_testkit::sse::{Block, SseReader};
@@ -622,6 +624,19 @@ fn apply_block(block: &Block, s: &mut Seen) -> bool {
                     if let ItemRef::Flag(k) = d.item {
                         s.values.remove(k.as_str());
                         s.flags.remove(k.as_str());
+                    }
+                }
+                SdkEvent::Delta(d) => {
+                    // Segments are not tracked here; a flag's targets edit is applied to the
+                    // flag held, by the canonical rules.
+                    if let DeltaItem::FlagTargets(t) = d.item
+                        && let Some(json) = s.flags.get(t.key.as_str())
+                    {
+                        let mut f: vexil_schema::Flag =
+                            serde_json::from_value(json.clone()).unwrap();
+                        t.apply(&mut f);
+                        s.flags
+                            .insert(f.key.to_string(), serde_json::to_value(&f).unwrap());
                     }
                 }
                 SdkEvent::Put(_) => unreachable!(),

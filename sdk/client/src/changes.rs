@@ -123,11 +123,18 @@ impl<'a> Walk<'a> {
     }
 
     fn segment_differs(&self, key: &str) -> bool {
+        // Definitions (borrowed, without key lists) first; the key lists are compared as
+        // compiled sets, in O(1) when shared, so a one-key `delta` to a list of a million
+        // is not a comparison of two million strings.
+        let differs = || {
+            !same_segment(
+                self.old.segment_definition(key),
+                self.new.segment_definition(key),
+            ) || !self.old.same_segment_keys(self.new, key)
+        };
         match self.touched {
-            Touched::All => !same_segment(self.old.segment(key), self.new.segment(key)),
-            Touched::Segment(k) => {
-                k == key && !same_segment(self.old.segment(key), self.new.segment(key))
-            }
+            Touched::All => differs(),
+            Touched::Segment(k) => k == key && differs(),
             Touched::Flag(_) => false,
         }
     }
@@ -169,7 +176,7 @@ impl<'a> Walk<'a> {
 
     fn segment(&mut self, key: &'a str, depth: usize) -> bool {
         let new = self.new;
-        let Some(segment) = new.segment(key) else {
+        let Some(segment) = new.segment_definition(key) else {
             return self.segment_differs(key);
         };
         let id = address(segment);
@@ -219,7 +226,8 @@ fn same_flag(a: Option<&Flag>, b: Option<&Flag>) -> bool {
         && *salt == b.config.salt
 }
 
-/// Whether two segments match alike (equal but for `version`).
+/// Whether two segment definitions match alike (equal but for `version`; their key lists are
+/// compared by [`CompiledSnapshot::same_segment_keys`]).
 fn same_segment(a: Option<&Segment>, b: Option<&Segment>) -> bool {
     let (Some(a), Some(b)) = (a, b) else {
         return a.is_none() && b.is_none();

@@ -10,7 +10,7 @@ use arc_swap::{ArcSwapOption, Guard};
 use tokio::sync::{broadcast, watch};
 use vexil_eval::{ApplyError, CompiledSnapshot};
 use vexil_schema::EnvironmentSnapshot;
-use vexil_schema::stream::{Change, Delete, ItemRef, Patch, PatchItem, SdkEvent};
+use vexil_schema::stream::{Change, Delete, Delta, DeltaItem, ItemRef, Patch, PatchItem, SdkEvent};
 
 use crate::changes::{Touched, changed_flags};
 use crate::listeners::{CHANNEL_CAPACITY, FlagChange};
@@ -202,6 +202,7 @@ impl Store {
             SdkEvent::Put(snapshot) => return self.replace_owned(snapshot, origin),
             SdkEvent::Patch(p) => Change::Patch(p),
             SdkEvent::Delete(d) => Change::Delete(d),
+            SdkEvent::Delta(d) => Change::Delta(d),
         };
         let mut w = self.writer();
         if self.is_closed() {
@@ -231,6 +232,10 @@ impl Store {
             Change::Delete(Delete { item, .. }) => match item {
                 ItemRef::Flag(k) => (k.as_str(), true),
                 ItemRef::Segment(k) => (k.as_str(), false),
+            },
+            Change::Delta(Delta { item, .. }) => match item {
+                DeltaItem::Segment(d) => (d.key.as_str(), false),
+                DeltaItem::FlagTargets(d) => (d.key.as_str(), true),
             },
         };
         let touched = if is_flag {

@@ -1,8 +1,8 @@
-//! [`CompiledSnapshot::apply`]: a stream change (`patch` or `delete`) applied to a compiled
+//! [`CompiledSnapshot::apply`]: a stream change (`patch`, `delete` or `delta`) applied to a compiled
 //! snapshot, in version order. The one implementation behind the control plane's change
 //! feed, the edge relay's upstream client and the SDK's store.
 
-use vexil_schema::stream::{Change, Delete, ItemRef, Patch, PatchItem};
+use vexil_schema::stream::{Change, Delete, Delta, DeltaItem, ItemRef, Patch, PatchItem};
 
 use crate::CompiledSnapshot;
 
@@ -26,11 +26,30 @@ pub enum ApplyError {
         /// The change's version.
         got: u64,
     },
+    /// A `delta` edits an item this snapshot does not hold: the sender's state and this one
+    /// differ, so a full snapshot is needed.
+    #[error("delta at version {version} edits {item:?}, which is absent")]
+    Missing {
+        /// The change's version.
+        version: u64,
+        /// The absent item.
+        item: ItemRef,
+    },
+}
+
+impl ApplyError {
+    /// Whether the receiver must fetch a full snapshot to get back in step (`false` only for
+    /// [`ApplyError::Stale`], a harmless duplicate).
+    pub fn needs_resync(&self) -> bool {
+        !matches!(self, ApplyError::Stale { .. })
+    }
 }
 
 impl CompiledSnapshot {
     /// This snapshot with `change` applied: a patch adds or replaces a flag or segment, a
-    /// delete removes one (a no-op if absent), and the result is at the change's version,
+    /// delete removes one (a no-op if absent), a delta edits a segment's lists or a flag's
+    /// targets by the canonical list rules ([`vexil_schema::delta`]; the item must be
+    /// present), and the result is at the change's version,
     /// which must be the next one. Only the changed item is compiled; a malformed flag
     /// compiles into one that evaluates to `ERROR(MALFORMED)`, as in
     /// [`CompiledSnapshot::compile`].
@@ -69,13 +88,13 @@ impl CompiledSnapshot {
         let mut next: Option<Self> = None;
         for change in changes {
             let base = next.as_ref().unwrap_or(self);
-            next = Some(base.apply_unchecked(change));
+            next = Some(base.apply_unchecked(change)?);
         }
         Ok(next.unwrap_or_else(|| self.clone()))
     }
 
-    fn apply_unchecked(&self, change: &Change) -> Self {
-        match change {
+    fn apply_unchecked(&self, change: &Change) -> Result<Self, ApplyError> {
+        Ok(match change {
             Change::Patch(Patch { version, item }) => match item {
                 PatchItem::Flag(f) => self.with_flag(f.clone(), *version),
                 PatchItem::Segment(s) => self.with_segment(s.clone(), *version),
@@ -84,7 +103,23 @@ impl CompiledSnapshot {
                 ItemRef::Flag(k) => self.without_flag(k.as_str(), *version),
                 ItemRef::Segment(k) => self.without_segment(k.as_str(), *version),
             },
-        }
+            Change::Delta(Delta { version, item }) => {
+                let missing = || ApplyError::Missing {
+                    version: *version,
+                    item: item.item_ref(),
+                };
+                match item {
+                    DeltaItem::Segment(d) => {
+                        self.with_segment_delta(d, *version).ok_or_else(missing)?
+                    }
+                    DeltaItem::FlagTargets(d) => {
+                        let mut flag = self.flag(d.key.as_str()).ok_or_else(missing)?.clone();
+                        d.apply(&mut flag);
+                        self.with_flag(flag, *version)
+                    }
+                }
+            }
+        })
     }
 }
 

@@ -7,11 +7,14 @@
 //! flag or segment changes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use vexil_schema::delta::SegmentDelta;
 use vexil_schema::model::{Clause, Flag, Segment, Serve};
 
 use crate::bucket::{effective_salt, salt_seed};
 use crate::clause::{Attr, AttrNames, AttrTable, CACHED, CClause, RulePlan, compile_clause, plan};
+use crate::keyset::KeySet;
 use crate::malformed::Malformation;
 use crate::table::HashIndex;
 
@@ -98,19 +101,43 @@ impl CRollout {
 /// A segment compiled on its own.
 #[derive(Debug)]
 pub(crate) struct CompiledSegment {
-    /// The definition it was compiled from.
+    /// The definition it was compiled from, without its key lists (held in `included` and
+    /// `excluded`, once).
     pub(crate) source: Segment,
-    /// What evaluation runs, or why it cannot.
-    pub(crate) body: Result<SegmentBody, Malformation>,
+    /// The `included` list.
+    pub(crate) included: KeySet,
+    /// The `excluded` list.
+    pub(crate) excluded: KeySet,
+    /// What evaluation runs, or why it cannot. Shared by the versions of the segment that
+    /// differ only in their key lists.
+    pub(crate) body: Result<Arc<SegmentBody>, Malformation>,
+}
+
+impl CompiledSegment {
+    /// The source definition with its key lists, in list order.
+    pub(crate) fn to_segment(&self) -> Segment {
+        let mut s = self.source.clone();
+        s.included = self.included.to_vec();
+        s.excluded = self.excluded.to_vec();
+        s
+    }
+
+    /// This segment with its key lists edited by `delta` (rules untouched, shared).
+    pub(crate) fn with_delta(&self, delta: &SegmentDelta) -> Self {
+        let mut source = self.source.clone();
+        source.version = delta.version;
+        Self {
+            source,
+            included: self.included.apply(&delta.included),
+            excluded: self.excluded.apply(&delta.excluded),
+            body: self.body.clone(),
+        }
+    }
 }
 
 /// The evaluable part of a segment.
 #[derive(Debug)]
 pub(crate) struct SegmentBody {
-    /// Positions into `source.included`.
-    pub(crate) included: HashIndex,
-    /// Positions into `source.excluded`.
-    pub(crate) excluded: HashIndex,
     /// Rules; any match includes the context.
     pub(crate) rules: Box<[CSegmentRule]>,
     /// Attribute names read, by slot.
@@ -323,9 +350,16 @@ fn flag_body(flag: &Flag, off: u32) -> Result<FlagBody, Malformation> {
 }
 
 /// Compiles a segment. Never fails: problems end up in `body`.
-pub(crate) fn compile_segment(source: Segment) -> CompiledSegment {
-    let body = segment_body(&source);
-    CompiledSegment { source, body }
+pub(crate) fn compile_segment(mut source: Segment) -> CompiledSegment {
+    let body = segment_body(&source).map(Arc::new);
+    let included = KeySet::build(&std::mem::take(&mut source.included));
+    let excluded = KeySet::build(&std::mem::take(&mut source.excluded));
+    CompiledSegment {
+        source,
+        included,
+        excluded,
+        body,
+    }
 }
 
 fn segment_body(segment: &Segment) -> Result<SegmentBody, Malformation> {
@@ -352,8 +386,6 @@ fn segment_body(segment: &Segment) -> Result<SegmentBody, Malformation> {
         rule.plan = plan;
     }
     Ok(SegmentBody {
-        included: HashIndex::build(segment.included.len(), |p| &segment.included[p as usize]),
-        excluded: HashIndex::build(segment.excluded.len(), |p| &segment.excluded[p as usize]),
         rules: rules.into(),
         attrs,
         segment_refs: refs.segments.into(),

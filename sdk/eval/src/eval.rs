@@ -474,27 +474,14 @@ impl CompiledSnapshot {
         if depth > MAX_DEPTH {
             return SegmentOutcome::Malformed;
         }
-        let source = &segment.source;
         if let Some(key) = ctx.key()
-            && !(body.included.is_empty() && body.excluded.is_empty())
+            && !(segment.included.is_empty() && segment.excluded.is_empty())
         {
             let hash = HashIndex::hash(key);
-            if body
-                .included
-                .find_hashed(hash, key, |p| {
-                    source.included.get(p as usize).map_or("", |s| s)
-                })
-                .is_some()
-            {
+            if segment.included.contains_hashed(hash, key) {
                 return SegmentOutcome::Included;
             }
-            if body
-                .excluded
-                .find_hashed(hash, key, |p| {
-                    source.excluded.get(p as usize).map_or("", |s| s)
-                })
-                .is_some()
-            {
+            if segment.excluded.contains_hashed(hash, key) {
                 return SegmentOutcome::Excluded;
             }
         }

@@ -281,7 +281,7 @@ impl<'a> Tracer<'a> for Recorder<'_> {
                 rule_index: index,
                 rule_id: self
                     .snapshot
-                    .segment(key)
+                    .segment_definition(key)
                     .and_then(|s| s.rules.get(index))
                     .map_or_else(String::new, |r| r.id.clone()),
                 bucket,

@@ -30,6 +30,7 @@ mod compile;
 mod eval;
 mod evaluation;
 mod explain;
+mod keyset;
 mod link;
 mod malformed;
 mod needle;

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use vexil_schema::delta::SegmentDelta;
 use vexil_schema::{Context, EnvironmentSnapshot, ErrorKind, Flag, Segment};
 
 use crate::compile::{CompiledFlag, CompiledSegment, compile_flag, compile_segment};
@@ -132,10 +133,34 @@ impl CompiledSnapshot {
             .map(|p| &self.flags[p as usize].source)
     }
 
-    /// A segment's source definition.
-    pub fn segment(&self, key: &str) -> Option<&Segment> {
+    /// A segment's source definition, key lists included (in list order). The lists are
+    /// rebuilt from the compiled sets: O(keys). For the rest of the definition alone use
+    /// [`CompiledSnapshot::segment_definition`].
+    pub fn segment(&self, key: &str) -> Option<Segment> {
+        self.segment_position(key)
+            .map(|p| self.segments[p as usize].to_segment())
+    }
+
+    /// A segment's source definition *without* its `included` and `excluded` lists (empty
+    /// here): name, rules, salt, version. Borrowed, O(1).
+    pub fn segment_definition(&self, key: &str) -> Option<&Segment> {
         self.segment_position(key)
             .map(|p| &self.segments[p as usize].source)
+    }
+
+    /// Whether segment `key` has the same `included` and `excluded` lists (same keys, same
+    /// order) here and in `other`, or is absent from both. O(1) when the lists are shared,
+    /// as after a change to anything else.
+    pub fn same_segment_keys(&self, other: &CompiledSnapshot, key: &str) -> bool {
+        fn at<'s>(s: &'s CompiledSnapshot, key: &str) -> Option<&'s Arc<CompiledSegment>> {
+            s.segment_position(key).map(|p| &s.segments[p as usize])
+        }
+        match (at(self, key), at(other, key)) {
+            (Some(a), Some(b)) => {
+                a.included.same_list(&b.included) && a.excluded.same_list(&b.excluded)
+            }
+            (a, b) => a.is_none() && b.is_none(),
+        }
     }
 
     /// Why a flag evaluates to `ERROR(MALFORMED)` when it is on, or `None` if it evaluates
@@ -270,6 +295,24 @@ impl CompiledSnapshot {
         }
     }
 
+    /// A snapshot with a segment's `included`/`excluded` lists edited by `delta` (the
+    /// canonical list rules of [`vexil_schema::delta`]), at environment `version`; `None` if
+    /// the snapshot has no such segment. The segment's rules and every reference are
+    /// unchanged, so nothing is re-linked and no other item is touched.
+    pub fn with_segment_delta(&self, delta: &SegmentDelta, version: u64) -> Option<Self> {
+        let p = self.segment_position(delta.key.as_str())? as usize;
+        let mut segments = self.segments.clone();
+        segments[p] = Arc::new(self.segments[p].with_delta(delta));
+        Some(Self {
+            version,
+            flags: self.flags.clone(),
+            flag_index: Arc::clone(&self.flag_index),
+            segments,
+            segment_index: Arc::clone(&self.segment_index),
+            links: self.links.clone(),
+        })
+    }
+
     /// A snapshot without the segment `key` (unchanged if absent).
     pub fn without_segment(&self, key: &str, version: u64) -> Self {
         let mut segments = self.segments.clone();
@@ -284,7 +327,7 @@ impl CompiledSnapshot {
         EnvironmentSnapshot {
             version: self.version,
             flags: self.flags.iter().map(|f| f.source.clone()).collect(),
-            segments: self.segments.iter().map(|s| s.source.clone()).collect(),
+            segments: self.segments.iter().map(|s| s.to_segment()).collect(),
         }
     }
 

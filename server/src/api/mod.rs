@@ -77,6 +77,7 @@ pub fn routes(state: AppState) -> (Router, Router) {
             flags::put_config,
             flags::patch_config
         ))
+        .routes(routes!(flags::edit_targets))
         .routes(routes!(flags::list_versions))
         .routes(routes!(flags::get_version))
         .routes(routes!(flags::rollback))
@@ -86,6 +87,8 @@ pub fn routes(state: AppState) -> (Router, Router) {
             segments::put_segment,
             segments::delete_segment
         ))
+        .routes(routes!(segments::edit_segment_keys))
+        .routes(routes!(segments::sync_segment_list))
         .routes(routes!(audit::query_audit))
         .routes(routes!(admin::create_token, admin::list_tokens))
         .routes(routes!(admin::revoke_token))

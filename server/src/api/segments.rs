@@ -3,7 +3,11 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::ToSchema;
 use vexil_schema::Segment;
+use vexil_schema::delta::ListDelta;
+use vexil_schema::limits::{MAX_EDIT_KEYS, MAX_SEGMENT_KEYS};
 
 use super::query::{PageQuery, opaque};
 use super::{Created, Tagged, Versioned};
@@ -12,7 +16,7 @@ use crate::auth::Role;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Caller, IfMatch, StrictJson, StrictQuery};
 use crate::openapi::SegmentDoc;
-use crate::store::{Page, SegmentSummary, SegmentView};
+use crate::store::{Page, SegmentList, SegmentSummary, SegmentView, StoreError};
 
 /// Creates a segment. An empty `salt` gets a random one.
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/segments", tag = "segments",
@@ -117,6 +121,140 @@ pub(crate) async fn delete_segment(
         .delete_segment(&ctx, &project, &environment, &segment)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Keys to add to and remove from one list.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListEdit {
+    /// Keys to append (those absent), in order.
+    #[serde(default)]
+    add: Vec<String>,
+    /// Keys to take out (absent ones are ignored).
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+impl From<ListEdit> for ListDelta {
+    fn from(e: ListEdit) -> Self {
+        ListDelta {
+            add: e.add,
+            remove: e.remove,
+        }
+    }
+}
+
+/// An edit of a segment's key lists: `{"included": {"add": [...], "remove": [...]},
+/// "excluded": {...}}`, at most 100,000 keys in all.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SegmentKeysEdit {
+    /// Edit of `included`.
+    #[serde(default)]
+    included: ListEdit,
+    /// Edit of `excluded`.
+    #[serde(default)]
+    excluded: ListEdit,
+}
+
+/// Adds and removes keys of a segment's `included`/`excluded` lists without sending them
+/// (at most 100,000 keys per request). Idempotent: adding a present key or removing an
+/// absent one changes nothing (and an edit that changes nothing makes no version). Removed
+/// keys leave, the others keep their order, added keys are appended. Honours `If-Match`.
+/// Subscribers receive the keys actually added and removed as a `delta` event.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}/keys", tag = "segments",
+    params(("project" = String, Path, description = "Project key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("segment" = String, Path, description = "Segment key"),
+           ("If-Match" = Option<String>, Header, description = "Segment version, e.g. \"3\"")),
+    request_body = SegmentKeysEdit,
+    responses((status = 200, body = SegmentView), (status = 404, body = Problem),
+              (status = 412, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn edit_segment_keys(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, environment, segment)): Path<(String, String, String)>,
+    IfMatch(if_match): IfMatch,
+    StrictJson(body): StrictJson<SegmentKeysEdit>,
+) -> Result<Tagged<SegmentView>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    let total = body.included.add.len()
+        + body.included.remove.len()
+        + body.excluded.add.len()
+        + body.excluded.remove.len();
+    if total > MAX_EDIT_KEYS {
+        return Err(StoreError::invalid(
+            "",
+            "limit_exceeded",
+            format!("an edit names at most {MAX_EDIT_KEYS} keys; this one names {total}"),
+        )
+        .into());
+    }
+    let view = app
+        .store
+        .edit_segment_keys(
+            &ctx,
+            &project,
+            &environment,
+            &segment,
+            body.included.into(),
+            body.excluded.into(),
+            if_match,
+        )
+        .await?;
+    Ok(Tagged::of(view))
+}
+
+/// Replaces a segment's `included` or `excluded` list with a newline-delimited upload (one
+/// context key per line; blank lines and a trailing `\r` are ignored), for lists managed
+/// elsewhere (a CRM, a warehouse). The server computes the delta: keys missing from the
+/// upload are removed, new ones appended in upload order, the others keep their place; an
+/// upload equal to the list changes nothing. Subscribers receive only the delta. Honours
+/// `If-Match`; without it the delta is computed from, and applied to, the same version.
+#[utoipa::path(put, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}/keys/{list}", tag = "segments",
+    params(("project" = String, Path, description = "Project key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("segment" = String, Path, description = "Segment key"),
+           ("list" = String, Path, description = "`included` or `excluded`"),
+           ("If-Match" = Option<String>, Header, description = "Segment version, e.g. \"3\"")),
+    request_body(content = String, content_type = "text/plain", description = "One key per line"),
+    responses((status = 200, body = SegmentView), (status = 404, body = Problem),
+              (status = 412, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn sync_segment_list(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, environment, segment, list)): Path<(String, String, String, String)>,
+    IfMatch(if_match): IfMatch,
+    body: String,
+) -> Result<Tagged<SegmentView>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    let list = match list.as_str() {
+        "included" => SegmentList::Included,
+        "excluded" => SegmentList::Excluded,
+        _ => return Err(ApiError::NotFound(format!("segment list '{list}'"))),
+    };
+    let keys: Vec<String> = body
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if keys.len() > MAX_SEGMENT_KEYS {
+        return Err(StoreError::invalid(
+            "",
+            "limit_exceeded",
+            format!(
+                "a list holds at most {MAX_SEGMENT_KEYS} keys; the upload has {}",
+                keys.len()
+            ),
+        )
+        .into());
+    }
+    let view = app
+        .store
+        .sync_segment_list(&ctx, &project, &environment, &segment, list, keys, if_match)
+        .await?;
+    Ok(Tagged::of(view))
 }
 
 impl Versioned for SegmentView {

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use vexil_eval::CompiledSnapshot;
 use vexil_fanout::PublishError;
-use vexil_schema::stream::{Change, Delete, EnvironmentId, ItemRef, Patch, PatchItem};
+use vexil_schema::delta::{SegmentDelta, TargetsDelta};
+use vexil_schema::stream::{
+    Change, Delete, Delta, DeltaItem, EnvironmentId, ItemRef, Patch, PatchItem,
+};
 use vexil_schema::{EnvironmentSnapshot, Flag, FlagKey, Segment, SegmentKey};
 
 use super::Inner;
@@ -369,6 +372,24 @@ fn to_change(version: u64, row: LogRow) -> Result<Change, Unusable> {
             version,
             item: ItemRef::Segment(SegmentKey::parse(row.key.clone()).map_err(|e| bad(&e))?),
         })),
+        ("delta", "segment") => {
+            let payload = row.payload.as_ref().ok_or_else(|| bad(&"no payload"))?;
+            let delta: SegmentDelta =
+                serde_json::from_value(payload.0.clone()).map_err(|e| bad(&e))?;
+            Ok(Change::Delta(Delta {
+                version,
+                item: DeltaItem::Segment(delta),
+            }))
+        }
+        ("delta", "flag") => {
+            let payload = row.payload.as_ref().ok_or_else(|| bad(&"no payload"))?;
+            let delta: TargetsDelta =
+                serde_json::from_value(payload.0.clone()).map_err(|e| bad(&e))?;
+            Ok(Change::Delta(Delta {
+                version,
+                item: DeltaItem::FlagTargets(delta),
+            }))
+        }
         (op, entity) => Err(bad(&format!("unknown change {op} {entity}"))),
     }
 }

@@ -24,13 +24,14 @@ use crate::db::{Conn, args};
 pub(crate) struct LogEntry {
     /// The environment version the change was committed as.
     pub version: i64,
-    /// `put` or `delete`.
+    /// `put`, `delete` or `delta`.
     pub op: String,
     /// `flag` or `segment`.
     pub entity: String,
     /// The flag or segment key.
     pub key: String,
-    /// For `put`: the flag (as SDKs see it) or segment.
+    /// For `put`: the flag (as SDKs see it) or segment; for `delta`: the segment or targets
+    /// delta.
     pub payload: Option<Json<Value>>,
     /// When it was committed.
     pub created_at: OffsetDateTime,
@@ -82,6 +83,10 @@ pub(crate) async fn change_log_since(
 pub(crate) enum Op {
     Put,
     Delete,
+    /// Keys added to or removed from a segment's lists or a flag's targets: the payload is a
+    /// `vexil_schema::delta::SegmentDelta` or `TargetsDelta` (the effective one), so catch-up
+    /// and resume replay the edit, not the whole item.
+    Delta,
 }
 
 impl Op {
@@ -89,6 +94,7 @@ impl Op {
         match self {
             Op::Put => "put",
             Op::Delete => "delete",
+            Op::Delta => "delta",
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Segments: reusable sets of contexts, per environment.
 //!
-//! A segment's `included` and `excluded` key lists (up to 100,000 keys each) are stored as one
-//! JSON array value each, written and read in a single statement, and kept out of listings
-//! (which show counts).
+//! A segment's `included` and `excluded` key lists (up to 1,000,000 keys each) are stored as
+//! one JSON array value each, written and read in a single statement, and kept out of listings
+//! (which show counts). Keys can be added and removed without sending the lists
+//! ([`Store::edit_segment_keys`], [`Store::sync_segment_list`]); such edits are logged and
+//! distributed as deltas.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -11,6 +13,8 @@ use time::OffsetDateTime;
 use tokio::sync::OwnedMutexGuard;
 use utoipa::ToSchema;
 use vexil_schema::Segment;
+use vexil_schema::delta::{ListDelta, SegmentDelta};
+use vexil_schema::limits::MAX_CONTEXT_KEY_LEN;
 use vexil_schema::validate::validate_segment;
 
 use super::changes::{AuditRecord, Entity, Op, audit, record_changes};
@@ -20,6 +24,15 @@ use super::{
     Page, Store, StoreError, WriteContext, decode, encode, new_salt, page_limit, to_u64, unique_or,
 };
 use crate::db::{Conn, Tx, args, now};
+
+/// One of a segment's key lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentList {
+    /// `included`.
+    Included,
+    /// `excluded`.
+    Excluded,
+}
 
 /// A segment with its key lists.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -135,7 +148,172 @@ async fn record_segment_write(
     Ok(to)
 }
 
+/// Checks the keys an edit names: none empty or longer than
+/// [`MAX_CONTEXT_KEY_LEN`], none both added and removed. `field` is `included` or `excluded`.
+pub(crate) fn check_list_edit(field: &str, edit: &ListDelta) -> Result<(), StoreError> {
+    for (part, keys) in [("add", &edit.add), ("remove", &edit.remove)] {
+        for (i, k) in keys.iter().enumerate() {
+            if k.is_empty() || k.chars().count() > MAX_CONTEXT_KEY_LEN {
+                return Err(StoreError::invalid(
+                    format!("{field}.{part}[{i}]"),
+                    "context_key",
+                    format!("a context key has 1 to {MAX_CONTEXT_KEY_LEN} characters"),
+                ));
+            }
+        }
+    }
+    if !edit.add.is_empty() && !edit.remove.is_empty() {
+        let removed: std::collections::HashSet<&str> =
+            edit.remove.iter().map(String::as_str).collect();
+        if let Some(i) = edit.add.iter().position(|k| removed.contains(k.as_str())) {
+            return Err(StoreError::invalid(
+                format!("{field}.add[{i}]"),
+                "add_and_remove",
+                format!("'{}' is both added and removed", edit.add[i]),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Store {
+    /// Adds and removes keys of a segment's `included` and `excluded` lists by the canonical
+    /// list rules ([`vexil_schema::delta`]): removed keys leave, the others keep their order,
+    /// added keys that are absent are appended. Idempotent: an edit that changes nothing is
+    /// not versioned, logged or audited. Honours `If-Match` with the segment version. The
+    /// change log and the audit log record the effective delta (the keys actually added and
+    /// removed), not the lists; subscribers receive it as a `delta` event.
+    pub async fn edit_segment_keys(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        environment: &str,
+        key: &str,
+        included: ListDelta,
+        excluded: ListDelta,
+        if_match: Option<u64>,
+    ) -> Result<SegmentView, StoreError> {
+        check_list_edit("included", &included)?;
+        check_list_edit("excluded", &excluded)?;
+        let (env, _local, mut tx) = self.begin_segment_write(project, environment).await?;
+        let mut c = tx.conn();
+        let from = c.lock_environment(env.id).await?;
+        let row = existing_segment(&mut c, env.id, key).await?;
+        let (mut seg, created_at, updated_before) = assemble(row)?;
+        if let Some(expected) = if_match
+            && expected != seg.version
+        {
+            return Err(StoreError::PreconditionFailed {
+                current: seg.version,
+            });
+        }
+        let version = seg.version + 1;
+        let effective = SegmentDelta {
+            key: seg.key.clone(),
+            version,
+            included,
+            excluded,
+        }
+        .apply(&mut seg);
+        if effective.is_empty() {
+            seg.version = version - 1;
+            return Ok(SegmentView {
+                segment: seg,
+                environment_version: Some(from),
+                created_at,
+                updated_at: updated_before,
+            });
+        }
+        let mut ix = self.take_index(&mut c, env.id, from).await?;
+        let seg = match validate_segment(seg, &ix) {
+            Ok(seg) => seg.into_inner(),
+            Err(e) => {
+                self.put_index(env.id, from, ix);
+                return Err(e.into());
+            }
+        };
+        let t = now();
+        c.execute(
+            "UPDATE segments SET included = $3, excluded = $4, included_count = $5,
+                    excluded_count = $6, version = $7, updated_at = $8
+             WHERE environment_id = $1 AND key = $2",
+            args![
+                env.id,
+                key,
+                serde_json::json!(seg.included),
+                serde_json::json!(seg.excluded),
+                list_len(&seg.included),
+                list_len(&seg.excluded),
+                i64::try_from(seg.version).unwrap_or(i64::MAX),
+                t
+            ],
+        )
+        .await?;
+        let payload = encode(&effective);
+        let to = record_changes(
+            &mut c,
+            env.id,
+            vec![(
+                Op::Delta,
+                Entity::Segment,
+                key.to_owned(),
+                Some(payload.clone()),
+            )],
+            t,
+        )
+        .await?;
+        let rec = AuditRecord::new("segment.keys", "segment", key)
+            .scoped(Some(project), Some(environment))
+            .after(payload);
+        audit(&mut c, ctx, rec, t).await?;
+        tx.commit().await?;
+        ix.insert_segment(&seg);
+        self.put_index(env.id, to, ix);
+        Ok(SegmentView {
+            segment: seg,
+            environment_version: Some(to),
+            created_at,
+            updated_at: t,
+        })
+    }
+
+    /// Replaces one list of a segment (`included` or `excluded`) with `keys`, computing the
+    /// delta: keys absent from `keys` are removed, new ones appended in upload order, the
+    /// others stay where they are. Subscribers receive only that delta.
+    pub async fn sync_segment_list(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        environment: &str,
+        key: &str,
+        list: SegmentList,
+        keys: Vec<String>,
+        if_match: Option<u64>,
+    ) -> Result<SegmentView, StoreError> {
+        let current = self.get_segment(project, environment, key).await?.segment;
+        let old = match list {
+            SegmentList::Included => &current.included,
+            SegmentList::Excluded => &current.excluded,
+        };
+        let wanted: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+        let remove: Vec<String> = old
+            .iter()
+            .filter(|k| !wanted.contains(k.as_str()))
+            .cloned()
+            .collect();
+        let edit = ListDelta { add: keys, remove };
+        // The segment read above may change before the write: `If-Match` (defaulting to the
+        // version read) makes the write refuse rather than apply a delta computed from an
+        // older list.
+        let if_match = Some(if_match.unwrap_or(current.version));
+        let (included, excluded) = match list {
+            SegmentList::Included => (edit, ListDelta::default()),
+            SegmentList::Excluded => (ListDelta::default(), edit),
+        };
+        self.edit_segment_keys(ctx, project, environment, key, included, excluded, if_match)
+            .await
+    }
+
     /// Starts a write to one environment's segments: finds the environment, takes this
     /// process's lock on it, then begins the transaction. Keep the guards until the
     /// transaction ends.

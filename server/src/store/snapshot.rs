@@ -17,13 +17,15 @@ use crate::db::args;
 pub struct Change {
     /// The environment data version the change was committed as.
     pub version: i64,
-    /// `put` or `delete`.
+    /// `put`, `delete` or `delta` (keys added to and removed from a segment's lists or a
+    /// flag's targets).
     pub op: String,
     /// `flag` or `segment`.
     pub entity: String,
     /// The flag or segment key.
     pub key: String,
-    /// For `put`: the whole flag (as SDKs see it) or segment.
+    /// For `put`: the whole flag (as SDKs see it) or segment; for `delta`: the keys added and
+    /// removed (`{"key", "version", "included"|"excluded"}` or `{"key", "version", "targets"}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub payload: Option<Value>,

@@ -1,4 +1,4 @@
-//! Segments, including 100,000-key lists.
+//! Segments, including 100,000-key lists, and incremental edits of their keys.
 
 use std::time::Instant;
 
@@ -78,10 +78,117 @@ both! {
         // Reported, not asserted: timings belong in benchmarks.
         eprintln!("100k-key segment on {:?}: create {created:?}, read {read:?}, update {updated:?}", app.database.backend);
 
-        let too_many: Vec<String> = (0..100_001).map(|i| format!("k{i}")).collect();
+        let too_many: Vec<String> = (0..=vexil_schema::limits::MAX_SEGMENT_KEYS).map(|i| format!("k{i}")).collect();
         let before = app.database.fingerprint().await;
         let bad = expect(app.post(base, &json!({"key": "huge", "name": "Huge", "included": too_many})).send().await.unwrap(), 422).await;
         assert_eq!(bad["errors"][0]["rule"], "limit_exceeded");
         assert_eq!(app.database.fingerprint().await, before);
+    }
+
+    async fn segment_keys_are_added_and_removed_without_the_lists(app) {
+        app.project("p", &["e"]).await;
+        let base = "/api/v1/projects/p/environments/e/segments";
+        expect(app.post(base, &json!({"key": "s", "name": "S", "included": ["a", "b", "c"], "excluded": ["x"]}))
+            .send().await.unwrap(), 201).await;
+        let keys = format!("{base}/s/keys");
+        let res = app.post(&keys, &json!({"included": {"add": ["d", "b", "e", "d"], "remove": ["a", "zz"]},
+            "excluded": {"remove": ["x"]}})).header("if-match", "\"1\"").send().await.unwrap();
+        assert_eq!(res.headers()["etag"], "\"2\"");
+        let edited = expect(res, 200).await;
+        assert_eq!(edited["segment"]["included"], json!(["b", "c", "d", "e"]));
+        assert!(edited["segment"].get("excluded").is_none());
+        let v = edited["environment_version"].as_u64().unwrap();
+        // The same edit again changes nothing: no version, no log row, no audit entry.
+        let before = app.database.fingerprint().await;
+        let again = expect(app.post(&keys, &json!({"included": {"add": ["d", "b"], "remove": ["a"]}}))
+            .send().await.unwrap(), 200).await;
+        assert_eq!(again["segment"]["version"], 2);
+        assert_eq!(again["environment_version"].as_u64(), Some(v));
+        assert_eq!(app.database.fingerprint().await, before);
+        // Preconditions, validation, absent segments.
+        let stale = expect(app.post(&keys, &json!({"included": {"add": ["q"]}})).header("if-match", "\"1\"")
+            .send().await.unwrap(), 412).await;
+        assert_eq!(stale["current_version"], 2);
+        let both = expect(app.post(&keys, &json!({"included": {"add": ["q"], "remove": ["q"]}}))
+            .send().await.unwrap(), 422).await;
+        assert_eq!((both["errors"][0]["path"].as_str(), both["errors"][0]["rule"].as_str()),
+            (Some("included.add[0]"), Some("add_and_remove")));
+        let empty = expect(app.post(&keys, &json!({"excluded": {"add": ["ok", ""]}})).send().await.unwrap(), 422).await;
+        assert_eq!(empty["errors"][0]["path"], "excluded.add[1]");
+        expect(app.post(&keys, &json!({"included": {"append": ["q"]}})).send().await.unwrap(), 422).await;
+        let many: Vec<String> = (0..=vexil_schema::limits::MAX_EDIT_KEYS).map(|i| format!("k{i}")).collect();
+        let big = expect(app.post(&keys, &json!({"included": {"add": many}})).send().await.unwrap(), 422).await;
+        assert_eq!(big["errors"][0]["rule"], "limit_exceeded");
+        expect(app.post(&format!("{base}/ghost/keys"), &json!({})).send().await.unwrap(), 404).await;
+        // The change log carries the delta; the audit log the keys added and removed.
+        let changes = expect(app.get("/api/v1/projects/p/environments/e/changes").send().await.unwrap(), 200).await;
+        let last = changes.as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["op"], "delta", "{last}");
+        assert_eq!(last["payload"]["included"], json!({"add": ["d", "e"], "remove": ["a"]}));
+        assert_eq!(last["payload"]["excluded"], json!({"remove": ["x"]}));
+        let audit = expect(app.get("/api/v1/audit?project=p&action=segment.keys").send().await.unwrap(), 200).await;
+        let entry = &audit["items"][0];
+        assert_eq!(entry["after"]["included"]["add"], json!(["d", "e"]));
+        assert!(entry["before"].is_null());
+        // The snapshot SDKs load is exact.
+        let snap = expect(app.get("/api/v1/projects/p/environments/e/snapshot").send().await.unwrap(), 200).await;
+        assert_eq!(snap["segments"][0]["included"], json!(["b", "c", "d", "e"]));
+    }
+
+    async fn a_list_is_synced_from_a_newline_delimited_upload(app) {
+        app.project("p", &["e"]).await;
+        let base = "/api/v1/projects/p/environments/e/segments";
+        let included: Vec<String> = (0..100_000).map(|i| format!("acct-{i:06}")).collect();
+        expect(app.post(base, &json!({"key": "crm", "name": "CRM", "included": included})).send().await.unwrap(), 201).await;
+        // The CRM's export: one account gone, two new ones, CRLF line ends, a blank line.
+        let mut upload: String = (1..100_000).map(|i| format!("acct-{i:06}\r\n")).collect();
+        upload.push_str("\nnew-1\nnew-2\n");
+        let sync = |list: &str, body: String| app.request_as(reqwest::Method::PUT,
+            &format!("{base}/crm/keys/{list}"), &app.admin_token).header("content-type", "text/plain").body(body);
+        let synced = expect(sync("included", upload.clone()).send().await.unwrap(), 200).await;
+        let list = synced["segment"]["included"].as_array().unwrap();
+        assert_eq!(list.len(), 100_001);
+        assert_eq!((list[0].as_str(), list[100_000].as_str()), (Some("acct-000001"), Some("new-2")));
+        let changes = expect(app.get("/api/v1/projects/p/environments/e/changes").send().await.unwrap(), 200).await;
+        let last = changes.as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["payload"]["included"], json!({"add": ["new-1", "new-2"], "remove": ["acct-000000"]}));
+        // The same upload again changes nothing.
+        let again = expect(sync("included", upload).send().await.unwrap(), 200).await;
+        assert_eq!(again["segment"]["version"], synced["segment"]["version"]);
+        let excluded = expect(sync("excluded", "x\ny\n".into()).send().await.unwrap(), 200).await;
+        assert_eq!(excluded["segment"]["excluded"], json!(["x", "y"]));
+        expect(sync("everyone", "x".into()).send().await.unwrap(), 404).await;
+    }
+
+    async fn flag_targets_are_added_and_removed_per_variation(app) {
+        app.project("p", &["e"]).await;
+        expect(app.post("/api/v1/projects/p/flags", &bool_flag("f")).send().await.unwrap(), 201).await;
+        expect(app.patch(&config_path("p", "f", "e"), &json!({"on": true,
+            "targets": [{"variation": 0, "values": ["a", "b"]}]})).send().await.unwrap(), 200).await;
+        let path = format!("{}/targets", config_path("p", "f", "e"));
+        let res = app.post(&path, &json!({"targets": [{"variation": 0, "add": ["c"], "remove": ["a"]},
+            {"variation": 1, "add": ["z"]}]})).header("if-match", "\"2\"").send().await.unwrap();
+        assert_eq!(res.headers()["etag"], "\"3\"");
+        let edited = expect(res, 200).await;
+        assert_eq!(edited["config"]["targets"], json!([{"variation": 0, "values": ["b", "c"]},
+            {"variation": 1, "values": ["z"]}]));
+        let changes = expect(app.get("/api/v1/projects/p/environments/e/changes").send().await.unwrap(), 200).await;
+        let last = changes.as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["op"], "delta");
+        assert_eq!(last["payload"]["targets"], json!([{"variation": 0, "add": ["c"], "remove": ["a"]},
+            {"variation": 1, "add": ["z"]}]));
+        // Emptying a target drops it; an edit that changes nothing makes no version.
+        let dropped = expect(app.post(&path, &json!({"targets": [{"variation": 1, "remove": ["z"]}]}))
+            .send().await.unwrap(), 200).await;
+        assert_eq!(dropped["config"]["targets"], json!([{"variation": 0, "values": ["b", "c"]}]));
+        let same = expect(app.post(&path, &json!({"targets": [{"variation": 0, "add": ["b"]}]}))
+            .send().await.unwrap(), 200).await;
+        assert_eq!(same["config"]["version"], dropped["config"]["version"]);
+        let bad = expect(app.post(&path, &json!({"targets": [{"variation": 5, "add": ["q"]}]}))
+            .send().await.unwrap(), 422).await;
+        assert!(bad["errors"][0]["path"].as_str().unwrap().starts_with("targets"), "{bad}");
+        expect(app.post(&path, &json!({"targets": []})).header("if-match", "\"1\"").send().await.unwrap(), 412).await;
+        let audit = expect(app.get("/api/v1/audit?project=p&action=flag.targets.update").send().await.unwrap(), 200).await;
+        assert_eq!(audit["items"][0]["after"]["targets"], json!([{"variation": 1, "remove": ["z"]}]));
     }
 }

@@ -538,3 +538,76 @@ async fn metrics_expose_the_feed_and_the_fan_out() {
         assert!(text.contains(needle), "{needle} in\n{text}");
     }
 }
+
+/// A one-key edit of a 100,000-key segment reaches subscribers as a `delta` of a few hundred
+/// bytes (not the 1.8 MB segment); a subscriber resuming with `Last-Event-ID` across it gets
+/// the same delta replayed, a server catching up from the change log streams it as a delta
+/// too, and a fresh `put` holds the edited list exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_key_edit_of_a_large_segment_streams_as_a_delta_and_resumes() {
+    let app = spawn_app(Backend::Postgres).await;
+    let keys = setup(&app, &["prod"]).await;
+    let base = "/api/v1/projects/p/environments/prod/segments";
+    let included: Vec<String> = (0..100_000).map(|i| format!("user-{i:06}")).collect();
+    expect(
+        app.post(
+            base,
+            &json!({"key": "big", "name": "Big", "included": included}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
+    let peer = Peer::start(&app.database.url).await;
+    let mut sse = Sse::open(&app.base_url, &keys[0], None).await;
+    let put = sse.next().await;
+    let start: u64 = put.id.as_deref().unwrap().parse().unwrap();
+    let mut remote = Sse::open(&peer.base_url, &keys[0], None).await;
+    remote.until_id(start).await;
+
+    let edited = expect(
+        app.post(
+            &format!("{base}/big/keys"),
+            &json!({"included": {"add": ["user-new"], "remove": ["user-000007"]}}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        200,
+    )
+    .await;
+    let v = edited["environment_version"].as_u64().unwrap();
+    let delta = sse.next().await;
+    assert_eq!(delta.event, "delta");
+    assert_eq!(delta.id.as_deref(), Some(v.to_string().as_str()));
+    let data = delta.json();
+    assert_eq!(
+        data["segment"]["included"],
+        json!({"add": ["user-new"], "remove": ["user-000007"]})
+    );
+    let bytes = delta.data.len();
+    assert!(bytes < 1024, "a one-key delta is {bytes} bytes");
+    eprintln!("one-key edit of a 100,000-key segment: {bytes} bytes of data per subscriber");
+    // Another process applied the delta from the change log.
+    let remote_delta = remote.until_id(v).await.pop().unwrap();
+    assert_eq!(remote_delta.event, "delta");
+    assert_eq!(remote_delta.data, delta.data);
+
+    // Resume across the delta: replayed from the ring.
+    let mut resumed = Sse::open(&app.base_url, &keys[0], Some(&start.to_string())).await;
+    let replay = resumed.next().await;
+    assert_eq!(
+        (replay.event.as_str(), replay.data.as_str()),
+        ("delta", delta.data.as_str())
+    );
+    // A new subscriber's put holds the list exactly as stored.
+    let mut fresh = Sse::open(&app.base_url, &keys[0], None).await;
+    let put = fresh.next().await;
+    let list = put.json()["segments"][0]["included"].clone();
+    let stored = expect(app.get(&format!("{base}/big")).send().await.unwrap(), 200).await;
+    assert_eq!(list, stored["segment"]["included"]);
+    assert_eq!(list.as_array().unwrap().last().unwrap(), "user-new");
+    peer.stop().await;
+}

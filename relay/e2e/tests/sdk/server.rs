@@ -144,6 +144,70 @@ async fn the_last_known_good_snapshot_outlives_the_server() {
     assert!(second.is_enabled("checkout", &Context::new("u")));
 }
 
+/// A segment key edit reaches the SDK as a `delta`; the SDK applies it and persists the
+/// result to its last-known-good file, which holds the edited list exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_delta_is_applied_and_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.json");
+    let app = spawn_app(Backend::Postgres).await;
+    let key = setup(&app).await;
+    let segments = "/api/v1/projects/shop/environments/production/segments";
+    let included: Vec<String> = (0..10_000).map(|i| format!("acct-{i}")).collect();
+    let res = app
+        .post(
+            segments,
+            &json!({"key": "enterprise", "name": "Enterprise", "included": included}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = app
+        .patch(
+            "/api/v1/projects/shop/flags/checkout/environments/production",
+            &json!({"fallthrough": {"variation": 1}, "rules": [{"id": "ent", "serve": {"variation": 0},
+                "clauses": [{"attribute": "key", "op": "segment_match", "values": ["enterprise"]}]}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let client = Client::builder(&key)
+        .base_url(&app.base_url)
+        .last_known_good(&path)
+        .build()
+        .unwrap();
+    client.wait_for_initialization(PATIENCE).await.unwrap();
+    assert!(!client.is_enabled("checkout", &Context::new("newcomer")));
+    let mut changes = client.flag_changes();
+    let res = app
+        .post(
+            &format!("{segments}/enterprise/keys"),
+            &json!({"included": {"add": ["newcomer"], "remove": ["acct-0"]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    wait_change(&mut changes, "checkout", PATIENCE).await;
+    assert!(client.is_enabled("checkout", &Context::new("newcomer")));
+    assert!(!client.is_enabled("checkout", &Context::new("acct-0")));
+    let version = client.version();
+    // Closing waits for pending writes, so the file is complete now.
+    client.close();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let persisted: vexil_schema::EnvironmentSnapshot =
+        serde_json::from_value(file["snapshot"].clone()).unwrap();
+    assert_eq!(Some(persisted.version), version);
+    let list = &persisted.segments[0].included;
+    assert_eq!(list.len(), 10_000);
+    assert_eq!(list.first().map(String::as_str), Some("acct-1"));
+    assert_eq!(list.last().map(String::as_str), Some("newcomer"));
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_refuses_an_unknown_key_once() {
     let app = spawn_app(Backend::Postgres).await;

@@ -289,3 +289,58 @@ async fn keys_from_the_server_are_enforced_at_the_relay() {
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("use a relay key"), "{body}");
 }
+
+/// Key edits travel as `delta` / `env-delta` events through a chain of two relays: every
+/// subscriber converges on the database's targets, and OFREP at the far relay evaluates the
+/// edited targets (its compiled snapshot applied the delta in place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_relays_forwards_deltas() {
+    let app = spawn_app(Backend::Postgres).await;
+    let keys = setup(&app).await;
+    change(&app, &app.admin_token, 0).await;
+    let first = InProcessRelay::start(config(&app.base_url, &keys.relay)).await;
+    first.wait_ready().await;
+    let second = InProcessRelay::start(config(&first.url(), &keys.relay)).await;
+    second.wait_ready().await;
+    let mut subs = subscribers(&first.url(), &keys, 1);
+    subs.extend(subscribers(&second.url(), &keys, 1));
+    assert_converged(&mut subs, &app, &app.admin_token).await;
+
+    let on = json!({"on": true});
+    let config = "/api/v1/projects/shop/flags/f0/environments/prod";
+    expect(app.patch(config, &on).send().await.unwrap(), 200).await;
+    let path = "/api/v1/projects/shop/flags/f0/environments/prod/targets";
+    for i in 0..5usize {
+        let remove: Vec<String> = (0..i)
+            .skip(i.saturating_sub(1))
+            .map(|j| format!("vip-{j}"))
+            .collect();
+        let body = json!({"targets": [{"variation": 1, "add": [format!("vip-{i}")],
+                                       "remove": remove}]});
+        expect(app.post(path, &body).send().await.unwrap(), 200).await;
+    }
+    assert_converged(&mut subs, &app, &app.admin_token).await;
+    for (_, s) in &subs {
+        assert_eq!(s.seen().connections, 1, "deltas never forced a reconnect");
+    }
+    let eval = |user: &'static str| {
+        let base = second.url();
+        let key = keys.sdk[0].1.clone();
+        async move {
+            let res = reqwest::Client::new()
+                .post(format!("{base}/ofrep/v1/evaluate/flags/f0"))
+                .bearer_auth(key)
+                .json(&json!({"context": {"targetingKey": user}}))
+                .send()
+                .await
+                .unwrap();
+            expect(res, 200).await
+        }
+    };
+    let vip = eval("vip-4").await;
+    assert_eq!(
+        (vip["value"].as_str(), vip["reason"].as_str()),
+        (Some("on-0"), Some("TARGETING_MATCH"))
+    );
+    assert_eq!(eval("vip-0").await["value"], "off-0");
+}

@@ -1,6 +1,9 @@
 //! Per-environment flag configuration: reading and writing it (put, patch, rollback),
 //! the kill switch across environments, and the version history.
 
+use vexil_schema::FlagKey;
+use vexil_schema::delta::{TargetDelta, TargetsDelta};
+
 use super::*;
 
 #[derive(sqlx::FromRow)]
@@ -20,6 +23,9 @@ struct ConfigTarget<'a> {
     flag_id: i64,
     environment: &'a str,
     environment_id: i64,
+    /// For an edit of individual targets: the requested edit, so that the change log and
+    /// the audit record the keys added and removed (a `delta`) instead of the whole flag.
+    targets_delta: Option<&'a TargetsDelta>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -160,12 +166,70 @@ impl Store {
         .await
     }
 
+    /// Adds and removes individually targeted keys of a flag in one environment, per
+    /// variation, by the canonical list rules ([`vexil_schema::delta`]): a variation without
+    /// a target gets one appended, a target left empty is dropped. Idempotent (an edit that
+    /// changes nothing makes no version); honours `If-Match` with the configuration version.
+    /// The change log and the audit log record the keys actually added and removed, and
+    /// subscribers receive them as a `delta` event.
+    pub async fn edit_flag_targets(
+        &self,
+        ctx: &WriteContext,
+        project: &str,
+        key: &str,
+        environment: &str,
+        targets: Vec<TargetDelta>,
+        if_match: Option<u64>,
+    ) -> Result<FlagConfigView, StoreError> {
+        for (i, t) in targets.iter().enumerate() {
+            super::super::segments::check_list_edit(&format!("targets[{i}]"), &t.keys)?;
+        }
+        let edit = TargetsDelta {
+            key: FlagKey::parse(key).map_err(|_| StoreError::NotFound(format!("flag '{key}'")))?,
+            version: 0,
+            targets,
+        };
+        self.change_config_as(
+            ctx,
+            (project, key, environment),
+            if_match,
+            "flag.targets.update",
+            Some(&edit),
+            |cfg| {
+                let mut flag = Flag {
+                    key: edit.key.clone(),
+                    kind: vexil_schema::FlagKind::Boolean,
+                    variations: Vec::new(),
+                    config: cfg,
+                };
+                let version = flag.config.version;
+                edit.apply(&mut flag);
+                flag.config.version = version;
+                Ok(flag.config)
+            },
+        )
+        .await
+    }
+
     async fn change_config(
+        &self,
+        ctx: &WriteContext,
+        target: (&str, &str, &str),
+        if_match: Option<u64>,
+        action: &str,
+        make: impl FnOnce(FlagConfig) -> Result<FlagConfig, StoreError>,
+    ) -> Result<FlagConfigView, StoreError> {
+        self.change_config_as(ctx, target, if_match, action, None, make)
+            .await
+    }
+
+    async fn change_config_as(
         &self,
         ctx: &WriteContext,
         (project, key, environment): (&str, &str, &str),
         if_match: Option<u64>,
         action: &str,
+        targets_delta: Option<&TargetsDelta>,
         make: impl FnOnce(FlagConfig) -> Result<FlagConfig, StoreError>,
     ) -> Result<FlagConfigView, StoreError> {
         let (flag_id, env_id) = self.resolve_config(project, key, environment).await?;
@@ -178,6 +242,7 @@ impl Store {
             flag_id,
             environment,
             environment_id: env_id,
+            targets_delta,
         };
         let written = self
             .write_config(&mut c, ctx, &at, if_match, action, make)
@@ -254,13 +319,29 @@ impl Store {
             ],
         )
         .await?;
-        let flag_payload = encode(&Flag::new(&definition, cfg.clone()));
-        let change = (
-            Op::Put,
-            Entity::Flag,
-            at.flag_key.to_owned(),
-            Some(flag_payload),
-        );
+        // An edit of targets is logged as the effective delta: what the request changes
+        // when applied to the current configuration by the canonical rules (the same
+        // function that produced `cfg`).
+        let delta = at.targets_delta.map(|edit| {
+            let mut flag = Flag::new(&definition, current.clone());
+            let mut edit = edit.clone();
+            edit.version = cfg.version;
+            encode(&edit.apply(&mut flag))
+        });
+        let change = match &delta {
+            Some(d) => (
+                Op::Delta,
+                Entity::Flag,
+                at.flag_key.to_owned(),
+                Some(d.clone()),
+            ),
+            None => (
+                Op::Put,
+                Entity::Flag,
+                at.flag_key.to_owned(),
+                Some(encode(&Flag::new(&definition, cfg.clone()))),
+            ),
+        };
         let environment_version = record_changes(c, at.environment_id, vec![change], now).await?;
         // A running experiment on this flag starts a new iteration if its allocation changed.
         crate::experiments::on_flag_config_written(
@@ -281,9 +362,11 @@ impl Store {
         };
         history(c, ctx, rec, now).await?;
         let rec = AuditRecord::new(action, "flag", at.flag_key)
-            .scoped(Some(at.project), Some(at.environment))
-            .before(encode(&current))
-            .after(encode(&cfg));
+            .scoped(Some(at.project), Some(at.environment));
+        let rec = match delta {
+            Some(d) => rec.after(d),
+            None => rec.before(encode(&current)).after(encode(&cfg)),
+        };
         audit(c, ctx, rec, now).await?;
         ix.insert_flag_config(&definition, &cfg);
         Ok(Written {

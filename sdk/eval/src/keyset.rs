@@ -1,0 +1,448 @@
+//! [`KeySet`]: a segment's `included` or `excluded` list, compiled into a persistent hash set
+//! that keeps the list's order, so that a `delta` of a few keys edits a list of a million in
+//! microseconds while every older snapshot keeps its own version.
+//!
+//! # Layout
+//!
+//! Keys are spread by their hash over `2^bits` leaves (about [`LEAF`] keys each), reached
+//! through two levels of shared arrays: `top[i]` → `mid[j]` → leaf. A leaf stores its keys'
+//! bytes back to back (one allocation), each key's end offset and insertion sequence number,
+//! and a small open-addressing table of `u64` slots (32 bits of hash tag, 32 bits of entry
+//! index). Membership is one hash, three indirections and a probe, with no allocation.
+//!
+//! An edit rebuilds only the leaves it touches and copies the two small arrays on their
+//! path; everything else is shared (`Arc`) with the set it came from. The list's order is
+//! the order of sequence numbers: removed keys take theirs with them, added keys get new,
+//! larger ones, which is exactly the canonical list rules of [`vexil_schema::delta`].
+//!
+//! Memory per key, beyond its bytes: 4 (end) + 8 (sequence) + 11–21 (slots at a load between
+//! 3/8 and 3/4), plus a share of the arrays: about 25–35 bytes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use vexil_schema::delta::ListDelta;
+
+use crate::table::HashIndex;
+
+/// Keys a leaf holds on average after a full build.
+const LEAF: usize = 256;
+
+/// A leaf grown past this by edits triggers a full rebuild with more leaves.
+const LEAF_MAX: usize = 16 * LEAF;
+
+/// A compiled key list: membership in O(1), edits in O(keys edited × leaf size).
+#[derive(Clone, Default)]
+pub(crate) struct KeySet {
+    /// `top[i][j]` is leaf `i << mid_bits | j`. Empty when the set is.
+    top: Arc<[Arc<[Arc<Leaf>]>]>,
+    /// Bits of a key's hash choosing its leaf (from the top).
+    bits: u32,
+    /// Bits of the leaf number choosing its place in a `mid` array.
+    mid_bits: u32,
+    /// Distinct keys held.
+    len: usize,
+    /// The next sequence number: larger than every one held.
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("len", &self.len)
+            .field("leaves", &(1usize << self.bits))
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Leaf {
+    /// The keys' bytes, back to back.
+    bytes: Box<str>,
+    /// End offset of each entry in `bytes` (an entry starts where the previous one ends).
+    ends: Box<[u32]>,
+    /// Each entry's sequence number (its place in the list).
+    seqs: Box<[u64]>,
+    /// `tag << 32 | (entry + 1)`; 0 is a free slot. Length is a power of two.
+    slots: Box<[u64]>,
+}
+
+/// One entry being placed in a leaf.
+struct Entry<'k> {
+    key: &'k str,
+    hash: u64,
+    seq: u64,
+}
+
+/// The part of a hash a slot keeps: the high half (the low bits choose the slot).
+fn tag(hash: u64) -> u64 {
+    hash & 0xffff_ffff_0000_0000
+}
+
+impl Leaf {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn key(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.bytes.get(start..self.ends[i] as usize).unwrap_or("")
+    }
+
+    /// Builds a leaf from distinct entries.
+    fn build(entries: &[Entry<'_>]) -> Self {
+        let n = entries.len();
+        let capacity = (n + n / 3 + 1).next_power_of_two().max(2);
+        let mut slots = vec![0u64; capacity].into_boxed_slice();
+        let mask = capacity - 1;
+        let mut bytes = String::with_capacity(entries.iter().map(|e| e.key.len()).sum());
+        let mut ends = Vec::with_capacity(n);
+        let mut seqs = Vec::with_capacity(n);
+        for (i, e) in entries.iter().enumerate() {
+            bytes.push_str(e.key);
+            ends.push(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+            seqs.push(e.seq);
+            let mut s = e.hash as usize & mask;
+            while slots[s] != 0 {
+                s = (s + 1) & mask;
+            }
+            slots[s] = tag(e.hash) | (i as u64 + 1);
+        }
+        Self {
+            bytes: bytes.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+            seqs: seqs.into_boxed_slice(),
+            slots,
+        }
+    }
+
+    /// The entry holding `key`, if any.
+    #[inline]
+    fn find(&self, hash: u64, key: &str) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let want = tag(hash);
+        let mut s = hash as usize & mask;
+        loop {
+            let slot = self.slots[s];
+            if slot == 0 {
+                return None;
+            }
+            let i = (slot & 0xffff_ffff) as usize - 1;
+            if slot & 0xffff_ffff_0000_0000 == want && self.key(i) == key {
+                return Some(i);
+            }
+            s = (s + 1) & mask;
+        }
+    }
+
+    fn entries(&self) -> impl Iterator<Item = Entry<'_>> {
+        (0..self.len()).map(|i| {
+            let key = self.key(i);
+            Entry {
+                key,
+                hash: HashIndex::hash(key),
+                seq: self.seqs[i],
+            }
+        })
+    }
+}
+
+impl KeySet {
+    /// Compiles `keys`, in order; a repeated key keeps its first place.
+    pub(crate) fn build(keys: &[String]) -> Self {
+        Self::from_entries(
+            keys.len(),
+            keys.iter().enumerate().map(|(i, k)| Entry {
+                key: k,
+                hash: HashIndex::hash(k),
+                seq: i as u64,
+            }),
+        )
+    }
+
+    /// Builds from entries in sequence order (`n` of them, some possibly repeated).
+    fn from_entries<'k>(n: usize, entries: impl Iterator<Item = Entry<'k>>) -> Self {
+        if n == 0 {
+            return Self::default();
+        }
+        let mut bits = 0;
+        while (LEAF << bits) < n {
+            bits += 1;
+        }
+        let mid_bits = bits / 2;
+        let mut leaves: Vec<Vec<Entry<'k>>> = (0..1usize << bits).map(|_| Vec::new()).collect();
+        let mut next_seq = 0;
+        for e in entries {
+            next_seq = next_seq.max(e.seq + 1);
+            leaves[leaf_of(e.hash, bits)].push(e);
+        }
+        let mut len = 0;
+        let leaves: Vec<Arc<Leaf>> = leaves
+            .into_iter()
+            .map(|mut entries| {
+                dedup_first(&mut entries);
+                len += entries.len();
+                Arc::new(Leaf::build(&entries))
+            })
+            .collect();
+        let top = leaves
+            .chunks(1 << mid_bits)
+            .map(|mid| Arc::<[Arc<Leaf>]>::from(mid))
+            .collect();
+        Self {
+            top,
+            bits,
+            mid_bits,
+            len,
+            next_seq,
+        }
+    }
+
+    /// The number of keys.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the set holds no key.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    fn leaf(&self, hash: u64) -> Option<&Leaf> {
+        let l = leaf_of(hash, self.bits);
+        let mid = self.top.get(l >> self.mid_bits)?;
+        mid.get(l & ((1 << self.mid_bits) - 1)).map(|l| &**l)
+    }
+
+    /// Whether `key`, whose [`HashIndex::hash`] is `hash`, is in the set.
+    #[inline]
+    pub(crate) fn contains_hashed(&self, hash: u64, key: &str) -> bool {
+        self.leaf(hash).is_some_and(|l| l.find(hash, key).is_some())
+    }
+
+    /// Whether `key` is in the set.
+    #[cfg(test)]
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.contains_hashed(HashIndex::hash(key), key)
+    }
+
+    /// The keys, in list order.
+    pub(crate) fn to_vec(&self) -> Vec<String> {
+        let mut all: Vec<(u64, &str)> = Vec::with_capacity(self.len);
+        for mid in self.top.iter() {
+            for leaf in mid.iter() {
+                all.extend((0..leaf.len()).map(|i| (leaf.seqs[i], leaf.key(i))));
+            }
+        }
+        all.sort_unstable_by_key(|e| e.0);
+        all.into_iter().map(|(_, k)| k.to_owned()).collect()
+    }
+
+    /// Whether both hold the same keys in the same order (shared structure compares in
+    /// O(1)).
+    pub(crate) fn same_list(&self, other: &Self) -> bool {
+        if Arc::ptr_eq(&self.top, &other.top) {
+            return true;
+        }
+        self.len == other.len && self.to_vec() == other.to_vec()
+    }
+
+    /// This set with `delta` applied by the canonical list rules: removed keys leave, added
+    /// keys absent after the removals are appended in order, once. Only the leaves holding
+    /// an edited key are rebuilt.
+    pub(crate) fn apply(&self, delta: &ListDelta) -> Self {
+        if delta.is_empty() {
+            return self.clone();
+        }
+        if self.is_empty() || delta.add.len() + delta.remove.len() > self.len / 2 {
+            // A large edit: rebuilding whole costs about the same and rebalances.
+            let mut list = self.to_vec();
+            delta.apply(&mut list);
+            return Self::build(&list);
+        }
+        let removed: HashSet<&str> = delta.remove.iter().map(String::as_str).collect();
+        let mut next_seq = self.next_seq;
+        // Leaf number → (keys removed from it, entries appended to it).
+        let mut edits: HashMap<usize, (HashSet<&str>, Vec<Entry<'_>>)> = HashMap::new();
+        let mut len = self.len;
+        for key in &delta.remove {
+            let hash = HashIndex::hash(key);
+            if self.contains_hashed(hash, key) {
+                let edit = edits.entry(leaf_of(hash, self.bits)).or_default();
+                if edit.0.insert(key) {
+                    len -= 1;
+                }
+            }
+        }
+        let mut added: HashSet<&str> = HashSet::new();
+        for key in &delta.add {
+            let hash = HashIndex::hash(key);
+            let present = self.contains_hashed(hash, key) && !removed.contains(key.as_str());
+            if present || !added.insert(key) {
+                continue;
+            }
+            edits
+                .entry(leaf_of(hash, self.bits))
+                .or_default()
+                .1
+                .push(Entry {
+                    key,
+                    hash,
+                    seq: next_seq,
+                });
+            next_seq += 1;
+            len += 1;
+        }
+        if edits.is_empty() {
+            return self.clone();
+        }
+        let mut top: Vec<Arc<[Arc<Leaf>]>> = self.top.to_vec();
+        let mut mids: HashMap<usize, Vec<Arc<Leaf>>> = HashMap::new();
+        let mut oversized = false;
+        let mid_mask = (1 << self.mid_bits) - 1;
+        for (l, (gone, appended)) in &edits {
+            let Some(old) = self.leaf_at(*l) else {
+                continue;
+            };
+            let entries: Vec<Entry<'_>> = old
+                .entries()
+                .filter(|e| !gone.contains(e.key))
+                .chain(appended.iter().map(|e| Entry {
+                    key: e.key,
+                    hash: e.hash,
+                    seq: e.seq,
+                }))
+                .collect();
+            oversized |= entries.len() > LEAF_MAX;
+            let mid = mids
+                .entry(l >> self.mid_bits)
+                .or_insert_with(|| top[l >> self.mid_bits].to_vec());
+            mid[l & mid_mask] = Arc::new(Leaf::build(&entries));
+        }
+        for (m, mid) in mids {
+            top[m] = mid.into();
+        }
+        let next = Self {
+            top: top.into(),
+            bits: self.bits,
+            mid_bits: self.mid_bits,
+            len,
+            next_seq,
+        };
+        if oversized {
+            // Edits grew a leaf far past its size: spread the keys over more leaves.
+            return Self::build(&next.to_vec());
+        }
+        next
+    }
+
+    fn leaf_at(&self, l: usize) -> Option<&Arc<Leaf>> {
+        self.top
+            .get(l >> self.mid_bits)?
+            .get(l & ((1 << self.mid_bits) - 1))
+    }
+}
+
+/// The leaf of a hash: its top `bits` bits.
+#[inline]
+fn leaf_of(hash: u64, bits: u32) -> usize {
+    if bits == 0 {
+        0
+    } else {
+        (hash >> (64 - bits)) as usize
+    }
+}
+
+/// Keeps the first entry of each key (entries are in sequence order).
+fn dedup_first(entries: &mut Vec<Entry<'_>>) {
+    if entries.len() < 2 {
+        return;
+    }
+    let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
+    entries.retain(|e| seen.insert(e.key));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("user-{i}")).collect()
+    }
+
+    #[test]
+    fn membership_and_order_survive_building() {
+        for n in [0, 1, 5, LEAF, LEAF + 1, 10 * LEAF + 7] {
+            let list = keys(n);
+            let set = KeySet::build(&list);
+            assert_eq!(set.len(), n);
+            assert_eq!(set.to_vec(), list, "{n}");
+            assert!(list.iter().all(|k| set.contains(k)));
+            assert!(!set.contains("user-x"));
+            assert!(!set.contains(""));
+        }
+    }
+
+    #[test]
+    fn duplicates_keep_their_first_place() {
+        let list: Vec<String> = ["b", "a", "b", "c", "a"].map(String::from).to_vec();
+        let set = KeySet::build(&list);
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.to_vec(), ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn edits_follow_the_canonical_rules_and_share_the_rest() {
+        let mut list = keys(20 * LEAF);
+        let set = KeySet::build(&list);
+        let delta = ListDelta {
+            add: vec![
+                "new-1".into(),
+                "user-3".into(),
+                "new-2".into(),
+                "new-1".into(),
+            ],
+            remove: vec!["user-3".into(), "user-4".into(), "absent".into()],
+        };
+        let next = set.apply(&delta);
+        delta.apply(&mut list);
+        assert_eq!(next.to_vec(), list);
+        assert_eq!(next.len(), list.len());
+        assert!(next.contains("new-2") && next.contains("user-3") && !next.contains("user-4"));
+        assert!(
+            set.contains("user-4") && !set.contains("new-1"),
+            "the old set is intact"
+        );
+        let shared = set
+            .top
+            .iter()
+            .flat_map(|m| m.iter())
+            .zip(next.top.iter().flat_map(|m| m.iter()))
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert!(shared >= (1 << set.bits) - 5, "{shared} leaves shared");
+        assert!(next.same_list(&next.clone()));
+        assert!(!next.same_list(&set));
+    }
+
+    #[test]
+    fn growing_by_edits_rebalances() {
+        let mut set = KeySet::build(&keys(3));
+        let mut list = keys(3);
+        for round in 0..40 {
+            let delta = ListDelta {
+                add: (0..200).map(|i| format!("r{round}-{i}")).collect(),
+                remove: vec![format!("r{}-7", round.max(1) - 1)],
+            };
+            set = set.apply(&delta);
+            delta.apply(&mut list);
+        }
+        assert_eq!(set.to_vec(), list);
+        assert!(set.bits > 0);
+    }
+}
