@@ -190,7 +190,7 @@ impl KeySet {
             .collect();
         let top = leaves
             .chunks(1 << mid_bits)
-            .map(|mid| Arc::<[Arc<Leaf>]>::from(mid))
+            .map(Arc::<[Arc<Leaf>]>::from)
             .collect();
         Self {
             top,

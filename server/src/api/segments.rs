@@ -194,9 +194,7 @@ pub(crate) async fn edit_segment_keys(
         .store
         .edit_segment_keys(
             &ctx,
-            &project,
-            &environment,
-            &segment,
+            (project.as_str(), environment.as_str(), segment.as_str()),
             body.included.into(),
             body.excluded.into(),
             if_match,
@@ -252,7 +250,13 @@ pub(crate) async fn sync_segment_list(
     }
     let view = app
         .store
-        .sync_segment_list(&ctx, &project, &environment, &segment, list, keys, if_match)
+        .sync_segment_list(
+            &ctx,
+            (project.as_str(), environment.as_str(), segment.as_str()),
+            list,
+            keys,
+            if_match,
+        )
         .await?;
     Ok(Tagged::of(view))
 }

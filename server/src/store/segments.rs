@@ -186,9 +186,7 @@ impl Store {
     pub async fn edit_segment_keys(
         &self,
         ctx: &WriteContext,
-        project: &str,
-        environment: &str,
-        key: &str,
+        (project, environment, key): (&str, &str, &str),
         included: ListDelta,
         excluded: ListDelta,
         if_match: Option<u64>,
@@ -283,9 +281,7 @@ impl Store {
     pub async fn sync_segment_list(
         &self,
         ctx: &WriteContext,
-        project: &str,
-        environment: &str,
-        key: &str,
+        (project, environment, key): (&str, &str, &str),
         list: SegmentList,
         keys: Vec<String>,
         if_match: Option<u64>,
@@ -310,8 +306,14 @@ impl Store {
             SegmentList::Included => (edit, ListDelta::default()),
             SegmentList::Excluded => (ListDelta::default(), edit),
         };
-        self.edit_segment_keys(ctx, project, environment, key, included, excluded, if_match)
-            .await
+        self.edit_segment_keys(
+            ctx,
+            (project, environment, key),
+            included,
+            excluded,
+            if_match,
+        )
+        .await
     }
 
     /// Starts a write to one environment's segments: finds the environment, takes this

@@ -487,10 +487,51 @@ async fn every_route_answers_as_the_document_says() {
         .check(M::PUT, &format!("{segs}/s"), Some(&seg2), res)
         .await;
     assert_eq!(s, 412);
+    // Key edits and list sync (no-ops here, so later versions are unchanged).
+    let keys = format!("{segs}/s/keys");
+    c.admin(
+        M::POST,
+        &keys,
+        Some(json!({"included": {"add": ["a"]}})),
+        200,
+    )
+    .await;
+    c.admin(M::POST, &format!("{segs}/nope/keys"), Some(json!({})), 404)
+        .await;
+    c.raw(
+        M::PUT,
+        &format!("{keys}/included"),
+        "text/plain",
+        "a\n",
+        200,
+    )
+    .await;
+    c.raw(
+        M::PUT,
+        &format!("{keys}/everyone"),
+        "text/plain",
+        "a\n",
+        404,
+    )
+    .await;
 
     // Configurations, history, rollback, kill, archive.
     let cfg = "/api/v1/projects/p/flags/f/environments/e";
     c.admin(M::GET, cfg, None, 200).await;
+    c.admin(
+        M::POST,
+        &format!("{cfg}/targets"),
+        Some(json!({"targets": []})),
+        200,
+    )
+    .await;
+    c.admin(
+        M::POST,
+        "/api/v1/projects/p/flags/f/environments/nope/targets",
+        Some(json!({"targets": []})),
+        404,
+    )
+    .await;
     c.admin(
         M::GET,
         "/api/v1/projects/p/flags/f/environments/nope",
