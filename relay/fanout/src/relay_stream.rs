@@ -508,6 +508,8 @@ impl<A: RelayAuth> Connection<A> {
         let payload = vexil_schema::stream::EnvKeys {
             environment: env.clone(),
             sdk_key_hashes: keys.clone(),
+            client_key_hashes: Vec::new(),
+            allowed_origins: Vec::new(),
         };
         let json = serde_json::to_vec(&payload).map_err(|_| Stop::Encode)?;
         self.sent_keys.insert(env.clone(), keys);
