@@ -168,7 +168,12 @@ async fn evaluate_one<S: EvaluatorSource, A: SdkAuth>(
             }),
         ),
         Some(kind) => json_response(StatusCode::BAD_REQUEST, failure(&key, kind)),
-        None => json_response(StatusCode::OK, success(&key, compiled.flag(&key), &eval)),
+        None => {
+            // A single answer keeps the version in its metadata; bulk items do not.
+            let mut one = success(&key, compiled.flag(&key), &eval);
+            one["metadata"] = json!({"environmentVersion": compiled.version()});
+            json_response(StatusCode::OK, one)
+        }
     }
 }
 

@@ -131,7 +131,7 @@ impl Inner {
                         (SELECT COUNT(revoked_at) FROM access_keys) AS revoked,
                         (SELECT CAST(MAX(rotated_at) AS TEXT) FROM access_keys) AS rotated,
                         (SELECT COUNT(*) FROM access_key_environments) AS scopes,
-                        (SELECT COALESCE(SUM(origins_changes), 0) FROM environments) AS origins",
+                        (SELECT CAST(COALESCE(SUM(origins_changes), 0) AS BIGINT) FROM environments) AS origins",
                 args![],
             )
             .await?;
