@@ -347,3 +347,14 @@ async fn the_evaluated_stream_sends_this_contexts_values_and_only_their_changes(
     let ev = next(&mut vip).await;
     assert_eq!(ev.json()["removed"], json!(["banner"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keys_and_origins_work_on_sqlite() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, client) = client_setup(&app).await;
+    let res = bulk(&app, &client, Some(ALLOWED)).await;
+    assert_eq!(res.headers()["access-control-allow-origin"], ALLOWED);
+    let body = expect(res, 200).await;
+    assert_eq!(body["flags"].as_array().unwrap().len(), 1, "{body}");
+    expect(bulk(&app, &client, Some(OTHER)).await, 403).await;
+}
