@@ -263,11 +263,14 @@ async fn preflight_only() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// Sorted flag keys, shared.
+type FlagKeys = Arc<[Box<str>]>;
+
 /// The keys of the client-side flags of each environment's current compiled snapshot,
 /// sorted, computed once per version and shared by every stream.
 #[derive(Debug, Default)]
 struct ClientFlagsCache {
-    by_env: std::sync::Mutex<HashMap<EnvironmentId, (u64, Arc<[Box<str>]>)>>,
+    by_env: std::sync::Mutex<HashMap<EnvironmentId, (u64, FlagKeys)>>,
 }
 
 impl ClientFlagsCache {
