@@ -556,11 +556,17 @@ async fn stream<S: EvaluatorSource>(
             // The relay publishes to the hub before it swaps its compiled snapshot in.
             let target = frame_version(&f).unwrap_or(0);
             let mut compiled = source.evaluator(&env);
-            for _ in 0..10_000 {
+            // It follows within microseconds, unless the machine is saturated: yield first,
+            // then poll each millisecond, for at most about a second.
+            for attempt in 0..1_100u32 {
                 if compiled.as_ref().is_some_and(|c| c.version() >= target) {
                     break;
                 }
-                tokio::task::yield_now().await;
+                if attempt < 100 {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
                 compiled = source.evaluator(&env);
             }
             let Some(compiled) = compiled else { break };
