@@ -168,7 +168,12 @@ impl Relay {
                 self.config
                     .distribution
                     .ofrep_config()
-                    .exposures(Arc::clone(&self.exposures)),
+                    .exposures(Arc::clone(&self.exposures))
+                    .client_keys(self.hub.client_keys().clone()),
+            ))
+            .merge(vexil_fanout::client_router(
+                self.hub.clone(),
+                self.state.clone(),
             ))
             .merge(relay_router(self.hub.clone(), downstream))
             .merge(events)

@@ -30,10 +30,15 @@ pub fn routes(state: &AppState) -> Router {
         .config
         .distribution
         .ofrep_config()
-        .exposures(state.exposures.clone());
+        .exposures(state.exposures.clone())
+        .client_keys(feed.hub().client_keys().clone());
     Router::new()
         .merge(sdk_router(feed.hub().clone(), feed.clone()))
         .merge(relay_router(feed.hub().clone(), feed.clone()))
+        .merge(vexil_fanout::client_router(
+            feed.hub().clone(),
+            feed.clone(),
+        ))
         .merge(
             ofrep_router_with(feed.clone(), feed.clone(), ofrep)
                 .layer(DefaultBodyLimit::max(MAX_OFREP_BODY)),
@@ -43,7 +48,7 @@ pub fn routes(state: &AppState) -> Router {
 /// Whether `path` is one of the distribution endpoints (served in their own formats, not
 /// problem+json).
 pub fn is_distribution_path(path: &str) -> bool {
-    ["/sdk/", "/relay/", "/ofrep/"]
+    ["/sdk/", "/relay/", "/ofrep/", "/client/"]
         .iter()
         .any(|p| path.starts_with(p))
 }
