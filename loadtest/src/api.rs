@@ -140,6 +140,30 @@ impl Api {
         secret(&created)
     }
 
+    /// Creates a client-side key (`vxc_`) for an environment; returns its secret.
+    pub async fn create_client_key(
+        &self,
+        project: &str,
+        env: &str,
+        name: &str,
+    ) -> anyhow::Result<String> {
+        let path = format!("/api/v1/projects/{project}/environments/{env}/client-keys");
+        let created = self
+            .send(reqwest::Method::POST, &path, Some(json!({"name": name})))
+            .await?;
+        secret(&created)
+    }
+
+    /// Marks a boolean flag made by [`Api::create_bool_flag`] client-side.
+    pub async fn make_bool_flag_client_side(&self, project: &str, key: &str) -> anyhow::Result<()> {
+        let path = format!("/api/v1/projects/{project}/flags/{key}");
+        let body = json!({"key": key, "name": key, "kind": "boolean", "client_side": true,
+                          "variations": [{"value": true}, {"value": false}]});
+        self.send(reqwest::Method::PUT, &path, Some(body))
+            .await
+            .map(drop)
+    }
+
     /// Creates a relay key scoped to one environment; returns its secret.
     pub async fn create_relay_key(
         &self,

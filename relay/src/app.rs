@@ -132,7 +132,14 @@ impl Relay {
             .merge(ofrep::ofrep_router_with(
                 self.state.clone(),
                 sdk_auth,
-                self.config.distribution.ofrep_config(),
+                self.config
+                    .distribution
+                    .ofrep_config()
+                    .client_keys(self.hub.client_keys().clone()),
+            ))
+            .merge(vexil_fanout::client_router(
+                self.hub.clone(),
+                self.state.clone(),
             ))
             .merge(relay_router(self.hub.clone(), downstream))
             .layer(middleware::from_fn_with_state(

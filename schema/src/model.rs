@@ -125,6 +125,15 @@ pub struct FlagDefinition {
     /// a permanent operational or entitlement flag.
     #[serde(default)]
     pub temporary: bool,
+    /// Whether client-side keys (browsers, mobile apps) may evaluate the flag. Off by
+    /// default, so internal flags never reach browsers.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub client_side: bool,
+}
+
+/// For `skip_serializing_if`: leaves `false` out of the JSON.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A flag's configuration in one environment.
@@ -181,6 +190,10 @@ pub struct Flag {
     pub kind: FlagKind,
     /// The ordered variations.
     pub variations: Vec<Variation>,
+    /// Whether client-side keys may evaluate the flag (from the definition); omitted when
+    /// false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub client_side: bool,
     /// The environment's configuration, flattened into the same JSON object.
     #[serde(flatten)]
     pub config: FlagConfig,
@@ -193,6 +206,7 @@ impl Flag {
             key: definition.key.clone(),
             kind: definition.kind,
             variations: definition.variations.clone(),
+            client_side: definition.client_side,
             config,
         }
     }

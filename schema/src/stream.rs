@@ -388,6 +388,13 @@ pub struct EnvKeys {
     pub environment: EnvironmentId,
     /// Hashes of every SDK key that may read the environment.
     pub sdk_key_hashes: Vec<SdkKeyHash>,
+    /// Hashes of every client-side key (`vxc_`) of the environment: public keys that read
+    /// only the evaluated values of client-side flags. Absent from older upstreams.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_key_hashes: Vec<SdkKeyHash>,
+    /// Browser origins allowed to use the client-side keys (`"*"`: any). Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
 }
 
 /// A decoded event of the relay stream.
@@ -520,6 +527,7 @@ mod tests {
             key: FlagKey::parse(key).unwrap(),
             kind: FlagKind::Boolean,
             variations: vec![Variation::new(json!(true)), Variation::new(json!(false))],
+            client_side: false,
             config: FlagConfig::serving(1),
         }
     }
@@ -613,6 +621,8 @@ mod tests {
         let keys = EnvKeys {
             environment: env("p/e"),
             sdk_key_hashes: vec![SdkKeyHash([0xab; 32])],
+            client_key_hashes: vec![SdkKeyHash([0xcd; 32])],
+            allowed_origins: vec!["https://app.example.com".to_owned()],
         };
         let v = serde_json::to_value(&keys).unwrap();
         assert_eq!(v["sdk_key_hashes"][0], "ab".repeat(32));

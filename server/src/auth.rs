@@ -14,6 +14,8 @@ pub const API_TOKEN_PREFIX: &str = "vxa_";
 pub const SDK_KEY_PREFIX: &str = "vxs_";
 /// Prefix of relay keys.
 pub const RELAY_KEY_PREFIX: &str = "vxr_";
+/// Prefix of client-side keys (public: browsers and mobile apps).
+pub const CLIENT_KEY_PREFIX: &str = "vxc_";
 
 /// What an API token may do.
 #[derive(

@@ -26,10 +26,18 @@ const MAX_OFREP_BODY: usize = 256 * 1024;
 /// The SDK, relay and OFREP routes.
 pub fn routes(state: &AppState) -> Router {
     let feed = &state.feed;
-    let ofrep = state.config.distribution.ofrep_config();
+    let ofrep = state
+        .config
+        .distribution
+        .ofrep_config()
+        .client_keys(feed.hub().client_keys().clone());
     Router::new()
         .merge(sdk_router(feed.hub().clone(), feed.clone()))
         .merge(relay_router(feed.hub().clone(), feed.clone()))
+        .merge(vexil_fanout::client_router(
+            feed.hub().clone(),
+            feed.clone(),
+        ))
         .merge(
             ofrep_router_with(feed.clone(), feed.clone(), ofrep)
                 .layer(DefaultBodyLimit::max(MAX_OFREP_BODY)),
@@ -39,7 +47,7 @@ pub fn routes(state: &AppState) -> Router {
 /// Whether `path` is one of the distribution endpoints (served in their own formats, not
 /// problem+json).
 pub fn is_distribution_path(path: &str) -> bool {
-    ["/sdk/", "/relay/", "/ofrep/"]
+    ["/sdk/", "/relay/", "/ofrep/", "/client/"]
         .iter()
         .any(|p| path.starts_with(p))
 }

@@ -221,6 +221,9 @@ pub struct FlagDefinitionDoc {
     /// Whether it is a temporary (release) flag.
     #[schema(required = false)]
     temporary: bool,
+    /// Whether client-side keys (browsers, mobile apps) may evaluate it (default false).
+    #[schema(required = false)]
+    client_side: bool,
 }
 
 /// Context keys served one variation.

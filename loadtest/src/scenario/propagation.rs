@@ -40,6 +40,11 @@ pub struct PropagationArgs {
     /// The p99 goal, milliseconds.
     #[arg(long, default_value_t = 100.0)]
     pub goal_p99_ms: f64,
+    /// Subscribe to the per-context evaluated stream (`/client/v1/stream`, a client-side key,
+    /// every flag client-side, a context the flags' rule matches) instead of the SDK stream:
+    /// the relay evaluates every flag for every connection on each change.
+    #[arg(long)]
+    pub client_stream: bool,
     /// The system under test.
     #[command(flatten)]
     pub stack: StackOptions,
@@ -58,7 +63,24 @@ struct Write {
 /// Runs the scenario.
 pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
     let start = Instant::now();
-    let (stack, target) = stack_with_relay(&args.stack).await?;
+    let (stack, mut target) = stack_with_relay(&args.stack).await?;
+    if args.client_stream {
+        for flag in &stack.flags {
+            stack
+                .api
+                .make_bool_flag_client_side(&stack.project, flag)
+                .await?;
+        }
+        target.sdk_key = stack
+            .api
+            .create_client_key(&stack.project, &stack.environment, "loadtest-client")
+            .await?;
+        // {"targetingKey":"lt","email":"lt@example.com"}: the flags' rule matches while on,
+        // so each toggle changes this context's value.
+        target.path =
+            "/client/v1/stream?context=eyJ0YXJnZXRpbmdLZXkiOiJsdCIsImVtYWlsIjoibHRAZXhhbXBsZS5jb20ifQ"
+                .into();
+    }
     let backoff = Backoff {
         reconnect: true,
         initial_ms: 1_000,
@@ -172,6 +194,14 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
     let wl = write_latency.percentiles();
     let rows = vec![
         Row::info("subscribers", count(n as u64)),
+        Row::info(
+            "stream",
+            if args.client_stream {
+                "/client/v1/stream (evaluated per context)"
+            } else {
+                "/sdk/v1/stream"
+            },
+        ),
         Row::info("connect + initial state (all)", format!("{connect_s:.1} s")),
         Row::info("changes written", count(writes.len() as u64)),
         Row::info("write → receipt p50", ms(p.p50_ms)),
@@ -208,6 +238,7 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
     ];
     let details = json!({
         "subscribers": n,
+        "client_stream": args.client_stream,
         "changes": writes.len(),
         "initial_version": v0,
         "final_version": last,

@@ -70,6 +70,26 @@ fn propagation_reaches_every_subscriber_without_missing_a_version() {
 }
 
 #[test]
+fn client_streams_receive_every_change_of_their_contexts_values() {
+    let mut args = vec![
+        "propagation",
+        "--client-stream",
+        "--subscribers",
+        "300",
+        "--changes",
+        "4",
+        "--interval-ms",
+        "20",
+    ];
+    args.extend(SPREAD);
+    let d = &run(&args)["details"];
+    assert_eq!(d["client_stream"], true);
+    assert_eq!(d["subscribers_missed_version"], 0);
+    assert_eq!(d["receipts_missing"], 0);
+    assert_eq!(d["write_to_receipt_ms"]["count"], 300 * 4);
+}
+
+#[test]
 fn capacity_holds_every_idle_subscriber_and_measures_memory() {
     let mut args = vec!["capacity", "--subscribers", "300", "--hold-s", "1"];
     args.extend(SPREAD);

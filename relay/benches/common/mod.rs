@@ -37,6 +37,7 @@ pub fn flag(i: usize, serve: usize) -> Flag {
         key: FlagKey::parse(format!("flag-{i:03}")).unwrap(),
         kind: FlagKind::Boolean,
         variations: vec![Variation::new(json!(true)), Variation::new(json!(false))],
+        client_side: false,
         config,
     }
 }

@@ -128,6 +128,7 @@ mod tests {
             key: FlagKey::parse(key).unwrap(),
             kind: FlagKind::Boolean,
             variations: vec![Variation::new(json!(true)), Variation::new(json!(false))],
+            client_side: false,
             config: FlagConfig::serving(off),
         }
     }

@@ -14,6 +14,8 @@
 //!   relays to the relays chained below them; the pluggable [`RelayAuth`] trait.
 //! - [`ofrep`]: the OpenFeature Remote Evaluation Protocol endpoints on compiled snapshots
 //!   from any [`ofrep::EvaluatorSource`].
+//! - [`client`]: client-side keys, allowed origins, CORS and the per-context evaluated
+//!   stream `GET /client/v1/stream` (browsers and mobile apps).
 //! - [`auth`]: the pluggable [`SdkAuth`] trait and [`SdkKeyTable`], the SDK key hash
 //!   registry each hub carries ([`Hub::keys`]).
 //! - [`metrics`]: metric names (recorded through the `metrics` facade) and the Prometheus
@@ -50,6 +52,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod frame;
 pub mod http;
@@ -67,6 +70,7 @@ pub mod subscriber;
 pub mod telemetry;
 
 pub use auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
+pub use client::{ClientEnv, ClientKeyTable, client_router};
 pub use config::DistributionArgs;
 pub use frame::FrameError;
 pub use http::sdk_router;

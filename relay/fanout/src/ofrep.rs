@@ -65,6 +65,9 @@ pub struct OfrepConfig {
     pub rate_limit: u32,
     /// `minPollingIntervalMs` announced by `GET /ofrep/v1/configuration`.
     pub min_polling_interval: Duration,
+    /// Client-side keys (`vxc_`) also accepted, limited to `client_side` flags and checked
+    /// against their environment's allowed origins; `None`: SDK keys only.
+    pub client_keys: Option<crate::client::ClientKeyTable>,
 }
 
 impl Default for OfrepConfig {
@@ -72,6 +75,7 @@ impl Default for OfrepConfig {
         Self {
             rate_limit: 10_000,
             min_polling_interval: Duration::from_secs(10),
+            client_keys: None,
         }
     }
 }
@@ -80,6 +84,12 @@ impl OfrepConfig {
     /// Sets [`OfrepConfig::rate_limit`].
     pub fn rate_limit(mut self, per_second: u32) -> Self {
         self.rate_limit = per_second;
+        self
+    }
+
+    /// Sets [`OfrepConfig::client_keys`].
+    pub fn client_keys(mut self, table: crate::client::ClientKeyTable) -> Self {
+        self.client_keys = Some(table);
         self
     }
 
@@ -120,6 +130,7 @@ pub fn ofrep_router_with<S: EvaluatorSource, A: SdkAuth>(
             config,
             limiter,
         })
+        .layer(axum::middleware::from_fn(crate::client::cors))
 }
 
 /// An answer that is not a successful evaluation.
@@ -131,7 +142,7 @@ async fn evaluate_one<S: EvaluatorSource, A: SdkAuth>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (env, compiled) = match admit(&s, &headers).await {
+    let (env, compiled, client) = match admit(&s, &headers).await {
         Ok(found) => found,
         Err(r) => return *r,
     };
@@ -144,9 +155,11 @@ async fn evaluate_one<S: EvaluatorSource, A: SdkAuth>(
             );
         }
     };
+    let hidden = client && !compiled.flag(&key).is_some_and(|f| f.client_side);
     let eval = compiled.evaluate(&key, &ctx);
-    match eval.reason.error_kind() {
-        Some(ErrorKind::FlagNotFound) => json_response(
+    let not_found = hidden || eval.reason.error_kind() == Some(ErrorKind::FlagNotFound);
+    match eval.reason.error_kind().filter(|_| !not_found) {
+        _ if not_found => json_response(
             StatusCode::NOT_FOUND,
             json!({
                 "key": key,
@@ -155,10 +168,12 @@ async fn evaluate_one<S: EvaluatorSource, A: SdkAuth>(
             }),
         ),
         Some(kind) => json_response(StatusCode::BAD_REQUEST, failure(&key, kind)),
-        None => json_response(
-            StatusCode::OK,
-            success(&key, compiled.flag(&key), &eval, compiled.version()),
-        ),
+        None => {
+            // A single answer keeps the version in its metadata; bulk items do not.
+            let mut one = success(&key, compiled.flag(&key), &eval);
+            one["metadata"] = json!({"environmentVersion": compiled.version()});
+            json_response(StatusCode::OK, one)
+        }
     }
 }
 
@@ -167,7 +182,7 @@ async fn evaluate_all<S: EvaluatorSource, A: SdkAuth>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (env, compiled) = match admit(&s, &headers).await {
+    let (env, compiled, client) = match admit(&s, &headers).await {
         Ok(found) => found,
         Err(r) => return *r,
     };
@@ -184,17 +199,27 @@ async fn evaluate_all<S: EvaluatorSource, A: SdkAuth>(
     if if_none_match(&headers, &etag) {
         return (StatusCode::NOT_MODIFIED, [(ETAG, header(&etag))]).into_response();
     }
-    let flags: Vec<Value> = compiled
+    // Flag-key order, on server and relay alike; client keys see client-side flags only.
+    let mut keys: Vec<&str> = compiled
         .flag_keys()
+        .filter(|k| !client || compiled.flag(k).is_some_and(|f| f.client_side))
+        .collect();
+    keys.sort_unstable();
+    let flags: Vec<Value> = keys
+        .into_iter()
         .map(|key| {
             let eval = compiled.evaluate(key, &ctx);
             match eval.reason.error_kind() {
                 Some(kind) => failure(key, kind),
-                None => success(key, compiled.flag(key), &eval, compiled.version()),
+                None => success(key, compiled.flag(key), &eval),
             }
         })
         .collect();
-    let mut r = json_response(StatusCode::OK, json!({ "flags": flags }));
+    // The version is response-level: per-item data changes only when the flag's does.
+    let mut r = json_response(
+        StatusCode::OK,
+        json!({ "flags": flags, "metadata": {"environmentVersion": compiled.version()} }),
+    );
     r.headers_mut().insert(ETAG, header(&etag));
     r
 }
@@ -223,19 +248,41 @@ async fn configuration<S: EvaluatorSource, A: SdkAuth>(
     r
 }
 
-/// Authenticates, rate limits and finds the environment's compiled snapshot.
+/// Authenticates, rate limits and finds the environment's compiled snapshot; `true` for a
+/// client-side key.
 async fn admit<S: EvaluatorSource, A: SdkAuth>(
     s: &OfrepState<S, A>,
     headers: &HeaderMap,
-) -> Result<(EnvironmentId, Arc<CompiledSnapshot>), Refusal> {
-    let env = authenticate(s, headers).await?;
+) -> Result<(EnvironmentId, Arc<CompiledSnapshot>, bool), Refusal> {
+    let (env, client) = authenticate_any(s, headers).await?;
     match s.source.evaluator(&env) {
-        Some(compiled) => Ok((env, compiled)),
+        Some(compiled) => Ok((env, compiled, client)),
         None => Err(Box::new(unavailable(
             "the environment's flags are not loaded yet; retry shortly",
             Duration::from_secs(5),
         ))),
     }
+}
+
+/// [`authenticate`], accepting client-side keys too (`true`). A request from a browser (with
+/// `Origin`) must use a client-side key whose environment allows the origin.
+async fn authenticate_any<S: EvaluatorSource, A: SdkAuth>(
+    s: &OfrepState<S, A>,
+    headers: &HeaderMap,
+) -> Result<(EnvironmentId, bool), Refusal> {
+    let origin = headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if let (Some(table), Some(key)) = (&s.config.client_keys, sdk_key(headers))
+        && table.lookup(key).is_some()
+    {
+        let env = table.authenticate(key, origin)?;
+        return Ok((env, true));
+    }
+    if origin.is_some() {
+        return Err(Box::new(crate::client::origin_refused()));
+    }
+    Ok((authenticate(s, headers).await?, false))
 }
 
 async fn authenticate<S: EvaluatorSource, A: SdkAuth>(
@@ -276,7 +323,7 @@ async fn authenticate<S: EvaluatorSource, A: SdkAuth>(
 
 /// The context of an evaluation request and its canonical JSON (for the bulk ETag), or the
 /// OFREP error code and details.
-fn parse_context(body: &[u8]) -> Result<(Context, Vec<u8>), (&'static str, String)> {
+pub(crate) fn parse_context(body: &[u8]) -> Result<(Context, Vec<u8>), (&'static str, String)> {
     let request: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -322,7 +369,7 @@ fn parse_context(body: &[u8]) -> Result<(Context, Vec<u8>), (&'static str, Strin
 }
 
 /// A successful evaluation item.
-fn success(key: &str, flag: Option<&Flag>, eval: &Evaluation<'_>, version: u64) -> Value {
+fn success(key: &str, flag: Option<&Flag>, eval: &Evaluation<'_>) -> Value {
     let variant = match (eval.variation, flag) {
         (Some(i), Some(f)) => f
             .variations
@@ -337,7 +384,6 @@ fn success(key: &str, flag: Option<&Flag>, eval: &Evaluation<'_>, version: u64) 
         "value": eval.value.cloned().unwrap_or(Value::Null),
         "reason": eval.openfeature_reason(),
         "variant": variant,
-        "metadata": {"environmentVersion": version},
     })
 }
 

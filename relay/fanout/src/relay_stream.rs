@@ -199,6 +199,8 @@ struct Connection<A> {
     pending: BTreeSet<EnvironmentId>,
     /// The key set last sent per environment (sorted), to send only changes.
     sent_keys: HashMap<EnvironmentId, Vec<SdkKeyHash>>,
+    /// The client-side keys and origins last sent per environment.
+    sent_client: HashMap<EnvironmentId, crate::client::ClientEnv>,
     /// Each environment id as a JSON string, to splice into events.
     env_json: HashMap<EnvironmentId, Bytes>,
     catalog: watch::Receiver<Catalog>,
@@ -235,6 +237,7 @@ impl<A: RelayAuth> Connection<A> {
             subs: StreamMap::new(),
             pending: BTreeSet::new(),
             sent_keys: HashMap::new(),
+            sent_client: HashMap::new(),
             env_json: HashMap::new(),
             catalog,
             ticket,
@@ -431,6 +434,7 @@ impl<A: RelayAuth> Connection<A> {
         self.cursor.remove(env);
         out.push(self.remove_frame(env)?);
         self.sent_keys.remove(env);
+        self.sent_client.remove(env);
         if self.scope.contains(env) {
             self.pending.insert(env.clone());
         }
@@ -462,6 +466,7 @@ impl<A: RelayAuth> Connection<A> {
             self.subs.remove(&env);
             self.pending.remove(&env);
             self.sent_keys.remove(&env);
+            self.sent_client.remove(&env);
             self.cursor.remove(&env);
             out.push(self.remove_frame(&env)?);
         }
@@ -480,7 +485,9 @@ impl<A: RelayAuth> Connection<A> {
         for env in &scope {
             let mut keys = self.hub.keys().environment_keys(env);
             keys.sort_unstable();
-            if self.sent_keys.get(env) != Some(&keys) {
+            let client = self.hub.client_keys().environment(env);
+            if self.sent_keys.get(env) != Some(&keys) || self.sent_client.get(env) != Some(&client)
+            {
                 out.push(self.keys_frame(env)?);
             }
         }
@@ -505,10 +512,14 @@ impl<A: RelayAuth> Connection<A> {
     fn keys_frame(&mut self, env: &EnvironmentId) -> Result<Bytes, Stop> {
         let mut keys = self.hub.keys().environment_keys(env);
         keys.sort_unstable();
+        let client = self.hub.client_keys().environment(env);
         let payload = vexil_schema::stream::EnvKeys {
             environment: env.clone(),
             sdk_key_hashes: keys.clone(),
+            client_key_hashes: client.key_hashes.clone(),
+            allowed_origins: client.allowed_origins.clone(),
         };
+        self.sent_client.insert(env.clone(), client);
         let json = serde_json::to_vec(&payload).map_err(|_| Stop::Encode)?;
         self.sent_keys.insert(env.clone(), keys);
         encode_without_id(event::KEYS, &json)

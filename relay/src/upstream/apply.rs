@@ -69,6 +69,13 @@ impl Applier {
             RelayEvent::Keys(k) => {
                 self.hub
                     .set_environment_keys(&k.environment, &k.sdk_key_hashes);
+                self.hub.set_client_access(
+                    &k.environment,
+                    vexil_fanout::ClientEnv {
+                        key_hashes: k.client_key_hashes.clone(),
+                        allowed_origins: k.allowed_origins.clone(),
+                    },
+                );
                 self.join_scope(&k.environment);
             }
             RelayEvent::EnvPut(put) => self.put(put)?,

@@ -46,6 +46,7 @@ pub fn flag(key: &str, value: Value) -> Flag {
         key: FlagKey::parse(key).unwrap(),
         kind: FlagKind::Json,
         variations: vec![Variation::new(value)],
+        client_side: false,
         config: FlagConfig::serving(0),
     }
 }

@@ -6,6 +6,7 @@
 const RELAY_BIN: &str = env!("CARGO_BIN_EXE_vexil-relay");
 
 mod chain;
+mod client;
 mod faults;
 mod gate;
 mod harness;

@@ -43,6 +43,7 @@ fn boolean_def(key: &str) -> FlagDefinition {
         variations: vec![Variation::new(json!(true)), Variation::new(json!(false))],
         tags: vec![],
         temporary: false,
+        client_side: false,
     }
 }
 

@@ -26,6 +26,8 @@ struct WireFlag {
     kind: FlagKind,
     variations: Vec<Variation>,
     #[serde(default)]
+    client_side: bool,
+    #[serde(default)]
     on: bool,
     off_variation: usize,
     #[serde(default)]
@@ -47,6 +49,7 @@ impl From<WireFlag> for Flag {
             key: w.key,
             kind: w.kind,
             variations: w.variations,
+            client_side: w.client_side,
             config: FlagConfig {
                 on: w.on,
                 off_variation: w.off_variation,

@@ -217,6 +217,7 @@ fn flag() -> impl Strategy<Value = Flag> {
                 key: FlagKey::parse(key).unwrap(),
                 kind,
                 variations: values.into_iter().map(Variation::new).collect(),
+                client_side: false,
                 config: FlagConfig {
                     on,
                     off_variation: off,

@@ -21,6 +21,7 @@ fn definition(f: &Flag) -> FlagDefinition {
         variations: f.variations.clone(),
         tags: Vec::new(),
         temporary: false,
+        client_side: false,
     }
 }
 

@@ -210,6 +210,96 @@ pub(crate) async fn revoke_sdk_key(
     ))
 }
 
+/// Creates a client-side key (`vxc_`, public: for browsers and mobile apps) for this environment. Its secret is in the response, and only there.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/client-keys", tag = "keys",
+    params(("project" = String, Path, description = "Project key"),
+           ("environment" = String, Path, description = "Environment key")),
+    request_body = CreateSdkKey,
+    responses((status = 201, body = CreatedAccessKey), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn create_client_key(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, environment)): Path<(String, String)>,
+    StrictJson(body): StrictJson<CreateSdkKey>,
+) -> Result<Created<CreatedAccessKey>, ApiError> {
+    let ctx = caller.require(Role::Admin)?;
+    // Resolve first so a missing project or environment is a 404, not a body error.
+    app.store.get_environment(&project, &environment).await?;
+    let env = RelayEnvironment {
+        project: project.clone(),
+        environment: environment.clone(),
+    };
+    let created = app
+        .store
+        .create_access_key(&ctx, AccessKeyKind::Client, &body.name, &[env])
+        .await?;
+    let location = format!(
+        "/api/v1/projects/{project}/environments/{environment}/client-keys/{}",
+        created.key.id
+    );
+    Ok(Created::at(location, created))
+}
+
+/// Lists this environment's client-side keys (masked), by id.
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/client-keys", tag = "keys",
+    params(("project" = String, Path, description = "Project key"),
+           ("environment" = String, Path, description = "Environment key"), PageQuery),
+    responses((status = 200, body = Page<AccessKeyView>), (status = 404, body = Problem)))]
+pub(crate) async fn list_client_keys(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, environment)): Path<(String, String)>,
+    StrictQuery(q): StrictQuery<PageQuery>,
+) -> Result<Json<Page<AccessKeyView>>, ApiError> {
+    caller.check(Role::Admin)?;
+    let env = RelayEnvironment {
+        project,
+        environment,
+    };
+    Ok(Json(opaque(
+        app.store
+            .list_access_keys(AccessKeyKind::Client, Some(&env), q.cursor(), q.limit())
+            .await?,
+    )))
+}
+
+/// Revokes a client-side key.
+#[utoipa::path(delete, path = "/api/v1/projects/{project}/environments/{environment}/client-keys/{id}", tag = "keys",
+    params(("project" = String, Path, description = "Project key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("id" = i64, Path, description = "Key id")),
+    responses((status = 200, body = AccessKeyView), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub(crate) async fn revoke_client_key(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, environment, id)): Path<(String, String, i64)>,
+) -> Result<Json<AccessKeyView>, ApiError> {
+    let ctx = caller.require(Role::Admin)?;
+    client_key_in(&app, project, environment, id).await?;
+    Ok(Json(
+        app.store
+            .revoke_access_key(&ctx, AccessKeyKind::Client, id)
+            .await?,
+    ))
+}
+
+/// Checks that client key `id` belongs to the environment its route names (404 otherwise).
+async fn client_key_in(
+    app: &AppState,
+    project: String,
+    environment: String,
+    id: i64,
+) -> Result<(), ApiError> {
+    let env = RelayEnvironment {
+        project,
+        environment,
+    };
+    app.store
+        .access_key_in(AccessKeyKind::Client, id, &env)
+        .await?;
+    Ok(())
+}
+
 /// A request to create a relay key.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub(crate) struct CreateRelayKey {

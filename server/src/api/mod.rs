@@ -90,6 +90,8 @@ pub fn routes(state: AppState) -> (Router, Router) {
         .routes(routes!(admin::create_sdk_key, admin::list_sdk_keys))
         .routes(routes!(admin::rotate_sdk_key))
         .routes(routes!(admin::revoke_sdk_key))
+        .routes(routes!(admin::create_client_key, admin::list_client_keys))
+        .routes(routes!(admin::revoke_client_key))
         .routes(routes!(admin::create_relay_key, admin::list_relay_keys))
         .routes(routes!(admin::rotate_relay_key))
         .routes(routes!(admin::revoke_relay_key))

@@ -12,7 +12,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use time::OffsetDateTime;
-use vexil_fanout::{AuthError, RelayAuth, SdkAuth};
+use vexil_fanout::{AuthError, ClientEnv, RelayAuth, SdkAuth};
 use vexil_schema::stream::{EnvironmentId, SdkKeyHash};
 
 use super::{Feed, Inner};
@@ -46,6 +46,7 @@ struct KeyFingerprint {
     revoked: i64,
     rotated: Option<String>,
     scopes: i64,
+    origins: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -55,6 +56,15 @@ struct KeyRow {
     previous_expires_at: Option<OffsetDateTime>,
     project: String,
     environment: String,
+}
+
+type ClientKeyRow = KeyRow;
+
+#[derive(sqlx::FromRow)]
+struct OriginsRow {
+    project: String,
+    environment: String,
+    allowed_origins: sqlx::types::Json<Vec<String>>,
 }
 
 fn digest(bytes: &[u8]) -> Option<[u8; 32]> {
@@ -120,17 +130,19 @@ impl Inner {
                         (SELECT COALESCE(MAX(id), 0) FROM access_keys) AS max_id,
                         (SELECT COUNT(revoked_at) FROM access_keys) AS revoked,
                         (SELECT CAST(MAX(rotated_at) AS TEXT) FROM access_keys) AS rotated,
-                        (SELECT COUNT(*) FROM access_key_environments) AS scopes",
+                        (SELECT COUNT(*) FROM access_key_environments) AS scopes,
+                        (SELECT CAST(COALESCE(SUM(origins_changes), 0) AS BIGINT) FROM environments) AS origins",
                 args![],
             )
             .await?;
         let fingerprint = format!(
-            "{}/{}/{}/{}/{}",
+            "{}/{}/{}/{}/{}/{}",
             fingerprint.keys,
             fingerprint.max_id,
             fingerprint.revoked,
             fingerprint.rotated.unwrap_or_default(),
-            fingerprint.scopes
+            fingerprint.scopes,
+            fingerprint.origins
         );
         {
             let last = self
@@ -164,12 +176,73 @@ impl Inner {
         for env in &envs {
             self.set_hub_keys(env);
         }
+        self.reload_client_access(&mut pc, &envs).await?;
         // Relay keys may have changed too: open relay streams check theirs again.
         self.hub.notify_relay_scopes_changed();
         *self
             .key_fingerprint
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(fingerprint);
+        Ok(())
+    }
+
+    /// Hands the hub every environment's client-side key hashes and allowed origins.
+    async fn reload_client_access(
+        &self,
+        pc: &mut crate::db::Pooled,
+        envs: &[EnvironmentId],
+    ) -> Result<(), StoreError> {
+        let keys: Vec<ClientKeyRow> = pc
+            .conn()
+            .fetch_all(
+                "SELECT k.secret_hash, k.previous_hash, k.previous_expires_at,
+                        p.key AS project, e.key AS environment
+                 FROM access_keys k
+                 JOIN access_key_environments ke ON ke.key_id = k.id
+                 JOIN environments e ON e.id = ke.environment_id
+                 JOIN projects p ON p.id = e.project_id
+                 WHERE k.kind = 'client' AND k.revoked_at IS NULL",
+                args![],
+            )
+            .await?;
+        let origins: Vec<OriginsRow> = pc
+            .conn()
+            .fetch_all(
+                "SELECT p.key AS project, e.key AS environment, e.allowed_origins
+                 FROM environments e JOIN projects p ON p.id = e.project_id",
+                args![],
+            )
+            .await?;
+        let at = now();
+        let mut access: HashMap<EnvironmentId, ClientEnv> = HashMap::new();
+        for row in keys {
+            let Ok(env) = EnvironmentId::parse(&format!("{}/{}", row.project, row.environment))
+            else {
+                continue;
+            };
+            let entry = access.entry(env).or_default();
+            if let Some(h) = digest(&row.secret_hash) {
+                entry.key_hashes.push(SdkKeyHash(h));
+            }
+            if let (Some(h), Some(t)) = (
+                row.previous_hash.as_deref().and_then(digest),
+                row.previous_expires_at,
+            ) && t > at
+            {
+                entry.key_hashes.push(SdkKeyHash(h));
+            }
+        }
+        for row in origins {
+            let Ok(env) = EnvironmentId::parse(&format!("{}/{}", row.project, row.environment))
+            else {
+                continue;
+            };
+            access.entry(env).or_default().allowed_origins = row.allowed_origins.0;
+        }
+        for env in envs {
+            self.hub
+                .set_client_access(env, access.remove(env).unwrap_or_default());
+        }
         Ok(())
     }
 

@@ -33,6 +33,10 @@ pub struct EnvironmentView {
     /// When its name or description last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Browser origins allowed to use the environment's client-side keys (`"*"`: any;
+    /// empty: no browser).
+    #[sqlx(json)]
+    pub allowed_origins: Vec<String>,
 }
 
 /// A request to create an environment.
@@ -62,6 +66,46 @@ pub struct UpdateEnvironment {
     #[serde(default, deserialize_with = "crate::extract::non_null")]
     #[schema(nullable = false)]
     pub description: Option<String>,
+    /// New list of allowed browser origins (`https://app.example.com`, or `"*"`).
+    #[serde(default, deserialize_with = "crate::extract::non_null")]
+    #[schema(nullable = false)]
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// Most origins one environment may allow.
+const MAX_ORIGINS: usize = 100;
+
+/// Checks a list of allowed origins: `"*"`, or `scheme://host[:port]` with no path.
+fn check_origins(origins: &[String]) -> Result<(), StoreError> {
+    if origins.len() > MAX_ORIGINS {
+        return Err(StoreError::invalid(
+            "allowed_origins",
+            "too_many",
+            format!("at most {MAX_ORIGINS} origins"),
+        ));
+    }
+    for (i, o) in origins.iter().enumerate() {
+        let valid = o == "*"
+            || o.split_once("://").is_some_and(|(scheme, host)| {
+                !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                    && !host.is_empty()
+                    && host.len() <= 255
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+            });
+        if !valid {
+            return Err(StoreError::invalid(
+                format!("allowed_origins[{i}]"),
+                "invalid_origin",
+                "must be \"*\" or an origin such as https://app.example.com (no path)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -131,7 +175,7 @@ pub(crate) fn initial_config(def: &FlagDefinition) -> FlagConfig {
 async fn fetch_view(conn: &mut Conn<'_>, id: i64) -> Result<EnvironmentView, StoreError> {
     Ok(conn
         .fetch_one(
-            "SELECT key, name, description, version, created_at, updated_at FROM environments
+            "SELECT key, name, description, version, created_at, updated_at, allowed_origins FROM environments
              WHERE id = $1",
             args![id],
         )
@@ -228,7 +272,7 @@ impl Store {
         let p = project_row(&mut c, project).await?;
         let mut items: Vec<EnvironmentView> = c
             .fetch_all(
-                "SELECT key, name, description, version, created_at, updated_at FROM environments
+                "SELECT key, name, description, version, created_at, updated_at, allowed_origins FROM environments
                  WHERE project_id = $1 AND key > $2 ORDER BY key LIMIT $3",
                 args![p.id, cursor.unwrap_or(""), limit + 1],
             )
@@ -267,7 +311,14 @@ impl Store {
             .description
             .unwrap_or_else(|| before.description.clone());
         check_text(&name, &description)?;
-        if name == before.name && description == before.description {
+        let origins = update
+            .allowed_origins
+            .unwrap_or_else(|| before.allowed_origins.clone());
+        check_origins(&origins)?;
+        if name == before.name
+            && description == before.description
+            && origins == before.allowed_origins
+        {
             // Nothing changes: no write, no audit entry.
             return Ok(before);
         }
@@ -277,6 +328,14 @@ impl Store {
             args![e.id, name, description, t],
         )
         .await?;
+        if origins != before.allowed_origins {
+            c.execute(
+                "UPDATE environments SET allowed_origins = $2, origins_changes = origins_changes + 1
+                 WHERE id = $1",
+                args![e.id, Value::from(origins)],
+            )
+            .await?;
+        }
         let after = fetch_view(&mut c, e.id).await?;
         let rec = AuditRecord::new("environment.update", "environment", key)
             .scoped(Some(project), Some(key))

@@ -12,7 +12,8 @@ use super::projects::paginate;
 use super::projects::project_row;
 use super::{OrGone, Page, Store, StoreError, WriteContext, encode, id_cursor, page_limit};
 use crate::auth::{
-    RELAY_KEY_PREFIX, SDK_KEY_PREFIX, digests_equal, generate_secret, hash_secret, hint,
+    CLIENT_KEY_PREFIX, RELAY_KEY_PREFIX, SDK_KEY_PREFIX, digests_equal, generate_secret,
+    hash_secret, hint,
 };
 use crate::db::{Conn, args, now};
 
@@ -24,6 +25,9 @@ pub enum AccessKeyKind {
     Sdk,
     /// Relay key for a set of environments (`vxr_`).
     Relay,
+    /// Client-side key for one environment (`vxc_`): public, reads only evaluated values of
+    /// client-side flags.
+    Client,
 }
 
 impl AccessKeyKind {
@@ -31,6 +35,7 @@ impl AccessKeyKind {
         match self {
             AccessKeyKind::Sdk => "sdk",
             AccessKeyKind::Relay => "relay",
+            AccessKeyKind::Client => "client",
         }
     }
 
@@ -38,6 +43,7 @@ impl AccessKeyKind {
         match self {
             AccessKeyKind::Sdk => SDK_KEY_PREFIX,
             AccessKeyKind::Relay => RELAY_KEY_PREFIX,
+            AccessKeyKind::Client => CLIENT_KEY_PREFIX,
         }
     }
 
@@ -45,6 +51,7 @@ impl AccessKeyKind {
         match self {
             AccessKeyKind::Sdk => "sdk_key",
             AccessKeyKind::Relay => "relay_key",
+            AccessKeyKind::Client => "client_key",
         }
     }
 
@@ -139,6 +146,7 @@ fn parse_kind(s: &str) -> Result<AccessKeyKind, StoreError> {
     match s {
         "sdk" => Ok(AccessKeyKind::Sdk),
         "relay" => Ok(AccessKeyKind::Relay),
+        "client" => Ok(AccessKeyKind::Client),
         other => Err(StoreError::Corrupt(format!("access key kind '{other}'"))),
     }
 }
@@ -285,8 +293,8 @@ impl Store {
         let action = kind.action("create");
         let rec = AuditRecord::new(&action, kind.resource(), &id)
             .scoped(
-                (kind == AccessKeyKind::Sdk).then(|| environments[0].project.as_str()),
-                (kind == AccessKeyKind::Sdk).then(|| environments[0].environment.as_str()),
+                (kind != AccessKeyKind::Relay).then(|| environments[0].project.as_str()),
+                (kind != AccessKeyKind::Relay).then(|| environments[0].environment.as_str()),
             )
             .after(encode(&view));
         audit(&mut c, ctx, rec, t).await?;

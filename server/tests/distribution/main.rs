@@ -1,6 +1,7 @@
 //! Change distribution end to end: real servers, real PostgreSQL or SQLite, real sockets and
 //! SSE streams.
 
+mod client;
 mod evaluate;
 mod fixtures;
 mod helpers;

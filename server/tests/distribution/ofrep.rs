@@ -178,8 +178,8 @@ async fn ofrep_answers_match_the_spec() {
     assert!(etag.starts_with(&format!("\"{version}-")), "{etag}");
     assert_eq!(
         expect(res, 200).await,
-        json!({"flags": [{"key": "color", "value": "red", "reason": "TARGETING_MATCH", "variant": "warm",
-                          "metadata": {"environmentVersion": version}}]})
+        json!({"flags": [{"key": "color", "value": "red", "reason": "TARGETING_MATCH", "variant": "warm"}],
+               "metadata": {"environmentVersion": version}})
     );
     let res = reqwest::Client::new()
         .post(format!("{base}/ofrep/v1/evaluate/flags"))

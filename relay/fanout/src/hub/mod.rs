@@ -142,6 +142,8 @@ pub(crate) struct Shared {
     /// SHA-256 hashes of every environment's SDK keys: the relay's SDK authentication and
     /// what relay streams send as `keys` events.
     pub(crate) keys: SdkKeyTable,
+    /// Client-side key hashes and allowed origins per environment (issue 15).
+    pub(crate) client_keys: crate::client::ClientKeyTable,
     /// Bumped whenever something relay streams must look at again changes: an environment
     /// gets its first state or is removed, a key set changes, relay scopes change, or a drain
     /// step passes. Relay streams hold receivers; SDK streams never look at it.
@@ -193,6 +195,7 @@ impl Hub {
             close_below: AtomicU32::new(0),
             next_ticket: AtomicU32::new(0),
             keys: SdkKeyTable::new(),
+            client_keys: crate::client::ClientKeyTable::new(),
             catalog: watch::Sender::new(Catalog::default()),
         });
         tokio::spawn(keep_alive(Arc::downgrade(&shared)));
@@ -379,6 +382,7 @@ impl Hub {
         if had_keys {
             self.shared.keys.remove_environment(env);
         }
+        self.shared.client_keys.remove_environment(env);
         if let Some(chan) = removed {
             chan.removed.store(true, Ordering::Release);
             let _ = chan.tx.send(Signal::Close);
@@ -416,6 +420,20 @@ impl Hub {
             let _ = chan.tx.send(Signal::Close);
         }
         self.shared.bump_catalog();
+    }
+
+    /// The client-side key registry: client key hashes and allowed origins per environment.
+    pub fn client_keys(&self) -> &crate::client::ClientKeyTable {
+        &self.shared.client_keys
+    }
+
+    /// Replaces `env`'s client-side keys and allowed origins. Relay streams send the change
+    /// in a `keys` event; evaluated streams opened with a key no longer listed end at the
+    /// next change of the environment.
+    pub fn set_client_access(&self, env: &EnvironmentId, access: crate::client::ClientEnv) {
+        if self.shared.client_keys.set_environment(env, access) {
+            self.shared.bump_catalog();
+        }
     }
 
     /// Tells every relay stream to authenticate its relay key again and apply any change of

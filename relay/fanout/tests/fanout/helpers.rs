@@ -80,6 +80,7 @@ pub fn flag(key: &str, serve: usize) -> Flag {
         key: FlagKey::parse(key).unwrap(),
         kind: FlagKind::Boolean,
         variations: vec![Variation::new(json!(true)), Variation::new(json!(false))],
+        client_side: false,
         config: FlagConfig::serving(serve),
     }
 }

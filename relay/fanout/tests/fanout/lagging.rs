@@ -15,6 +15,7 @@ fn big_flag(v: u64) -> Flag {
         variations: vec![Variation::new(
             json!({ "v": v, "pad": "x".repeat(256 * 1024) }),
         )],
+        client_side: false,
         config: FlagConfig::serving(0),
     }
 }

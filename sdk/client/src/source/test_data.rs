@@ -376,6 +376,7 @@ impl TestFlag {
             key: self.key?,
             kind: self.kind,
             variations: self.variations,
+            client_side: false,
             config: self.config,
         })
     }
