@@ -321,15 +321,58 @@ fn item(compiled: &CompiledSnapshot, key: &str, ctx: &vexil_schema::Context) -> 
     .to_string()
 }
 
-/// Every client-side flag's item for `ctx`.
+/// What a stream last sent for one flag: the evaluation's shape, to skip encoding when it
+/// is unchanged, and the encoded item.
+#[derive(Debug)]
+struct SentItem {
+    variation: Option<usize>,
+    reason: &'static str,
+    json: String,
+}
+
+/// Every client-side flag's item for `ctx`, and the keys whose item differs from `sent`'s
+/// (or is new). Items are moved out of `sent`: what remains there afterwards are flags no
+/// longer listed. An item whose flag is the very same (shared, unchanged) in `previous` and
+/// whose variation and reason are unchanged is carried over without encoding: a change costs
+/// one evaluation per flag, and an encoding only per flag whose answer may have moved.
 fn evaluate_all(
     compiled: &CompiledSnapshot,
     keys: &[Box<str>],
     ctx: &vexil_schema::Context,
-) -> BTreeMap<Box<str>, String> {
-    keys.iter()
-        .map(|k| (k.clone(), item(compiled, k, ctx)))
-        .collect()
+    previous: Option<&CompiledSnapshot>,
+    sent: &mut BTreeMap<Box<str>, SentItem>,
+) -> (BTreeMap<Box<str>, SentItem>, Vec<Box<str>>) {
+    let mut out = BTreeMap::new();
+    let mut changed = Vec::new();
+    for k in keys {
+        let eval = compiled.evaluate(k, ctx);
+        let reason = eval.openfeature_reason();
+        let same_flag = match (previous.and_then(|p| p.flag(k)), compiled.flag(k)) {
+            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            _ => false,
+        };
+        let old = sent.remove(k);
+        match old {
+            Some(o) if same_flag && o.variation == eval.variation && o.reason == reason => {
+                out.insert(k.clone(), o);
+            }
+            old => {
+                let json = item(compiled, k, ctx);
+                if old.is_none_or(|o| o.json != json) {
+                    changed.push(k.clone());
+                }
+                out.insert(
+                    k.clone(),
+                    SentItem {
+                        variation: eval.variation,
+                        reason,
+                        json,
+                    },
+                );
+            }
+        }
+    }
+    (out, changed)
 }
 
 /// `{"version":N,"flags":{...}[,"removed":[...]]}` from encoded items.
@@ -479,13 +522,17 @@ async fn stream<S: EvaluatorSource>(
         .and_then(|v| parse_version(v.trim()))
         == Some(version);
     let keys = s.client_flags.get(&env, &compiled);
-    let mut sent = evaluate_all(&compiled, &keys, &ctx);
+    let (mut sent, _) = evaluate_all(&compiled, &keys, &ctx, None, &mut BTreeMap::new());
     let first = (!resumed)
         .then(|| {
             frame(
                 "put",
                 version,
-                &payload(version, sent.iter().map(|(k, v)| (&**k, v.as_str())), &[]),
+                &payload(
+                    version,
+                    sent.iter().map(|(k, v)| (&**k, v.json.as_str())),
+                    &[],
+                ),
             )
         })
         .flatten();
@@ -497,6 +544,7 @@ async fn stream<S: EvaluatorSource>(
             yield f;
         }
         let mut at = version;
+        let mut previous = compiled;
         while let Some(f) = sub.next().await {
             if f.as_ref() == KEEP_ALIVE {
                 yield f;
@@ -521,14 +569,14 @@ async fn stream<S: EvaluatorSource>(
             }
             at = compiled.version();
             let keys = cache.get(&env, &compiled);
-            let now = evaluate_all(&compiled, &keys, &ctx);
-            let changed: Vec<(&str, &str)> = now
+            let (now, changed) =
+                evaluate_all(&compiled, &keys, &ctx, Some(&*previous), &mut sent);
+            // What is left in `sent` is no longer client-side (or gone).
+            let removed: Vec<Box<str>> = sent.keys().cloned().collect();
+            let changed: Vec<(&str, &str)> = changed
                 .iter()
-                .filter(|(k, v)| sent.get(*k) != Some(*v))
-                .map(|(k, v)| (&**k, v.as_str()))
+                .filter_map(|k| now.get(k).map(|v| (&**k, v.json.as_str())))
                 .collect();
-            let removed: Vec<Box<str>> =
-                sent.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
             if !changed.is_empty() || !removed.is_empty() {
                 let data = payload(at, changed.into_iter(), &removed);
                 if let Some(f) = frame("patch", at, &data) {
@@ -536,6 +584,7 @@ async fn stream<S: EvaluatorSource>(
                 }
             }
             sent = now;
+            previous = compiled;
         }
     };
     (
