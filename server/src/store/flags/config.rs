@@ -200,6 +200,8 @@ impl Store {
                     key: edit.key.clone(),
                     kind: vexil_schema::FlagKind::Boolean,
                     variations: Vec::new(),
+                    // A scratch flag: only its configuration is kept.
+                    client_side: false,
                     config: cfg,
                 };
                 let version = flag.config.version;
