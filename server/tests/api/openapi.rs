@@ -826,6 +826,26 @@ async fn every_route_answers_as_the_document_says() {
     c.admin(M::DELETE, &format!("{sdk}/999999"), None, 404)
         .await;
 
+    // Client-side keys.
+    let client = "/api/v1/projects/p/environments/e/client-keys";
+    let ck = c
+        .admin(M::POST, client, Some(json!({"name": "browser"})), 201)
+        .await;
+    c.expect(v, M::POST, client, Some(json!({"name": "browser"})), 403)
+        .await;
+    c.admin(M::GET, client, None, 200).await;
+    c.admin(
+        M::GET,
+        "/api/v1/projects/p/environments/nope/client-keys",
+        None,
+        404,
+    )
+    .await;
+    c.admin(M::DELETE, &format!("{client}/{}", ck["id"]), None, 200)
+        .await;
+    c.admin(M::DELETE, &format!("{client}/999999"), None, 404)
+        .await;
+
     // Relay keys.
     let r = c
         .admin(
