@@ -272,6 +272,13 @@ impl From<ValidationErrors> for ApiError {
 fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        // The connection broke under the driver (a cut socket mid-message, a connection task
+        // that died, a transaction that could not start on a broken connection): the request
+        // did not commit and can be retried once the database answers again.
+        sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed
+        | sqlx::Error::Tls(_) => true,
         // PostgreSQL going away under a session: a connection exception (class 08) or an
         // operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
         // connect now), as when it is stopped or restarted; the transaction was rolled back.
@@ -344,6 +351,11 @@ mod tests {
             (StoreError::Gone("project 'p'".into()), 409),
             (StoreError::Corrupt("bad".into()), 500),
             (StoreError::Database(sqlx::Error::PoolTimedOut), 503),
+            (StoreError::Database(sqlx::Error::WorkerCrashed), 503),
+            (
+                StoreError::Database(sqlx::Error::Protocol("unexpected end of stream".into())),
+                503,
+            ),
             // A missing row nobody expected is a bug, not a conflict.
             (StoreError::Database(sqlx::Error::RowNotFound), 500),
         ];
