@@ -386,10 +386,13 @@ impl Ingest {
     }
 }
 
-/// Runs [`EventStore::maintain`] now and every hour (creating partitions ahead, enforcing
-/// retention). Owned by [`crate::Server::serve`], aborted when it returns.
+/// Runs [`EventStore::maintain`] every hour (creating partitions ahead, enforcing
+/// retention). Owned by [`crate::Server::serve`], aborted when it returns. The first round
+/// is an hour after start: the app already ran one while it was built, and a second one
+/// racing it at start-up would only repeat the work.
 pub(crate) async fn maintenance(store: EventStore) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    let hour = Duration::from_secs(3600);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + hour, hour);
     loop {
         tick.tick().await;
         match store.maintain(now_ms()).await {
