@@ -18,7 +18,7 @@
 //! Memory per key, beyond its bytes: 4 (end) + 8 (sequence) + 11–21 (slots at a load between
 //! 3/8 and 3/4), plus a share of the arrays: about 25–35 bytes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use vexil_schema::delta::ListDelta;
@@ -74,9 +74,37 @@ struct Entry<'k> {
     seq: u64,
 }
 
-/// The part of a hash a slot keeps: the high half (the low bits choose the slot).
+/// The part of a hash a slot keeps: the high half.
+#[inline]
 fn tag(hash: u64) -> u64 {
-    hash & 0xffff_ffff_0000_0000
+    hash & TAG
+}
+
+/// The tag bits of a slot (or of a hash).
+const TAG: u64 = 0xffff_ffff_0000_0000;
+
+/// The slot a tag (or hash) probes first, in a table of `mask + 1` slots: taken from the
+/// tag's low bits (below the few top bits that chose the leaf, which all of a leaf's keys
+/// share), so that a table can be rebuilt from its slots alone, without rehashing a key.
+#[inline]
+fn home(tag_or_hash: u64, mask: usize) -> usize {
+    (tag_or_hash >> 32) as usize & mask
+}
+
+/// Slots for `n` entries: a load between 3/8 and 3/4.
+fn capacity(n: usize) -> usize {
+    (n + n / 3 + 1).next_power_of_two().max(2)
+}
+
+/// Puts `slot` (tag and entry) in the first free place from its home.
+#[inline]
+fn place(slots: &mut [u64], slot: u64) {
+    let mask = slots.len() - 1;
+    let mut s = home(slot, mask);
+    while slots[s] != 0 {
+        s = (s + 1) & mask;
+    }
+    slots[s] = slot;
 }
 
 impl Leaf {
@@ -92,9 +120,7 @@ impl Leaf {
     /// Builds a leaf from distinct entries.
     fn build(entries: &[Entry<'_>]) -> Self {
         let n = entries.len();
-        let capacity = (n + n / 3 + 1).next_power_of_two().max(2);
-        let mut slots = vec![0u64; capacity].into_boxed_slice();
-        let mask = capacity - 1;
+        let mut slots = vec![0u64; capacity(n)].into_boxed_slice();
         let mut bytes = String::with_capacity(entries.iter().map(|e| e.key.len()).sum());
         let mut ends = Vec::with_capacity(n);
         let mut seqs = Vec::with_capacity(n);
@@ -102,11 +128,7 @@ impl Leaf {
             bytes.push_str(e.key);
             ends.push(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
             seqs.push(e.seq);
-            let mut s = e.hash as usize & mask;
-            while slots[s] != 0 {
-                s = (s + 1) & mask;
-            }
-            slots[s] = tag(e.hash) | (i as u64 + 1);
+            place(&mut slots, tag(e.hash) | (i as u64 + 1));
         }
         Self {
             bytes: bytes.into_boxed_str(),
@@ -124,29 +146,85 @@ impl Leaf {
         }
         let mask = self.slots.len() - 1;
         let want = tag(hash);
-        let mut s = hash as usize & mask;
+        let mut s = home(hash, mask);
         loop {
             let slot = self.slots[s];
             if slot == 0 {
                 return None;
             }
             let i = (slot & 0xffff_ffff) as usize - 1;
-            if slot & 0xffff_ffff_0000_0000 == want && self.key(i) == key {
+            if slot & TAG == want && self.key(i) == key {
                 return Some(i);
             }
             s = (s + 1) & mask;
         }
     }
 
-    fn entries(&self) -> impl Iterator<Item = Entry<'_>> {
-        (0..self.len()).map(|i| {
-            let key = self.key(i);
-            Entry {
-                key,
-                hash: HashIndex::hash(key),
-                seq: self.seqs[i],
+    /// Where entry `i`'s bytes start.
+    fn start(&self, i: usize) -> usize {
+        if i == 0 { 0 } else { self.ends[i - 1] as usize }
+    }
+
+    /// This leaf without the entries `removed` (ascending, distinct) and with `added`
+    /// appended (distinct, absent from the kept entries). Kept entries keep their relative
+    /// order and are copied in runs; the table is rebuilt from the slots' tags (or copied,
+    /// when nothing leaves and the size class holds), so no kept key is hashed again.
+    fn edit(&self, removed: &[u32], added: &[Entry<'_>]) -> Self {
+        let old_len = self.len();
+        let n = old_len - removed.len() + added.len();
+        let removed_bytes: usize = removed.iter().map(|&r| self.key(r as usize).len()).sum();
+        let added_bytes: usize = added.iter().map(|e| e.key.len()).sum();
+        let mut bytes = String::with_capacity(self.bytes.len() - removed_bytes + added_bytes);
+        let mut ends = Vec::with_capacity(n);
+        let mut seqs = Vec::with_capacity(n);
+        let mut run = 0;
+        for r in removed
+            .iter()
+            .map(|&r| r as usize)
+            .chain(std::iter::once(old_len))
+        {
+            if run < r {
+                let from = self.start(run);
+                let to = self.ends[r - 1] as usize;
+                // Every end in the run moves by the same amount.
+                let shift = from - bytes.len();
+                bytes.push_str(self.bytes.get(from..to).unwrap_or(""));
+                ends.extend(self.ends[run..r].iter().map(|&e| e - shift as u32));
+                seqs.extend_from_slice(&self.seqs[run..r]);
             }
-        })
+            run = r + 1;
+        }
+        let kept = ends.len();
+        for e in added {
+            bytes.push_str(e.key);
+            ends.push(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+            seqs.push(e.seq);
+        }
+        let size = capacity(n);
+        let mut slots = if removed.is_empty() && size == self.slots.len() {
+            self.slots.clone()
+        } else {
+            let mut slots = vec![0u64; size].into_boxed_slice();
+            for &slot in self.slots.iter().filter(|&&s| s != 0) {
+                let i = (slot & !TAG) as usize - 1;
+                // Entry `i` moves down by the number of removed entries before it.
+                let below = removed.partition_point(|&r| (r as usize) < i);
+                if removed.get(below).is_some_and(|&r| r as usize == i) {
+                    continue;
+                }
+                place(&mut slots, (slot & TAG) | (i - below + 1) as u64);
+            }
+            slots
+        };
+        for (j, e) in added.iter().enumerate() {
+            place(&mut slots, tag(e.hash) | (kept + j + 1) as u64);
+        }
+        Self {
+            bytes: bytes.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+            seqs: seqs.into_boxed_slice(),
+            slots,
+        }
     }
 }
 
@@ -254,7 +332,7 @@ impl KeySet {
 
     /// This set with `delta` applied by the canonical list rules: removed keys leave, added
     /// keys absent after the removals are appended in order, once. Only the leaves holding
-    /// an edited key are rebuilt.
+    /// an edited key are rebuilt, by copying (no kept key is hashed again).
     pub(crate) fn apply(&self, delta: &ListDelta) -> Self {
         if delta.is_empty() {
             return self.clone();
@@ -265,67 +343,91 @@ impl KeySet {
             delta.apply(&mut list);
             return Self::build(&list);
         }
-        let removed: HashSet<&str> = delta.remove.iter().map(String::as_str).collect();
-        let mut next_seq = self.next_seq;
-        // Leaf number → (keys removed from it, entries appended to it).
-        let mut edits: HashMap<usize, (HashSet<&str>, Vec<Entry<'_>>)> = HashMap::new();
-        let mut len = self.len;
+        // Every edit, located: (leaf, entry removed) and (leaf, entry appended).
+        let mut removals: Vec<(usize, u32)> = Vec::with_capacity(delta.remove.len());
         for key in &delta.remove {
             let hash = HashIndex::hash(key);
-            if self.contains_hashed(hash, key) {
-                let edit = edits.entry(leaf_of(hash, self.bits)).or_default();
-                if edit.0.insert(key) {
-                    len -= 1;
-                }
+            let l = leaf_of(hash, self.bits);
+            if let Some(i) = self.leaf_at(l).and_then(|leaf| leaf.find(hash, key)) {
+                removals.push((l, i as u32));
             }
         }
-        let mut added: HashSet<&str> = HashSet::new();
+        removals.sort_unstable();
+        removals.dedup();
+        let mut next_seq = self.next_seq;
+        let mut additions: Vec<(usize, Entry<'_>)> = Vec::with_capacity(delta.add.len());
         for key in &delta.add {
             let hash = HashIndex::hash(key);
-            let present = self.contains_hashed(hash, key) && !removed.contains(key.as_str());
-            if present || !added.insert(key) {
+            let l = leaf_of(hash, self.bits);
+            let at = self.leaf_at(l).and_then(|leaf| leaf.find(hash, key));
+            // Present and staying: nothing to do. Present and removed: re-appended.
+            if at.is_some_and(|i| removals.binary_search(&(l, i as u32)).is_err()) {
                 continue;
             }
-            edits
-                .entry(leaf_of(hash, self.bits))
-                .or_default()
-                .1
-                .push(Entry {
+            additions.push((
+                l,
+                Entry {
                     key,
                     hash,
                     seq: next_seq,
-                });
+                },
+            ));
             next_seq += 1;
-            len += 1;
         }
-        if edits.is_empty() {
+        // By leaf, keeping the delta's order within a leaf (the first of repeated adds wins).
+        additions.sort_by_key(|a| a.0);
+        dedup_additions(&mut additions);
+        if removals.is_empty() && additions.is_empty() {
             return self.clone();
         }
+        let len = self.len - removals.len() + additions.len();
+
         let mut top: Vec<Arc<[Arc<Leaf>]>> = self.top.to_vec();
-        let mut mids: HashMap<usize, Vec<Arc<Leaf>>> = HashMap::new();
-        let mut oversized = false;
         let mid_mask = (1 << self.mid_bits) - 1;
-        for (l, (gone, appended)) in &edits {
-            let Some(old) = self.leaf_at(*l) else {
-                continue;
+        let mut mid: Option<(usize, Vec<Arc<Leaf>>)> = None;
+        let mut oversized = false;
+        let (mut r, mut a) = (0, 0);
+        let mut removed: Vec<u32> = Vec::new();
+        let mut added: Vec<Entry<'_>> = Vec::new();
+        while r < removals.len() || a < additions.len() {
+            let l = match (removals.get(r), additions.get(a)) {
+                (Some(x), Some(y)) => x.0.min(y.0),
+                (Some(x), None) => x.0,
+                (None, Some(y)) => y.0,
+                (None, None) => break,
             };
-            let entries: Vec<Entry<'_>> = old
-                .entries()
-                .filter(|e| !gone.contains(e.key))
-                .chain(appended.iter().map(|e| Entry {
+            removed.clear();
+            added.clear();
+            while let Some(&(_, i)) = removals.get(r).filter(|x| x.0 == l) {
+                removed.push(i);
+                r += 1;
+            }
+            while let Some((_, e)) = additions.get(a).filter(|x| x.0 == l) {
+                added.push(Entry {
                     key: e.key,
                     hash: e.hash,
                     seq: e.seq,
-                }))
-                .collect();
-            oversized |= entries.len() > LEAF_MAX;
-            let mid = mids
-                .entry(l >> self.mid_bits)
-                .or_insert_with(|| top[l >> self.mid_bits].to_vec());
-            mid[l & mid_mask] = Arc::new(Leaf::build(&entries));
+                });
+                a += 1;
+            }
+            let Some(old) = self.leaf_at(l) else {
+                continue;
+            };
+            let leaf = old.edit(&removed, &added);
+            oversized |= leaf.len() > LEAF_MAX;
+            let m = l >> self.mid_bits;
+            if mid.as_ref().is_none_or(|(at, _)| *at != m) {
+                if let Some((at, done)) = mid.take() {
+                    top[at] = done.into();
+                }
+                mid = Some((m, top[m].to_vec()));
+            }
+            if let Some((_, leaves)) = mid.as_mut() {
+                leaves[l & mid_mask] = Arc::new(leaf);
+            }
         }
-        for (m, mid) in mids {
-            top[m] = mid.into();
+        if let Some((at, done)) = mid {
+            top[at] = done.into();
         }
         let next = Self {
             top: top.into(),
@@ -355,6 +457,43 @@ fn leaf_of(hash: u64, bits: u32) -> usize {
         0
     } else {
         (hash >> (64 - bits)) as usize
+    }
+}
+
+/// Drops repeated keys from additions sorted by leaf (a key's repeats share its leaf, in
+/// delta order), keeping each key's first entry. No allocation when no leaf gets more than
+/// a few keys, as in small edits.
+fn dedup_additions(additions: &mut Vec<(usize, Entry<'_>)>) {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut keep: Vec<bool> = Vec::new();
+    let mut start = 0;
+    while start < additions.len() {
+        let l = additions[start].0;
+        let end = start + additions[start..].iter().take_while(|x| x.0 == l).count();
+        let group = &additions[start..end];
+        if group.len() > 1 {
+            if keep.is_empty() {
+                keep = vec![true; additions.len()];
+            }
+            if group.len() <= 8 {
+                for j in 1..group.len() {
+                    keep[start + j] = group[..j].iter().all(|x| x.1.key != group[j].1.key);
+                }
+            } else {
+                seen.clear();
+                for (j, x) in group.iter().enumerate() {
+                    keep[start + j] = seen.insert(x.1.key);
+                }
+            }
+        }
+        start = end;
+    }
+    if !keep.is_empty() {
+        let mut i = 0;
+        additions.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
     }
 }
 
@@ -444,5 +583,56 @@ mod tests {
         }
         assert_eq!(set.to_vec(), list);
         assert!(set.bits > 0);
+    }
+
+    /// The canonical rules written the slow, obvious way.
+    fn naive(list: &mut Vec<String>, delta: &ListDelta) {
+        list.retain(|k| !delta.remove.contains(k));
+        for k in &delta.add {
+            if !list.contains(k) {
+                list.push(k.clone());
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 64,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b65_7973),
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Edits in place (many leaves; keys removed, re-added, repeated, absent) equal the
+        /// naive model, membership included, and leave the original set intact.
+        #[test]
+        fn edits_in_place_equal_the_model(
+            edits in proptest::collection::vec(
+                (
+                    proptest::collection::vec(0..3_000usize, 0..12),
+                    proptest::collection::vec(0..3_000usize, 0..12),
+                ),
+                1..16,
+            )
+        ) {
+            let mut list = keys(2_000);
+            let mut set = KeySet::build(&list);
+            let original = set.clone();
+            for (add, remove) in edits {
+                let delta = ListDelta {
+                    add: add.iter().map(|i| format!("user-{i}")).collect(),
+                    remove: remove.iter().map(|i| format!("user-{i}")).collect(),
+                };
+                set = set.apply(&delta);
+                naive(&mut list, &delta);
+                proptest::prop_assert_eq!(set.len(), list.len());
+                for k in delta.add.iter().chain(&delta.remove) {
+                    proptest::prop_assert_eq!(set.contains(k), list.contains(k), "{}", k);
+                }
+            }
+            proptest::prop_assert_eq!(set.to_vec(), list.clone());
+            proptest::prop_assert!(list.iter().all(|k| set.contains(k)));
+            proptest::prop_assert_eq!(original.to_vec(), keys(2_000));
+        }
     }
 }
