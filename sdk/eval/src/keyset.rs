@@ -44,6 +44,10 @@ pub(crate) struct KeySet {
     len: usize,
     /// The next sequence number: larger than every one held.
     next_seq: u64,
+    /// The wrapping sum of [`member_mark`] over the keys held: sets with different marks
+    /// hold different keys, which tells an edited set from its original in O(1). Kept up to
+    /// date by edits in O(keys edited).
+    marks: u64,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -258,11 +262,15 @@ impl KeySet {
             leaves[leaf_of(e.hash, bits)].push(e);
         }
         let mut len = 0;
+        let mut marks = 0u64;
         let leaves: Vec<Arc<Leaf>> = leaves
             .into_iter()
             .map(|mut entries| {
                 dedup_first(&mut entries);
                 len += entries.len();
+                for e in &entries {
+                    marks = marks.wrapping_add(member_mark(e.hash));
+                }
                 Arc::new(Leaf::build(&entries))
             })
             .collect();
@@ -276,6 +284,7 @@ impl KeySet {
             mid_bits,
             len,
             next_seq,
+            marks,
         }
     }
 
@@ -323,11 +332,13 @@ impl KeySet {
 
     /// Whether both hold the same keys in the same order (shared structure compares in
     /// O(1)).
+    /// O(1) as well when they hold different keys (counts or marks differ), as a set and
+    /// the set an edit of its keys made from it do.
     pub(crate) fn same_list(&self, other: &Self) -> bool {
         if Arc::ptr_eq(&self.top, &other.top) {
             return true;
         }
-        self.len == other.len && self.to_vec() == other.to_vec()
+        self.len == other.len && self.marks == other.marks && self.to_vec() == other.to_vec()
     }
 
     /// This set with `delta` applied by the canonical list rules: removed keys leave, added
@@ -345,15 +356,28 @@ impl KeySet {
         }
         // Every edit, located: (leaf, entry removed) and (leaf, entry appended).
         let mut removals: Vec<(usize, u32)> = Vec::with_capacity(delta.remove.len());
+        let mut marks = self.marks;
         for key in &delta.remove {
             let hash = HashIndex::hash(key);
             let l = leaf_of(hash, self.bits);
             if let Some(i) = self.leaf_at(l).and_then(|leaf| leaf.find(hash, key)) {
                 removals.push((l, i as u32));
+                // Taken back below for a key removed twice.
+                marks = marks.wrapping_sub(member_mark(hash));
             }
         }
+        let found = removals.len();
         removals.sort_unstable();
         removals.dedup();
+        if removals.len() != found {
+            marks = self.marks;
+            for &(l, i) in &removals {
+                if let Some(leaf) = self.leaf_at(l) {
+                    let key = leaf.key(i as usize);
+                    marks = marks.wrapping_sub(member_mark(HashIndex::hash(key)));
+                }
+            }
+        }
         let mut next_seq = self.next_seq;
         let mut additions: Vec<(usize, Entry<'_>)> = Vec::with_capacity(delta.add.len());
         for key in &delta.add {
@@ -381,6 +405,9 @@ impl KeySet {
             return self.clone();
         }
         let len = self.len - removals.len() + additions.len();
+        for (_, e) in &additions {
+            marks = marks.wrapping_add(member_mark(e.hash));
+        }
 
         let mut top: Vec<Arc<[Arc<Leaf>]>> = self.top.to_vec();
         let mid_mask = (1 << self.mid_bits) - 1;
@@ -435,6 +462,7 @@ impl KeySet {
             mid_bits: self.mid_bits,
             len,
             next_seq,
+            marks,
         };
         if oversized {
             // Edits grew a leaf far past its size: spread the keys over more leaves.
@@ -448,6 +476,14 @@ impl KeySet {
             .get(l >> self.mid_bits)?
             .get(l & ((1 << self.mid_bits) - 1))
     }
+}
+
+/// A key's contribution to [`KeySet::marks`], from its hash (mixed again, so that the sum
+/// does not inherit the placement hash's structure).
+#[inline]
+fn member_mark(hash: u64) -> u64 {
+    let x = (hash ^ (hash >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^ (x >> 29)
 }
 
 /// The leaf of a hash: its top `bits` bits.
@@ -567,6 +603,18 @@ mod tests {
         assert!(shared >= (1 << set.bits) - 5, "{shared} leaves shared");
         assert!(next.same_list(&next.clone()));
         assert!(!next.same_list(&set));
+        assert!(
+            next.same_list(&KeySet::build(&list)),
+            "same list, built apart"
+        );
+        // The same keys in another order are another list.
+        let moved = set.apply(&ListDelta {
+            add: vec!["user-9".into()],
+            remove: vec!["user-9".into()],
+        });
+        assert_eq!(moved.marks, set.marks);
+        assert!(!moved.same_list(&set));
+        assert!(set.apply(&ListDelta::default()).same_list(&set));
     }
 
     #[test]
@@ -632,6 +680,9 @@ mod tests {
             }
             proptest::prop_assert_eq!(set.to_vec(), list.clone());
             proptest::prop_assert!(list.iter().all(|k| set.contains(k)));
+            let rebuilt = KeySet::build(&list);
+            proptest::prop_assert_eq!(set.marks, rebuilt.marks, "marks kept up to date");
+            proptest::prop_assert!(set.same_list(&rebuilt));
             proptest::prop_assert_eq!(original.to_vec(), keys(2_000));
         }
     }
