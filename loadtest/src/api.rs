@@ -33,7 +33,9 @@ impl Api {
         &self.base
     }
 
-    async fn send(
+    /// Sends `body` as JSON to `path`; the answer's JSON (`null` when empty), or the
+    /// problem as an error.
+    pub(crate) async fn send(
         &self,
         method: reqwest::Method,
         path: &str,

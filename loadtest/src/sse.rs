@@ -105,6 +105,8 @@ pub enum EventKind {
     Patch,
     /// `delete`: one item removed.
     Delete,
+    /// `delta`: keys added to and removed from a segment's lists or a flag's targets.
+    Delta,
     /// Any other event name.
     Other,
 }
@@ -187,6 +189,7 @@ impl SseParser {
                         b"put" => EventKind::Put,
                         b"patch" => EventKind::Patch,
                         b"delete" => EventKind::Delete,
+                        b"delta" => EventKind::Delta,
                         _ => EventKind::Other,
                     });
                 }

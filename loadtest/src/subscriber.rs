@@ -27,7 +27,7 @@ pub fn now_ns() -> u64 {
 pub enum Kind {
     /// A full state.
     Put,
-    /// A change (`patch` or `delete`).
+    /// A change (`patch`, `delete` or `delta`).
     Change,
 }
 
@@ -248,7 +248,7 @@ impl Subscriber {
 fn kind(k: EventKind) -> Option<Kind> {
     match k {
         EventKind::Put => Some(Kind::Put),
-        EventKind::Patch | EventKind::Delete => Some(Kind::Change),
+        EventKind::Patch | EventKind::Delete | EventKind::Delta => Some(Kind::Change),
         EventKind::Other => None,
     }
 }

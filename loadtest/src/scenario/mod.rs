@@ -19,6 +19,7 @@ pub mod events;
 pub mod ofrep;
 pub mod propagation;
 pub mod reconnect_storm;
+pub mod segment_edit;
 
 /// How subscribers are spread over processes and source addresses.
 #[derive(Debug, Clone, clap::Args)]

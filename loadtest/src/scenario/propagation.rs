@@ -1,6 +1,6 @@
-//! `propagation`: N subscribers on a relay; K flag changes written through the control
-//! plane's API one at a time; per subscriber and change, the delay from the write to the
-//! change's arrival.
+//! `propagation`: N subscribers on a relay; K flag changes (or, with `--delta`, one-key
+//! edits of a large segment) written through the control plane's API one at a time; per
+//! subscriber and change, the delay from the write to the change's arrival.
 //!
 //! The origin of each delay is the moment the write request is sent: the commit happens
 //! between that and the API's answer, so the figure is an upper bound of commit → receipt
@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::fleet::Fleet;
 use crate::procstat;
 use crate::report::{Machine, Report, Row, count, ms};
+use crate::scenario::segment_edit::SegmentEdits;
 use crate::scenario::{FleetOptions, command_line, secs, stack_with_relay, unix_now};
 use crate::stats::Recorder;
 use crate::subscriber::{Backoff, now_ns};
@@ -45,6 +46,16 @@ pub struct PropagationArgs {
     /// the relay evaluates every flag for every connection on each change.
     #[arg(long)]
     pub client_stream: bool,
+    /// Write one-key edits of a large segment (one key added, one removed, through
+    /// `POST …/segments/{key}/keys`) instead of flag flips: subscribers receive `delta`
+    /// events.
+    #[arg(long, conflicts_with = "client_stream")]
+    pub delta: bool,
+    /// Create a segment of this many keys before subscribers connect (default with
+    /// `--delta`: 100,000), and report the relay's resident memory per key of it. Without
+    /// `--delta` the changes are still flag flips: the baseline in the same environment.
+    #[arg(long, conflicts_with = "client_stream")]
+    pub segment_keys: Option<u32>,
     /// The system under test.
     #[command(flatten)]
     pub stack: StackOptions,
@@ -62,6 +73,10 @@ struct Write {
 
 /// Runs the scenario.
 pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        !args.delta || args.segment_keys != Some(0),
+        "--delta needs a segment to edit: --segment-keys must be at least 1"
+    );
     let start = Instant::now();
     let (stack, mut target) = stack_with_relay(&args.stack).await?;
     if args.client_stream {
@@ -81,6 +96,24 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
             "/client/v1/stream?context=eyJ0YXJnZXRpbmdLZXkiOiJsdCIsImVtYWlsIjoibHRAZXhhbXBsZS5jb20ifQ"
                 .into();
     }
+    let segment_keys = args
+        .segment_keys
+        .or(args.delta.then_some(100_000))
+        .filter(|n| *n > 0);
+    let segment = match segment_keys {
+        Some(keys) => Some(
+            SegmentEdits::create(
+                &stack.api,
+                &stack.project,
+                &stack.environment,
+                keys,
+                stack.relay_pid(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let edits = segment.as_ref().filter(|_| args.delta);
     let backoff = Backoff {
         reconnect: true,
         initial_ms: 1_000,
@@ -98,6 +131,10 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         .await?;
     let connected = fleet.wait_until(deadline, |l| l.current(v0) == n).await;
     let connect_s = secs(connect_started);
+    // Every subscriber has the initial state: the relay holds the segment.
+    let relay_memory = segment
+        .as_ref()
+        .and_then(|e| e.relay_bytes_per_key(stack.relay_pid()));
     if !connected {
         let have = fleet.ledger.current(v0);
         failures.push(format!(
@@ -127,7 +164,10 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
             // Each flag starts on; the first pass switches them off, the next on again.
             let on = (i / flags) % 2 == 1;
             let sent_ns = now_ns();
-            let version = stack.toggle(i as usize, on).await?;
+            let version = match edits {
+                Some(e) => e.write(i).await?,
+                None => stack.toggle(i as usize, on).await?,
+            };
             let acked_ns = now_ns();
             writes.push(Write {
                 version,
@@ -192,7 +232,7 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
 
     let p = delays.percentiles();
     let wl = write_latency.percentiles();
-    let rows = vec![
+    let mut rows = vec![
         Row::info("subscribers", count(n as u64)),
         Row::info(
             "stream",
@@ -200,6 +240,20 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
                 "/client/v1/stream (evaluated per context)"
             } else {
                 "/sdk/v1/stream"
+            },
+        ),
+        Row::info(
+            "change written",
+            match (edits, &segment) {
+                (Some(e), _) => format!(
+                    "one-key edit of a {}-key segment (delta)",
+                    count(u64::from(e.keys))
+                ),
+                (None, Some(s)) => format!(
+                    "flag flip (patch), beside a {}-key segment",
+                    count(u64::from(s.keys))
+                ),
+                (None, None) => "flag flip (patch)".to_owned(),
             },
         ),
         Row::info("connect + initial state (all)", format!("{connect_s:.1} s")),
@@ -236,9 +290,22 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
             ),
         ),
     ];
+    if let Some((grown, per_key)) = relay_memory {
+        rows.push(Row::info(
+            "relay resident memory for the segment",
+            format!("{:.1} MB: {per_key:.1} bytes per key beyond the key's bytes", grown as f64 / 1e6),
+        ));
+    }
     let details = json!({
         "subscribers": n,
         "client_stream": args.client_stream,
+        "delta": args.delta,
+        "segment": segment.as_ref().map(|e| json!({
+            "keys": e.keys,
+            "key_bytes": e.key_bytes,
+            "relay_rss_grown_bytes": relay_memory.map(|m| m.0),
+            "relay_bytes_per_key_beyond_key": relay_memory.map(|m| m.1),
+        })),
         "changes": writes.len(),
         "initial_version": v0,
         "final_version": last,

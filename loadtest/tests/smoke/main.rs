@@ -90,6 +90,32 @@ fn client_streams_receive_every_change_of_their_contexts_values() {
 }
 
 #[test]
+fn segment_key_edits_reach_every_subscriber_as_deltas() {
+    let d = &run(&[
+        "propagation",
+        "--delta",
+        "--segment-keys",
+        "2000",
+        "--subscribers",
+        "100",
+        "--changes",
+        "3",
+        "--interval-ms",
+        "20",
+    ])["details"];
+    assert_eq!(d["delta"], true);
+    assert_eq!(d["segment"]["keys"], 2000);
+    assert_eq!(d["segment"]["key_bytes"], 2000 * 10);
+    assert!(d["segment"]["relay_rss_grown_bytes"].is_u64(), "{d:#}");
+    assert_eq!(d["subscribers_missed_version"], 0);
+    assert_eq!(d["receipts_missing"], 0);
+    assert_eq!(
+        d["final_version"].as_u64().unwrap(),
+        d["initial_version"].as_u64().unwrap() + 3
+    );
+}
+
+#[test]
 fn capacity_holds_every_idle_subscriber_and_measures_memory() {
     let mut args = vec!["capacity", "--subscribers", "300", "--hold-s", "1"];
     args.extend(SPREAD);

@@ -15,7 +15,12 @@ mod support;
 use support::{KEY, local_hub, many_flags};
 use vexil_eval::CompiledSnapshot;
 use vexil_schema::fixture::load_bench_fixtures;
-use vexil_sdk::{Client, Context, EventSink, EventsConfig, PollingConfig, TestData};
+use vexil_schema::stream::{SdkEvent, event};
+use vexil_schema::{EnvironmentSnapshot, Flag, Segment};
+use vexil_sdk::{
+    Applied, BoxFuture, Client, Context, DataOrigin, DataSource, EventSink, EventsConfig,
+    PollingConfig, Shutdown, TestData, Updates,
+};
 
 fn evaluate(c: &mut Criterion) {
     let fixtures = match load_bench_fixtures() {
@@ -102,6 +107,101 @@ fn update(c: &mut Criterion) {
     black_box(client.version());
 }
 
+/// A source that hands its [`Updates`] to the benchmark, so that events go through the
+/// client's whole apply path (version check, engine apply, change detection for listeners,
+/// snapshot swap, last-known-good notification) exactly as the streaming source's do.
+struct Handoff(std::sync::mpsc::Sender<Updates>);
+
+impl DataSource for Handoff {
+    fn origin(&self) -> DataOrigin {
+        DataOrigin::Upstream
+    }
+
+    fn start(self: Box<Self>, updates: Updates, _shutdown: Shutdown) -> BoxFuture {
+        let _ = self.0.send(updates);
+        Box::pin(std::future::pending())
+    }
+}
+
+/// A one-key `delta` (one key added, one removed) to a 1,000,000-key segment that a flag
+/// matches on, through the client's apply path; the `delta` event's JSON decoding measured
+/// beside it.
+fn apply_delta(c: &mut Criterion) {
+    const KEYS: usize = 1_000_000;
+    let segment: Segment = match serde_json::from_value(serde_json::json!({
+        "key": "enterprise",
+        "included": (0..KEYS).map(|i| format!("account-{i:07}")).collect::<Vec<_>>(),
+    })) {
+        Ok(s) => s,
+        Err(e) => panic!("segment: {e}"),
+    };
+    let member: Flag = match serde_json::from_value(serde_json::json!({
+        "key": "member", "kind": "boolean", "variations": [{"value": true}, {"value": false}],
+        "on": true, "off_variation": 1, "fallthrough": {"variation": 1},
+        "rules": [{"id": "r", "clauses": [{"attribute": "", "op": "segment_match",
+                   "values": ["enterprise"]}], "serve": {"variation": 0}}]
+    })) {
+        Ok(f) => f,
+        Err(e) => panic!("flag: {e}"),
+    };
+    let snapshot = EnvironmentSnapshot {
+        version: 1,
+        flags: vec![member],
+        segments: vec![segment],
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = match Client::builder("bench").data_source(Handoff(tx)).build() {
+        Ok(c) => c,
+        Err(e) => panic!("client: {e}"),
+    };
+    let updates = match rx.recv() {
+        Ok(u) => u,
+        Err(e) => panic!("source: {e}"),
+    };
+    updates.init_owned(snapshot);
+    let mut version = 1;
+    // Alternately removes and re-adds the same key, so the segment keeps its size.
+    let delta = |version: u64| -> String {
+        let (add, remove) = if version.is_multiple_of(2) {
+            ("newcomer", "account-0000007")
+        } else {
+            ("account-0000007", "newcomer")
+        };
+        format!(
+            r#"{{"version":{version},"segment":{{"key":"enterprise","version":{version},"included":{{"add":["{add}"],"remove":["{remove}"]}}}}}}"#
+        )
+    };
+    let decode = |json: &str| -> SdkEvent {
+        match SdkEvent::decode(event::DELTA, json) {
+            Ok(e) => e,
+            Err(e) => panic!("delta: {e}"),
+        }
+    };
+    // It measures the intended path: the edit took effect and listeners' detection ran.
+    version += 1;
+    let applied = updates.apply(decode(&delta(version)));
+    assert_eq!(applied, Applied::Updated { version, changed: 1 });
+    assert!(client.bool_variation("member", &Context::new("newcomer"), false));
+    assert!(!client.bool_variation("member", &Context::new("account-0000007"), true));
+    let mut group = c.benchmark_group("segment-1m");
+    group.bench_function("client-apply-one-key-delta", |b| {
+        b.iter_batched(
+            || {
+                version += 1;
+                decode(&delta(version))
+            },
+            |event| updates.apply(black_box(event)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("decode-one-key-delta", |b| {
+        let json = delta(version + 1);
+        b.iter(|| decode(black_box(&json)))
+    });
+    group.finish();
+    black_box(client.version());
+}
+
 /// The parts of start-up that do not depend on the network: decoding the `put` and
 /// compiling it (freeing the results is left out of the timing, as at start-up).
 fn init_parts(c: &mut Criterion) {
@@ -181,5 +281,5 @@ fn init(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, evaluate, update, init_parts, init);
+criterion_group!(benches, evaluate, update, apply_delta, init_parts, init);
 criterion_main!(benches);
