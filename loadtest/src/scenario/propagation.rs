@@ -291,9 +291,14 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         ),
     ];
     if let Some((grown, per_key)) = relay_memory {
+        // Read once every subscriber has the segment: the growth includes their connections
+        // (about 2 KiB each), so run with `--subscribers 1` for the memory per key.
         rows.push(Row::info(
-            "relay resident memory for the segment",
-            format!("{:.1} MB: {per_key:.1} bytes per key beyond the key's bytes", grown as f64 / 1e6),
+            format!("relay resident memory grown since the segment's creation ({n} subscribers)"),
+            format!(
+                "{:.1} MB: {per_key:.1} bytes per key beyond the key's bytes",
+                grown as f64 / 1e6
+            ),
         ));
     }
     let details = json!({
