@@ -180,7 +180,13 @@ fn apply_delta(c: &mut Criterion) {
     // It measures the intended path: the edit took effect and listeners' detection ran.
     version += 1;
     let applied = updates.apply(decode(&delta(version)));
-    assert_eq!(applied, Applied::Updated { version, changed: 1 });
+    assert_eq!(
+        applied,
+        Applied::Updated {
+            version,
+            changed: 1
+        }
+    );
     assert!(client.bool_variation("member", &Context::new("newcomer"), false));
     assert!(!client.bool_variation("member", &Context::new("account-0000007"), true));
     let mut group = c.benchmark_group("segment-1m");

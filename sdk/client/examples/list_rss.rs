@@ -56,7 +56,9 @@ fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(1_000_000);
     let (tx, rx) = mpsc::channel();
-    let client = Client::builder("example").data_source(Handoff(tx)).build()?;
+    let client = Client::builder("example")
+        .data_source(Handoff(tx))
+        .build()?;
     let updates = rx.recv()?;
     let decode = |json: &str| SdkEvent::decode(event::PUT, json);
     // The same environment with an empty segment: everything but the keys.
@@ -67,7 +69,9 @@ fn main() -> anyhow::Result<()> {
     drop(json);
     updates.apply(event);
     let after = rss();
-    let key_bytes = (0..keys).map(|i| format!("account-{i:07}").len()).sum::<usize>() as u64;
+    let key_bytes = (0..keys)
+        .map(|i| format!("account-{i:07}").len())
+        .sum::<usize>() as u64;
     anyhow::ensure!(
         client.bool_variation("member", &Context::new("account-0000001"), false),
         "the segment is not in effect"
