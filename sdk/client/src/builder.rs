@@ -294,7 +294,7 @@ impl ClientBuilder {
             events: events.clone(),
         });
         // Subscribed now, so that changes made before the thread runs reach the listeners.
-        let changes = store.subscribe_changes();
+        let changes = store.subscribe_dispatch();
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shutdown = Shutdown::new(shutdown_rx);

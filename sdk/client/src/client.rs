@@ -274,6 +274,8 @@ impl Client {
         &self,
         listener: impl Fn(&FlagChange) + Send + Sync + 'static,
     ) -> ListenerId {
+        // Counted before the sequence number is read (see `Store::listener_added`).
+        self.store().listener_added();
         let after = self.store().change_seq();
         self.inner.shared.listeners.add(Arc::new(listener), after)
     }
@@ -281,7 +283,11 @@ impl Client {
     /// Removes a listener added with [`Client::on_flag_change`]; `false` if it was not
     /// registered.
     pub fn remove_flag_change_listener(&self, id: ListenerId) -> bool {
-        self.inner.shared.listeners.remove(id)
+        let removed = self.inner.shared.listeners.remove(id);
+        if removed {
+            self.store().listener_removed();
+        }
+        removed
     }
 
     /// Stops the data source and background work, writing a pending last-known-good

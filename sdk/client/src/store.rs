@@ -2,7 +2,7 @@
 //! `ArcSwap`; the writer side that applies `put`/`patch`/`delete` in version order; and the
 //! channels that publish the resulting status, flag changes and persistence requests.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -71,6 +71,12 @@ pub(crate) struct Store {
     closed: AtomicBool,
     /// Flag-change notifications sent so far (their sequence numbers).
     changes_sent: AtomicU64,
+    /// Flag-change callbacks registered ([`Store::listener_added`]).
+    listeners: AtomicUsize,
+    /// Receivers of `changes` held by the client's own dispatcher task, which only passes
+    /// notifications on to callbacks: with no callback and no other receiver, a notification
+    /// is not sent, sparing every update a wake-up of the background thread (a system call).
+    dispatchers: AtomicUsize,
 }
 
 impl Store {
@@ -84,12 +90,34 @@ impl Store {
             persist: watch::Sender::new(0),
             closed: AtomicBool::new(false),
             changes_sent: AtomicU64::new(0),
+            listeners: AtomicUsize::new(0),
+            dispatchers: AtomicUsize::new(0),
         }
     }
 
-    /// The sequence number of the last flag-change notification sent.
+    /// The sequence number of the last flag-change notification sent (or skipped because
+    /// nobody could receive it).
     pub(crate) fn change_seq(&self) -> u64 {
-        self.changes_sent.load(Ordering::Acquire)
+        // SeqCst, paired with `commit`: see `listener_added`.
+        self.changes_sent.load(Ordering::SeqCst)
+    }
+
+    /// Records a flag-change callback, *before* it reads [`Store::change_seq`]: a commit
+    /// that does not see it (and skips sending) numbered its change before that read, so
+    /// the callback never expects that change.
+    pub(crate) fn listener_added(&self) {
+        self.listeners.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Records that a flag-change callback was removed.
+    pub(crate) fn listener_removed(&self) {
+        self.listeners.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A receiver of flag changes for the client's dispatcher task (see `dispatchers`).
+    pub(crate) fn subscribe_dispatch(&self) -> broadcast::Receiver<FlagChange> {
+        self.dispatchers.fetch_add(1, Ordering::SeqCst);
+        self.changes.subscribe()
     }
 
     /// Whether the client is closed.
@@ -278,14 +306,18 @@ impl Store {
         let changed = keys.len();
         if !keys.is_empty() {
             // Numbered under the writer lock, so in sending order.
-            let seq = self.changes_sent.fetch_add(1, Ordering::AcqRel) + 1;
-            // An error only means nobody listens.
-            let _ = self.changes.send(FlagChange {
-                version,
-                keys: keys.into(),
-                origin,
-                seq,
-            });
+            let seq = self.changes_sent.fetch_add(1, Ordering::SeqCst) + 1;
+            let audience = self.listeners.load(Ordering::SeqCst) > 0
+                || self.changes.receiver_count() > self.dispatchers.load(Ordering::SeqCst);
+            if audience {
+                // An error only means nobody listens.
+                let _ = self.changes.send(FlagChange {
+                    version,
+                    keys: keys.into(),
+                    origin,
+                    seq,
+                });
+            }
         }
         Applied::Updated { version, changed }
     }
@@ -442,6 +474,30 @@ mod tests {
             Applied::Updated { version: 3, .. }
         ));
         assert_eq!(s.version(), Some(3));
+    }
+
+    #[test]
+    fn the_dispatcher_alone_is_not_woken_but_numbering_goes_on() {
+        let s = Store::new();
+        let mut dispatch = s.subscribe_dispatch();
+        s.apply(put(1, vec![flag("a", true)]), UP);
+        assert!(
+            dispatch.try_recv().is_err(),
+            "no callback, no other receiver"
+        );
+        assert_eq!(s.change_seq(), 1, "the change is still numbered");
+        s.listener_added();
+        s.apply(patch(2, flag("a", false)), UP);
+        assert_eq!(dispatch.try_recv().unwrap().seq, 2);
+        s.listener_removed();
+        let mut other = s.subscribe_changes();
+        s.apply(patch(3, flag("a", true)), UP);
+        assert_eq!(
+            other.try_recv().unwrap().seq,
+            3,
+            "a public receiver gets it"
+        );
+        assert_eq!(dispatch.try_recv().unwrap().seq, 3);
     }
 
     #[test]
