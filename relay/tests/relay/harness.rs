@@ -372,7 +372,25 @@ impl RelayProcess {
     /// Starts the binary on `listen` (port 0 for any) against `upstream` and waits until it
     /// listens.
     pub async fn start(upstream: &str, listen: SocketAddr, extra: &[&str]) -> Self {
-        let mut child = Command::new(crate::RELAY_BIN)
+        Self::start_wrapped(&[], upstream, listen, extra).await
+    }
+
+    /// [`RelayProcess::start`] under a wrapper command (e.g. `prlimit --nofile=…`).
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        upstream: &str,
+        listen: SocketAddr,
+        extra: &[&str],
+    ) -> Self {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(crate::RELAY_BIN);
+                c
+            }
+            None => Command::new(crate::RELAY_BIN),
+        };
+        let mut child = command
             .args([
                 "--upstream-url",
                 upstream,
