@@ -80,6 +80,11 @@ impl Edge {
                 .arg("--bootstrap-file")
                 .arg(&bootstrap)
                 .args(["--frontend-tokens", &token])
+                // Edge 19 refuses offline mode without a client token, even if unused.
+                .args([
+                    "--client-tokens",
+                    &format!("*:production.{}", random_hex(16)),
+                ])
                 .env("RUST_LOG", "warn"),
             &log,
         )?;

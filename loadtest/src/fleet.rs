@@ -280,7 +280,7 @@ impl Fleet {
         let up = l.subs.iter().filter(|s| s.up).count();
         let downs: u32 = l.subs.iter().map(|s| s.downs).sum();
         let mut line = format!(
-            "  [{:>6.1} s] {what}: {} of {} at version ≥ {version}, {} connected, {} with a              state, {} disconnections",
+            "  [{:>6.1} s] {what}: {} of {} at version ≥ {version}, {} connected, {} with a state, {} disconnections",
             since.elapsed().as_secs_f64(),
             l.current(version),
             l.subs.len(),

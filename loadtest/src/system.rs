@@ -84,6 +84,8 @@ pub struct Stack {
     server: Option<Managed>,
     /// The relay processes (several share one port with `SO_REUSEPORT`).
     relays: Vec<Managed>,
+    /// Times relays were started (names their log files, so restarts keep earlier logs).
+    relay_starts: u32,
     /// Logs and the SQLite database live here.
     dir: tempfile::TempDir,
 }
@@ -184,6 +186,7 @@ impl Stack {
             ofrep_rate_limit: options.ofrep_rate_limit,
             server,
             relays: Vec::new(),
+            relay_starts: 0,
             dir,
         })
     }
@@ -195,7 +198,8 @@ impl Stack {
     }
 
     /// Starts `n` relay processes sharing one port (`VEXIL_REUSE_PORT`; the kernel spreads
-    /// connections over them), or restarts them on the same port, and waits until each is
+    /// connections over them), or restarts them on the same port (killing any still
+    /// running), and waits until each is
     /// ready (its own log says so: the shared port cannot tell them apart).
     pub async fn start_relays(
         &mut self,
@@ -222,9 +226,14 @@ impl Stack {
         };
         let bin = self.relay_bin.clone().context("relay binary")?;
         self.relay_addr = Some(addr);
-        let first = self.relays.len();
+        // A restart replaces whatever relays still run on the port.
+        self.kill_relay().await?;
+        self.relay_starts += 1;
         for i in 0..n.max(1) {
-            let log = self.dir.path().join(format!("relay-{}.log", first + i));
+            let log = self
+                .dir
+                .path()
+                .join(format!("relay-{}-{i}.log", self.relay_starts));
             let child = spawn_logged(
                 Command::new(&bin)
                     .env("VEXIL_UPSTREAM_URL", format!("http://{}", self.server_addr))
@@ -244,7 +253,7 @@ impl Stack {
             )?;
             self.relays.push(Managed { child, log });
         }
-        for relay in &self.relays[first..] {
+        for relay in &self.relays {
             wait_log_line(relay, "relay ready", Duration::from_secs(60))
                 .await
                 .context(

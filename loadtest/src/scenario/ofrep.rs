@@ -160,7 +160,10 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
     let mut agreement = Value::Null;
     if args.targets.iter().any(|t| t == "edge") {
         let e = Edge::start(&args.edge, stack.dir(), &stack.flags).await?;
-        let relay = stack.start_relay(args.stack.relay_bin.as_deref()).await?;
+        let relay = match stack.relay_addr {
+            Some(a) => a,
+            None => stack.start_relay(args.stack.relay_bin.as_deref()).await?,
+        };
         match check_agreement(relay, &stack.sdk_keys[0], e.addr, &e.token, &stack.flags).await {
             Ok(report) => agreement = report,
             Err(why) => failures.push(format!("relay and Edge disagree: {why:#}")),
@@ -171,11 +174,14 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
     if failures.is_empty() {
         for target in &args.targets {
             let (addr, pid, token) = match target.as_str() {
-                "relay" => (
-                    stack.start_relay(args.stack.relay_bin.as_deref()).await?,
-                    stack.relay_pid(),
-                    None,
-                ),
+                "relay" => {
+                    // Started once, for the agreement check or here.
+                    let addr = match stack.relay_addr.filter(|_| stack.relay_pid().is_some()) {
+                        Some(a) => a,
+                        None => stack.start_relay(args.stack.relay_bin.as_deref()).await?,
+                    };
+                    (addr, stack.relay_pid(), None)
+                }
                 "server" => (stack.server_addr, stack.server_pid(), None),
                 "edge" => {
                     let e = edge.as_ref().context("Edge not started")?;
