@@ -430,6 +430,20 @@ impl RelayProcess {
         format!("http://{}", self.addr)
     }
 
+    /// The soft and hard `RLIMIT_NOFILE` of the running process (`/proc/<pid>/limits`).
+    pub fn nofile_limits(&self) -> (u64, u64) {
+        let pid = self.child.id().expect("running");
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let mut n = line
+            .split_whitespace()
+            .filter_map(|w| w.parse::<u64>().ok());
+        (n.next().unwrap(), n.next().unwrap())
+    }
+
     pub async fn wait_ready(&mut self) {
         wait_log(&mut self.logs, "relay ready").await;
     }
