@@ -34,7 +34,7 @@ impl Limits {
         if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
             && soft < hard
         {
-            let mut raised = limit.clone();
+            let mut raised = limit;
             raised.current = Some(hard);
             if let Err(e) = setrlimit(Resource::Nofile, raised) {
                 tracing::warn!(error = %e, "cannot raise the file-descriptor limit");

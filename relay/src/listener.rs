@@ -38,7 +38,7 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
     let before = limit.current;
     let after = match (limit.current, limit.maximum) {
         (Some(soft), Some(hard)) if soft < hard => {
-            let mut raised = limit.clone();
+            let mut raised = limit;
             raised.current = Some(hard);
             setrlimit(Resource::Nofile, raised).map_err(io::Error::from)?;
             getrlimit(Resource::Nofile).current

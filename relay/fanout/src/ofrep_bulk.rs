@@ -154,7 +154,6 @@ pub(crate) struct BulkPlans {
 
 impl BulkPlans {
     /// The plan for `compiled`, the current snapshot of `env`.
-
     pub(crate) fn get(
         &self,
         env: &EnvironmentId,
