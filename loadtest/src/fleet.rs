@@ -153,6 +153,9 @@ impl Ledger {
     }
 }
 
+/// How often a wait prints a progress line.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 struct Worker {
     child: Child,
     stdin: ChildStdin,
@@ -233,28 +236,63 @@ impl Fleet {
         })
     }
 
-    /// Applies observations as they arrive until `done(ledger)` holds (true) or `deadline`
-    /// passes (false). Event-driven: it wakes on each observation, never polls.
-    pub async fn wait_until(
-        &mut self,
-        deadline: Instant,
-        mut done: impl FnMut(&Ledger) -> bool,
-    ) -> bool {
+    /// Applies observations as they arrive until every subscriber is connected and holds
+    /// `version` or later (true) or `deadline` passes (false). Event-driven: it wakes on each
+    /// observation, never polls; every [`PROGRESS_EVERY`] it prints a progress line about
+    /// `what` to stderr, so that a long wait is never silent.
+    pub async fn wait_current(&mut self, deadline: Instant, version: u64, what: &str) -> bool {
+        let n = self.ledger.subs.len();
+        let started = Instant::now();
+        let mut next_progress = started + PROGRESS_EVERY;
         loop {
             self.drain();
-            if done(&self.ledger) {
+            if self.ledger.current(version) == n {
                 return true;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.rx.recv()).await {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            if now >= next_progress {
+                eprintln!("{}", self.progress(what, version, started));
+                next_progress = now + PROGRESS_EVERY;
+            }
+            let wake = deadline.min(next_progress);
+            match tokio::time::timeout(wake.saturating_duration_since(now), self.rx.recv()).await {
                 Ok(Some(obs)) => self.ledger.apply(obs),
                 Ok(None) => {
                     tracing::warn!("every worker exited");
-                    return done(&self.ledger);
+                    eprintln!(
+                        "{} (every worker exited)",
+                        self.progress(what, version, started)
+                    );
+                    return self.ledger.current(version) == n;
                 }
-                Err(_) => return done(&self.ledger),
+                Err(_) => {}
             }
         }
+    }
+
+    /// One progress line: how many subscribers hold `version`, are connected, ever got a
+    /// state, and why the last ones went down.
+    pub fn progress(&self, what: &str, version: u64, since: Instant) -> String {
+        let l = &self.ledger;
+        let up = l.subs.iter().filter(|s| s.up).count();
+        let downs: u32 = l.subs.iter().map(|s| s.downs).sum();
+        let mut line = format!(
+            "  [{:>6.1} s] {what}: {} of {} at version ≥ {version}, {} connected, {} with a state, {} disconnections",
+            since.elapsed().as_secs_f64(),
+            l.current(version),
+            l.subs.len(),
+            up,
+            l.with_state(),
+            downs
+        );
+        let reasons = l.down_reasons(2);
+        if !reasons.is_empty() {
+            line.push_str(&format!(" (last reasons: {reasons:?})"));
+        }
+        line
     }
 
     /// Applies whatever has arrived, without waiting.

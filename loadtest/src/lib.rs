@@ -14,6 +14,9 @@
 //!   [`fleet::Ledger`] of what every subscriber saw; [`subscriber`]: one raw HTTP/1.1 SSE
 //!   subscriber bound to a chosen 127.0.0.x source address (past the ephemeral-port limit);
 //!   [`sse`]: the incremental HTTP/chunked/SSE decoder it uses;
+//! - [`preflight`]: descriptor and port limits checked before a run; [`floor`]: the cost of
+//!   plain `write(2)` calls to idle sockets, the floor fan-out is compared with; [`edge`]:
+//!   Unleash Edge as a peer for `ofrep`;
 //! - [`stats`]: HDR-histogram percentiles; [`procstat`]: `/proc` memory and CPU sampling;
 //!   [`report`]: the summary table and JSON.
 //!
@@ -24,7 +27,10 @@
 
 pub mod api;
 pub mod cli;
+pub mod edge;
 pub mod fleet;
+pub mod floor;
+pub mod preflight;
 pub mod procstat;
 pub mod report;
 pub mod scenario;

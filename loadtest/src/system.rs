@@ -41,17 +41,22 @@ pub struct StackOptions {
     /// Flags in the test environment (boolean, one targeting rule each).
     #[arg(long, default_value_t = 50)]
     pub flags: usize,
+    /// OFREP requests per second per SDK key that the started server and relays allow
+    /// (`VEXIL_OFREP_RATE_LIMIT`; 0: unlimited). Set explicitly, never inherited: a load test
+    /// measures evaluations, and counts any 429 as a failure of the run.
+    #[arg(long, default_value_t = 0)]
+    pub ofrep_rate_limit: u32,
 }
 
 /// A child process with its log file.
 #[derive(Debug)]
-struct Managed {
-    child: Child,
-    log: PathBuf,
+pub(crate) struct Managed {
+    pub(crate) child: Child,
+    pub(crate) log: PathBuf,
 }
 
 impl Managed {
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 }
@@ -75,8 +80,12 @@ pub struct Stack {
     pub relay_addr: Option<SocketAddr>,
     relay_key: Option<String>,
     relay_bin: Option<PathBuf>,
+    ofrep_rate_limit: u32,
     server: Option<Managed>,
-    relay: Option<Managed>,
+    /// The relay processes (several share one port with `SO_REUSEPORT`).
+    relays: Vec<Managed>,
+    /// Times relays were started (names their log files, so restarts keep earlier logs).
+    relay_starts: u32,
     /// Logs and the SQLite database live here.
     dir: tempfile::TempDir,
 }
@@ -130,6 +139,10 @@ impl Stack {
                         .env("VEXIL_DATABASE_URL", &database)
                         .env("VEXIL_BOOTSTRAP_TOKEN", &token)
                         .env("VEXIL_LOG_FORMAT", "text")
+                        .env(
+                            "VEXIL_OFREP_RATE_LIMIT",
+                            options.ofrep_rate_limit.to_string(),
+                        )
                         .env("RUST_LOG", "warn"),
                     &log,
                 )?;
@@ -170,8 +183,10 @@ impl Stack {
             relay_addr: None,
             relay_key: None,
             relay_bin: None,
+            ofrep_rate_limit: options.ofrep_rate_limit,
             server,
-            relay: None,
+            relays: Vec::new(),
+            relay_starts: 0,
             dir,
         })
     }
@@ -179,6 +194,18 @@ impl Stack {
     /// Starts `vexil-relay` against the control plane (once: later calls restart it on the
     /// same port) and waits until it is ready.
     pub async fn start_relay(&mut self, relay_bin: Option<&Path>) -> anyhow::Result<SocketAddr> {
+        self.start_relays(relay_bin, 1).await
+    }
+
+    /// Starts `n` relay processes sharing one port (`VEXIL_REUSE_PORT`; the kernel spreads
+    /// connections over them), or restarts them on the same port (killing any still
+    /// running), and waits until each is
+    /// ready (its own log says so: the shared port cannot tell them apart).
+    pub async fn start_relays(
+        &mut self,
+        relay_bin: Option<&Path>,
+        n: usize,
+    ) -> anyhow::Result<SocketAddr> {
         if self.relay_bin.is_none() {
             self.relay_bin = Some(find_binary("vexil-relay", relay_bin).await?);
         }
@@ -198,51 +225,98 @@ impl Stack {
             None => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         };
         let bin = self.relay_bin.clone().context("relay binary")?;
-        let log = self.dir.path().join("relay.log");
-        let child = spawn_logged(
-            Command::new(&bin)
-                .env("VEXIL_UPSTREAM_URL", format!("http://{}", self.server_addr))
-                .env("VEXIL_RELAY_KEY", &key)
-                .env("VEXIL_LISTEN", addr.to_string())
-                .env("VEXIL_DRAIN_WINDOW", "1s")
-                .env("VEXIL_UPSTREAM_BACKOFF_INITIAL", "100ms")
-                .env("VEXIL_LOG_FORMAT", "text")
-                .env("RUST_LOG", "warn"),
-            &log,
-        )?;
-        let managed = Managed { child, log };
         self.relay_addr = Some(addr);
-        let ready = wait_ready(
+        // A restart replaces whatever relays still run on the port.
+        self.kill_relay().await?;
+        self.relay_starts += 1;
+        for i in 0..n.max(1) {
+            let log = self
+                .dir
+                .path()
+                .join(format!("relay-{}-{i}.log", self.relay_starts));
+            let child = spawn_logged(
+                Command::new(&bin)
+                    .env("VEXIL_UPSTREAM_URL", format!("http://{}", self.server_addr))
+                    .env("VEXIL_RELAY_KEY", &key)
+                    .env("VEXIL_LISTEN", addr.to_string())
+                    .env("VEXIL_REUSE_PORT", (n > 1).to_string())
+                    .env("VEXIL_DRAIN_WINDOW", "1s")
+                    .env("VEXIL_UPSTREAM_BACKOFF_INITIAL", "100ms")
+                    .env("VEXIL_OFREP_RATE_LIMIT", self.ofrep_rate_limit.to_string())
+                    .env("VEXIL_LOG_FORMAT", "text")
+                    // Warnings (accept errors among them), and the two lines waited for.
+                    .env(
+                        "RUST_LOG",
+                        "warn,vexil_relay::cli=info,vexil_relay::upstream::apply=info",
+                    ),
+                &log,
+            )?;
+            self.relays.push(Managed { child, log });
+        }
+        for relay in &self.relays {
+            wait_log_line(relay, "relay ready", Duration::from_secs(60))
+                .await
+                .context(
+                    "the relay did not become ready: it needs the control plane's relay stream \
+                     (GET /relay/v1/stream) and the environment's SDK keys",
+                )?;
+        }
+        wait_ready(
             &format!("http://{addr}"),
             "/readyz",
             Duration::from_secs(60),
-            Some(&managed),
+            self.relays.last(),
         )
-        .await;
-        self.relay = Some(managed);
-        ready.context(
-            "the relay did not become ready: it needs the control plane's relay stream \
-             (GET /relay/v1/stream) and the environment's SDK keys",
-        )?;
+        .await?;
         Ok(addr)
     }
 
-    /// Kills the relay at once (SIGKILL: no drain, as in a crash) and waits for it to exit.
+    /// Kills every relay at once (SIGKILL: no drain, as in a crash) and waits for them to
+    /// exit.
     pub async fn kill_relay(&mut self) -> anyhow::Result<()> {
-        if let Some(mut relay) = self.relay.take() {
+        for mut relay in self.relays.drain(..) {
             relay.child.kill().await.context("cannot kill the relay")?;
         }
         Ok(())
     }
 
-    /// The relay's process id.
+    /// The first relay's process id.
     pub fn relay_pid(&self) -> Option<u32> {
-        self.relay.as_ref().and_then(Managed::pid)
+        self.relays.first().and_then(Managed::pid)
+    }
+
+    /// Every relay's process id.
+    pub fn relay_pids(&self) -> Vec<u32> {
+        self.relays.iter().filter_map(Managed::pid).collect()
+    }
+
+    /// Failed accepts the relays logged (`accept failed`, e.g. out of file descriptors), by
+    /// kind.
+    pub fn relay_accept_errors(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut kinds = std::collections::BTreeMap::new();
+        for relay in &self.relays {
+            let text = std::fs::read_to_string(&relay.log).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("accept failed")) {
+                let kind = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("kind="))
+                    .unwrap_or("other")
+                    .trim_matches('"')
+                    .to_owned();
+                *kinds.entry(kind).or_insert(0) += 1;
+            }
+        }
+        kinds
     }
 
     /// The control plane's process id, when this stack started it.
     pub fn server_pid(&self) -> Option<u32> {
         self.server.as_ref().and_then(Managed::pid)
+    }
+
+    /// A temporary directory that lives as long as the stack.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Writes one change: flips flag `flag`'s `on`; returns the environment version after it.
@@ -253,16 +327,18 @@ impl Stack {
             .await
     }
 
-    /// The last lines of the relay's log, for error reports.
+    /// The last lines of every relay's log, for error reports.
     pub fn relay_log_tail(&self) -> String {
-        self.relay
-            .as_ref()
-            .map_or_else(String::new, |m| log_tail(&m.log))
+        self.relays
+            .iter()
+            .map(|m| log_tail(&m.log))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
     }
 
     /// Stops the child processes (SIGKILL; the temporary directory goes with the stack).
     pub async fn shutdown(mut self) {
-        if let Some(mut r) = self.relay.take() {
+        for mut r in self.relays.drain(..) {
             let _ = r.child.kill().await;
         }
         if let Some(mut s) = self.server.take() {
@@ -286,13 +362,13 @@ fn flag_config(key: &str, on: bool) -> serde_json::Value {
     })
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()
 }
 
-fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
     let out =
         std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
@@ -304,7 +380,7 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("cannot start {:?}", cmd.as_std().get_program()))
 }
 
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
@@ -312,7 +388,7 @@ fn log_tail(path: &Path) -> String {
 
 /// Waits for `GET url+path` to answer 200. A process that has just been started can only be
 /// asked; this retries every 50 ms until `limit`, and fails early if the process exits.
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     url: &str,
     path: &str,
     limit: Duration,
@@ -338,6 +414,27 @@ async fn wait_ready(
     }
     let tail = process.map(|p| log_tail(&p.log)).unwrap_or_default();
     bail!("{url}{path} not ready after {limit:?} (last: {last}); log tail:\n{tail}")
+}
+
+/// Waits until `process`'s log has a line containing `needle` (the log is a file its
+/// output goes to: read again every 50 ms); fails early if the process exits.
+async fn wait_log_line(process: &Managed, needle: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(&process.log).unwrap_or_default();
+        if text.contains(needle) {
+            return Ok(());
+        }
+        if process.child.id().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "no {needle:?} in {} after {limit:?}; log tail:\n{}",
+        process.log.display(),
+        log_tail(&process.log)
+    )
 }
 
 /// Finds (or builds) a workspace binary; see the module documentation.

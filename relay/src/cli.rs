@@ -1,4 +1,5 @@
-//! The `vexil-relay` command: parse the configuration, set up logging, bind, serve until
+//! The `vexil-relay` command: parse the configuration, set up logging, raise the
+//! file-descriptor limit, bind (optionally sharing the port), serve until
 //! SIGTERM/ctrl-c (then drain subscriber streams over `VEXIL_DRAIN_WINDOW` and exit).
 //!
 //! It lives in the library so that every binary that is the relay (`src/bin/vexil-relay.rs`,
@@ -7,9 +8,8 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use tokio::net::TcpListener;
 
-use crate::{RelayConfig, telemetry};
+use crate::{RelayConfig, listener, telemetry};
 
 /// Runs the relay with the configuration from the command line and `VEXIL_*` variables.
 pub async fn main() -> anyhow::Result<()> {
@@ -17,9 +17,27 @@ pub async fn main() -> anyhow::Result<()> {
     telemetry::init(config.log_format)
         .map_err(|e| anyhow::anyhow!(e))
         .context("cannot set up logging")?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    // One descriptor per SDK stream: use every one the hard limit allows.
+    match listener::raise_nofile_limit() {
+        Ok(l) => tracing::info!(
+            before = l.before,
+            soft = l.after,
+            hard = l.hard,
+            "file-descriptor limit (RLIMIT_NOFILE): each SDK stream holds one"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file-descriptor limit"),
+    }
+    let listener = listener::bind(config.listen, config.reuse_port).with_context(|| {
+        format!(
+            "cannot listen on {}{}",
+            config.listen,
+            if config.reuse_port {
+                " (with SO_REUSEPORT)"
+            } else {
+                ""
+            }
+        )
+    })?;
     crate::run(listener, config, vexil_fanout::signal::shutdown_signal())
         .await
         .context("cannot start the relay")?;

@@ -30,6 +30,12 @@ pub struct RelayConfig {
     #[arg(long, env = "VEXIL_LISTEN", default_value = "0.0.0.0:8070")]
     pub listen: SocketAddr,
 
+    /// Bind the listening port with `SO_REUSEPORT`, so that several relay processes on one
+    /// host share it and the kernel spreads new connections over them (each process holds
+    /// its own file descriptors and cores). Every process sharing the port must set it.
+    #[arg(long, env = "VEXIL_REUSE_PORT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub reuse_port: bool,
+
     /// Hub and OFREP options, the same as the control plane's.
     #[command(flatten)]
     pub distribution: DistributionArgs,
@@ -112,6 +118,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("upstream_url", &self.upstream_url)
             .field("relay_key", &"<redacted>")
             .field("listen", &self.listen)
+            .field("reuse_port", &self.reuse_port)
             .field("distribution", &self.distribution)
             .field("drain_window", &self.drain_window)
             .field("upstream_read_timeout", &self.upstream_read_timeout)
@@ -196,6 +203,7 @@ mod tests {
         assert_eq!(parsed.upstream_auth_backoff, built.upstream_auth_backoff);
         assert_eq!(parsed.upstream_healthy_after, built.upstream_healthy_after);
         assert!(parsed.metrics);
+        assert!(!parsed.reuse_port && !built.reuse_port);
         assert!(parsed.downstream_relay_keys.is_empty());
         assert_eq!(parsed.stream_url(), "http://up:8080/relay/v1/stream");
         assert!(
@@ -220,8 +228,11 @@ mod tests {
             "false",
             "--log-format",
             "json",
+            "--reuse-port",
+            "true",
         ])
         .unwrap();
+        assert!(c.reuse_port);
         assert_eq!(c.drain_window, Duration::from_secs(2));
         assert_eq!(c.downstream_relay_keys, vec!["a", "b"]);
         assert!(!c.metrics);

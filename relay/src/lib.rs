@@ -8,6 +8,7 @@
 //! - [`events`]: analytics events (`/events/v1/bulk`, OFREP exposures) forwarded upstream,
 //!   acknowledged only once upstream acknowledged.
 //! - [`app`]: [`Relay`] and [`run`]: routes, readiness gate, probes, metrics, drain.
+//! - [`listener`]: the listening socket (`SO_REUSEPORT`) and the raised `RLIMIT_NOFILE`.
 //! - [`telemetry`]: logging setup; [`cli`]: the command, which `src/bin/vexil-relay.rs`
 //!   calls.
 //!
@@ -19,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod listener;
 pub mod relay_state;
 pub mod telemetry;
 pub mod upstream;

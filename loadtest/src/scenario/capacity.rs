@@ -43,6 +43,7 @@ pub struct CapacityArgs {
 /// Runs the scenario.
 pub async fn run(args: &CapacityArgs) -> anyhow::Result<Report> {
     let start = Instant::now();
+    args.fleet.preflight(args.subscribers, 1)?;
     let (stack, target) = stack_with_relay(&args.stack).await?;
     let pid = stack.relay_pid().context("the relay has no pid")?;
     let before = procstat::sample(pid).context("cannot read the relay's /proc status")?;
@@ -56,7 +57,7 @@ pub async fn run(args: &CapacityArgs) -> anyhow::Result<Report> {
     let n = args.subscribers as usize;
     let connect_started = Instant::now();
     let deadline = connect_started + Duration::from_secs(args.connect_timeout_s);
-    let all = fleet.wait_until(deadline, |l| l.current(0) == n).await;
+    let all = fleet.wait_current(deadline, 0, "connecting").await;
     let connect_s = secs(connect_started);
     tokio::time::sleep(Duration::from_secs(args.hold_s)).await;
     fleet.drain();

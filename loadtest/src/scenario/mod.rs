@@ -41,6 +41,21 @@ pub struct FleetOptions {
 }
 
 impl FleetOptions {
+    /// Checks the machine's descriptor and port limits for `subscribers` over `relays` relay
+    /// processes ([`crate::preflight`]); fails fast, naming the numbers needed.
+    pub fn preflight(
+        &self,
+        subscribers: u32,
+        relays: u32,
+    ) -> anyhow::Result<crate::preflight::Limits> {
+        crate::preflight::run(crate::preflight::Needs {
+            subscribers,
+            per_worker: self.per_worker,
+            per_address: self.per_address,
+            relays,
+        })
+    }
+
     /// The fleet plan for `subscribers` subscribers of `target`.
     pub fn plan(
         &self,
@@ -69,8 +84,18 @@ impl FleetOptions {
 pub(crate) async fn stack_with_relay(
     options: &StackOptions,
 ) -> anyhow::Result<(Stack, StreamTarget)> {
+    stack_with_relays(options, 1).await
+}
+
+/// [`stack_with_relay`] with `relays` relay processes sharing the port.
+pub(crate) async fn stack_with_relays(
+    options: &StackOptions,
+    relays: usize,
+) -> anyhow::Result<(Stack, StreamTarget)> {
     let mut stack = Stack::start(options, 1).await?;
-    let relay = stack.start_relay(options.relay_bin.as_deref()).await?;
+    let relay = stack
+        .start_relays(options.relay_bin.as_deref(), relays)
+        .await?;
     let target = StreamTarget {
         addr: relay,
         path: "/sdk/v1/stream".into(),

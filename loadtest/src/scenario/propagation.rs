@@ -6,16 +6,23 @@
 //! between that and the API's answer, so the figure is an upper bound of commit → receipt
 //! (it includes the write's own latency, reported beside it). Subscribers in other
 //! processes timestamp with the same wall clock.
+//!
+//! With `--relays N`, N relay processes share one port (`SO_REUSEPORT`) and the kernel
+//! spreads the subscribers over them. The report gives the relays' CPU per change per
+//! subscriber next to the kernel's floor measured in the same run ([`crate::floor`]): the
+//! same change frame (read back from the relay) written with plain `write(2)` calls to as
+//! many idle loopback sockets as the descriptor limit allows.
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::fleet::Fleet;
+use crate::floor::{self, Floor};
 use crate::procstat;
 use crate::report::{Machine, Report, Row, count, ms};
 use crate::scenario::segment_edit::SegmentEdits;
-use crate::scenario::{FleetOptions, command_line, secs, stack_with_relay, unix_now};
+use crate::scenario::{FleetOptions, command_line, secs, stack_with_relays, unix_now};
 use crate::stats::Recorder;
 use crate::subscriber::{Backoff, now_ns};
 use crate::system::StackOptions;
@@ -41,6 +48,16 @@ pub struct PropagationArgs {
     /// The p99 goal, milliseconds.
     #[arg(long, default_value_t = 100.0)]
     pub goal_p99_ms: f64,
+    /// Relay processes sharing one port (`VEXIL_REUSE_PORT`); subscribers are spread over
+    /// them by the kernel. Each holds its share of the streams' file descriptors.
+    #[arg(long, default_value_t = 1)]
+    pub relays: u32,
+    /// Goal: the relays' CPU per change per subscriber over the `write(2)` floor.
+    #[arg(long, default_value_t = 1.3)]
+    pub goal_floor_ratio: f64,
+    /// Rounds of the `write(2)` floor measurement (each writes the frame once per socket).
+    #[arg(long, default_value_t = 20)]
+    pub floor_rounds: u32,
     /// Subscribe to the per-context evaluated stream (`/client/v1/stream`, a client-side key,
     /// every flag client-side, a context the flags' rule matches) instead of the SDK stream:
     /// the relay evaluates every flag for every connection on each change.
@@ -78,7 +95,8 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         "--delta needs a segment to edit: --segment-keys must be at least 1"
     );
     let start = Instant::now();
-    let (stack, mut target) = stack_with_relay(&args.stack).await?;
+    let limits = args.fleet.preflight(args.subscribers, args.relays)?;
+    let (stack, mut target) = stack_with_relays(&args.stack, args.relays as usize).await?;
     if args.client_stream {
         for flag in &stack.flags {
             stack
@@ -129,7 +147,7 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         .api
         .environment_version(&stack.project, &stack.environment)
         .await?;
-    let connected = fleet.wait_until(deadline, |l| l.current(v0) == n).await;
+    let connected = fleet.wait_current(deadline, v0, "connecting").await;
     let connect_s = secs(connect_started);
     // Every subscriber has the initial state: the relay holds the segment.
     let relay_memory = segment
@@ -138,15 +156,20 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
     if !connected {
         let have = fleet.ledger.current(v0);
         failures.push(format!(
-            "only {have} of {n} subscribers connected with the initial state in {}s; reasons: {:?}",
+            "only {have} of {n} subscribers connected with the initial state in {}s; reasons: \
+             {:?}; relay accept errors: {:?}",
             args.connect_timeout_s,
-            fleet.ledger.down_reasons(3)
+            fleet.ledger.down_reasons(3),
+            stack.relay_accept_errors()
         ));
     }
+    // How the kernel spread the streams: descriptors each relay holds.
+    let relay_pids = stack.relay_pids();
+    let spread: Vec<usize> = relay_pids.iter().map(|p| open_descriptors(*p)).collect();
+    eprintln!("  connected in {connect_s:.1} s; relay descriptors open: {spread:?}");
 
     // CPU time of the relay and of the subscriber workers over the change phase: what one
     // change costs each side, however busy the machine is.
-    let relay_pid = stack.relay_pid();
     let worker_pids = fleet.pids();
     let cpu_ticks = |pids: &[u32]| -> u64 {
         pids.iter()
@@ -154,7 +177,7 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
             .map(|s| s.cpu_ticks)
             .sum()
     };
-    let relay_ticks_before = cpu_ticks(relay_pid.as_slice());
+    let relay_ticks_before = cpu_ticks(&relay_pids);
     let worker_ticks_before = cpu_ticks(&worker_pids);
 
     let mut writes = Vec::with_capacity(args.changes as usize);
@@ -176,7 +199,11 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
             });
             let deadline = Instant::now() + Duration::from_secs(args.receive_timeout_s);
             if !fleet
-                .wait_until(deadline, |l| l.current(version) == n)
+                .wait_current(
+                    deadline,
+                    version,
+                    &format!("change {} of {}", i + 1, args.changes),
+                )
                 .await
             {
                 let have = fleet.ledger.current(version);
@@ -188,14 +215,42 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
             tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
         }
     }
-    let relay_ms =
-        procstat::ticks_to_ms(cpu_ticks(relay_pid.as_slice()).saturating_sub(relay_ticks_before));
+    let relay_ms = procstat::ticks_to_ms(cpu_ticks(&relay_pids).saturating_sub(relay_ticks_before));
     let worker_ms =
         procstat::ticks_to_ms(cpu_ticks(&worker_pids).saturating_sub(worker_ticks_before));
     let changes_done = writes.len().max(1) as f64;
+    // The last change's frame as the relay wrote it, for the floor.
+    let frame = match writes.last() {
+        Some(w) if !args.client_stream => {
+            capture_change_frame(stack.relay_addr, &stack.sdk_keys[0], w.version - 1).await
+        }
+        _ => None,
+    };
     let ledger = fleet.stop().await;
     let relay_tail = stack.relay_log_tail();
+    let accept_errors = stack.relay_accept_errors();
     stack.shutdown().await;
+    // The floor, with the subscribers' descriptors released: two per socket in this process.
+    let floor: Option<Floor> = match frame {
+        Some(frame) => {
+            let sockets = n.min(
+                usize::try_from(limits.nofile_soft.saturating_sub(512) / 2).unwrap_or(usize::MAX),
+            );
+            let rounds = args.floor_rounds;
+            eprintln!("  measuring the write(2) floor: {sockets} sockets × {rounds} rounds");
+            match tokio::task::spawn_blocking(move || floor::measure(&frame, sockets, rounds))
+                .await?
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    failures.push(format!("the write(2) floor could not be measured: {e}"));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let relay_us_per_sub = relay_ms * 1_000.0 / changes_done / n.max(1) as f64;
 
     let mut delays = Recorder::new();
     let mut write_latency = Recorder::new();
@@ -282,7 +337,11 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
             format!("{reconnects} / {resyncs}"),
         ),
         Row::info(
-            "CPU per change: relay / subscriber workers",
+            "relay processes (descriptors open each)",
+            format!("{} ({spread:?})", args.relays),
+        ),
+        Row::info(
+            "CPU per change: relays / subscriber workers",
             format!(
                 "{} / {}",
                 ms(relay_ms / changes_done),
@@ -299,6 +358,33 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
                 "{:.1} MB: {per_key:.1} bytes per key beyond the key's bytes",
                 grown as f64 / 1e6
             ),
+        ));
+    }
+    if let Some(f) = &floor {
+        let ratio = relay_us_per_sub / f.cpu_us_per_write.max(f64::MIN_POSITIVE);
+        rows.push(Row::info(
+            "relay CPU per change per subscriber",
+            format!("{relay_us_per_sub:.2} µs"),
+        ));
+        rows.push(Row::info(
+            format!(
+                "write(2) floor per subscriber ({} B frame, {} sockets)",
+                f.frame_bytes,
+                count(f.sockets as u64)
+            ),
+            format!("{:.2} µs", f.cpu_us_per_write),
+        ));
+        rows.push(Row::goal(
+            "relay ÷ floor",
+            format!("{ratio:.2}×"),
+            format!("≤ {:.1}×", args.goal_floor_ratio),
+            ratio <= args.goal_floor_ratio,
+        ));
+    }
+    if !accept_errors.is_empty() {
+        rows.push(Row::info(
+            "relay accept errors",
+            format!("{accept_errors:?}"),
         ));
     }
     let details = json!({
@@ -323,6 +409,12 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         "resync_puts": resyncs,
         "relay_cpu_ms_per_change": relay_ms / changes_done,
         "workers_cpu_ms_per_change": worker_ms / changes_done,
+        "relays": args.relays,
+        "relay_descriptors": spread,
+        "relay_accept_errors": accept_errors,
+        "relay_cpu_us_per_change_per_subscriber": relay_us_per_sub,
+        "write_floor": floor,
+        "relay_over_floor": floor.map(|f| relay_us_per_sub / f.cpu_us_per_write.max(f64::MIN_POSITIVE)),
         "per_worker": args.fleet.per_worker,
         "per_address": args.fleet.per_address,
         "source_addresses": (args.subscribers.saturating_sub(1) / args.fleet.per_address.max(1)) + 1,
@@ -339,4 +431,54 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         passed: failures.is_empty(),
         failures,
     })
+}
+
+/// File descriptors `pid` has open (its streams, with a few of its own).
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// Reads the change frame after `since` back from the relay: an SDK stream resumed at
+/// `Last-Event-ID: since` replays it first, byte for byte as subscribers got it (the lean
+/// path writes frames unframed, the response delimited by closing). `None` if it cannot.
+async fn capture_change_frame(
+    relay: Option<std::net::SocketAddr>,
+    sdk_key: &str,
+    since: u64,
+) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = relay?;
+    let read = async {
+        let mut tcp = tokio::net::TcpStream::connect(relay).await.ok()?;
+        let req = format!(
+            "GET /sdk/v1/stream HTTP/1.1\r\nhost: {relay}\r\nauthorization: {sdk_key}\r\n\
+             last-event-id: {since}\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::with_capacity(16 * 1024);
+        loop {
+            if tcp.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+            let Ok(Some((head, head_len))) = crate::sse::ResponseHead::parse(&buf) else {
+                continue;
+            };
+            if head.status != 200 || head.chunked {
+                return None;
+            }
+            // Frames end with a blank line; comments (keep-alives) start with ':'.
+            let mut at = head_len;
+            while let Some(end) = buf[at..].windows(2).position(|w| w == b"\n\n") {
+                let frame = &buf[at..at + end + 2];
+                if !frame.starts_with(b":") {
+                    return Some(frame.to_vec());
+                }
+                at += end + 2;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten()
 }

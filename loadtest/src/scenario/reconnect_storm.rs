@@ -50,6 +50,7 @@ pub struct ReconnectStormArgs {
 /// Runs the scenario.
 pub async fn run(args: &ReconnectStormArgs) -> anyhow::Result<Report> {
     let start = Instant::now();
+    args.fleet.preflight(args.subscribers, 1)?;
     let (mut stack, target) = stack_with_relay(&args.stack).await?;
     let backoff = Backoff {
         reconnect: true,
@@ -65,7 +66,7 @@ pub async fn run(args: &ReconnectStormArgs) -> anyhow::Result<Report> {
         .environment_version(&stack.project, &stack.environment)
         .await?;
     let deadline = Instant::now() + Duration::from_secs(args.connect_timeout_s);
-    if !fleet.wait_until(deadline, |l| l.current(v0) == n).await {
+    if !fleet.wait_current(deadline, v0, "connecting").await {
         let have = fleet.ledger.current(v0);
         let reasons = fleet.ledger.down_reasons(3);
         fleet.stop().await;
@@ -91,9 +92,7 @@ pub async fn run(args: &ReconnectStormArgs) -> anyhow::Result<Report> {
     let sampler = Sampler::start(pid, Duration::from_millis(100));
 
     let deadline = Instant::now() + Duration::from_secs(args.recover_timeout_s);
-    let recovered = fleet
-        .wait_until(deadline, |l| l.current(version) == n)
-        .await;
+    let recovered = fleet.wait_current(deadline, version, "reconnecting").await;
     let all_back_s = killed.elapsed().as_secs_f64();
     let peaks = sampler.peaks();
     let after_restart_s = restart.elapsed().as_secs_f64();

@@ -42,6 +42,7 @@ const SPREAD: [&str; 4] = ["--per-worker", "150", "--per-address", "100"];
 
 #[test]
 fn propagation_reaches_every_subscriber_without_missing_a_version() {
+    // Two relay processes share the port: the kernel spreads the 300 streams over them.
     let mut args = vec![
         "propagation",
         "--subscribers",
@@ -50,6 +51,10 @@ fn propagation_reaches_every_subscriber_without_missing_a_version() {
         "4",
         "--interval-ms",
         "20",
+        "--relays",
+        "2",
+        "--floor-rounds",
+        "3",
     ];
     args.extend(SPREAD);
     let r = run(&args);
@@ -66,6 +71,46 @@ fn propagation_reaches_every_subscriber_without_missing_a_version() {
     assert_eq!(
         (d["workers"].as_u64(), d["source_addresses"].as_u64()),
         (Some(2), Some(3))
+    );
+    assert_eq!(d["relays"], 2);
+    let descriptors = d["relay_descriptors"].as_array().unwrap();
+    assert_eq!(descriptors.len(), 2, "{d:#}");
+    // Both relays hold streams (300 connections never all hash to one of two listeners).
+    assert!(
+        descriptors.iter().all(|n| n.as_u64().unwrap() >= 50),
+        "{d:#}"
+    );
+    // The floor was measured on the relay's own change frame, on as many sockets.
+    let floor = &d["write_floor"];
+    assert_eq!(floor["sockets"], 300, "{d:#}");
+    assert!(floor["frame_bytes"].as_u64().unwrap() > 20, "{d:#}");
+    assert!(floor["cpu_us_per_write"].as_f64().unwrap() > 0.0, "{d:#}");
+    assert!(
+        d["relay_cpu_us_per_change_per_subscriber"]
+            .as_f64()
+            .is_some()
+    );
+}
+
+#[test]
+fn a_run_the_machine_cannot_hold_fails_at_once_naming_the_numbers() {
+    // More ports per source address than any ephemeral range holds: refused before anything
+    // starts.
+    let output = Command::new(env!("CARGO_BIN_EXE_vexil-loadtest"))
+        .args([
+            "propagation",
+            "--subscribers",
+            "70000",
+            "--per-address",
+            "70000",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--per-address 70000 needs that many ephemeral ports"),
+        "{stderr}"
     );
 }
 
@@ -139,7 +184,11 @@ fn ofrep_evaluates_on_the_relay_and_the_server() {
         "--targets",
         "relay,server",
     ]);
-    for result in r["details"]["results"].as_array().unwrap() {
+    // The scenario sets the rate limit itself (off), and loads both endpoints.
+    assert_eq!(r["details"]["ofrep_rate_limit"], 0);
+    let results = r["details"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "relay and server × single and bulk");
+    for result in results {
         assert_eq!(result["available"], true, "{result:#}");
         assert!(result["ok"].as_u64().unwrap() > 0, "{result:#}");
         assert!(
@@ -147,6 +196,53 @@ fn ofrep_evaluates_on_the_relay_and_the_server() {
             "{result:#}"
         );
     }
+}
+
+#[test]
+fn refusals_are_not_throughput_a_rate_limited_run_is_invalid() {
+    // One request per second per key: nearly every answer is a 429.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_vexil-loadtest"))
+        .args([
+            "ofrep",
+            "--connections",
+            "2",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0",
+        ])
+        .args([
+            "--sdk-keys",
+            "1",
+            "--targets",
+            "relay",
+            "--endpoints",
+            "single",
+        ])
+        .args(["--ofrep-rate-limit", "1", "--flags", "2", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a rate-limited run passed:\n{stderr}"
+    );
+    assert!(stderr.contains("the run is invalid"), "{stderr}");
+    assert!(stderr.contains("non-2xx answers"), "{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["passed"], false);
+    let result = &report["details"]["results"][0];
+    assert!(result["refused"]["429"].as_u64().unwrap() > 0, "{result:#}");
+    assert!(
+        report["failures"][0]
+            .as_str()
+            .unwrap()
+            .contains("rate limit"),
+        "{report:#}"
+    );
 }
 
 #[test]

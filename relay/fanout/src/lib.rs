@@ -64,6 +64,7 @@ mod items;
 pub mod lean;
 pub mod metrics;
 pub mod ofrep;
+mod ofrep_bulk;
 pub mod relay_stream;
 mod ring;
 pub mod serve;

@@ -88,6 +88,12 @@ pub const RELAY_STREAMS: &str = "vexil_relay_stream_connections";
 /// `keys` events sent on relay streams.
 pub const RELAY_STREAM_EVENTS_SENT: &str = "vexil_relay_stream_events_sent_total";
 
+/// Counter: failed `accept` calls on the listener (`kind` = `emfile`: the process is out of
+/// file descriptors; `enfile`: the system is; `nomem`; `other`). While it rises, new
+/// connections wait in the kernel's backlog: raise `RLIMIT_NOFILE` or add relay processes
+/// (`VEXIL_REUSE_PORT`).
+pub const ACCEPT_ERRORS: &str = "vexil_accept_errors_total";
+
 /// Metric handles of one environment.
 #[derive(Debug, Clone)]
 pub(crate) struct EnvMetrics {

@@ -45,6 +45,7 @@ use vexil_schema::{Context, Flag};
 use crate::auth::{AuthError, SdkAuth, hash_sdk_key};
 use crate::exposures::ExposureRecorder;
 use crate::http::sdk_key;
+use crate::ofrep_bulk::{BulkPlans, push_json};
 
 /// Path of single-flag evaluation (with `{key}`).
 pub const EVALUATE_FLAG_PATH: &str = "/ofrep/v1/evaluate/flags/{key}";
@@ -120,6 +121,8 @@ struct OfrepState<S, A> {
     auth: A,
     config: OfrepConfig,
     limiter: Arc<RateLimiter>,
+    /// What answers need from each environment's current snapshot, prepared once.
+    plans: Arc<BulkPlans>,
 }
 
 /// The OFREP routes with the default [`OfrepConfig`].
@@ -143,6 +146,7 @@ pub fn ofrep_router_with<S: EvaluatorSource, A: SdkAuth>(
             auth,
             config,
             limiter,
+            plans: Arc::default(),
         })
         .layer(axum::middleware::from_fn(crate::client::cors))
 }
@@ -187,9 +191,16 @@ async fn evaluate_one<S: EvaluatorSource, A: SdkAuth>(
         Some(kind) => json_response(StatusCode::BAD_REQUEST, failure(&key, kind)),
         None => {
             // A single answer keeps the version in its metadata; bulk items do not.
-            let mut one = success(&key, compiled.flag(&key), &eval);
-            one["metadata"] = json!({"environmentVersion": compiled.version()});
-            json_response(StatusCode::OK, one)
+            let plan = s.plans.get(&env, &compiled);
+            let Some(entry) = plan.entry(&key) else {
+                // Evaluated, so the flag exists: the plan is of this very snapshot.
+                let mut one = success(&key, compiled.flag(&key), &eval);
+                one["metadata"] = json!({"environmentVersion": compiled.version()});
+                return json_response(StatusCode::OK, one);
+            };
+            let mut out = Vec::with_capacity(160);
+            entry.push_success(&mut out, &eval, Some(compiled.version()));
+            json_bytes(StatusCode::OK, out)
         }
     }
 }
@@ -217,29 +228,31 @@ async fn evaluate_all<S: EvaluatorSource, A: SdkAuth>(
         return (StatusCode::NOT_MODIFIED, [(ETAG, header(&etag))]).into_response();
     }
     // Flag-key order, on server and relay alike; client keys see client-side flags only.
-    let mut keys: Vec<&str> = compiled
-        .flag_keys()
-        .filter(|k| !client || compiled.flag(k).is_some_and(|f| f.client_side))
-        .collect();
-    keys.sort_unstable();
-    let flags: Vec<Value> = keys
-        .into_iter()
-        .map(|key| {
-            let eval = compiled.evaluate(key, &ctx);
-            if let Some(recorder) = &s.config.exposures {
-                recorder.observe(&env, &compiled, key, &ctx, &eval);
-            }
-            match eval.reason.error_kind() {
-                Some(kind) => failure(key, kind),
-                None => success(key, compiled.flag(key), &eval),
-            }
-        })
-        .collect();
+    // The JSON is written straight into one buffer (see `ofrep_bulk`).
+    let plan = s.plans.get(&env, &compiled);
+    let mut out = plan.buffer();
+    out.extend_from_slice(b"{\"flags\":[");
+    let mut first = true;
+    for entry in plan.entries.iter().filter(|e| !client || e.client_side) {
+        let eval = compiled.evaluate(&entry.key, &ctx);
+        if let Some(recorder) = &s.config.exposures {
+            recorder.observe(&env, &compiled, &entry.key, &ctx, &eval);
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        match eval.reason.error_kind() {
+            Some(kind) => push_json(&mut out, &failure(&entry.key, kind)),
+            None => entry.push_success(&mut out, &eval, None),
+        }
+    }
     // The version is response-level: per-item data changes only when the flag's does.
-    let mut r = json_response(
-        StatusCode::OK,
-        json!({ "flags": flags, "metadata": {"environmentVersion": compiled.version()} }),
-    );
+    out.extend_from_slice(b"],\"metadata\":{\"environmentVersion\":");
+    out.extend_from_slice(compiled.version().to_string().as_bytes());
+    out.extend_from_slice(b"}}");
+    plan.used(out.len());
+    let mut r = json_bytes(StatusCode::OK, out);
     r.headers_mut().insert(ETAG, header(&etag));
     r
 }
@@ -328,7 +341,9 @@ async fn authenticate<S: EvaluatorSource, A: SdkAuth>(
             _ => StatusCode::UNAUTHORIZED.into_response(),
         })
     })?;
-    if let Err(wait) = s.limiter.check(hash_sdk_key(key)) {
+    if s.limiter.per_second > 0
+        && let Err(wait) = s.limiter.check(hash_sdk_key(key))
+    {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut r = json_response(
             StatusCode::TOO_MANY_REQUESTS,
@@ -448,6 +463,16 @@ fn header(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
 }
 
+/// A JSON answer already encoded.
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
 fn json_response(status: StatusCode, body: Value) -> Response {
     (
         status,
@@ -565,6 +590,87 @@ mod tests {
         assert_ne!(bulk_etag(&e, 3, &a), bulk_etag(&e, 3, &c));
         let other = EnvironmentId::parse("p/f").unwrap();
         assert_ne!(bulk_etag(&e, 3, &a), bulk_etag(&other, 3, &a));
+    }
+
+    /// The direct encoder writes exactly what the `Value` path wrote: same bytes, same order.
+    #[test]
+    fn direct_encoding_matches_the_value_encoding() {
+        use vexil_schema::{FlagConfig, FlagKey, FlagKind, Variation};
+        let variation = |value: Value, name: Option<&str>| Variation {
+            value,
+            name: name.map(str::to_owned),
+            description: None,
+        };
+        let flag = |key: &str, kind, variations, on: bool, serve: usize| {
+            let mut config = FlagConfig::serving(serve);
+            config.on = on;
+            Flag {
+                key: FlagKey::parse(key).unwrap(),
+                kind,
+                variations,
+                client_side: false,
+                config,
+            }
+        };
+        let snapshot = vexil_schema::EnvironmentSnapshot {
+            version: 42,
+            flags: vec![
+                flag(
+                    "b-bool",
+                    FlagKind::Boolean,
+                    vec![
+                        variation(json!(true), Some("on")),
+                        variation(json!(false), None),
+                    ],
+                    true,
+                    0,
+                ),
+                flag(
+                    "a-json",
+                    FlagKind::Json,
+                    vec![
+                        variation(json!({"z": [1, "two\"", null], "a": 1.5}), None),
+                        variation(json!("x"), Some("say \"hi\"\n")),
+                    ],
+                    true,
+                    1,
+                ),
+                flag(
+                    "c-off",
+                    FlagKind::Boolean,
+                    vec![
+                        variation(json!(false), Some("off")),
+                        variation(json!(true), None),
+                    ],
+                    false,
+                    0,
+                ),
+            ],
+            segments: vec![],
+        };
+        let compiled = Arc::new(CompiledSnapshot::compile(&snapshot));
+        let plans = BulkPlans::default();
+        let env = EnvironmentId::parse("p/e").unwrap();
+        let plan = plans.get(&env, &compiled);
+        assert!(Arc::ptr_eq(&plan, &plans.get(&env, &compiled)), "cached");
+        let keys: Vec<&str> = plan.entries.iter().map(|e| &*e.key).collect();
+        assert_eq!(keys, ["a-json", "b-bool", "c-off"]);
+        let (ctx, _) = parse_context(br#"{"context":{"targetingKey":"u"}}"#).unwrap();
+        for entry in &plan.entries {
+            let eval = compiled.evaluate(&entry.key, &ctx);
+            let mut out = Vec::new();
+            entry.push_success(&mut out, &eval, None);
+            let expected = success(&entry.key, compiled.flag(&entry.key), &eval).to_string();
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+            let mut one = Vec::new();
+            entry.push_success(&mut one, &eval, Some(42));
+            let mut expected = success(&entry.key, compiled.flag(&entry.key), &eval);
+            expected["metadata"] = json!({"environmentVersion": 42});
+            assert_eq!(String::from_utf8(one).unwrap(), expected.to_string());
+        }
+        // A new snapshot gets a new plan.
+        let newer = Arc::new(CompiledSnapshot::compile(&snapshot));
+        assert!(!Arc::ptr_eq(&plan, &plans.get(&env, &newer)));
     }
 
     #[test]

@@ -14,6 +14,24 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// First pause after a failed `accept`, doubled per consecutive failure.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between `accept` attempts while they fail.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The `kind` label of [`crate::metrics::ACCEPT_ERRORS`]: the process (`emfile`) or the
+/// system (`enfile`) is out of file descriptors, the kernel of memory (`nomem`), or another
+/// error.
+pub(crate) fn accept_error_kind(e: &std::io::Error) -> &'static str {
+    // Linux errno values (EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12).
+    match e.raw_os_error() {
+        Some(24) => "emfile",
+        Some(23) => "enfile",
+        Some(105 | 12) => "nomem",
+        _ => "other",
+    }
+}
+
 /// Accepts connections on `listener` until `shutdown` completes, handing each (with
 /// `TCP_NODELAY` set) to `spawn` together with a receiver that changes when the server
 /// stops; then stops accepting, signals every connection and returns once each has dropped
@@ -28,17 +46,26 @@ pub(crate) async fn accept_until(
     // task holds a receiver, so `closed()` resolves when the last one ends.
     let (stop_tx, stop_rx) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
         let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+            Ok((tcp, _)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                tcp
+            }
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of file descriptors and the like: counted, logged, and backed off
+                // (doubling up to a second) instead of spinning on a listener that stays
+                // readable; pending connections wait in the backlog meanwhile.
+                let kind = accept_error_kind(&e);
+                metrics::counter!(crate::metrics::ACCEPT_ERRORS, "kind" => kind).increment(1);
+                tracing::warn!(error = %e, kind, retry_in = ?backoff, "accept failed: new connections wait");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
@@ -83,4 +110,19 @@ pub async fn serve_http1(
         });
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_labelled_by_cause() {
+        let e = |n| std::io::Error::from_raw_os_error(n);
+        assert_eq!(accept_error_kind(&e(24)), "emfile");
+        assert_eq!(accept_error_kind(&e(23)), "enfile");
+        assert_eq!(accept_error_kind(&e(105)), "nomem");
+        assert_eq!(accept_error_kind(&e(104)), "other");
+        assert_eq!(accept_error_kind(&std::io::Error::other("x")), "other");
+    }
 }

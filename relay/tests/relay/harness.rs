@@ -372,7 +372,25 @@ impl RelayProcess {
     /// Starts the binary on `listen` (port 0 for any) against `upstream` and waits until it
     /// listens.
     pub async fn start(upstream: &str, listen: SocketAddr, extra: &[&str]) -> Self {
-        let mut child = Command::new(crate::RELAY_BIN)
+        Self::start_wrapped(&[], upstream, listen, extra).await
+    }
+
+    /// [`RelayProcess::start`] under a wrapper command (e.g. `prlimit --nofile=…`).
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        upstream: &str,
+        listen: SocketAddr,
+        extra: &[&str],
+    ) -> Self {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(crate::RELAY_BIN);
+                c
+            }
+            None => Command::new(crate::RELAY_BIN),
+        };
+        let mut child = command
             .args([
                 "--upstream-url",
                 upstream,
@@ -410,6 +428,20 @@ impl RelayProcess {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The soft and hard `RLIMIT_NOFILE` of the running process (`/proc/<pid>/limits`).
+    pub fn nofile_limits(&self) -> (u64, u64) {
+        let pid = self.child.id().expect("running");
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let mut n = line
+            .split_whitespace()
+            .filter_map(|w| w.parse::<u64>().ok());
+        (n.next().unwrap(), n.next().unwrap())
     }
 
     pub async fn wait_ready(&mut self) {

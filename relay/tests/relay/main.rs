@@ -12,4 +12,5 @@ mod gate;
 mod harness;
 mod ofrep;
 mod output;
+mod reuse_port;
 mod sdk_client;
