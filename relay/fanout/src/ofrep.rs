@@ -39,6 +39,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use vexil_eval::{CompiledSnapshot, Evaluation};
 use vexil_schema::reason::ErrorKind;
+
+use crate::evaluations::EvaluationCounts;
 use vexil_schema::stream::{EnvironmentId, SdkKeyHash};
 use vexil_schema::{Context, Flag};
 
@@ -171,6 +173,13 @@ async fn evaluate_one<S: EvaluatorSource, A: SdkAuth>(
     };
     let hidden = client && !compiled.flag(&key).is_some_and(|f| f.client_side);
     let eval = compiled.evaluate(&key, &ctx);
+    if !hidden {
+        EvaluationCounts::global().environment(&env).record(
+            &key,
+            compiled.flag(&key).map(|f| f.variations.len()),
+            &eval,
+        );
+    }
     if !hidden && let Some(recorder) = &s.config.exposures {
         recorder.observe(&env, &compiled, &key, &ctx, &eval);
     }
@@ -222,10 +231,12 @@ async fn evaluate_all<S: EvaluatorSource, A: SdkAuth>(
         .filter(|k| !client || compiled.flag(k).is_some_and(|f| f.client_side))
         .collect();
     keys.sort_unstable();
+    let counts = EvaluationCounts::global().environment(&env);
     let flags: Vec<Value> = keys
         .into_iter()
         .map(|key| {
             let eval = compiled.evaluate(key, &ctx);
+            counts.record(key, compiled.flag(key).map(|f| f.variations.len()), &eval);
             if let Some(recorder) = &s.config.exposures {
                 recorder.observe(&env, &compiled, key, &ctx, &eval);
             }
