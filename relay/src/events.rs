@@ -123,6 +123,12 @@ impl Forwarder {
     /// A forwarder with its own HTTP client.
     pub fn new(config: ForwarderConfig) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder().timeout(config.timeout).build()?;
+        // Registered at zero so that alerts on their increase see a series from the start.
+        metrics::counter!(RECEIVED).increment(0);
+        for reason in ["buffer_full", "upstream"] {
+            metrics::counter!(DROPPED, "reason" => reason).increment(0);
+        }
+        metrics::gauge!(BUFFERED).set(0.0);
         let permits = Arc::new(Semaphore::new(
             config.buffer.clamp(1, Semaphore::MAX_PERMITS),
         ));

@@ -303,6 +303,8 @@ pub fn relay_config(upstream: &str) -> RelayConfig {
 /// test when it is stopped or dropped (see [`ServerTask`]).
 pub struct InProcessRelay {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `VEXIL_METRICS_LISTEN` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: RelayState,
     pub hub: Hub,
     task: Option<ServerTask<Infallible>>,
@@ -313,6 +315,7 @@ impl InProcessRelay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let relay = Relay::new(config).unwrap();
+        let metrics_addr = relay.metrics_addr();
         let state = relay.state().clone();
         let hub = relay.hub().clone();
         let task = ServerTask::spawn("the in-process relay", move |stop| async move {
@@ -325,6 +328,7 @@ impl InProcessRelay {
         });
         Self {
             addr,
+            metrics_addr,
             state,
             hub,
             task: Some(task),

@@ -238,6 +238,9 @@ impl Feed {
             // Registered at zero, so that `/metrics` shows that no rebuild happened.
             ::metrics::counter!(metrics::REBUILDS, "reason" => *reason).increment(0);
         }
+        // Likewise, so that alerts on their increase see a series from the start.
+        ::metrics::counter!(metrics::APPLY_ERRORS).increment(0);
+        ::metrics::counter!(metrics::LISTENER_RESTARTS).increment(0);
         feed.sync().await?;
         Ok(feed)
     }
