@@ -132,8 +132,7 @@ impl Relay {
         let metrics_listener = match (config.metrics_listen, &metrics) {
             (Some(addr), Some(_)) => {
                 let l = std::net::TcpListener::bind(addr).map_err(RelayError::MetricsListen)?;
-                l.set_nonblocking(true)
-                    .map_err(RelayError::MetricsListen)?;
+                l.set_nonblocking(true).map_err(RelayError::MetricsListen)?;
                 Some(l)
             }
             _ => None,
@@ -233,7 +232,8 @@ impl Relay {
         {
             app = app.merge(self.metrics_router(handle));
         }
-        app.layer(middleware::from_fn(vexil_fanout::metrics::track_http))
+        app.layer(middleware::from_fn(vexil_fanout::trace::trace_http))
+            .layer(middleware::from_fn(vexil_fanout::metrics::track_http))
     }
 
     /// Hashes of the relay keys this relay accepts from child relays: its own and

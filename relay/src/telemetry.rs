@@ -15,11 +15,9 @@ pub fn init(format: LogFormat) -> Result<(), Box<dyn std::error::Error + Send + 
 /// provider and shut it down at exit so the last spans are sent.
 pub fn init_with_traces(
     format: LogFormat,
-) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, Box<dyn std::error::Error + Send + Sync>>
-{
-    vexil_fanout::telemetry::init_with_traces(
-        format,
-        "info,hyper=warn,reqwest=warn",
-        "vexil-relay",
-    )
+) -> Result<
+    Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    vexil_fanout::telemetry::init_with_traces(format, "info,hyper=warn,reqwest=warn", "vexil-relay")
 }

@@ -563,9 +563,9 @@ impl Db {
     /// Borrows a pooled connection.
     pub(crate) async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
         Ok(match self {
-            Db::Postgres(p) => Pooled::Pg(
-                crate::metrics::time_acquire("postgres", acquire_pg(p, false)).await?,
-            ),
+            Db::Postgres(p) => {
+                Pooled::Pg(crate::metrics::time_acquire("postgres", acquire_pg(p, false)).await?)
+            }
             Db::Sqlite(p, _) => {
                 Pooled::Lite(crate::metrics::time_acquire("sqlite", p.acquire()).await?)
             }
@@ -614,9 +614,10 @@ impl Db {
                     SqlSafeStr::into_sql_str("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
                 Tx::Pg(sqlx::Transaction::begin(c, Some(begin)).await?, false)
             }
-            Db::Sqlite(p, _) => {
-                Tx::Lite(crate::metrics::time_acquire("sqlite", p.begin()).await?, None)
-            }
+            Db::Sqlite(p, _) => Tx::Lite(
+                crate::metrics::time_acquire("sqlite", p.begin()).await?,
+                None,
+            ),
         })
     }
 

@@ -42,7 +42,7 @@ pub(crate) async fn time_query<T, E>(
     statement: &'static str,
     fut: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
-    let span = tracing::debug_span!(
+    let span = tracing::info_span!(
         "db",
         otel.kind = "client",
         db.system = backend,

@@ -296,7 +296,10 @@ mod tests {
         assert!(text.contains(
             "vexil_flag_evaluations_total{environment=\"shop/prod\",flag=\"__unknown__\",variation=\"none\",reason=\"ERROR\"} 2\n"
         ), "{text}");
-        assert!(!text.contains("nope"), "unknown keys make no series: {text}");
+        assert!(
+            !text.contains("nope"),
+            "unknown keys make no series: {text}"
+        );
         assert_eq!(text.matches("# TYPE").count(), 1);
     }
 

@@ -59,6 +59,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod evaluations;
 pub mod exposures;
 pub mod frame;
 pub mod http;
@@ -66,7 +67,6 @@ pub mod hub;
 mod items;
 #[cfg(feature = "lean")]
 pub mod lean;
-pub mod evaluations;
 pub mod metrics;
 pub mod ofrep;
 pub mod relay_stream;

@@ -153,15 +153,8 @@ impl Applier {
     ) -> Result<(), Desync> {
         // The relay's fan-out of the change, a child of upstream's publish span; SDK frames
         // carry this span's context in turn.
-        let span = tracing::info_span!(
-            "relay.fanout",
-            otel.kind = "producer",
-            environment = %env,
-            version = change.version(),
-        );
-        if let Some(tp) = traceparent {
-            vexil_fanout::trace::set_parent(&span, tp);
-        }
+        let span = tracing::info_span!("relay.fanout", otel.kind = "producer");
+        vexil_fanout::trace::distribution_span(&span, env.as_str(), change.version(), traceparent);
         let _entered = span.enter();
         let traced = vexil_fanout::trace::traceparent_of(&span);
         match self

@@ -151,7 +151,10 @@ pub(crate) fn traceparent_in(data: &str) -> Option<&str> {
     let start = window.find(NEEDLE)? + NEEDLE.len();
     let value = data.get(start..start + 55)?;
     let b = value.as_bytes();
-    let hex = |r: &[u8]| r.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let hex = |r: &[u8]| {
+        r.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
     let valid = b.starts_with(b"00-")
         && b[35] == b'-'
         && b[52] == b'-'
@@ -170,9 +173,7 @@ mod tests {
     #[test]
     fn change_frames_with_a_traceparent_decode_and_yield_it() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let data = format!(
-            r#"{{"traceparent":"{tp}","version":3,"kind":"flag","key":"f"}}"#
-        );
+        let data = format!(r#"{{"traceparent":"{tp}","version":3,"kind":"flag","key":"f"}}"#);
         // Old and new SDKs alike decode the change: the field is unknown to the schema.
         assert!(matches!(
             decode_event("delete", &data),

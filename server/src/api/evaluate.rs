@@ -87,7 +87,11 @@ fn evaluate_one(
 ) -> EvaluateResponse {
     let eval = compiled.evaluate(&flag, ctx);
     if let Some(counts) = counts {
-        counts.record(&flag, compiled.flag(&flag).map(|f| f.variations.len()), &eval);
+        counts.record(
+            &flag,
+            compiled.flag(&flag).map(|f| f.variations.len()),
+            &eval,
+        );
     }
     EvaluateResponse {
         value: eval.value.cloned().unwrap_or(Value::Null),

@@ -305,15 +305,13 @@ impl Inner {
             .map_err(|e| Unusable(e.to_string()))?;
         let next = Arc::new(next);
         entry.compiled.store(Arc::clone(&next));
-        let span = tracing::info_span!(
-            "feed.publish",
-            otel.kind = "producer",
-            environment = %entry.env,
+        let span = tracing::info_span!("feed.publish", otel.kind = "producer");
+        vexil_fanout::trace::distribution_span(
+            &span,
+            entry.env.as_str(),
             version,
+            traceparent.as_deref(),
         );
-        if let Some(tp) = &traceparent {
-            vexil_fanout::trace::set_parent(&span, tp);
-        }
         let _entered = span.enter();
         if let [change] = changes.as_slice() {
             let traced = vexil_fanout::trace::traceparent_of(&span);

@@ -69,10 +69,7 @@ pub fn parse_exposition(text: &str) -> Vec<Sample> {
             .find_map(|s| name.strip_suffix(s))
             .filter(|f| typed.iter().any(|t| t == f))
             .unwrap_or(&name);
-        assert!(
-            typed.iter().any(|t| t == family),
-            "{name} has no TYPE line"
-        );
+        assert!(typed.iter().any(|t| t == family), "{name} has no TYPE line");
         out.push(Sample {
             name,
             labels,
@@ -152,7 +149,12 @@ async fn metric_families_are_exported(backend: Backend, project: &str) {
         assert_eq!(ofrep(&app.base_url, &key, flag, ctx).await.status(), 200);
     }
     assert_eq!(ofrep(&app.base_url, &key, flag, "vip").await.status(), 200);
-    assert_eq!(ofrep(&app.base_url, &key, "no-such-flag", "a").await.status(), 404);
+    assert_eq!(
+        ofrep(&app.base_url, &key, "no-such-flag", "a")
+            .await
+            .status(),
+        404
+    );
     expect(
         app.post(
             "/api/v1/evaluate",
@@ -166,7 +168,11 @@ async fn metric_families_are_exported(backend: Backend, project: &str) {
     )
     .await;
     assert_eq!(
-        app.get("/api/v1/projects/nope").send().await.unwrap().status(),
+        app.get("/api/v1/projects/nope")
+            .send()
+            .await
+            .unwrap()
+            .status(),
         404
     );
 
@@ -221,9 +227,10 @@ async fn metric_families_are_exported(backend: Backend, project: &str) {
         ) >= Some(1.0)
     );
     assert!(
-        !samples
-            .iter()
-            .any(|s| s.labels.get("route").is_some_and(|r| r.contains("no-such-flag"))),
+        !samples.iter().any(|s| s
+            .labels
+            .get("route")
+            .is_some_and(|r| r.contains("no-such-flag"))),
         "raw paths never become labels"
     );
     // The database, labelled by engine.
@@ -264,7 +271,10 @@ async fn metric_families_are_exported(backend: Backend, project: &str) {
         .is_some()
     );
     // The feed's series exist on both engines.
-    assert_eq!(value(&samples, "vexil_feed_listener_connected", &[]), Some(1.0));
+    assert_eq!(
+        value(&samples, "vexil_feed_listener_connected", &[]),
+        Some(1.0)
+    );
     assert!(value(&samples, "vexil_feed_notifications_total", &[]) > Some(0.0));
     app.stop().await;
 }
@@ -311,11 +321,20 @@ async fn metrics_can_have_a_listener_of_their_own() {
     });
     // Not on the public port; on its own.
     assert_eq!(
-        scrape(&format!("http://{addr}/metrics"), None).await.status(),
+        scrape(&format!("http://{addr}/metrics"), None)
+            .await
+            .status(),
         404
     );
     let samples = metrics_of(&format!("http://{metrics_addr}/metrics")).await;
-    assert!(value(&samples, "vexil_db_pool_max_connections", &[("backend", "sqlite")]).is_some());
+    assert!(
+        value(
+            &samples,
+            "vexil_db_pool_max_connections",
+            &[("backend", "sqlite")]
+        )
+        .is_some()
+    );
     task.stop(WAIT).await;
     // It stops with the server.
     assert!(

@@ -75,7 +75,12 @@ fn alert_rules_pass_promtool_and_each_has_a_runbook() {
     let rules = repo_root().join("deploy/observability/alerts.yml");
     let promtool = ["/usr/bin/promtool", "promtool"]
         .into_iter()
-        .find(|p| std::process::Command::new(p).arg("--version").output().is_ok())
+        .find(|p| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
         .expect("promtool is required (Debian's `prometheus` package; .ci/run installs it)");
     let out = std::process::Command::new(promtool)
         .args(["check", "rules"])
@@ -130,8 +135,7 @@ fn referenced_metrics() -> BTreeSet<String> {
         names.extend(metric_names(line));
     }
     let dash: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("deploy/observability/grafana-dashboard.json"))
-            .unwrap(),
+        &std::fs::read_to_string(root.join("deploy/observability/grafana-dashboard.json")).unwrap(),
     )
     .expect("the dashboard is JSON");
     assert!(dash["title"].is_string() && dash["uid"].is_string());
@@ -262,19 +266,31 @@ async fn every_metric_the_dashboard_and_rules_use_is_exported() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
-    let version = expect(app.get("/api/v1/projects/shop/environments/prod").send().await.unwrap(), 200)
-        .await["version"]
+    let version = expect(
+        app.get("/api/v1/projects/shop/environments/prod")
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await["version"]
         .as_u64()
         .unwrap();
     relay
         .wait_until("the relay holds the change", |r| {
-            r.hub.version(&vexil_schema::stream::EnvironmentId::parse("shop/prod").unwrap())
+            r.hub
+                .version(&vexil_schema::stream::EnvironmentId::parse("shop/prod").unwrap())
                 == Some(version)
         })
         .await;
 
     // The relay's metrics: not on its public port, only on its own, only with the token.
-    assert_eq!(scrape(&format!("{}/metrics", relay.url()), None).await.status(), 404);
+    assert_eq!(
+        scrape(&format!("{}/metrics", relay.url()), None)
+            .await
+            .status(),
+        404
+    );
     let relay_metrics = format!("http://{metrics_addr}/metrics");
     assert_eq!(scrape(&relay_metrics, None).await.status(), 401);
     assert_eq!(scrape(&relay_metrics, Some("nope")).await.status(), 401);
@@ -287,9 +303,7 @@ async fn every_metric_the_dashboard_and_rules_use_is_exported() {
 
     let missing: Vec<&String> = wanted
         .iter()
-        .filter(|m| {
-            !exported.contains(*m) && !exported.contains(&format!("{m}_bucket"))
-        })
+        .filter(|m| !exported.contains(*m) && !exported.contains(&format!("{m}_bucket")))
         .collect();
     assert!(
         missing.is_empty(),

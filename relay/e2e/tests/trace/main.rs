@@ -21,7 +21,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use vexil_sdk::{Client, Context};
@@ -184,13 +183,10 @@ async fn a_flag_change_is_one_trace_from_the_write_through_the_relay_to_the_sdk(
     let provider =
         vexil_fanout::trace::otlp_provider_to("vexil-trace-test", Some(&endpoint)).unwrap();
     tracing_subscriber::registry()
-        .with(
-            vexil_fanout::trace::layer(&provider).with_filter(
-                tracing_subscriber::EnvFilter::new(
-                    "info,vexil_server::metrics=debug,h2=off,hyper=off,reqwest=off",
-                ),
-            ),
-        )
+        .with(tracing_subscriber::EnvFilter::new(
+            "info,sqlx=warn,h2=off,hyper=off,reqwest=off",
+        ))
+        .with(vexil_fanout::trace::layer(&provider))
         .init();
 
     let app = spawn_app(Backend::Postgres).await;
@@ -227,8 +223,23 @@ async fn a_flag_change_is_one_trace_from_the_write_through_the_relay_to_the_sdk(
     // Both SDK streams carry a context of the write's trace, each from its own hop.
     let from_server = next_patch(&mut direct).await;
     let from_relay = next_patch(&mut edge).await;
-    let tp_server = from_server["traceparent"].as_str().expect("traceparent").to_owned();
-    let tp_relay = from_relay["traceparent"].as_str().expect("traceparent").to_owned();
+    if from_server.get("traceparent").is_none() {
+        let flushing = provider.clone();
+        let _ = tokio::task::spawn_blocking(move || flushing.force_flush()).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        panic!(
+            "no traceparent in {from_server}; spans exported: {:#?}",
+            receiver.spans.lock().unwrap()
+        );
+    }
+    let tp_server = from_server["traceparent"]
+        .as_str()
+        .expect("traceparent")
+        .to_owned();
+    let tp_relay = from_relay["traceparent"]
+        .as_str()
+        .expect("traceparent")
+        .to_owned();
     assert_eq!(&tp_server[3..35], trace_id, "{from_server}");
     assert_eq!(&tp_relay[3..35], trace_id, "{from_relay}");
     assert_ne!(tp_server, tp_relay, "the relay's hop is a span of its own");
@@ -248,7 +259,8 @@ async fn a_flag_change_is_one_trace_from_the_write_through_the_relay_to_the_sdk(
     .await
     .expect("the SDK sees the change");
     assert_eq!(change.traceparent.as_deref(), Some(tp_relay.as_str()));
-    assert!(client.bool_variation("checkout", &Context::new("u"), false));
+    // On, serving its fallthrough (variation 1, `false`) from the relay's state.
+    assert!(!client.bool_variation("checkout", &Context::new("u"), true));
 
     // Flush every span to the receiver (blocking: the exporter's thread sends them).
     let flushing = provider.clone();
