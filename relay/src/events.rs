@@ -125,6 +125,7 @@ impl Forwarder {
         let client = reqwest::Client::builder().timeout(config.timeout).build()?;
         // Registered at zero so that alerts on their increase see a series from the start.
         metrics::counter!(RECEIVED).increment(0);
+        metrics::counter!(FORWARDED).increment(0);
         for reason in ["buffer_full", "upstream"] {
             metrics::counter!(DROPPED, "reason" => reason).increment(0);
         }

@@ -112,6 +112,9 @@ impl Server {
         } else {
             None
         };
+        if metrics.is_some() {
+            crate::metrics::register(store.db());
+        }
         let hub = Hub::new(config.distribution.hub_config());
         let feed = Feed::load(store.clone(), hub, config.feed_config())
             .await

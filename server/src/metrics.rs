@@ -69,6 +69,16 @@ pub(crate) async fn time_acquire<T>(backend: &'static str, fut: impl Future<Outp
     out
 }
 
+/// Registers the error counters of `db`'s engine at zero, so that rates and alerts have a
+/// series before the first failure. Call after installing the recorder.
+pub fn register(db: &Db) {
+    let backend = backend_label(db.backend());
+    for operation in ["execute", "fetch", "commit"] {
+        metrics::counter!(DB_QUERY_ERRORS, "backend" => backend, "operation" => operation)
+            .increment(0);
+    }
+}
+
 /// Samples the pool gauges of `db`.
 pub fn sample_pool(db: &Db) {
     let stats = db.pool_stats();

@@ -241,6 +241,7 @@ impl Feed {
         // Likewise, so that alerts on their increase see a series from the start.
         ::metrics::counter!(metrics::APPLY_ERRORS).increment(0);
         ::metrics::counter!(metrics::LISTENER_RESTARTS).increment(0);
+        ::metrics::counter!(metrics::LISTENER_GAPS).increment(0);
         feed.sync().await?;
         Ok(feed)
     }
