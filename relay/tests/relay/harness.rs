@@ -303,7 +303,9 @@ pub fn relay_config(upstream: &str) -> RelayConfig {
 /// test when it is stopped or dropped (see [`ServerTask`]).
 pub struct InProcessRelay {
     pub addr: SocketAddr,
-    /// Where `/metrics` is served when `VEXIL_METRICS_LISTEN` is set.
+    /// Where `/metrics` is served when `VEXIL_METRICS_LISTEN` is set (read by the end-to-end
+    /// tests that share this harness, not by the relay's own).
+    #[allow(dead_code)]
     pub metrics_addr: Option<SocketAddr>,
     pub state: RelayState,
     pub hub: Hub,
