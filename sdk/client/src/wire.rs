@@ -180,7 +180,7 @@ mod tests {
             Ok(SdkEvent::Delete(d)) if d.version == 3
         ));
         let patch = format!(
-            r#"{{"traceparent":"{tp}","version":4,"flag":{{"key":"f","kind":"boolean","variations":[{{"value":true}},{{"value":false}}],"config":{{"on":false,"off_variation":1,"fallthrough":{{"variation":0}}}}}}}}"#
+            r#"{{"traceparent":"{tp}","version":4,"flag":{{"key":"f","kind":"boolean","variations":[{{"value":true}},{{"value":false}}],"on":false,"off_variation":1,"fallthrough":{{"variation":0}}}}}}"#
         );
         assert!(
             matches!(decode_event("patch", &patch), Ok(SdkEvent::Patch(p)) if p.version == 4),
