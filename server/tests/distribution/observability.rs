@@ -216,7 +216,12 @@ async fn metric_families_are_exported(backend: Backend, project: &str) {
         value(
             &samples,
             "vexil_http_request_duration_seconds_bucket",
-            &[("route", "/ofrep/v1/evaluate/flags/{key}"), ("le", "+Inf")],
+            &[
+                ("method", "POST"),
+                ("route", "/ofrep/v1/evaluate/flags/{key}"),
+                ("status", "200"),
+                ("le", "+Inf"),
+            ],
         ) >= Some(4.0)
     );
     assert!(
