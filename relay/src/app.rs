@@ -12,7 +12,8 @@
 //! - `POST /events/v1/bulk` (SDK key), `POST /relay/v1/events/{project}/{environment}`
 //!   (relay key, from relays chained below): analytics events, forwarded upstream
 //!   ([`crate::events`]);
-//! - `GET /healthz` (liveness), `GET /readyz` (ready to serve), `GET /metrics` (Prometheus).
+//! - `GET /healthz` (liveness), `GET /readyz` (ready to serve), `GET /metrics` (Prometheus;
+//!   on its own listener with `VEXIL_METRICS_LISTEN`, behind `VEXIL_METRICS_TOKEN`).
 //!
 //! Until the relay holds the full state of every environment in its scope, the SDK, OFREP
 //! and relay routes answer 503 with `Retry-After` and `/readyz` fails: it never serves an
@@ -67,6 +68,9 @@ pub enum RelayError {
     /// The HTTP client cannot be built (its TLS backend failed to initialise).
     #[error("cannot build the upstream HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
+    /// The metrics listener (`VEXIL_METRICS_LISTEN`) could not be bound.
+    #[error("cannot listen for metrics: {0}")]
+    MetricsListen(#[source] std::io::Error),
 }
 
 /// A configured relay, not yet serving. Cheap handles to its hub and state let tests and
@@ -80,6 +84,9 @@ pub struct Relay {
     client: reqwest::Client,
     forwarder: Forwarder,
     exposures: Arc<ExposureRecorder>,
+    /// The listener of `/metrics` when it is served apart (`VEXIL_METRICS_LISTEN`), bound
+    /// in [`Relay::new`] so that its address is known before serving.
+    metrics_listener: Option<std::net::TcpListener>,
 }
 
 impl Relay {
@@ -122,6 +129,14 @@ impl Relay {
             Arc::new(forwarder.clone()),
             config.events_exposure_cache,
         ));
+        let metrics_listener = match (config.metrics_listen, &metrics) {
+            (Some(addr), Some(_)) => {
+                let l = std::net::TcpListener::bind(addr).map_err(RelayError::MetricsListen)?;
+                l.set_nonblocking(true).map_err(RelayError::MetricsListen)?;
+                Some(l)
+            }
+            _ => None,
+        };
         Ok(Self {
             config: Arc::new(config),
             hub,
@@ -130,7 +145,27 @@ impl Relay {
             client,
             forwarder,
             exposures,
+            metrics_listener,
         })
+    }
+
+    /// The address `/metrics` is served on when it has a listener of its own
+    /// (`VEXIL_METRICS_LISTEN`).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The `/metrics` route (behind `VEXIL_METRICS_TOKEN` when set).
+    fn metrics_router(&self, handle: PrometheusHandle) -> Router {
+        vexil_fanout::metrics::prometheus_router_with(
+            handle,
+            vexil_fanout::metrics::MetricsOptions {
+                token: self.config.metrics_token.clone(),
+                refresh: None,
+            },
+        )
     }
 
     /// The relay's hub (its environments, versions and subscribers).
@@ -192,10 +227,13 @@ impl Relay {
                 state: self.state.clone(),
             });
         let mut app = gated.merge(probes);
-        if let Some(handle) = self.metrics.clone() {
-            app = app.merge(vexil_fanout::metrics::prometheus_router(handle));
+        if let Some(handle) = self.metrics.clone()
+            && self.metrics_listener.is_none()
+        {
+            app = app.merge(self.metrics_router(handle));
         }
-        app
+        app.layer(middleware::from_fn(vexil_fanout::trace::trace_http))
+            .layer(middleware::from_fn(vexil_fanout::metrics::track_http))
     }
 
     /// Hashes of the relay keys this relay accepts from child relays: its own and
@@ -220,6 +258,7 @@ impl Relay {
             tracing::info!(%addr, upstream = %redact_url(&self.config.upstream_url), "vexil relay listening");
         }
         let (stop_tx, stop_rx) = watch::channel(false);
+        let metrics_stop = stop_rx.clone();
         let upstream = tokio::spawn(upstream::run(
             self.client.clone(),
             Arc::clone(&self.config),
@@ -228,6 +267,25 @@ impl Relay {
             stop_rx,
         ));
         let app = self.router();
+        let metrics_server = match (&self.metrics_listener, self.metrics.clone()) {
+            (Some(l), Some(handle)) => match l.try_clone().and_then(TcpListener::from_std) {
+                Ok(listener) => {
+                    let mut stopped = metrics_stop;
+                    Some(tokio::spawn(vexil_fanout::metrics::serve_metrics(
+                        listener,
+                        self.metrics_router(handle),
+                        async move {
+                            let _ = stopped.wait_for(|s| *s).await;
+                        },
+                    )))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve metrics on their own listener");
+                    None
+                }
+            },
+            _ => None,
+        };
         let state = self.state.clone();
         let lean =
             LeanSse::new(self.hub.clone(), self.sdk_auth()).ready_when(move || state.is_ready());
@@ -252,6 +310,13 @@ impl Relay {
         let _ = stop_tx.send(true);
         if let Err(e) = upstream.await {
             tracing::error!(error = %e, "upstream task failed");
+        }
+        if let Some(m) = metrics_server {
+            match m.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "the metrics listener failed"),
+                Err(e) => tracing::warn!(error = %e, "the metrics listener task failed"),
+                Ok(Ok(())) => {}
+            }
         }
         tracing::info!("relay stopped");
     }

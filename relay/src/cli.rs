@@ -14,9 +14,9 @@ use crate::{RelayConfig, listener, telemetry};
 /// Runs the relay with the configuration from the command line and `VEXIL_*` variables.
 pub async fn main() -> anyhow::Result<()> {
     let config = RelayConfig::parse();
-    telemetry::init(config.log_format)
+    let traces = telemetry::init_with_traces(config.log_format)
         .map_err(|e| anyhow::anyhow!(e))
-        .context("cannot set up logging")?;
+        .context("cannot set up logging and traces")?;
     // One descriptor per SDK stream: use every one the hard limit allows.
     match listener::raise_nofile_limit() {
         Ok(l) => tracing::info!(
@@ -38,8 +38,13 @@ pub async fn main() -> anyhow::Result<()> {
             }
         )
     })?;
-    crate::run(listener, config, vexil_fanout::signal::shutdown_signal())
-        .await
-        .context("cannot start the relay")?;
+    let ran = crate::run(listener, config, vexil_fanout::signal::shutdown_signal()).await;
+    if let Some(p) = traces {
+        // Blocking: the exporter's thread sends the last batch.
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || p.shutdown()).await {
+            tracing::warn!(error = %e, "traces not flushed at exit");
+        }
+    }
+    ran.context("cannot start the relay")?;
     Ok(())
 }

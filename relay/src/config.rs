@@ -81,6 +81,15 @@ pub struct RelayConfig {
     #[arg(long, env = "VEXIL_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics: bool,
 
+    /// Serve `/metrics` on this address instead of the main listener, so it need not be
+    /// reachable by SDKs.
+    #[arg(long, env = "VEXIL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// A scrape of `/metrics` must send `Authorization: Bearer <token>`.
+    #[arg(long, env = "VEXIL_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// Log format.
     #[arg(long, env = "VEXIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -128,6 +137,11 @@ impl std::fmt::Debug for RelayConfig {
             .field("upstream_healthy_after", &self.upstream_healthy_after)
             .field("downstream_relay_keys", &self.downstream_relay_keys.len())
             .field("metrics", &self.metrics)
+            .field("metrics_listen", &self.metrics_listen)
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("log_format", &self.log_format)
             .field("events_buffer", &self.events_buffer)
             .field(

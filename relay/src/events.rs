@@ -46,6 +46,9 @@ pub const BULK_PATH: &str = "/events/v1/bulk";
 /// Path of the relay endpoint, here and upstream.
 pub const RELAY_EVENTS_PATH: &str = "/relay/v1/events/{project}/{environment}";
 
+/// Counter: events received for forwarding (SDK batches, relays below, OFREP exposures),
+/// whether or not there was room for them.
+pub const RECEIVED: &str = "vexil_relay_events_received_total";
 /// Counter: events acknowledged by upstream.
 pub const FORWARDED: &str = "vexil_relay_events_forwarded_total";
 /// Counter: events not forwarded, by `reason` (`buffer_full`, `upstream`); those of SDK
@@ -120,6 +123,13 @@ impl Forwarder {
     /// A forwarder with its own HTTP client.
     pub fn new(config: ForwarderConfig) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder().timeout(config.timeout).build()?;
+        // Registered at zero so that alerts on their increase see a series from the start.
+        metrics::counter!(RECEIVED).increment(0);
+        metrics::counter!(FORWARDED).increment(0);
+        for reason in ["buffer_full", "upstream"] {
+            metrics::counter!(DROPPED, "reason" => reason).increment(0);
+        }
+        metrics::gauge!(BUFFERED).set(0.0);
         let permits = Arc::new(Semaphore::new(
             config.buffer.clamp(1, Semaphore::MAX_PERMITS),
         ));
@@ -160,6 +170,7 @@ impl Forwarder {
         events: Vec<RawEvent>,
         reply: Option<Reply>,
     ) -> Result<(), ForwardError> {
+        metrics::counter!(RECEIVED).increment(events.len() as u64);
         let n = u32::try_from(events.len().max(1)).map_err(|_| ForwardError::Full)?;
         let Ok(permit) = Arc::clone(&self.inner.permits).try_acquire_many_owned(n) else {
             metrics::counter!(DROPPED, "reason" => "buffer_full").increment(events.len() as u64);

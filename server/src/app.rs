@@ -70,6 +70,9 @@ pub enum StartError {
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
+    /// The metrics listener (`VEXIL_METRICS_LISTEN`) could not be bound.
+    #[error("cannot listen for metrics: {0}")]
+    MetricsListen(#[source] std::io::Error),
     /// The event partitions could not be prepared.
     #[error("cannot prepare event storage: {0}")]
     Events(#[source] StoreError),
@@ -82,6 +85,9 @@ pub struct Server {
     /// The admin token generated at this start, if one was (shown once, then only its hash
     /// is kept).
     generated_admin_token: Option<String>,
+    /// The listener of `/metrics` when it is served apart (`VEXIL_METRICS_LISTEN`), bound at
+    /// build so that its address is known before serving.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -106,6 +112,9 @@ impl Server {
         } else {
             None
         };
+        if metrics.is_some() {
+            crate::metrics::register(store.db());
+        }
         let hub = Hub::new(config.distribution.hub_config());
         let feed = Feed::load(store.clone(), hub, config.feed_config())
             .await
@@ -119,6 +128,14 @@ impl Server {
             .maintain(events::now_ms())
             .await
             .map_err(StartError::Events)?;
+        let metrics_listener = match (config.metrics_listen, &metrics) {
+            (Some(addr), Some(_)) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(StartError::MetricsListen)?,
+            ),
+            _ => None,
+        };
         let exposures = Arc::new(ExposureRecorder::new(
             Arc::new(events::ServerExposures::spawn(
                 feed.clone(),
@@ -139,7 +156,16 @@ impl Server {
                 exposures,
             },
             generated_admin_token,
+            metrics_listener,
         })
+    }
+
+    /// The address `/metrics` is served on when it has a listener of its own
+    /// (`VEXIL_METRICS_LISTEN`).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The admin token generated on this first start, if any.
@@ -179,6 +205,25 @@ impl Server {
             Duration::from_millis(self.state.config.database_probe_ms.max(10)),
         ));
         let events = tokio::spawn(events::maintenance(self.state.events.clone()));
+        let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+        let metrics_server = match (self.metrics_listener, self.state.metrics.clone()) {
+            (Some(listener), Some(handle)) => {
+                let router = crate::metrics::router(
+                    handle,
+                    store.db().clone(),
+                    self.state.config.metrics_token.clone(),
+                );
+                let mut stopped = metrics_stopped;
+                Some(tokio::spawn(vexil_fanout::metrics::serve_metrics(
+                    listener,
+                    router,
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    },
+                )))
+            }
+            _ => None,
+        };
         let feed = self.state.feed.start();
         let hub = self.state.feed.hub().clone();
         let drain = Duration::from_millis(self.state.config.drain_ms);
@@ -194,6 +239,14 @@ impl Server {
         purge.abort();
         probe.abort();
         events.abort();
+        let _ = metrics_stop.send(true);
+        if let Some(m) = metrics_server {
+            match m.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "the metrics listener failed"),
+                Err(e) => tracing::warn!(error = %e, "the metrics listener task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
         feed.stop().await;
         store.db().close().await;
         result
@@ -279,8 +332,14 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     let mut public = public.with_state(state.clone());
-    if let Some(handle) = state.metrics.clone() {
-        public = public.merge(vexil_fanout::metrics::prometheus_router(handle));
+    if let Some(handle) = state.metrics.clone()
+        && state.config.metrics_listen.is_none()
+    {
+        public = public.merge(crate::metrics::router(
+            handle,
+            state.store.db().clone(),
+            state.config.metrics_token.clone(),
+        ));
     }
     let control = Router::new()
         .merge(public)
@@ -295,6 +354,8 @@ pub fn router(state: AppState) -> Router {
         .merge(distribution::routes(&state))
         .merge(events::routes(&state))
         .layer(from_fn(problem_context_outside_distribution))
+        // Outside the problem layer, so it records the status the client gets.
+        .layer(from_fn(vexil_fanout::metrics::track_http))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
@@ -303,13 +364,29 @@ pub fn router(state: AppState) -> Router {
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    tracing::info_span!(
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", |p| p.as_str());
+                    let span = tracing::info_span!(
                         "request",
                         method = %req.method(),
                         path = %req.uri().path(),
                         request_id = %request_id,
                         actor = tracing::field::Empty,
-                    )
+                        otel.name = %format_args!("{} {route}", req.method()),
+                        otel.kind = "server",
+                        http.route = %route,
+                    );
+                    // A caller's trace continues through the write and its distribution.
+                    if let Some(tp) = req
+                        .headers()
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        vexil_fanout::trace::set_parent(&span, tp);
+                    }
+                    span
                 })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )

@@ -12,9 +12,9 @@ use crate::{Config, Server, telemetry};
 /// SIGTERM or ctrl-c. Prints where to reach it (and a generated admin token, once) on stdout.
 pub async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(config.log_format)
+    let traces = telemetry::init_with_traces(config.log_format)
         .map_err(|e| anyhow::anyhow!(e))
-        .context("cannot set up logging")?;
+        .context("cannot set up logging and traces")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -35,7 +35,9 @@ pub async fn main() -> anyhow::Result<()> {
         println!("    {token}");
         println!();
     }
-    server.serve(listener, shutdown_signal()).await?;
+    let served = server.serve(listener, shutdown_signal()).await;
+    telemetry::shutdown(traces).await;
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

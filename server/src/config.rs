@@ -95,6 +95,15 @@ pub struct Config {
     #[arg(long, env = "VEXIL_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics: bool,
 
+    /// Serve `/metrics` on this address instead of the public listener, so it need not be
+    /// reachable from outside (e.g. `127.0.0.1:9090` or a private interface).
+    #[arg(long, env = "VEXIL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// A scrape of `/metrics` must send `Authorization: Bearer <token>`.
+    #[arg(long, env = "VEXIL_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// Failed API authentications allowed per client address within
     /// `--auth-failure-window-secs` before further attempts get `429` (0: no throttling).
     /// Only failures count: any amount of correctly authenticated traffic is never throttled.

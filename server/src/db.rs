@@ -258,16 +258,28 @@ pub(crate) enum Conn<'c> {
 }
 
 impl Conn<'_> {
+    /// The `backend` label of this connection's engine.
+    fn backend_label(&self) -> &'static str {
+        match self {
+            Conn::Pg(_) => "postgres",
+            Conn::Lite(_) => "sqlite",
+        }
+    }
+
     /// Runs a statement, returning the number of rows affected.
     pub(crate) async fn execute(
         &mut self,
         sql: &'static str,
         args: Vec<Arg>,
     ) -> Result<u64, sqlx::Error> {
-        Ok(on_driver!(self, args, |c, a| sqlx::query_with(sql, a)
-            .execute(&mut **c)
-            .await?
-            .rows_affected()))
+        let backend = self.backend_label();
+        crate::metrics::time_query(backend, "execute", sql, async {
+            Ok(on_driver!(self, args, |c, a| sqlx::query_with(sql, a)
+                .execute(&mut **c)
+                .await?
+                .rows_affected()))
+        })
+        .await
     }
 
     /// Fetches at most one row.
@@ -276,9 +288,13 @@ impl Conn<'_> {
         sql: &'static str,
         args: Vec<Arg>,
     ) -> Result<Option<T>, sqlx::Error> {
-        on_driver!(self, args, |c, a| sqlx::query_as_with::<_, T, _>(sql, a)
-            .fetch_optional(&mut **c)
-            .await)
+        let backend = self.backend_label();
+        crate::metrics::time_query(backend, "fetch", sql, async {
+            on_driver!(self, args, |c, a| sqlx::query_as_with::<_, T, _>(sql, a)
+                .fetch_optional(&mut **c)
+                .await)
+        })
+        .await
     }
 
     /// Fetches exactly one row.
@@ -287,9 +303,13 @@ impl Conn<'_> {
         sql: &'static str,
         args: Vec<Arg>,
     ) -> Result<T, sqlx::Error> {
-        on_driver!(self, args, |c, a| sqlx::query_as_with::<_, T, _>(sql, a)
-            .fetch_one(&mut **c)
-            .await)
+        let backend = self.backend_label();
+        crate::metrics::time_query(backend, "fetch", sql, async {
+            on_driver!(self, args, |c, a| sqlx::query_as_with::<_, T, _>(sql, a)
+                .fetch_one(&mut **c)
+                .await)
+        })
+        .await
     }
 
     /// Fetches every row.
@@ -298,9 +318,13 @@ impl Conn<'_> {
         sql: &'static str,
         args: Vec<Arg>,
     ) -> Result<Vec<T>, sqlx::Error> {
-        on_driver!(self, args, |c, a| sqlx::query_as_with::<_, T, _>(sql, a)
-            .fetch_all(&mut **c)
-            .await)
+        let backend = self.backend_label();
+        crate::metrics::time_query(backend, "fetch", sql, async {
+            on_driver!(self, args, |c, a| sqlx::query_as_with::<_, T, _>(sql, a)
+                .fetch_all(&mut **c)
+                .await)
+        })
+        .await
     }
 
     /// Takes the environment's write lock for the rest of the transaction and returns its
@@ -373,9 +397,11 @@ impl Tx {
             None
         };
         match self {
-            Tx::Pg(t, _) => t.commit().await?,
+            Tx::Pg(t, _) => {
+                crate::metrics::time_query("postgres", "commit", "COMMIT", t.commit()).await?
+            }
             Tx::Lite(t, commits) => {
-                t.commit().await?;
+                crate::metrics::time_query("sqlite", "commit", "COMMIT", t.commit()).await?;
                 if let Some(c) = commits {
                     c.committed();
                 }
@@ -401,6 +427,17 @@ impl Pooled {
             Pooled::Lite(c) => Conn::Lite(&mut *c),
         }
     }
+}
+
+/// A connection pool's use at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open (idle or in use).
+    pub size: u32,
+    /// Connections open and idle.
+    pub idle: u32,
+    /// The most connections the pool may open.
+    pub max: u32,
 }
 
 /// How to open a [`Db`].
@@ -526,9 +563,29 @@ impl Db {
     /// Borrows a pooled connection.
     pub(crate) async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
         Ok(match self {
-            Db::Postgres(p) => Pooled::Pg(acquire_pg(p, false).await?),
-            Db::Sqlite(p, _) => Pooled::Lite(p.acquire().await?),
+            Db::Postgres(p) => {
+                Pooled::Pg(crate::metrics::time_acquire("postgres", acquire_pg(p, false)).await?)
+            }
+            Db::Sqlite(p, _) => {
+                Pooled::Lite(crate::metrics::time_acquire("sqlite", p.acquire()).await?)
+            }
         })
+    }
+
+    /// The pool's current use (sampled for the `vexil_db_pool_*` gauges).
+    pub fn pool_stats(&self) -> PoolStats {
+        match self {
+            Db::Postgres(p) => PoolStats {
+                size: p.size(),
+                idle: u32::try_from(p.num_idle()).unwrap_or(u32::MAX),
+                max: p.options().get_max_connections(),
+            },
+            Db::Sqlite(p, _) => PoolStats {
+                size: p.size(),
+                idle: u32::try_from(p.num_idle()).unwrap_or(u32::MAX),
+                max: p.options().get_max_connections(),
+            },
+        }
     }
 
     /// Starts a write transaction (`BEGIN IMMEDIATE` on SQLite, so the write lock is taken
@@ -536,11 +593,11 @@ impl Db {
     pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Db::Postgres(p) => {
-                let c = acquire_pg(p, false).await?;
+                let c = crate::metrics::time_acquire("postgres", acquire_pg(p, false)).await?;
                 Tx::Pg(sqlx::Transaction::begin(c, None).await?, true)
             }
             Db::Sqlite(p, commits) => Tx::Lite(
-                p.begin_with("BEGIN IMMEDIATE").await?,
+                crate::metrics::time_acquire("sqlite", p.begin_with("BEGIN IMMEDIATE")).await?,
                 Some(commits.clone()),
             ),
         })
@@ -552,12 +609,15 @@ impl Db {
     pub(crate) async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Db::Postgres(p) => {
-                let c = acquire_pg(p, false).await?;
+                let c = crate::metrics::time_acquire("postgres", acquire_pg(p, false)).await?;
                 let begin =
                     SqlSafeStr::into_sql_str("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
                 Tx::Pg(sqlx::Transaction::begin(c, Some(begin)).await?, false)
             }
-            Db::Sqlite(p, _) => Tx::Lite(p.begin().await?, None),
+            Db::Sqlite(p, _) => Tx::Lite(
+                crate::metrics::time_acquire("sqlite", p.begin()).await?,
+                None,
+            ),
         })
     }
 

@@ -15,6 +15,8 @@
 //!   context; [`throttle`]: failed-authentication limits; [`health`]: the database probe;
 //!   [`extract`]: strict JSON, `If-Match`, the caller; [`error`]: the one
 //!   [`error::ApiError`] and its RFC 9457 form;
+//! - [`metrics`]: database and `/metrics` instrumentation (HTTP and evaluation counts come
+//!   from `vexil-fanout`, shared with the relay);
 //! - [`events`]: analytics event ingestion (`/events/v1/bulk`), storage and retention.
 #![deny(missing_docs)]
 
@@ -31,6 +33,7 @@ pub mod experiments;
 pub mod extract;
 pub mod feed;
 pub mod health;
+pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod store;

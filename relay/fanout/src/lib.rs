@@ -19,11 +19,15 @@
 //!   stream `GET /client/v1/stream` (browsers and mobile apps).
 //! - [`auth`]: the pluggable [`SdkAuth`] trait and [`SdkKeyTable`], the SDK key hash
 //!   registry each hub carries ([`Hub::keys`]).
+//! - [`evaluations`]: evaluation counts by flag, variation and reason, exported at scrape
+//!   time.
 //! - [`metrics`]: metric names (recorded through the `metrics` facade) and the Prometheus
 //!   recorder and `/metrics` route both binaries install.
 //! - [`serve`]: an HTTP/1-only server loop that halves the memory of idle SSE connections
 //!   compared with `axum::serve`; `lean` (feature `lean`): a leaner one still, writing SDK
 //!   streams straight to the socket with no per-connection buffers (used by the relay).
+//! - [`trace`]: OpenTelemetry traces (OTLP set-up from `OTEL_*`, HTTP spans, the
+//!   `traceparent` a change carries to SDK frames).
 //! - [`signal`]: the shutdown signal both binaries wait for; [`config`]: the distribution
 //!   options both binaries take ([`DistributionArgs`]); [`telemetry`]: their log set-up and
 //!   [`telemetry::redact_url`].
@@ -55,6 +59,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod evaluations;
 pub mod exposures;
 pub mod frame;
 pub mod http;
@@ -71,6 +76,7 @@ pub mod serve;
 pub mod signal;
 pub mod subscriber;
 pub mod telemetry;
+pub mod trace;
 
 pub use auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
 pub use client::{ClientEnv, ClientKeyTable, client_router};

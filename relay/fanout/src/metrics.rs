@@ -7,12 +7,19 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use axum::Router;
-use axum::http::HeaderValue;
-use axum::http::header::CONTENT_TYPE;
+use axum::extract::{MatchedPath, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics::{Counter, Gauge, counter, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{Counter, Gauge, Label, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sha2::{Digest, Sha256};
 use vexil_schema::stream::EnvironmentId;
 
 /// The process-wide Prometheus recorder, installed on first call (needs a tokio runtime:
@@ -22,7 +29,7 @@ use vexil_schema::stream::EnvironmentId;
 pub fn install_prometheus() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+        .get_or_init(|| match with_buckets(PrometheusBuilder::new()).install_recorder() {
             Ok(handle) => {
                 let upkeep = handle.clone();
                 // Drains histogram buckets now and then so they do not grow without bound.
@@ -43,23 +50,154 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// `GET /metrics`: the recorder's metrics in the Prometheus text format.
+/// Bucket bounds (seconds) of the latency histograms: HTTP requests and database queries,
+/// from a cached OFREP answer (well under a millisecond) to a slow bulk write.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Histograms rendered as Prometheus histograms (buckets that aggregate across instances)
+/// rather than the exporter's default summaries.
+const BUCKETED: [&str; 3] = [HTTP_DURATION, DB_QUERY_DURATION, DB_ACQUIRE_DURATION];
+
+fn with_buckets(mut builder: PrometheusBuilder) -> PrometheusBuilder {
+    for name in BUCKETED {
+        builder = match builder.set_buckets_for_metric(Matcher::Full(name.into()), &LATENCY_BUCKETS)
+        {
+            Ok(b) => b,
+            // Only an empty bucket list is refused, and the list is a constant.
+            Err(e) => unreachable!("latency buckets refused: {e}"),
+        };
+    }
+    builder
+}
+
+/// `GET /metrics`: the recorder's metrics in the Prometheus text format, open to anyone.
 pub fn prometheus_router(handle: PrometheusHandle) -> Router {
+    prometheus_router_with(handle, MetricsOptions::default())
+}
+
+/// How `/metrics` is served.
+#[derive(Clone, Default)]
+pub struct MetricsOptions {
+    /// When set, a scrape must send `Authorization: Bearer <token>` (else `401`).
+    pub token: Option<String>,
+    /// Called before each render, to sample gauges that are read rather than recorded
+    /// (database pool use).
+    pub refresh: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for MetricsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("refresh", &self.refresh.is_some())
+            .finish()
+    }
+}
+
+/// `GET /metrics` with `options`: the recorder's metrics, then the evaluation counts
+/// ([`crate::evaluations::EvaluationCounts::global`]).
+pub fn prometheus_router_with(handle: PrometheusHandle, options: MetricsOptions) -> Router {
+    // Compared as digests: the time taken says nothing about how much of the token matched.
+    let expected = options
+        .token
+        .as_deref()
+        .map(|t| Sha256::digest(format!("Bearer {t}").as_bytes()));
+    let refresh = options.refresh;
     Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let handle = handle.clone();
+            let refresh = refresh.clone();
             async move {
+                if let Some(expected) = expected {
+                    let sent = headers
+                        .get(AUTHORIZATION)
+                        .map(|v| Sha256::digest(v.as_bytes()));
+                    if sent != Some(expected) {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+                        )
+                            .into_response();
+                    }
+                }
+                if let Some(refresh) = &refresh {
+                    refresh();
+                }
+                let mut text = handle.render();
+                crate::evaluations::EvaluationCounts::global().render(&mut text);
                 (
                     [(
                         CONTENT_TYPE,
                         HeaderValue::from_static("text/plain; version=0.0.4"),
                     )],
-                    handle.render(),
+                    text,
                 )
+                    .into_response()
             }
         }),
     )
+}
+
+/// Serves `router` (the `/metrics` route) on a listener of its own until `shutdown`
+/// completes, so metrics need not share the public port (`VEXIL_METRICS_LISTEN`).
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Counter: HTTP requests answered, labelled `method`, `route` (the route template, e.g.
+/// `/ofrep/v1/evaluate/flags/{key}`; `unmatched` for paths no route serves) and `status`.
+pub const HTTP_REQUESTS: &str = "vexil_http_requests_total";
+/// Histogram: seconds from a request's arrival to its response head (for streams: until the
+/// stream starts), with the labels of [`HTTP_REQUESTS`].
+pub const HTTP_DURATION: &str = "vexil_http_request_duration_seconds";
+/// Histogram (server): seconds one database statement took, labelled `backend` and
+/// `operation` (`execute`, `fetch`, `commit`).
+pub const DB_QUERY_DURATION: &str = "vexil_db_query_duration_seconds";
+/// Histogram (server): seconds spent waiting for a pooled database connection.
+pub const DB_ACQUIRE_DURATION: &str = "vexil_db_acquire_duration_seconds";
+
+/// Middleware recording [`HTTP_REQUESTS`] and [`HTTP_DURATION`]. Add it with
+/// `Router::layer` after the routes, so that the request carries its [`MatchedPath`].
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = match req.extensions().get::<MatchedPath>() {
+        Some(p) => p.as_str().to_owned(),
+        None => "unmatched".to_owned(),
+    };
+    let method = method_label(req.method());
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    let labels = [
+        Label::new("method", method),
+        Label::new("route", route),
+        Label::new("status", status),
+    ];
+    histogram!(HTTP_DURATION, labels.iter()).record(started.elapsed().as_secs_f64());
+    counter!(HTTP_REQUESTS, labels.iter()).increment(1);
+    res
+}
+
+/// The method as a label; anything unusual is `other` (a client picks the method).
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Gauge: subscribers currently connected to an environment's SDK stream.

@@ -39,6 +39,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use vexil_eval::{CompiledSnapshot, Evaluation};
 use vexil_schema::reason::ErrorKind;
+
+use crate::evaluations::EvaluationCounts;
 use vexil_schema::stream::{EnvironmentId, SdkKeyHash};
 use vexil_schema::{Context, Flag};
 
@@ -175,6 +177,13 @@ async fn evaluate_one<S: EvaluatorSource, A: SdkAuth>(
     };
     let hidden = client && !compiled.flag(&key).is_some_and(|f| f.client_side);
     let eval = compiled.evaluate(&key, &ctx);
+    if !hidden {
+        EvaluationCounts::global().environment(&env).record(
+            &key,
+            compiled.flag(&key).map(|f| f.variations.len()),
+            &eval,
+        );
+    }
     if !hidden && let Some(recorder) = &s.config.exposures {
         recorder.observe(&env, &compiled, &key, &ctx, &eval);
     }
@@ -230,11 +239,17 @@ async fn evaluate_all<S: EvaluatorSource, A: SdkAuth>(
     // Flag-key order, on server and relay alike; client keys see client-side flags only.
     // The JSON is written straight into one buffer (see `ofrep_bulk`).
     let plan = s.plans.get(&env, &compiled);
+    let counts = EvaluationCounts::global().environment(&env);
     let mut out = plan.buffer();
     out.extend_from_slice(b"{\"flags\":[");
     let mut first = true;
     for entry in plan.entries.iter().filter(|e| !client || e.client_side) {
         let eval = compiled.evaluate(&entry.key, &ctx);
+        counts.record(
+            &entry.key,
+            compiled.flag(&entry.key).map(|f| f.variations.len()),
+            &eval,
+        );
         if let Some(recorder) = &s.config.exposures {
             recorder.observe(&env, &compiled, &entry.key, &ctx, &eval);
         }

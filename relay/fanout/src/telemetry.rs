@@ -32,6 +32,48 @@ pub fn init(
     }
 }
 
+/// Like [`init`], and with OpenTelemetry traces exported over OTLP when the `OTEL_*`
+/// variables ask for them ([`crate::trace::enabled_by_env`]). The filter (`RUST_LOG`, else
+/// `default_filter`) applies to both: spans and events it lets through become OpenTelemetry
+/// spans and span events. (A global filter on purpose: per-layer filters lose the first span
+/// created after an event they filtered out.) Returns the tracer provider to shut down at exit
+/// (flushing the last spans), if tracing is on.
+pub fn init_with_traces(
+    format: LogFormat,
+    default_filter: &str,
+    service_name: &'static str,
+) -> Result<
+    Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let ansi = std::io::stdout().is_terminal();
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
+    };
+    let provider = if crate::trace::enabled_by_env() {
+        Some(crate::trace::otlp_provider(service_name)?)
+    } else {
+        None
+    };
+    let otel = provider.as_ref().map(crate::trace::layer);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()?;
+    Ok(provider)
+}
+
 /// Query parameters whose values are secrets (libpq and sqlx accept credentials there too).
 const SECRET_PARAMS: &[&str] = &["password", "sslpassword", "passfile", "sslkey"];
 

@@ -65,6 +65,8 @@ impl Applier {
             }
             Err(e) => return Err(e.into()),
         };
+        // The trace of the write upstream, when the change carries one (issue 16).
+        let traceparent = vexil_fanout::trace::traceparent_in(sse.data.as_bytes());
         match event {
             RelayEvent::Keys(k) => {
                 self.hub
@@ -80,16 +82,16 @@ impl Applier {
             }
             RelayEvent::EnvPut(put) => self.put(put)?,
             RelayEvent::EnvPatch(EnvPatch { environment, patch }) => {
-                self.change(&environment, Change::Patch(patch))?;
+                self.change(&environment, Change::Patch(patch), traceparent)?;
             }
             RelayEvent::EnvDelete(EnvDelete {
                 environment,
                 delete,
             }) => {
-                self.change(&environment, Change::Delete(delete))?;
+                self.change(&environment, Change::Delete(delete), traceparent)?;
             }
             RelayEvent::EnvDelta(EnvDelta { environment, delta }) => {
-                self.change(&environment, Change::Delta(delta))?;
+                self.change(&environment, Change::Delta(delta), traceparent)?;
             }
             RelayEvent::EnvRemove(r) => {
                 self.hub.remove_environment(&r.environment);
@@ -143,8 +145,22 @@ impl Applier {
         Ok(())
     }
 
-    fn change(&mut self, env: &EnvironmentId, change: Change) -> Result<(), Desync> {
-        match self.hub.publish_change(env, &change) {
+    fn change(
+        &mut self,
+        env: &EnvironmentId,
+        change: Change,
+        traceparent: Option<&str>,
+    ) -> Result<(), Desync> {
+        // The relay's fan-out of the change, a child of upstream's publish span; SDK frames
+        // carry this span's context in turn.
+        let span = tracing::info_span!("relay.fanout", otel.kind = "producer");
+        vexil_fanout::trace::distribution_span(&span, env.as_str(), change.version(), traceparent);
+        let _entered = span.enter();
+        let traced = vexil_fanout::trace::traceparent_of(&span);
+        match self
+            .hub
+            .publish_change_traced(env, &change, traced.as_deref())
+        {
             Ok(_) => {
                 if let Some(current) = self.state.evaluator(env) {
                     match current.apply(&change) {

@@ -80,6 +80,11 @@ pub(crate) async fn run(
     );
     let mut applier = Applier::new(hub.clone(), state);
     let connected = gauge!(UPSTREAM_CONNECTED);
+    connected.set(0.0);
+    // Registered at zero so that alerts on their increase see a series from the start.
+    for reason in ["refused", "resync"] {
+        counter!(UPSTREAM_RECONNECTS, "reason" => reason).increment(0);
+    }
     let mut desyncs_in_a_row = 0u32;
     loop {
         let ended = tokio::select! {

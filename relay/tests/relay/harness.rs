@@ -303,6 +303,10 @@ pub fn relay_config(upstream: &str) -> RelayConfig {
 /// test when it is stopped or dropped (see [`ServerTask`]).
 pub struct InProcessRelay {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `VEXIL_METRICS_LISTEN` is set (read by the end-to-end
+    /// tests that share this harness, not by the relay's own).
+    #[allow(dead_code)]
+    pub metrics_addr: Option<SocketAddr>,
     pub state: RelayState,
     pub hub: Hub,
     task: Option<ServerTask<Infallible>>,
@@ -313,6 +317,7 @@ impl InProcessRelay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let relay = Relay::new(config).unwrap();
+        let metrics_addr = relay.metrics_addr();
         let state = relay.state().clone();
         let hub = relay.hub().clone();
         let task = ServerTask::spawn("the in-process relay", move |stop| async move {
@@ -325,6 +330,7 @@ impl InProcessRelay {
         });
         Self {
             addr,
+            metrics_addr,
             state,
             hub,
             task: Some(task),

@@ -30,6 +30,11 @@ pub struct FlagChange {
     pub keys: Arc<[String]>,
     /// Where the new data came from.
     pub origin: DataOrigin,
+    /// The W3C trace context (`traceparent`) the change arrived with, when the server traces
+    /// with OpenTelemetry: the span that fanned it out, in the trace of the write that made
+    /// it. Give it to your propagator (as the `traceparent` entry of a carrier) to continue
+    /// that trace from a listener. `None` for full snapshots and untraced changes.
+    pub traceparent: Option<Arc<str>>,
     /// Position in the client's sequence of notifications: callbacks registered after it
     /// was sent do not receive it.
     pub(crate) seq: u64,
@@ -150,6 +155,7 @@ mod tests {
 
     fn change(keys: &[&str]) -> FlagChange {
         FlagChange {
+            traceparent: None,
             version: 1,
             keys: keys.iter().map(|k| k.to_string()).collect(),
             origin: DataOrigin::TestData,
@@ -196,11 +202,13 @@ mod tests {
             5,
         );
         l.dispatch(&FlagChange {
+            traceparent: None,
             seq: 5,
             ..change(&["a"])
         });
         assert_eq!(seen.load(Ordering::SeqCst), 0);
         l.dispatch(&FlagChange {
+            traceparent: None,
             seq: 6,
             ..change(&["a"])
         });

@@ -204,7 +204,7 @@ impl Store {
                 "the environment version went back; replacing the flags with the full snapshot"
             );
         }
-        self.commit(&mut w, old.as_deref(), compiled, origin, Touched::All)
+        self.commit(&mut w, old.as_deref(), compiled, origin, Touched::All, None)
     }
 
     /// Serves `compiled` (the last-known-good snapshot) if nothing else is served yet.
@@ -220,12 +220,24 @@ impl Store {
             compiled,
             DataOrigin::LastKnownGood,
             Touched::All,
+            None,
         );
         true
     }
 
     /// Applies one stream event, in version order.
     pub(crate) fn apply(&self, event: SdkEvent, origin: DataOrigin) -> Applied {
+        self.apply_traced(event, origin, None)
+    }
+
+    /// [`Store::apply`] for a change that carries the W3C trace context of its write: the
+    /// [`FlagChange`] it causes carries it on.
+    pub(crate) fn apply_traced(
+        &self,
+        event: SdkEvent,
+        origin: DataOrigin,
+        traceparent: Option<Arc<str>>,
+    ) -> Applied {
         let change = match event {
             SdkEvent::Put(snapshot) => return self.replace_owned(snapshot, origin),
             SdkEvent::Patch(p) => Change::Patch(p),
@@ -271,7 +283,7 @@ impl Store {
         } else {
             Touched::Segment(touched_key)
         };
-        self.commit(&mut w, Some(&old), new, origin, touched)
+        self.commit(&mut w, Some(&old), new, origin, touched, traceparent)
     }
 
     /// Swaps in `new` and publishes what changed. Called with the writer lock held.
@@ -282,6 +294,7 @@ impl Store {
         new: CompiledSnapshot,
         origin: DataOrigin,
         touched: Touched<'_>,
+        traceparent: Option<Arc<str>>,
     ) -> Applied {
         let keys = changed_flags(old, &new, touched);
         let version = new.version();
@@ -315,6 +328,7 @@ impl Store {
                     version,
                     keys: keys.into(),
                     origin,
+                    traceparent,
                     seq,
                 });
             }
@@ -383,6 +397,7 @@ impl Store {
             version: snapshot.version(),
             keys: keys.into(),
             origin: self.origin()?,
+            traceparent: None,
             seq: self.change_seq(),
         })
     }

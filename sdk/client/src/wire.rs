@@ -142,10 +142,58 @@ pub(crate) fn decode_event(event_name: &str, data: &str) -> Result<SdkEvent, Str
     SdkEvent::decode(event_name, data)
 }
 
+/// The W3C `traceparent` a change frame's data carries (`"traceparent":"00-…"`, written as
+/// the first field by the server or relay that fanned the change out), when present and
+/// well formed. Only the start of the data is searched: the field is never further in.
+pub(crate) fn traceparent_in(data: &str) -> Option<&str> {
+    const NEEDLE: &str = "\"traceparent\":\"";
+    let window = data.get(..data.len().min(256)).unwrap_or(data);
+    let start = window.find(NEEDLE)? + NEEDLE.len();
+    let value = data.get(start..start + 55)?;
+    let b = value.as_bytes();
+    let hex = |r: &[u8]| {
+        r.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let valid = b.starts_with(b"00-")
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(&b[3..35])
+        && hex(&b[36..52])
+        && hex(&b[53..55])
+        && data[start + 55..].starts_with('"');
+    valid.then_some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn change_frames_with_a_traceparent_decode_and_yield_it() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let data = format!(r#"{{"traceparent":"{tp}","version":3,"kind":"flag","key":"f"}}"#);
+        // Old and new SDKs alike decode the change: the field is unknown to the schema.
+        assert!(matches!(
+            decode_event("delete", &data),
+            Ok(SdkEvent::Delete(d)) if d.version == 3
+        ));
+        let patch = format!(
+            r#"{{"traceparent":"{tp}","version":4,"flag":{{"key":"f","kind":"boolean","variations":[{{"value":true}},{{"value":false}}],"on":false,"off_variation":1,"fallthrough":{{"variation":0}}}}}}"#
+        );
+        assert!(
+            matches!(decode_event("patch", &patch), Ok(SdkEvent::Patch(p)) if p.version == 4),
+            "{:?}",
+            decode_event("patch", &patch)
+        );
+        assert_eq!(traceparent_in(&data), Some(tp));
+        assert_eq!(traceparent_in(r#"{"version":3}"#), None);
+        assert_eq!(
+            traceparent_in(r#"{"traceparent":"00-zz","version":3}"#),
+            None
+        );
+    }
     use vexil_schema::fixture::{load_bench_fixtures, load_eval_fixtures};
 
     fn both(

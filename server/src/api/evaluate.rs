@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 use vexil_eval::CompiledSnapshot;
+use vexil_fanout::evaluations::{EnvironmentCounts, EvaluationCounts};
 use vexil_schema::stream::EnvironmentId;
 use vexil_schema::{Context, Reason};
 
@@ -62,11 +63,36 @@ pub(crate) async fn evaluate(
 ) -> Result<Json<EvaluateResponse>, ApiError> {
     caller.check(Role::Viewer)?;
     let compiled = compiled(&app, &req.project, &req.environment).await?;
-    Ok(Json(evaluate_one(&compiled, req.flag, &req.context)))
+    let counts = evaluation_counts(&req.project, &req.environment);
+    Ok(Json(evaluate_one(
+        &compiled,
+        req.flag,
+        &req.context,
+        counts.as_deref(),
+    )))
 }
 
-fn evaluate_one(compiled: &CompiledSnapshot, flag: String, ctx: &Context) -> EvaluateResponse {
+/// The evaluation counts of `project/environment` (`None` for keys that cannot name one:
+/// the lookup then fails with its own error).
+fn evaluation_counts(project: &str, environment: &str) -> Option<Arc<EnvironmentCounts>> {
+    let env = EnvironmentId::parse(&format!("{project}/{environment}")).ok()?;
+    Some(EvaluationCounts::global().environment(&env))
+}
+
+fn evaluate_one(
+    compiled: &CompiledSnapshot,
+    flag: String,
+    ctx: &Context,
+    counts: Option<&EnvironmentCounts>,
+) -> EvaluateResponse {
     let eval = compiled.evaluate(&flag, ctx);
+    if let Some(counts) = counts {
+        counts.record(
+            &flag,
+            compiled.flag(&flag).map(|f| f.variations.len()),
+            &eval,
+        );
+    }
     EvaluateResponse {
         value: eval.value.cloned().unwrap_or(Value::Null),
         variation: eval.variation,
@@ -148,9 +174,10 @@ pub(crate) async fn evaluate_batch(
             all
         }
     };
+    let counts = evaluation_counts(&req.project, &req.environment);
     let results = keys
         .into_iter()
-        .map(|k| evaluate_one(&compiled, k, &req.context))
+        .map(|k| evaluate_one(&compiled, k, &req.context, counts.as_deref()))
         .collect();
     Ok(Json(EvaluateBatchResponse {
         environment_version: compiled.version(),

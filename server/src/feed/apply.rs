@@ -291,6 +291,8 @@ impl Inner {
         rows: Vec<LogRow>,
     ) -> Result<(), Unusable> {
         let current = entry.compiled.load_full();
+        // The write's trace continues here: this server publishing the change.
+        let traceparent = rows.iter().find_map(|r| r.traceparent.clone());
         let mut changes = Vec::with_capacity(rows.len());
         for row in rows {
             changes.push(to_change(version, row)?);
@@ -303,8 +305,20 @@ impl Inner {
             .map_err(|e| Unusable(e.to_string()))?;
         let next = Arc::new(next);
         entry.compiled.store(Arc::clone(&next));
+        let span = tracing::info_span!("feed.publish", otel.kind = "producer");
+        vexil_fanout::trace::distribution_span(
+            &span,
+            entry.env.as_str(),
+            version,
+            traceparent.as_deref(),
+        );
+        let _entered = span.enter();
         if let [change] = changes.as_slice() {
-            match self.hub.publish_change(&entry.env, change) {
+            let traced = vexil_fanout::trace::traceparent_of(&span);
+            match self
+                .hub
+                .publish_change_traced(&entry.env, change, traced.as_deref())
+            {
                 Ok(_) => {}
                 Err(e) if e.needs_resync() => {
                     self.publish_snapshot(&entry.env, &next.to_snapshot())
@@ -409,6 +423,7 @@ mod tests {
             key: key.to_owned(),
             payload: payload.map(Json),
             created_at: time::OffsetDateTime::UNIX_EPOCH,
+            traceparent: None,
         }
     }
 

@@ -238,6 +238,10 @@ impl Feed {
             // Registered at zero, so that `/metrics` shows that no rebuild happened.
             ::metrics::counter!(metrics::REBUILDS, "reason" => *reason).increment(0);
         }
+        // Likewise, so that alerts on their increase see a series from the start.
+        ::metrics::counter!(metrics::APPLY_ERRORS).increment(0);
+        ::metrics::counter!(metrics::LISTENER_RESTARTS).increment(0);
+        ::metrics::counter!(metrics::LISTENER_GAPS).increment(0);
         feed.sync().await?;
         Ok(feed)
     }
@@ -399,6 +403,12 @@ async fn commit_watcher(
     mut commits: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The in-process signal is SQLite's listener: the same series as on PostgreSQL, so that
+    // dashboards and alerts need no engine-specific queries.
+    ::metrics::gauge!(metrics::LISTENER_CONNECTED).set(1.0);
+    ::metrics::counter!(metrics::LISTENER_RESTARTS).increment(0);
+    ::metrics::counter!(metrics::LISTENER_GAPS).increment(0);
+    let notifications = ::metrics::counter!(metrics::NOTIFICATIONS);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -406,6 +416,7 @@ async fn commit_watcher(
                 if changed.is_err() {
                     return; // the database is gone
                 }
+                notifications.increment(1);
                 inner.mark(Mark::All);
             }
         }

@@ -35,6 +35,10 @@ pub(crate) struct LogEntry {
     pub payload: Option<Json<Value>>,
     /// When it was committed.
     pub created_at: OffsetDateTime,
+    /// The W3C trace context of the write that made it (`None` with tracing off, or for rows
+    /// read by queries that do not select it).
+    #[sqlx(default)]
+    pub traceparent: Option<String>,
 }
 
 /// A catch-up read: the environment's version beside each change-log row (one row with no
@@ -48,6 +52,7 @@ struct CatchUpRow {
     key: Option<String>,
     payload: Option<Json<Value>>,
     created_at: Option<OffsetDateTime>,
+    traceparent: Option<String>,
 }
 
 impl CatchUpRow {
@@ -59,6 +64,7 @@ impl CatchUpRow {
             key: self.key?,
             payload: self.payload,
             created_at: self.created_at?,
+            traceparent: self.traceparent,
         })
     }
 }
@@ -127,6 +133,8 @@ pub(crate) async fn record_changes(
     changes: Vec<(Op, Entity, String, Option<Value>)>,
     now: OffsetDateTime,
 ) -> Result<i64, StoreError> {
+    // The write's trace context: the feed of every server continues it (issue 16).
+    let traceparent = crate::telemetry::current_traceparent();
     let mut changes = changes.into_iter();
     let version = match (&*conn, changes.next()) {
         (Conn::Pg(_), Some((op, entity, key, payload))) => {
@@ -136,10 +144,18 @@ pub(crate) async fn record_changes(
                          UPDATE environments SET version = version + 1 WHERE id = $1
                          RETURNING version
                      )
-                     INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at)
-                     SELECT $1, env.version, $2, $3, $4, $5, $6 FROM env
+                     INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at, traceparent)
+                     SELECT $1, env.version, $2, $3, $4, $5, $6, $7 FROM env
                      RETURNING version",
-                    args![environment_id, op.as_str(), entity.as_str(), key, payload, now],
+                    args![
+                        environment_id,
+                        op.as_str(),
+                        entity.as_str(),
+                        key,
+                        payload,
+                        now,
+                        traceparent.clone()
+                    ],
                 )
                 .await?;
             version
@@ -152,13 +168,13 @@ pub(crate) async fn record_changes(
                 )
                 .await?;
             if let Some(change) = first {
-                append_change(conn, environment_id, version, change, now).await?;
+                append_change(conn, environment_id, version, change, now, &traceparent).await?;
             }
             version
         }
     };
     for change in changes {
-        append_change(conn, environment_id, version, change, now).await?;
+        append_change(conn, environment_id, version, change, now, &traceparent).await?;
     }
     Ok(version)
 }
@@ -169,10 +185,11 @@ async fn append_change(
     version: i64,
     (op, entity, key, payload): (Op, Entity, String, Option<Value>),
     now: OffsetDateTime,
+    traceparent: &Option<String>,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO change_log (environment_id, version, op, entity, key, payload, created_at, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         args![
             environment_id,
             version,
@@ -180,7 +197,8 @@ async fn append_change(
             entity.as_str(),
             key,
             payload,
-            now
+            now,
+            traceparent.clone()
         ],
     )
     .await?;
@@ -334,7 +352,7 @@ impl Store {
             .conn()
             .fetch_all(
                 "SELECT e.version AS environment_version, l.version, l.op, l.entity, l.key,
-                        l.payload, l.created_at
+                        l.payload, l.created_at, l.traceparent
                  FROM environments e
                  LEFT JOIN change_log l ON l.environment_id = e.id
                       AND l.version > $2 AND l.version <= $2 + $3

@@ -6,5 +6,6 @@ mod evaluate;
 mod events;
 mod fixtures;
 mod helpers;
+mod observability;
 mod ofrep;
 mod streams;

@@ -13,3 +13,4 @@ mod cable;
 mod control_plane;
 mod events;
 mod experiments;
+mod observability;

@@ -320,10 +320,23 @@ impl Hub {
         env: &EnvironmentId,
         change: &Change,
     ) -> Result<u64, PublishError> {
+        self.publish_change_traced(env, change, None)
+    }
+
+    /// [`Hub::publish_change`], with the W3C `traceparent` of the span publishing it: SDK
+    /// and relay stream frames of the change carry it as their data's first field
+    /// (`"traceparent"`), so that receivers can continue the trace of the write. An invalid
+    /// value is left out.
+    pub fn publish_change_traced(
+        &self,
+        env: &EnvironmentId,
+        change: &Change,
+        traceparent: Option<&str>,
+    ) -> Result<u64, PublishError> {
         let Some(chan) = self.channel(env) else {
             return Err(PublishError::NoSnapshot);
         };
-        let result = Self::apply_change(&chan, change);
+        let result = Self::apply_change(&chan, change, traceparent);
         match &result {
             Ok(version) => chan.metrics.version.set(*version as f64),
             Err(e) => {
@@ -334,7 +347,11 @@ impl Hub {
         result
     }
 
-    fn apply_change(chan: &EnvChannel, change: &Change) -> Result<u64, PublishError> {
+    fn apply_change(
+        chan: &EnvChannel,
+        change: &Change,
+        traceparent: Option<&str>,
+    ) -> Result<u64, PublishError> {
         let mut w = chan.writer();
         let w = &mut *w;
         let Some(items) = w.items.as_mut() else {
@@ -351,7 +368,11 @@ impl Hub {
         if current.checked_add(1) != Some(got) {
             return Err(PublishError::Gap { current, got });
         }
-        let frame = items.apply(change)?;
+        let mut frame = items.apply(change)?;
+        if let Some(tp) = traceparent {
+            frame = crate::trace::frame_with_traceparent(&frame, tp)
+                .map_err(crate::EncodeError::from)?;
+        }
         let put = items.put_frame()?;
         w.seq += 1;
         let seq = w.seq;

@@ -85,6 +85,13 @@ impl Updates {
         self.store.apply(event, self.origin)
     }
 
+    /// [`Updates::apply`] for an event whose frame carried the W3C `traceparent` of the
+    /// change: the [`crate::FlagChange`] it causes carries it on.
+    pub fn apply_traced(&self, event: SdkEvent, traceparent: Option<&str>) -> Applied {
+        self.store
+            .apply_traced(event, self.origin, traceparent.map(Arc::from))
+    }
+
     /// The environment version held, whichever source delivered it.
     pub fn version(&self) -> Option<u64> {
         self.store.version()

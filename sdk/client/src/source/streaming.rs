@@ -277,7 +277,17 @@ fn handle_event(updates: &Updates, event: &es::Event) -> Option<Ended> {
         }
     };
     let is_put = matches!(decoded, SdkEvent::Put(_));
-    match updates.apply(decoded) {
+    // A change from a tracing server carries the trace of its write: applying it is a span
+    // of that trace (for an OpenTelemetry layer the application installs) and listeners get
+    // the context in `FlagChange::traceparent`.
+    let traceparent = crate::wire::traceparent_in(&event.data);
+    let span = tracing::debug_span!(
+        "vexil.sdk.apply",
+        event = %event.event_type,
+        traceparent = traceparent.unwrap_or(""),
+    );
+    let _entered = span.enter();
+    match updates.apply_traced(decoded, traceparent) {
         Applied::Updated { version, changed } => {
             tracing::debug!(
                 version,
