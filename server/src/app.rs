@@ -22,6 +22,7 @@ use vexil_fanout::exposures::ExposureRecorder;
 
 use crate::config::Config;
 use crate::db::{Db, DbOptions};
+use crate::delivery::{Clock, Workers};
 use crate::error::Problem;
 use crate::events::{self, EventStore};
 use crate::feed::Feed;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub events: EventStore,
     /// Records the exposures of OFREP evaluations of experiment flags.
     pub exposures: Arc<ExposureRecorder>,
+    /// The time scheduled changes and webhook retries run by (tests move a manual one).
+    pub clock: Clock,
 }
 
 /// Why the server could not start.
@@ -137,9 +140,17 @@ impl Server {
                 auth_throttle,
                 events,
                 exposures,
+                clock: Clock::system(),
             },
             generated_admin_token,
         })
+    }
+
+    /// Runs scheduled changes and webhook retries by `clock` instead of the system clock
+    /// (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.state.clock = clock;
+        self
     }
 
     /// The admin token generated on this first start, if any.
@@ -179,6 +190,7 @@ impl Server {
             Duration::from_millis(self.state.config.database_probe_ms.max(10)),
         ));
         let events = tokio::spawn(events::maintenance(self.state.events.clone()));
+        let delivery = Workers::spawn(store.clone(), self.state.clock.clone(), &self.state.config);
         let feed = self.state.feed.start();
         let hub = self.state.feed.hub().clone();
         let drain = Duration::from_millis(self.state.config.drain_ms);
@@ -194,6 +206,7 @@ impl Server {
         purge.abort();
         probe.abort();
         events.abort();
+        delivery.stop();
         feed.stop().await;
         store.db().close().await;
         result

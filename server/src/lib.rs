@@ -15,7 +15,8 @@
 //!   context; [`throttle`]: failed-authentication limits; [`health`]: the database probe;
 //!   [`extract`]: strict JSON, `If-Match`, the caller; [`error`]: the one
 //!   [`error::ApiError`] and its RFC 9457 form;
-//! - [`events`]: analytics event ingestion (`/events/v1/bulk`), storage and retention.
+//! - [`events`]: analytics event ingestion (`/events/v1/bulk`), storage and retention;
+//! - [`delivery`]: scheduled changes and webhooks, their workers and the injectable clock.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod distribution;
 pub mod error;
 pub mod events;

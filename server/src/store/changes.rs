@@ -261,11 +261,14 @@ pub(crate) async fn audit(
             rec.environment,
             rec.key,
             ctx.request_id.clone(),
-            rec.before,
-            rec.after
+            rec.before.clone(),
+            rec.after.clone()
         ],
     )
     .await?;
+    // The webhook outbox: written in this same transaction, so a committed change is never
+    // without its deliveries and a rolled-back one never has any.
+    crate::delivery::webhooks::enqueue(conn, ctx, &rec, now).await?;
     Ok(())
 }
 
