@@ -960,6 +960,69 @@ async fn every_route_answers_as_the_document_says() {
     c.admin(M::DELETE, &format!("{xs}/x"), None, 204).await;
     c.admin(M::DELETE, &format!("{xs}/x"), None, 404).await;
 
+    // --- progressive delivery: scheduled changes and webhooks ---
+    let sched = "/api/v1/projects/p/flags/f/environments/e/scheduled-changes";
+    let later = json!({"execute_at": "2999-01-01T00:00:00Z", "description": "launch",
+                       "patch": {"on": true}});
+    let s = c.admin(M::POST, sched, Some(later.clone()), 201).await;
+    c.admin(
+        M::POST,
+        sched,
+        Some(json!({"execute_at": "2999-01-01T00:00:00Z"})),
+        422,
+    )
+    .await;
+    c.admin(M::GET, &format!("{sched}?state=pending&limit=5"), None, 200)
+        .await;
+    c.admin(
+        M::GET,
+        "/api/v1/projects/p/flags/nope/environments/e/scheduled-changes",
+        None,
+        404,
+    )
+    .await;
+    c.admin(M::GET, &format!("{sched}/{}", s["id"]), None, 200)
+        .await;
+    c.admin(M::GET, &format!("{sched}/999999"), None, 404).await;
+    c.admin(M::POST, &format!("{sched}/{}/cancel", s["id"]), None, 200)
+        .await;
+    c.admin(M::POST, &format!("{sched}/{}/cancel", s["id"]), None, 409)
+        .await;
+    let hooks = "/api/v1/projects/p/webhooks";
+    let hook = json!({"url": "http://127.0.0.1:9/hook", "events": ["flag.*", "schedule.failed"],
+                      "format": "slack", "description": "ops"});
+    let h = c.admin(M::POST, hooks, Some(hook.clone()), 201).await;
+    c.admin(
+        M::POST,
+        hooks,
+        Some(json!({"url": "nope", "events": ["*"]})),
+        422,
+    )
+    .await;
+    c.admin(M::GET, &format!("{hooks}?limit=5"), None, 200)
+        .await;
+    c.admin(M::GET, "/api/v1/projects/nope/webhooks", None, 404)
+        .await;
+    let one = format!("{hooks}/{}", h["id"]);
+    c.admin(M::GET, &one, None, 200).await;
+    c.admin(M::GET, &format!("{hooks}/999999"), None, 404).await;
+    c.admin(
+        M::PATCH,
+        &one,
+        Some(json!({"enabled": false, "format": "json"})),
+        200,
+    )
+    .await;
+    c.admin(M::PATCH, &one, Some(json!({"events": []})), 422)
+        .await;
+    c.admin(M::GET, &format!("{one}/deliveries?limit=5"), None, 200)
+        .await;
+    c.admin(M::GET, &format!("{hooks}/999999/deliveries"), None, 404)
+        .await;
+    c.admin(M::DELETE, &one, None, 204).await;
+    c.admin(M::DELETE, &one, None, 404).await;
+    // --- end progressive delivery ---
+
     // Deletions.
     c.admin(M::DELETE, &format!("{segs}/s"), None, 409).await;
     c.admin(M::DELETE, "/api/v1/projects/p/flags/g", None, 409)
