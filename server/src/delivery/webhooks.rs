@@ -24,7 +24,7 @@ use crate::store::{
 
 /// The events a subscription can ask for: audit actions of a project's resources. A filter
 /// entry is an event name, a prefix ending in `.*` (`flag.*`), or `*`.
-pub const EVENTS: [&str; 12] = [
+pub const EVENTS: &[&str] = &[
     "flag.config.update",
     "flag.targets.update",
     "flag.rollback",
@@ -32,7 +32,12 @@ pub const EVENTS: [&str; 12] = [
     "flag.create",
     "flag.update",
     "flag.archive",
+    "flag.unarchive",
     "flag.delete",
+    "segment.create",
+    "segment.update",
+    "segment.keys",
+    "segment.delete",
     "schedule.create",
     "schedule.cancel",
     "schedule.executed",

@@ -41,12 +41,10 @@ async fn three_servers_run_each_due_change_exactly_once() {
     let done = tokio::time::timeout(WAIT, async {
         loop {
             let list = expect(
-                app.get(&format!(
-                    "/api/v1/audit?project=shop&action=schedule.executed&limit=100"
-                ))
-                .send()
-                .await
-                .unwrap(),
+                app.get("/api/v1/audit?project=shop&action=schedule.executed&limit=100")
+                    .send()
+                    .await
+                    .unwrap(),
                 200,
             )
             .await;
