@@ -354,6 +354,7 @@ pub(crate) async fn enqueue(
         "before": rec.before,
         "after": rec.after,
     });
+    let payload = bounded(payload);
     for (id, filter) in subs {
         let filter: Vec<String> = serde_json::from_value(filter.0).unwrap_or_default();
         if !matches(&filter, rec.action) {
@@ -367,6 +368,24 @@ pub(crate) async fn enqueue(
         .await?;
     }
     Ok(())
+}
+
+/// The largest event document queued as is (a segment with 100,000 keys would otherwise make
+/// each delivery several megabytes).
+const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+
+/// The event document, without `before` and `after` (and with `truncated: true`) when it
+/// is larger than [`MAX_PAYLOAD_BYTES`]; the audit log keeps the whole change.
+fn bounded(mut payload: Value) -> Value {
+    let size = serde_json::to_vec(&payload).map_or(usize::MAX, |b| b.len());
+    if size > MAX_PAYLOAD_BYTES
+        && let Some(o) = payload.as_object_mut()
+    {
+        o.insert("before".into(), Value::Null);
+        o.insert("after".into(), Value::Null);
+        o.insert("truncated".into(), Value::Bool(true));
+    }
+    payload
 }
 
 fn new_secret() -> String {
@@ -867,6 +886,18 @@ mod tests {
             sign("Jefe", 1, b"what do ya want for nothing?"),
             sign("Jefe", 0, b"what do ya want for nothing?")
         );
+    }
+
+    #[test]
+    fn large_documents_are_sent_without_their_sides() {
+        let small = json!({"event": "segment.update", "before": {"a": 1}, "after": {"a": 2}});
+        assert_eq!(bounded(small.clone()), small);
+        let keys: Vec<String> = (0..40_000).map(|i| format!("user-{i}")).collect();
+        let big = json!({"event": "segment.update", "before": null, "after": {"included": keys}});
+        let b = bounded(big);
+        assert_eq!(b["truncated"], true);
+        assert!(b["after"].is_null());
+        assert_eq!(b["event"], "segment.update");
     }
 
     #[test]

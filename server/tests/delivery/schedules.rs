@@ -153,6 +153,35 @@ both! {
         assert_eq!(app.scheduled("shop", "checkout", a["id"].as_i64().unwrap()).await["state"], "cancelled");
     }
 
+    async fn a_claim_left_by_a_dead_server_is_taken_over_when_its_lease_ends(app) {
+        app.setup("shop", &["checkout"]).await;
+        let mut hook = Receiver::start(&[]).await;
+        app.subscribe("shop", &hook.url, &["schedule.executed"], "json").await;
+        let due = app.clock.now() + HOUR;
+        let s = app.schedule("shop", "checkout", json!({"execute_at": rfc3339(due), "patch": {"on": true}})).await;
+        // Another server claimed it (lease until 30 s after its time), made the change, and
+        // died before recording that it had.
+        let lease = (due + Duration::from_secs(30))
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"))
+            .unwrap();
+        let sql = format!(
+            "UPDATE scheduled_changes SET claimed_by = 'dead-server', attempts = 1,
+                 lease_until = '{lease}' WHERE id = {}", s["id"]);
+        assert_eq!(app.database.execute(Box::leak(sql.into_boxed_str())).await.unwrap(), 1);
+        expect(app.patch(&config_path("shop", "checkout"), &json!({"on": true})).send().await.unwrap(), 200).await;
+
+        app.clock.advance(HOUR);
+        assert!(hook.quiet(Duration::from_millis(300)).await, "taken while the lease holds");
+        app.clock.advance(Duration::from_secs(31));
+        let done = hook.next().await.json();
+        assert_eq!(done["after"]["id"], s["id"]);
+        assert_eq!(done["after"]["attempts"], 2);
+        // Found in place: recorded as executed, nothing written twice.
+        assert_eq!(done["after"]["result_version"], 2);
+        assert_eq!(app.config("shop", "checkout").await["version"], 2);
+    }
+
     async fn bad_schedules_are_refused_and_store_nothing(app) {
         app.setup("shop", &["checkout"]).await;
         let at = rfc3339(app.clock.now());
