@@ -76,7 +76,44 @@ CREATE TABLE webhook_deliveries (
     last_status     BIGINT,
     last_error      TEXT,
     created_at      TEXT        NOT NULL,
-    finished_at     TEXT       
+    finished_at     TEXT
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_attempt_at);
 CREATE INDEX webhook_deliveries_by_subscription ON webhook_deliveries (subscription_id, id);
+
+-- A release plan: moves a flag's fallthrough in one environment from one variation to another
+-- in steps (percentage, minimum hold). At most one running or paused plan per flag and
+-- environment (checked by the server under the plan lease).
+CREATE TABLE release_plans (
+    id              INTEGER PRIMARY KEY,
+    project_id      BIGINT      NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    environment_id  BIGINT      NOT NULL REFERENCES environments (id) ON DELETE CASCADE,
+    flag_id         BIGINT      NOT NULL REFERENCES flags (id) ON DELETE CASCADE,
+    from_variation  BIGINT      NOT NULL,
+    to_variation    BIGINT      NOT NULL,
+    -- JSON array of {"percentage": p, "hold_minutes": m}.
+    steps           TEXT        NOT NULL,
+    -- The index of the step in force (-1 before the first is applied).
+    current_step    BIGINT      NOT NULL DEFAULT -1,
+    state           TEXT        NOT NULL
+                    CHECK (state IN ('running', 'paused', 'completed', 'aborted')),
+    -- Running: when the current step's hold ends. Paused: null (see remaining_ms).
+    next_step_at    TEXT       ,
+    remaining_ms    BIGINT,
+    -- The fallthrough before the plan (restored on abort) and the one it last wrote.
+    pre_fallthrough TEXT        NOT NULL,
+    last_fallthrough TEXT,
+    reason          TEXT,
+    description     TEXT        NOT NULL DEFAULT '',
+    author          TEXT        NOT NULL,
+    author_token_id BIGINT,
+    -- Held by whoever is changing the plan (a server's worker or an API request).
+    claimed_by      TEXT,
+    lease_until     TEXT       ,
+    version         BIGINT      NOT NULL DEFAULT 1,
+    created_at      TEXT        NOT NULL,
+    updated_at      TEXT        NOT NULL,
+    finished_at     TEXT
+);
+CREATE INDEX release_plans_due ON release_plans (state, next_step_at);
+CREATE INDEX release_plans_by_flag ON release_plans (flag_id, environment_id, id);

@@ -142,6 +142,15 @@ pub fn routes(state: AppState) -> (Router, Router) {
             delivery::delete_webhook
         ))
         .routes(routes!(delivery::list_webhook_deliveries))
+        .routes(routes!(
+            delivery::create_release_plan,
+            delivery::list_release_plans
+        ))
+        .routes(routes!(delivery::get_release_plan))
+        .routes(routes!(delivery::advance_release_plan))
+        .routes(routes!(delivery::pause_release_plan))
+        .routes(routes!(delivery::resume_release_plan))
+        .routes(routes!(delivery::abort_release_plan))
         // --- end progressive delivery ---
         .split_for_parts();
     let mut openapi = openapi;

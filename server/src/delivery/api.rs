@@ -1,6 +1,6 @@
-//! `/api/v1/projects/{project}/flags/{flag}/environments/{environment}/scheduled-changes` and
-//! `/api/v1/projects/{project}/webhooks`: scheduled changes (editor to write, viewer to read)
-//! and webhook subscriptions with their delivery logs (admin: their URLs and secrets are
+//! `/api/v1/projects/{project}/flags/{flag}/environments/{environment}/scheduled-changes`,
+//! `…/release-plans` and `/api/v1/projects/{project}/webhooks`: scheduled changes and release
+//! plans (editor to write, viewer to read) and webhook subscriptions with their delivery logs (admin: their URLs and secrets are
 //! credentials). Mounted by [`crate::api`] (this file is its `delivery` module).
 
 use axum::Json;
@@ -12,6 +12,7 @@ use super::query::{Cursor, Limit, PageQuery, opaque};
 use super::{Created, Tagged, Versioned};
 use crate::app::AppState;
 use crate::auth::Role;
+use crate::delivery::plans::{NewReleasePlan, PlanAction, ReleasePlan};
 use crate::delivery::schedule::{NewScheduledChange, ScheduleState, ScheduledChange};
 use crate::delivery::webhooks::{
     CreatedWebhook, NewWebhook, Webhook, WebhookDelivery, WebhookPatch,
@@ -258,4 +259,163 @@ pub(crate) async fn list_webhook_deliveries(
             .list_webhook_deliveries(&project, id, q.cursor(), q.limit())
             .await?,
     )))
+}
+
+/// Starts a release plan on the flag and applies its first step at once. `409` while another
+/// plan on the flag is running or paused.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/release-plans",
+    tag = "delivery",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key")),
+    request_body = NewReleasePlan,
+    responses((status = 201, body = ReleasePlan), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn create_release_plan(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+    StrictJson(body): StrictJson<NewReleasePlan>,
+) -> Result<Created<ReleasePlan>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    let view = app
+        .store
+        .create_release_plan(&ctx, (&project, &flag, &environment), body, app.clock.now())
+        .await?;
+    let location = format!(
+        "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/release-plans/{}",
+        view.id
+    );
+    Ok(Created::at(location, view))
+}
+
+/// The flag's release plans in the environment, newest first.
+#[utoipa::path(get, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/release-plans",
+    tag = "delivery",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key"),
+           PageQuery),
+    responses((status = 200, body = Page<ReleasePlan>), (status = 404, body = Problem)))]
+pub(crate) async fn list_release_plans(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+    StrictQuery(q): StrictQuery<PageQuery>,
+) -> Result<Json<Page<ReleasePlan>>, ApiError> {
+    caller.check(Role::Viewer)?;
+    Ok(Json(opaque(
+        app.store
+            .list_release_plans((&project, &flag, &environment), q.cursor(), q.limit())
+            .await?,
+    )))
+}
+
+/// One release plan.
+#[utoipa::path(get, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/release-plans/{id}",
+    tag = "delivery",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("id" = i64, Path, description = "Plan id")),
+    responses((status = 200, body = ReleasePlan), (status = 404, body = Problem)))]
+pub(crate) async fn get_release_plan(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((project, flag, environment, id)): Path<(String, String, String, i64)>,
+) -> Result<Json<ReleasePlan>, ApiError> {
+    caller.check(Role::Viewer)?;
+    Ok(Json(
+        app.store
+            .get_release_plan((&project, &flag, &environment), id)
+            .await?,
+    ))
+}
+
+async fn act(
+    app: AppState,
+    caller: Caller,
+    (project, flag, environment, id): (String, String, String, i64),
+    action: PlanAction,
+) -> Result<Json<ReleasePlan>, ApiError> {
+    let ctx = caller.require(Role::Editor)?;
+    Ok(Json(
+        app.store
+            .act_on_release_plan(
+                &ctx,
+                (&project, &flag, &environment),
+                id,
+                action,
+                app.clock.now(),
+            )
+            .await?,
+    ))
+}
+
+/// Applies the next step now, without waiting for the hold (running plans).
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/release-plans/{id}/advance",
+    tag = "delivery",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("id" = i64, Path, description = "Plan id")),
+    responses((status = 200, body = ReleasePlan), (status = 404, body = Problem),
+              (status = 409, body = Problem)))]
+pub(crate) async fn advance_release_plan(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(path): Path<(String, String, String, i64)>,
+) -> Result<Json<ReleasePlan>, ApiError> {
+    act(app, caller, path, PlanAction::Advance).await
+}
+
+/// Holds a running plan at its current step.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/release-plans/{id}/pause",
+    tag = "delivery",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("id" = i64, Path, description = "Plan id")),
+    responses((status = 200, body = ReleasePlan), (status = 404, body = Problem),
+              (status = 409, body = Problem)))]
+pub(crate) async fn pause_release_plan(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(path): Path<(String, String, String, i64)>,
+) -> Result<Json<ReleasePlan>, ApiError> {
+    act(app, caller, path, PlanAction::Pause).await
+}
+
+/// Continues a paused plan with the rest of its current hold.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/release-plans/{id}/resume",
+    tag = "delivery",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("id" = i64, Path, description = "Plan id")),
+    responses((status = 200, body = ReleasePlan), (status = 404, body = Problem),
+              (status = 409, body = Problem)))]
+pub(crate) async fn resume_release_plan(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(path): Path<(String, String, String, i64)>,
+) -> Result<Json<ReleasePlan>, ApiError> {
+    act(app, caller, path, PlanAction::Resume).await
+}
+
+/// Stops a running or paused plan and restores the fallthrough from before it.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/release-plans/{id}/abort",
+    tag = "delivery",
+    params(("project" = String, Path, description = "Project key"),
+           ("flag" = String, Path, description = "Flag key"),
+           ("environment" = String, Path, description = "Environment key"),
+           ("id" = i64, Path, description = "Plan id")),
+    responses((status = 200, body = ReleasePlan), (status = 404, body = Problem),
+              (status = 409, body = Problem)))]
+pub(crate) async fn abort_release_plan(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(path): Path<(String, String, String, i64)>,
+) -> Result<Json<ReleasePlan>, ApiError> {
+    act(app, caller, path, PlanAction::Abort).await
 }

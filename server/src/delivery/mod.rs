@@ -4,6 +4,8 @@
 //! - [`clock`]: the server's "now" ([`Clock`], [`ManualClock`] for tests);
 //! - [`schedule`]: scheduled configuration changes, claimed exactly once across servers and
 //!   executed through the store's ordinary writes;
+//! - [`plans`]: release plans, stepped ramps of a flag's fallthrough advanced by the same
+//!   scheduler;
 //! - [`webhooks`]: subscriptions, the outbox the store's audit function fills in the
 //!   transaction of each change, and the signed, retried deliveries.
 //!
@@ -11,6 +13,7 @@
 //! owned by [`crate::Server::serve`] ([`Workers::spawn`]) and stop with it.
 
 pub mod clock;
+pub mod plans;
 pub mod schedule;
 pub mod webhooks;
 
@@ -63,6 +66,11 @@ impl Workers {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(finished = n, "scheduled changes run"),
                         Err(e) => tracing::warn!(error = %e, "scheduler round failed"),
+                    }
+                    match plans::run_due(&store, &runner.me, now).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(advanced = n, "release plan steps applied"),
+                        Err(e) => tracing::warn!(error = %e, "release plan round failed"),
                     }
                 }
             }

@@ -42,6 +42,12 @@ pub const EVENTS: &[&str] = &[
     "schedule.cancel",
     "schedule.executed",
     "schedule.failed",
+    "plan.create",
+    "plan.step",
+    "plan.pause",
+    "plan.resume",
+    "plan.abort",
+    "plan.completed",
 ];
 
 /// How the body is shaped.

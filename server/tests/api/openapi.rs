@@ -1021,6 +1021,33 @@ async fn every_route_answers_as_the_document_says() {
         .await;
     c.admin(M::DELETE, &one, None, 204).await;
     c.admin(M::DELETE, &one, None, 404).await;
+    let plans = "/api/v1/projects/p/flags/f/environments/e/release-plans";
+    let plan = json!({"from_variation": 1, "to_variation": 0, "description": "ramp",
+                      "steps": [{"percentage": 10, "hold_minutes": 60}, {"percentage": 100}]});
+    let rp = c.admin(M::POST, plans, Some(plan.clone()), 201).await;
+    c.admin(M::POST, plans, Some(plan.clone()), 409).await;
+    c.admin(M::GET, &format!("{plans}?limit=5"), None, 200)
+        .await;
+    c.admin(
+        M::GET,
+        "/api/v1/projects/p/flags/nope/environments/e/release-plans",
+        None,
+        404,
+    )
+    .await;
+    let rp = format!("{plans}/{}", rp["id"]);
+    c.admin(M::GET, &rp, None, 200).await;
+    c.admin(M::GET, &format!("{plans}/999999"), None, 404).await;
+    c.admin(M::POST, &format!("{rp}/resume"), None, 409).await;
+    c.admin(M::POST, &format!("{rp}/pause"), None, 200).await;
+    c.admin(M::POST, &format!("{rp}/advance"), None, 409).await;
+    c.admin(M::POST, &format!("{rp}/resume"), None, 200).await;
+    c.admin(M::POST, &format!("{rp}/advance"), None, 200).await;
+    c.admin(M::POST, &format!("{rp}/pause"), None, 409).await;
+    c.admin(M::POST, &format!("{rp}/abort"), None, 409).await;
+    let rp2 = c.admin(M::POST, plans, Some(plan.clone()), 201).await;
+    c.admin(M::POST, &format!("{plans}/{}/abort", rp2["id"]), None, 200)
+        .await;
     // --- end progressive delivery ---
 
     // Deletions.

@@ -4,5 +4,6 @@
 
 mod exactly_once;
 mod helpers;
+mod plans;
 mod schedules;
 mod webhooks;
