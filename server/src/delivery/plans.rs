@@ -431,19 +431,25 @@ async fn write_step(store: &Store, row: &Row, i: usize) -> Result<(FlagConfig, V
         .get_config(project, flag, environment)
         .await
         .map_err(|e| e.to_string())?;
-    let expected = row.last_fallthrough.as_ref().map(|j| &j.0);
-    if let Some(expected) = expected
-        && encode(&current.fallthrough) != *expected
-    {
-        return Err(format!(
-            "the fallthrough was changed outside the plan after step {}: resume to overwrite it",
-            row.current_step
-        ));
-    }
     let from = usize::try_from(row.from_variation).unwrap_or(0);
     let to = usize::try_from(row.to_variation).unwrap_or(0);
     let serve = step_fallthrough(from, to, step.percentage);
     let written = encode(&serve);
+    let now_serving = encode(&current.fallthrough);
+    if now_serving == written {
+        // Already in place (a server died after writing it, before recording it).
+        return Ok((current, written));
+    }
+    let expected = row.last_fallthrough.as_ref().map(|j| &j.0);
+    if let Some(expected) = expected
+        && now_serving != *expected
+    {
+        return Err(format!(
+            "the fallthrough was changed outside the plan after step {}: resume to adopt it \
+             or abort to restore the one from before the plan",
+            row.current_step
+        ));
+    }
     let patch = ConfigPatch {
         fallthrough: Some(serve),
         ..ConfigPatch::default()

@@ -160,6 +160,54 @@ both! {
         assert_eq!(list["items"].as_array().unwrap().len(), 1);
     }
 
+    async fn a_server_killed_mid_plan_is_taken_over(app) {
+        app.setup("shop", &["checkout"]).await;
+        let mut hook = Receiver::start(&[]).await;
+        app.subscribe("shop", &hook.url, &["plan.step"], "json").await;
+        let plan = expect(app.post(&plans_path("checkout"), &json!({"to_variation": 0,
+            "steps": [{"percentage": 10, "hold_minutes": 60}, {"percentage": 50, "hold_minutes": 60},
+                      {"percentage": 100}]})).send().await.unwrap(), 201).await;
+        assert_eq!(hook.next().await.json()["after"]["current_step"], 0);
+        // A server took the plan when step 1 fell due, wrote it, and was killed before
+        // recording it: its lease runs 30 s past the step's time.
+        let due = app.clock.now() + HOUR;
+        let lease = (due + Duration::from_secs(30))
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"))
+            .unwrap();
+        let sql = format!(
+            "UPDATE release_plans SET claimed_by = 'dead-server', lease_until = '{lease}'
+             WHERE id = {}", plan["id"]);
+        assert_eq!(app.database.execute(Box::leak(sql.into_boxed_str())).await.unwrap(), 1);
+        let step1 = json!({"rollout": {"variations": [{"variation": 0, "weight": 50000}, {"variation": 1, "weight": 50000}]}});
+        expect(app.patch(&config_path("shop", "checkout"), &json!({"fallthrough": step1})).send().await.unwrap(), 200).await;
+        let version = app.config("shop", "checkout").await["version"].clone();
+
+        app.clock.advance(HOUR);
+        assert!(hook.quiet(Duration::from_millis(300)).await, "taken while the lease holds");
+        app.clock.advance(Duration::from_secs(31));
+        let step = hook.next().await.json();
+        assert_eq!(step["after"]["current_step"], 1);
+        assert_eq!(step["after"]["state"], "running");
+        // Found in place: recorded, not written again; the plan goes on from there.
+        assert_eq!(app.config("shop", "checkout").await["version"], version);
+        app.clock.advance(HOUR);
+        let path = format!("{}/{}", plans_path("checkout"), plan["id"]);
+        let last = tokio::time::timeout(WAIT, async {
+            loop {
+                let p = expect(app.get(&path).send().await.unwrap(), 200).await;
+                if p["state"] == "completed" {
+                    return p;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the plan completes in time");
+        assert_eq!(last["current_step"], 2);
+        assert_eq!(app.config("shop", "checkout").await["fallthrough"], json!({"variation": 0}));
+    }
+
     async fn bad_plans_are_refused(app) {
         app.setup("shop", &["checkout"]).await;
         for body in [
