@@ -157,6 +157,18 @@ both! {
         assert_eq!(app.config("shop", "search").await["on"], true);
         assert_eq!(app.config("shop", "checkout").await["on"], false);
         assert_eq!(app.scheduled("shop", "checkout", a["id"].as_i64().unwrap()).await["state"], "cancelled");
+
+        // A kill on time turns the flag off (the kill switch: every environment).
+        let kill = app.schedule("shop", "search", json!({
+            "execute_at": rfc3339(app.clock.now() + Duration::from_secs(60)), "kill": true})).await;
+        assert_eq!(kill["kind"], "kill");
+        app.clock.advance(Duration::from_secs(60));
+        let done = hook.next().await.json();
+        assert_eq!(done["event"], "schedule.executed");
+        assert_eq!(done["after"]["id"], kill["id"]);
+        let cfg = app.config("shop", "search").await;
+        assert_eq!(cfg["on"], false);
+        assert_eq!(done["after"]["result_version"], cfg["version"]);
     }
 
     async fn a_claim_left_by_a_dead_server_is_taken_over_when_its_lease_ends(app) {
