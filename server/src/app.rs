@@ -22,6 +22,7 @@ use vexil_fanout::exposures::ExposureRecorder;
 
 use crate::config::Config;
 use crate::db::{Db, DbOptions};
+use crate::delivery::{Clock, Workers};
 use crate::error::Problem;
 use crate::events::{self, EventStore};
 use crate::feed::Feed;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub events: EventStore,
     /// Records the exposures of OFREP evaluations of experiment flags.
     pub exposures: Arc<ExposureRecorder>,
+    /// The time scheduled changes and webhook retries run by (tests move a manual one).
+    pub clock: Clock,
 }
 
 /// Why the server could not start.
@@ -154,6 +157,7 @@ impl Server {
                 auth_throttle,
                 events,
                 exposures,
+                clock: Clock::system(),
             },
             generated_admin_token,
             metrics_listener,
@@ -166,6 +170,13 @@ impl Server {
         self.metrics_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs scheduled changes and webhook retries by `clock` instead of the system clock
+    /// (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.state.clock = clock;
+        self
     }
 
     /// The admin token generated on this first start, if any.
@@ -224,6 +235,7 @@ impl Server {
             }
             _ => None,
         };
+        let delivery = Workers::spawn(store.clone(), self.state.clock.clone(), &self.state.config);
         let feed = self.state.feed.start();
         let hub = self.state.feed.hub().clone();
         let drain = Duration::from_millis(self.state.config.drain_ms);
@@ -247,6 +259,7 @@ impl Server {
                 Ok(Ok(())) => {}
             }
         }
+        delivery.stop();
         feed.stop().await;
         store.db().close().await;
         result

@@ -149,6 +149,27 @@ pub struct Config {
     /// variation); also the queue of exposures waiting to be stored.
     #[arg(long, env = "VEXIL_EVENTS_EXPOSURE_CACHE", default_value_t = 100_000)]
     pub events_exposure_cache: usize,
+
+    // --- progressive delivery ---
+    /// Milliseconds between rounds of the scheduler and of the webhook sender (each also
+    /// runs at start).
+    #[arg(long, env = "VEXIL_DELIVERY_POLL_MS", default_value_t = 1_000)]
+    pub delivery_poll_ms: u64,
+
+    /// Seconds a scheduled change may be overdue (e.g. every server was down at its time)
+    /// and still run; older ones fail with the reason `overdue`.
+    #[arg(long, env = "VEXIL_SCHEDULE_GRACE_SECS", default_value_t = 3_600)]
+    pub schedule_grace_secs: u64,
+
+    /// Milliseconds a webhook receiver has to answer one delivery.
+    #[arg(long, env = "VEXIL_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+
+    /// Hours a failing webhook delivery is retried (with exponential backoff) before it
+    /// fails for good and its subscription is disabled.
+    #[arg(long, env = "VEXIL_WEBHOOK_RETRY_HOURS", default_value_t = 24)]
+    pub webhook_retry_hours: u64,
+    // --- end progressive delivery ---
 }
 
 impl Config {

@@ -17,7 +17,8 @@
 //!   [`error::ApiError`] and its RFC 9457 form;
 //! - [`metrics`]: database and `/metrics` instrumentation (HTTP and evaluation counts come
 //!   from `vexil-fanout`, shared with the relay);
-//! - [`events`]: analytics event ingestion (`/events/v1/bulk`), storage and retention.
+//! - [`events`]: analytics event ingestion (`/events/v1/bulk`), storage and retention;
+//! - [`delivery`]: scheduled changes and webhooks, their workers and the injectable clock.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod distribution;
 pub mod error;
 pub mod events;

@@ -29,6 +29,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "keys", description = "SDK and relay keys (admin)"),
         (name = "evaluate", description = "Evaluation"),
         (name = "experiments", description = "Metrics, experiments and their results"),
+        (name = "delivery", description = "Scheduled changes and webhooks"),
     )
 )]
 pub struct ApiDoc;
@@ -93,7 +94,7 @@ pub fn declare_errors(doc: &mut utoipa::openapi::OpenApi) {
 /// The error statuses `op` shares with operations like it (see [`declare_errors`]).
 fn shared_errors(method: &str, path: &str, op: &Operation) -> Vec<u16> {
     let mut out = vec![401, 422, 429, 503];
-    let admin_only = ["/tokens", "/relay-keys", "/sdk-keys"]
+    let admin_only = ["/tokens", "/relay-keys", "/sdk-keys", "/webhooks"]
         .iter()
         .any(|p| path.contains(p));
     let evaluation = path.starts_with("/api/v1/evaluate") || path.ends_with("/explain");

@@ -8,6 +8,9 @@
 
 mod admin;
 mod audit;
+// Progressive delivery (scheduled changes, webhooks): its handlers live beside its store.
+#[path = "../delivery/api.rs"]
+mod delivery;
 mod environments;
 mod evaluate;
 #[path = "../experiments/api.rs"]
@@ -125,6 +128,30 @@ pub fn routes(state: AppState) -> (Router, Router) {
         .routes(routes!(experiments::start_experiment))
         .routes(routes!(experiments::stop_experiment))
         .routes(routes!(experiments::get_results))
+        // --- progressive delivery (server/src/delivery) ---
+        .routes(routes!(
+            delivery::create_scheduled_change,
+            delivery::list_scheduled_changes
+        ))
+        .routes(routes!(delivery::get_scheduled_change))
+        .routes(routes!(delivery::cancel_scheduled_change))
+        .routes(routes!(delivery::create_webhook, delivery::list_webhooks))
+        .routes(routes!(
+            delivery::get_webhook,
+            delivery::update_webhook,
+            delivery::delete_webhook
+        ))
+        .routes(routes!(delivery::list_webhook_deliveries))
+        .routes(routes!(
+            delivery::create_release_plan,
+            delivery::list_release_plans
+        ))
+        .routes(routes!(delivery::get_release_plan))
+        .routes(routes!(delivery::advance_release_plan))
+        .routes(routes!(delivery::pause_release_plan))
+        .routes(routes!(delivery::resume_release_plan))
+        .routes(routes!(delivery::abort_release_plan))
+        // --- end progressive delivery ---
         .split_for_parts();
     let mut openapi = openapi;
     crate::openapi::declare_errors(&mut openapi);

@@ -265,6 +265,9 @@ pub(crate) async fn audit(
     rec: AuditRecord<'_>,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
+    // The webhook outbox: written in this same transaction, so a committed change is never
+    // without its deliveries and a rolled-back one never has any.
+    crate::delivery::webhooks::enqueue(conn, ctx, &rec, now).await?;
     conn.execute(
         "INSERT INTO audit_log (occurred_at, actor, actor_token_id, action, resource, project_key,
                                 environment_key, resource_key, request_id, before, after)

@@ -960,6 +960,96 @@ async fn every_route_answers_as_the_document_says() {
     c.admin(M::DELETE, &format!("{xs}/x"), None, 204).await;
     c.admin(M::DELETE, &format!("{xs}/x"), None, 404).await;
 
+    // --- progressive delivery: scheduled changes and webhooks ---
+    let sched = "/api/v1/projects/p/flags/f/environments/e/scheduled-changes";
+    let later = json!({"execute_at": "2999-01-01T00:00:00Z", "description": "launch",
+                       "patch": {"on": true}});
+    let s = c.admin(M::POST, sched, Some(later.clone()), 201).await;
+    c.admin(
+        M::POST,
+        sched,
+        Some(json!({"execute_at": "2999-01-01T00:00:00Z"})),
+        422,
+    )
+    .await;
+    c.admin(M::GET, &format!("{sched}?state=pending&limit=5"), None, 200)
+        .await;
+    c.admin(
+        M::GET,
+        "/api/v1/projects/p/flags/nope/environments/e/scheduled-changes",
+        None,
+        404,
+    )
+    .await;
+    c.admin(M::GET, &format!("{sched}/{}", s["id"]), None, 200)
+        .await;
+    c.admin(M::GET, &format!("{sched}/999999"), None, 404).await;
+    c.admin(M::POST, &format!("{sched}/{}/cancel", s["id"]), None, 200)
+        .await;
+    c.admin(M::POST, &format!("{sched}/{}/cancel", s["id"]), None, 409)
+        .await;
+    let hooks = "/api/v1/projects/p/webhooks";
+    let hook = json!({"url": "http://127.0.0.1:9/hook", "events": ["flag.*", "schedule.failed"],
+                      "format": "slack", "description": "ops"});
+    let h = c.admin(M::POST, hooks, Some(hook.clone()), 201).await;
+    c.admin(
+        M::POST,
+        hooks,
+        Some(json!({"url": "nope", "events": ["*"]})),
+        422,
+    )
+    .await;
+    c.admin(M::GET, &format!("{hooks}?limit=5"), None, 200)
+        .await;
+    c.admin(M::GET, "/api/v1/projects/nope/webhooks", None, 404)
+        .await;
+    let one = format!("{hooks}/{}", h["id"]);
+    c.admin(M::GET, &one, None, 200).await;
+    c.admin(M::GET, &format!("{hooks}/999999"), None, 404).await;
+    c.admin(
+        M::PATCH,
+        &one,
+        Some(json!({"enabled": false, "format": "json"})),
+        200,
+    )
+    .await;
+    c.admin(M::PATCH, &one, Some(json!({"events": []})), 422)
+        .await;
+    c.admin(M::GET, &format!("{one}/deliveries?limit=5"), None, 200)
+        .await;
+    c.admin(M::GET, &format!("{hooks}/999999/deliveries"), None, 404)
+        .await;
+    c.admin(M::DELETE, &one, None, 204).await;
+    c.admin(M::DELETE, &one, None, 404).await;
+    let plans = "/api/v1/projects/p/flags/f/environments/e/release-plans";
+    let plan = json!({"from_variation": 1, "to_variation": 0, "description": "ramp",
+                      "steps": [{"percentage": 10, "hold_minutes": 60}, {"percentage": 100}]});
+    let rp = c.admin(M::POST, plans, Some(plan.clone()), 201).await;
+    c.admin(M::POST, plans, Some(plan.clone()), 409).await;
+    c.admin(M::GET, &format!("{plans}?limit=5"), None, 200)
+        .await;
+    c.admin(
+        M::GET,
+        "/api/v1/projects/p/flags/nope/environments/e/release-plans",
+        None,
+        404,
+    )
+    .await;
+    let rp = format!("{plans}/{}", rp["id"]);
+    c.admin(M::GET, &rp, None, 200).await;
+    c.admin(M::GET, &format!("{plans}/999999"), None, 404).await;
+    c.admin(M::POST, &format!("{rp}/resume"), None, 409).await;
+    c.admin(M::POST, &format!("{rp}/pause"), None, 200).await;
+    c.admin(M::POST, &format!("{rp}/advance"), None, 409).await;
+    c.admin(M::POST, &format!("{rp}/resume"), None, 200).await;
+    c.admin(M::POST, &format!("{rp}/advance"), None, 200).await;
+    c.admin(M::POST, &format!("{rp}/pause"), None, 409).await;
+    c.admin(M::POST, &format!("{rp}/abort"), None, 409).await;
+    let rp2 = c.admin(M::POST, plans, Some(plan.clone()), 201).await;
+    c.admin(M::POST, &format!("{plans}/{}/abort", rp2["id"]), None, 200)
+        .await;
+    // --- end progressive delivery ---
+
     // Deletions.
     c.admin(M::DELETE, &format!("{segs}/s"), None, 409).await;
     c.admin(M::DELETE, "/api/v1/projects/p/flags/g", None, 409)
