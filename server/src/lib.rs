@@ -15,9 +15,12 @@
 //!   context; [`throttle`]: failed-authentication limits; [`health`]: the database probe;
 //!   [`extract`]: strict JSON, `If-Match`, the caller; [`error`]: the one
 //!   [`error::ApiError`] and its RFC 9457 form;
-//! - [`events`]: analytics event ingestion (`/events/v1/bulk`), storage and retention.
+//! - [`events`]: analytics event ingestion (`/events/v1/bulk`), storage and retention;
+//! - [`portable`]: flags as code (project export and import); [`admin`]: the
+//!   `vexil-server admin …` commands ([`cli`] parses them).
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -33,6 +36,7 @@ pub mod feed;
 pub mod health;
 pub mod middleware;
 pub mod openapi;
+pub mod portable;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
