@@ -194,10 +194,12 @@ async fn open(config: &Config) -> anyhow::Result<Db> {
 /// data refuse a database with pending migrations rather than half-working on it).
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let db = open(config).await?;
-    if !db.ready().await.context("cannot read the migration state")? {
-        bail!(
-            "the database schema is older than this server: run `vexil-server admin migrate` first"
-        );
+    match db.ready().await {
+        Ok(true) => {}
+        // A database never migrated has no migration table at all.
+        Ok(false) | Err(_) => bail!(
+            "the database schema is not this server's (not migrated, or older): run `vexil-server admin migrate` first"
+        ),
     }
     Ok(Store::new(db))
 }
@@ -425,7 +427,10 @@ async fn check_config(config: &Config, out: &mut impl std::io::Write) -> anyhow:
                     false,
                     "database migrations are pending: run `vexil-server admin migrate` (the server also migrates on start)".to_owned(),
                 )?,
-                Err(e) => report(false, format!("cannot read the migration state: {e}"))?,
+                Err(e) => report(
+                    false,
+                    format!("database migrations are pending (no migration state: {e}): run `vexil-server admin migrate`"),
+                )?,
             }
             db.close().await;
         }

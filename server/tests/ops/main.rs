@@ -2,6 +2,7 @@
 //! throttling, and a database outage on a throwaway PostgreSQL cluster the test stops and
 //! restarts (never the shared server).
 
+mod admin;
 mod binary;
 mod outage;
 mod throttle;
