@@ -181,7 +181,8 @@ impl Actor {
 
     /// Whether the actor's role on a resource includes `role`.
     pub fn can_in(&self, role: Role, project: Option<&str>, environment: Option<&str>) -> bool {
-        self.role_in(project, environment).is_some_and(|r| r >= role)
+        self.role_in(project, environment)
+            .is_some_and(|r| r >= role)
     }
 }
 

@@ -187,7 +187,12 @@ async fn open(config: &Config) -> anyhow::Result<Db> {
         max_connections: 2,
     })
     .await
-    .with_context(|| format!("cannot open the database {}", config.database_url_redacted()))
+    .with_context(|| {
+        format!(
+            "cannot open the database {}",
+            config.database_url_redacted()
+        )
+    })
 }
 
 /// Opens the database and checks its schema is this server's (commands that read or write
@@ -295,7 +300,11 @@ pub async fn run(mut config: Config, args: AdminArgs) -> anyhow::Result<()> {
             let store = open_store(&config).await?;
             let kinds: Vec<AccessKeyKind> = match kind {
                 Some(k) => vec![k.into()],
-                None => vec![AccessKeyKind::Sdk, AccessKeyKind::Client, AccessKeyKind::Relay],
+                None => vec![
+                    AccessKeyKind::Sdk,
+                    AccessKeyKind::Client,
+                    AccessKeyKind::Relay,
+                ],
             };
             for kind in kinds {
                 let mut cursor: Option<String> = None;

@@ -56,7 +56,10 @@ pub(crate) async fn import_project(
         return Err(StoreError::invalid(
             "project.key",
             "path_mismatch",
-            format!("the document is for project '{}', not '{project}'", doc.project.key),
+            format!(
+                "the document is for project '{}', not '{project}'",
+                doc.project.key
+            ),
         )
         .into());
     }

@@ -409,8 +409,12 @@ impl Store {
                         Some(&e.key),
                     )),
                     Some(c) if !segment_matches(c, s) => {
-                        let mut ch =
-                            change(ChangeAction::Update, "segment", s.key.as_str(), Some(&e.key));
+                        let mut ch = change(
+                            ChangeAction::Update,
+                            "segment",
+                            s.key.as_str(),
+                            Some(&e.key),
+                        );
                         ch.fields = differing_fields(*c, s);
                         changes.push(ch);
                     }
@@ -423,8 +427,11 @@ impl Store {
             .iter()
             .map(|f| (f.definition.key.as_str(), f))
             .collect();
-        let wanted_flags: BTreeSet<&str> =
-            doc.flags.iter().map(|f| f.definition.key.as_str()).collect();
+        let wanted_flags: BTreeSet<&str> = doc
+            .flags
+            .iter()
+            .map(|f| f.definition.key.as_str())
+            .collect();
         for f in &cur.flags {
             if !wanted_flags.contains(f.definition.key.as_str()) {
                 not_in_document.push(format!("flag:{}", f.definition.key));
@@ -460,8 +467,7 @@ impl Store {
                 match stored {
                     Some(c) if config_matches(c, cfg) => {}
                     Some(c) => {
-                        let mut ch =
-                            change(ChangeAction::Update, "flag_config", fkey, Some(env));
+                        let mut ch = change(ChangeAction::Update, "flag_config", fkey, Some(env));
                         ch.fields = differing_fields(c, cfg);
                         configs.push(ch);
                     }
@@ -558,7 +564,8 @@ impl Store {
                         description: Some(e.description.clone()),
                         allowed_origins: Some(e.allowed_origins.clone()),
                     };
-                    self.update_environment(ctx, project, &e.key, update).await?;
+                    self.update_environment(ctx, project, &e.key, update)
+                        .await?;
                 }
                 ("segment", action) => {
                     let env = env.unwrap_or_default();

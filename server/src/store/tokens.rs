@@ -75,8 +75,7 @@ struct TokenRow {
 fn parse_scopes(stored: Option<Json<Value>>) -> Result<Option<Vec<Grant>>, StoreError> {
     stored
         .map(|Json(v)| {
-            serde_json::from_value(v)
-                .map_err(|e| StoreError::Corrupt(format!("token scopes: {e}")))
+            serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("token scopes: {e}")))
         })
         .transpose()
 }
@@ -110,7 +109,6 @@ const MAX_TOKEN_NAME: usize = 128;
 
 /// Most grants one scoped token may carry.
 const MAX_GRANTS: usize = 100;
-
 
 /// Most digests the cache holds; past it, it starts afresh (a flood of random tokens must not
 /// grow memory).

@@ -316,9 +316,20 @@ both! {
 }
 
 /// Creates a scoped token as admin and returns its secret.
-async fn scoped_token(app: &vexil_testkit::TestApp, name: &str, role: &str, scopes: Value) -> String {
+async fn scoped_token(
+    app: &vexil_testkit::TestApp,
+    name: &str,
+    role: &str,
+    scopes: Value,
+) -> String {
     let t = expect(
-        app.post("/api/v1/tokens", &json!({"name": name, "role": role, "scopes": scopes})).send().await.unwrap(),
+        app.post(
+            "/api/v1/tokens",
+            &json!({"name": name, "role": role, "scopes": scopes}),
+        )
+        .send()
+        .await
+        .unwrap(),
         201,
     )
     .await;

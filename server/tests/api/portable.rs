@@ -14,9 +14,25 @@ use crate::helpers::{config_path, expect};
 /// prerequisites, an archived flag, allowed origins.
 async fn rich_project(app: &TestApp) {
     app.project("shop", &["staging", "production"]).await;
-    expect(app.patch("/api/v1/projects/shop", &json!({"description": "the shop"})).send().await.unwrap(), 200).await;
-    expect(app.patch("/api/v1/projects/shop/environments/production",
-        &json!({"allowed_origins": ["https://shop.example.com"]})).send().await.unwrap(), 200).await;
+    expect(
+        app.patch("/api/v1/projects/shop", &json!({"description": "the shop"}))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    expect(
+        app.patch(
+            "/api/v1/projects/shop/environments/production",
+            &json!({"allowed_origins": ["https://shop.example.com"]}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        200,
+    )
+    .await;
     for env in ["staging", "production"] {
         let segs = format!("/api/v1/projects/shop/environments/{env}/segments");
         expect(app.post(&segs, &json!({"key": "beta", "name": "Beta", "included": ["u1", "u2"], "excluded": ["u3"],
@@ -28,14 +44,54 @@ async fn rich_project(app: &TestApp) {
             .send().await.unwrap(), 201).await;
     }
     let flags = "/api/v1/projects/shop/flags";
-    expect(app.post(flags, &json!({"key": "checkout", "name": "New checkout", "kind": "boolean", "tags": ["web"],
-        "temporary": true, "variations": [{"value": true}, {"value": false}]})).send().await.unwrap(), 201).await;
-    expect(app.post(flags, &json!({"key": "banner", "name": "Banner", "kind": "string", "client_side": true,
-        "variations": [{"value": "red"}, {"value": "green"}, {"value": "blue"}]})).send().await.unwrap(), 201).await;
-    expect(app.post(flags, &json!({"key": "limits", "name": "Limits", "kind": "json",
-        "variations": [{"value": {"max": 1}}, {"value": {"max": 10}}]})).send().await.unwrap(), 201).await;
-    expect(app.post(flags, &json!({"key": "old", "name": "Old", "kind": "boolean",
-        "variations": [{"value": true}, {"value": false}]})).send().await.unwrap(), 201).await;
+    expect(
+        app.post(
+            flags,
+            &json!({"key": "checkout", "name": "New checkout", "kind": "boolean", "tags": ["web"],
+        "temporary": true, "variations": [{"value": true}, {"value": false}]}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
+    expect(
+        app.post(
+            flags,
+            &json!({"key": "banner", "name": "Banner", "kind": "string", "client_side": true,
+        "variations": [{"value": "red"}, {"value": "green"}, {"value": "blue"}]}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
+    expect(
+        app.post(
+            flags,
+            &json!({"key": "limits", "name": "Limits", "kind": "json",
+        "variations": [{"value": {"max": 1}}, {"value": {"max": 10}}]}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
+    expect(
+        app.post(
+            flags,
+            &json!({"key": "old", "name": "Old", "kind": "boolean",
+        "variations": [{"value": true}, {"value": false}]}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
     for (env, split) in [("staging", 50_000), ("production", 20_000)] {
         expect(app.put(&config_path("shop", "checkout", env), &json!({
             "on": true, "off_variation": 1,
@@ -54,12 +110,36 @@ async fn rich_project(app: &TestApp) {
                 {"variation": 1, "weight": 33_000}, {"variation": 2, "weight": 34_000}]}}
         })).send().await.unwrap(), 200).await;
     }
-    expect(app.patch(&config_path("shop", "limits", "production"), &json!({"on": true})).send().await.unwrap(), 200).await;
-    expect(app.post("/api/v1/projects/shop/flags/old/archive", &json!({})).send().await.unwrap(), 200).await;
+    expect(
+        app.patch(
+            &config_path("shop", "limits", "production"),
+            &json!({"on": true}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        200,
+    )
+    .await;
+    expect(
+        app.post("/api/v1/projects/shop/flags/old/archive", &json!({}))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
 }
 
 async fn export(app: &TestApp) -> Value {
-    expect(app.get("/api/v1/projects/shop/export").send().await.unwrap(), 200).await
+    expect(
+        app.get("/api/v1/projects/shop/export")
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await
 }
 
 async fn import(app: &TestApp, doc: &Value, dry_run: bool) -> Value {
@@ -68,7 +148,16 @@ async fn import(app: &TestApp, doc: &Value, dry_run: bool) -> Value {
 }
 
 async fn snapshot(app: &TestApp, env: &str) -> EnvironmentSnapshot {
-    let v = expect(app.get(&format!("/api/v1/projects/shop/environments/{env}/snapshot")).send().await.unwrap(), 200).await;
+    let v = expect(
+        app.get(&format!(
+            "/api/v1/projects/shop/environments/{env}/snapshot"
+        ))
+        .send()
+        .await
+        .unwrap(),
+        200,
+    )
+    .await;
     serde_json::from_value(v).unwrap()
 }
 
@@ -114,13 +203,20 @@ fn contexts(n: usize) -> Vec<Context> {
 }
 
 /// Every flag's value, variation and reason for every context.
-fn evaluations(s: &EnvironmentSnapshot, contexts: &[Context]) -> Vec<(Option<Value>, Option<usize>, Value)> {
+fn evaluations(
+    s: &EnvironmentSnapshot,
+    contexts: &[Context],
+) -> Vec<(Option<Value>, Option<usize>, Value)> {
     let compiled = CompiledSnapshot::compile(s);
     let mut out = Vec::new();
     for ctx in contexts {
         for f in &s.flags {
             let e = compiled.evaluate(f.key.as_str(), ctx);
-            out.push((e.value.cloned(), e.variation, serde_json::to_value(e.to_reason()).unwrap()));
+            out.push((
+                e.value.cloned(),
+                e.variation,
+                serde_json::to_value(e.to_reason()).unwrap(),
+            ));
         }
     }
     out
@@ -134,20 +230,39 @@ async fn round_trip(from: Backend, to: Backend) {
     // Deterministic: exporting again gives the same document.
     assert_eq!(export(&a).await, doc);
     // Salts are in it.
-    assert!(doc["flags"][0]["environments"]["production"]["salt"].as_str().is_some_and(|s| !s.is_empty()), "{doc}");
+    assert!(
+        doc["flags"][0]["environments"]["production"]["salt"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{doc}"
+    );
 
     let b = spawn_app(to).await;
     // A dry run into an empty installation plans everything and writes nothing.
     let before = b.database.fingerprint().await;
     let plan = import(&b, &doc, true).await;
     assert_eq!(plan["dry_run"], true);
-    assert_eq!(plan["changes"][0], json!({"action": "create", "resource": "project", "key": "shop"}));
-    assert!(plan["changes"].as_array().unwrap().iter().any(|c| c["action"] == "archive" && c["key"] == "old"), "{plan}");
+    assert_eq!(
+        plan["changes"][0],
+        json!({"action": "create", "resource": "project", "key": "shop"})
+    );
+    assert!(
+        plan["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["action"] == "archive" && c["key"] == "old"),
+        "{plan}"
+    );
     assert_eq!(b.database.fingerprint().await, before);
 
     let applied = import(&b, &doc, false).await;
     assert_eq!(applied["changes"], plan["changes"]);
-    assert_eq!(export(&b).await, doc, "the imported project exports as the original");
+    assert_eq!(
+        export(&b).await,
+        doc,
+        "the imported project exports as the original"
+    );
     let ctxs = contexts(10_000);
     for env in ["staging", "production"] {
         let (sa, sb) = (snapshot(&a, env).await, snapshot(&b, env).await);
@@ -160,7 +275,14 @@ async fn round_trip(from: Backend, to: Backend) {
     }
     // The import went through the audited write path.
     let audit = expect(b.get("/api/v1/audit?limit=200").send().await.unwrap(), 200).await;
-    assert!(audit["items"].as_array().unwrap().iter().any(|e| e["action"] == "flag.config.update"), "{audit}");
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "flag.config.update"),
+        "{audit}"
+    );
 
     // Idempotent: importing again changes nothing at all.
     let settled = b.database.fingerprint().await;
@@ -169,26 +291,70 @@ async fn round_trip(from: Backend, to: Backend) {
     assert_eq!(b.database.fingerprint().await, settled);
 
     // A drifted installation is put back: the plan names exactly what drifted.
-    expect(b.patch(&config_path("shop", "checkout", "staging"), &json!({"on": false})).send().await.unwrap(), 200).await;
-    expect(b.post("/api/v1/projects/shop/environments/staging/segments", &json!({"key": "extra", "name": "Extra"})).send().await.unwrap(), 201).await;
+    expect(
+        b.patch(
+            &config_path("shop", "checkout", "staging"),
+            &json!({"on": false}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        200,
+    )
+    .await;
+    expect(
+        b.post(
+            "/api/v1/projects/shop/environments/staging/segments",
+            &json!({"key": "extra", "name": "Extra"}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
     let plan = import(&b, &doc, true).await;
-    assert_eq!(plan["changes"], json!([{"action": "update", "resource": "flag_config", "key": "checkout",
-                                         "environment": "staging", "fields": ["on"]}]));
+    assert_eq!(
+        plan["changes"],
+        json!([{"action": "update", "resource": "flag_config", "key": "checkout",
+                                         "environment": "staging", "fields": ["on"]}])
+    );
     assert_eq!(plan["not_in_document"], json!(["segment:staging/extra"]));
     import(&b, &doc, false).await;
     let (sa, sb) = (snapshot(&a, "staging").await, snapshot(&b, "staging").await);
     assert_eq!(evaluations(&sa, &ctxs), evaluations(&sb, &ctxs));
 
     // A document for another project, or of another format, is refused.
-    let p = expect(b.post("/api/v1/projects/other/import", &doc).send().await.unwrap(), 422).await;
+    let p = expect(
+        b.post("/api/v1/projects/other/import", &doc)
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
     assert_eq!(p["errors"][0]["path"], "project.key");
     let mut bad = doc.clone();
     bad["format"] = json!("vexil.project/v9");
-    let p = expect(b.post("/api/v1/projects/shop/import", &bad).send().await.unwrap(), 422).await;
+    let p = expect(
+        b.post("/api/v1/projects/shop/import", &bad)
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
     assert_eq!(p["errors"][0]["path"], "format");
     let mut bad = doc.clone();
     bad["flags"][0]["colour"] = json!("red");
-    expect(b.post("/api/v1/projects/shop/import", &bad).send().await.unwrap(), 422).await;
+    expect(
+        b.post("/api/v1/projects/shop/import", &bad)
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
     a.stop().await;
     b.stop().await;
 }
