@@ -6,6 +6,7 @@ mod admin;
 mod binary;
 mod outage;
 mod throttle;
+mod upgrade;
 
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
