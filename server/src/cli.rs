@@ -5,8 +5,11 @@
 //! With the `admin` subcommand it runs one administrative command against the database
 //! instead (see [`crate::admin`]); without one it serves, exactly as before subcommands.
 
+use std::ffi::OsString;
+
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::admin::AdminArgs;
@@ -41,7 +44,12 @@ pub enum Command {
 /// SIGTERM or ctrl-c. Prints where to reach it (and a generated admin token, once) on stdout.
 /// With `admin …`, runs that command instead and exits.
 pub async fn main() -> anyhow::Result<()> {
-    let Cli { config, command } = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let Cli { mut config, command } = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    read_secret_files(&matches, &mut config, |name| std::env::var_os(name))?;
     if let Some(Command::Admin(args)) = command {
         // A command's result goes to standard output (an export may be piped into a file):
         // its logs go to standard error, warnings only unless `RUST_LOG` says otherwise.
@@ -84,8 +92,122 @@ pub async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The secrets that may be given in files: the argument's id and its variable. For each,
+/// `<VARIABLE>_FILE` names a file holding the value (Docker and Kubernetes secrets, systemd
+/// credentials), so the value never sits in the environment or on a command line.
+pub const SECRET_FILES: &[(&str, &str)] = &[
+    ("database_url", "VEXIL_DATABASE_URL"),
+    ("bootstrap_token", "VEXIL_BOOTSTRAP_TOKEN"),
+];
+
+/// Fills each secret of [`SECRET_FILES`] from the file its `<VARIABLE>_FILE` names (one
+/// trailing newline removed), reading variables through `var`. Giving a secret both as a file
+/// and directly (flag or variable) is an error rather than a silent choice.
+pub fn read_secret_files(
+    matches: &ArgMatches,
+    config: &mut Config,
+    var: impl Fn(&str) -> Option<OsString>,
+) -> anyhow::Result<()> {
+    for (id, variable) in SECRET_FILES {
+        let file_var = format!("{variable}_FILE");
+        let Some(path) = var(&file_var).filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        if matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            anyhow::bail!("{file_var} is set, and so is {variable} or its flag: give one of them");
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {file_var} ({})", path.to_string_lossy()))?;
+        let value = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&text)
+            .to_owned();
+        if value.is_empty() {
+            anyhow::bail!("{file_var} ({}) is empty", path.to_string_lossy());
+        }
+        match *id {
+            "database_url" => config.database_url = value,
+            "bootstrap_token" => config.bootstrap_token = Some(value),
+            other => anyhow::bail!("no secret argument '{other}'"),
+        }
+    }
+    Ok(())
+}
+
 /// Completes on ctrl-c or SIGTERM (the relay binary's signal handling, shared).
 async fn shutdown_signal() {
     vexil_fanout::signal::shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> (ArgMatches, Config) {
+        let matches = Cli::command().try_get_matches_from(args).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        (matches, cli.config)
+    }
+
+    #[test]
+    fn secrets_are_read_from_files() {
+        let dir = std::env::temp_dir().join(format!("vexil-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = dir.join("url");
+        std::fs::write(&url, "postgres://u:p@db/vexil\n").unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, format!("vxa_{}", "ab".repeat(16))).unwrap();
+        let vars = |name: &str| match name {
+            "VEXIL_DATABASE_URL_FILE" => Some(url.clone().into_os_string()),
+            "VEXIL_BOOTSTRAP_TOKEN_FILE" => Some(token.clone().into_os_string()),
+            _ => None,
+        };
+        let (m, mut config) = parse(&["vexil-server"]);
+        read_secret_files(&m, &mut config, vars).unwrap();
+        assert_eq!(config.database_url, "postgres://u:p@db/vexil");
+        assert_eq!(config.bootstrap_token, Some(format!("vxa_{}", "ab".repeat(16))));
+        // Both a file and a flag: refused, not guessed.
+        let (m, mut config) = parse(&["vexil-server", "--database-url", "x.db"]);
+        assert!(read_secret_files(&m, &mut config, vars).is_err());
+        // A missing file is an error naming the variable.
+        let (m, mut config) = parse(&["vexil-server"]);
+        let err = read_secret_files(&m, &mut config, |n: &str| {
+            (n == "VEXIL_DATABASE_URL_FILE").then(|| dir.join("missing").into_os_string())
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("VEXIL_DATABASE_URL_FILE"), "{err:#}");
+        // No files: nothing changes.
+        let (m, mut config) = parse(&["vexil-server"]);
+        read_secret_files(&m, &mut config, |_: &str| None).unwrap();
+        assert_eq!(config.database_url, "vexil.db");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_subcommand_serves_and_admin_parses() {
+        let cli = Cli::try_parse_from(["vexil-server", "--listen", "0.0.0.0:9000"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.config.listen.port(), 9000);
+        let cli = Cli::try_parse_from([
+            "vexil-server",
+            "admin",
+            "create-token",
+            "--name",
+            "n",
+            "--scope",
+            "web/staging=editor",
+            "--database-url",
+            "x.db",
+        ])
+        .unwrap();
+        let Some(Command::Admin(args)) = cli.command else {
+            panic!("admin expected")
+        };
+        assert_eq!(args.database.as_deref(), Some("x.db"));
+    }
 }
