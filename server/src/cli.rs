@@ -45,7 +45,10 @@ pub enum Command {
 /// With `admin …`, runs that command instead and exits.
 pub async fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
-    let Cli { mut config, command } = match Cli::from_arg_matches(&matches) {
+    let Cli {
+        mut config,
+        command,
+    } = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
@@ -170,7 +173,10 @@ mod tests {
         let (m, mut config) = parse(&["vexil-server"]);
         read_secret_files(&m, &mut config, vars).unwrap();
         assert_eq!(config.database_url, "postgres://u:p@db/vexil");
-        assert_eq!(config.bootstrap_token, Some(format!("vxa_{}", "ab".repeat(16))));
+        assert_eq!(
+            config.bootstrap_token,
+            Some(format!("vxa_{}", "ab".repeat(16)))
+        );
         // Both a file and a flag: refused, not guessed.
         let (m, mut config) = parse(&["vexil-server", "--database-url", "x.db"]);
         assert!(read_secret_files(&m, &mut config, vars).is_err());
@@ -180,7 +186,10 @@ mod tests {
             (n == "VEXIL_DATABASE_URL_FILE").then(|| dir.join("missing").into_os_string())
         })
         .unwrap_err();
-        assert!(format!("{err:#}").contains("VEXIL_DATABASE_URL_FILE"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("VEXIL_DATABASE_URL_FILE"),
+            "{err:#}"
+        );
         // No files: nothing changes.
         let (m, mut config) = parse(&["vexil-server"]);
         read_secret_files(&m, &mut config, |_: &str| None).unwrap();

@@ -4,6 +4,7 @@
 
 mod admin;
 mod binary;
+mod deploy;
 mod outage;
 mod throttle;
 mod upgrade;
