@@ -115,6 +115,15 @@ pub enum ApiError {
     /// The caller's role does not allow this.
     #[error("this needs the {0:?} role")]
     Forbidden(Role),
+    /// The caller's token is scoped, and its role in the addressed project or environment
+    /// does not allow this (or it has none there).
+    #[error("{detail}")]
+    OutOfScope {
+        /// The role the operation needs.
+        role: Role,
+        /// What the token has there.
+        detail: String,
+    },
     /// No such resource.
     #[error("{0} not found")]
     NotFound(String),
@@ -184,6 +193,9 @@ impl ApiError {
                     role.as_str()
                 )),
             ),
+            ApiError::OutOfScope { detail, .. } => {
+                Problem::new(S::FORBIDDEN, "forbidden", Some(detail.clone()))
+            }
             ApiError::NotFound(what) => {
                 Problem::new(S::NOT_FOUND, "not-found", Some(format!("{what} not found")))
             }

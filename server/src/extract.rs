@@ -9,7 +9,7 @@
 //! - [`Caller`]: the authenticated actor and request id, as a store `WriteContext`.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -282,34 +282,87 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     }
 }
 
-/// The authenticated caller, with the request id, ready to write.
-#[derive(Debug, Clone)]
-pub struct Caller(pub WriteContext);
+/// The project and environment a request addresses, taken from the matched route's
+/// `{project}` and `{environment}` segments: where a scoped token's role is looked up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resource {
+    /// The route's `{project}`, if it has one.
+    pub project: Option<String>,
+    /// The route's `{environment}`, if it has one.
+    pub environment: Option<String>,
+}
 
-impl Caller {
-    /// The caller's context if its role includes `role`.
-    pub fn require(self, role: Role) -> Result<WriteContext, ApiError> {
-        if self.0.actor.can(role) {
-            Ok(self.0)
-        } else {
-            Err(ApiError::Forbidden(role))
+impl Resource {
+    /// A resource named by a request body rather than by the path.
+    pub fn named(project: &str, environment: Option<&str>) -> Self {
+        Self {
+            project: Some(project.to_owned()),
+            environment: environment.map(str::to_owned),
         }
     }
+}
 
-    /// Fails unless the caller's role includes `role`.
+/// The authenticated caller, with the request id, ready to write, and the project and
+/// environment its route addresses. [`Caller::require`] and [`Caller::check`] are the one
+/// place where roles and scopes are enforced for every API route.
+#[derive(Debug, Clone)]
+pub struct Caller(pub WriteContext, pub Resource);
+
+impl Caller {
+    /// The caller's context if its role on the route's resource includes `role`.
+    pub fn require(self, role: Role) -> Result<WriteContext, ApiError> {
+        self.check(role)?;
+        Ok(self.0)
+    }
+
+    /// Fails unless the caller's role on the route's resource includes `role`.
     pub fn check(&self, role: Role) -> Result<(), ApiError> {
-        if self.0.actor.can(role) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(role))
+        self.check_on(role, &self.1)
+    }
+
+    /// For routes that name their project and environment in the body (evaluation): the
+    /// caller's context if its role on `resource` includes `role`.
+    pub fn require_on(self, role: Role, resource: &Resource) -> Result<WriteContext, ApiError> {
+        self.check_on(role, resource)?;
+        Ok(self.0)
+    }
+
+    /// Fails unless the caller's role on `resource` includes `role`.
+    pub fn check_on(&self, role: Role, resource: &Resource) -> Result<(), ApiError> {
+        let actor = &self.0.actor;
+        let project = resource.project.as_deref();
+        let environment = resource.environment.as_deref();
+        if actor.can_in(role, project, environment) {
+            return Ok(());
         }
+        if !actor.scope.is_limited() {
+            return Err(ApiError::Forbidden(role));
+        }
+        let place = match (project, environment) {
+            (Some(p), Some(e)) => format!("environment '{p}/{e}'"),
+            (Some(p), None) => format!("project '{p}'"),
+            _ => "outside a project".to_owned(),
+        };
+        Err(ApiError::OutOfScope {
+            role,
+            detail: match actor.role_in(project, environment) {
+                Some(has) => format!(
+                    "this operation needs the '{}' role; this token has '{}' in {place}",
+                    role.as_str(),
+                    has.as_str()
+                ),
+                None => format!(
+                    "this token is limited to its projects and environments and has no role in {place}"
+                ),
+            },
+        })
     }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let actor = parts
             .extensions
             .get::<Actor>()
@@ -320,7 +373,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        Ok(Caller(WriteContext { actor, request_id }))
+        let mut resource = Resource::default();
+        // Outside a matched route (never for API handlers) there are no parameters: the
+        // resource is "outside a project", which a scoped token cannot use.
+        if let Ok(params) = RawPathParams::from_request_parts(parts, state).await {
+            for (name, value) in &params {
+                match name {
+                    "project" => resource.project = Some(value.to_owned()),
+                    "environment" => resource.environment = Some(value.to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(Caller(WriteContext { actor, request_id }, resource))
     }
 }
 

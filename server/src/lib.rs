@@ -19,8 +19,11 @@
 //!   from `vexil-fanout`, shared with the relay);
 //! - [`events`]: analytics event ingestion (`/events/v1/bulk`), storage and retention;
 //! - [`delivery`]: scheduled changes and webhooks, their workers and the injectable clock.
+//! - [`portable`]: flags as code (project export and import); [`admin`]: the
+//!   `vexil-server admin …` commands ([`cli`] parses them).
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -38,6 +41,7 @@ pub mod health;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+pub mod portable;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;

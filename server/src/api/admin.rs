@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::Created;
 use super::query::{PageQuery, opaque};
 use crate::app::AppState;
-use crate::auth::Role;
+use crate::auth::{Grant, Role};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Caller, StrictJson, StrictQuery};
 use crate::store::{
@@ -23,6 +23,10 @@ pub(crate) struct CreateToken {
     name: String,
     /// Role.
     role: Role,
+    /// Limits the role to projects and environments (see the scoped roles in the API guide);
+    /// absent: the role applies everywhere. No grant may exceed `role`.
+    #[serde(default)]
+    scopes: Option<Vec<Grant>>,
 }
 
 /// Creates an API token. Its secret is in the response, and only there.
@@ -34,7 +38,10 @@ pub(crate) async fn create_token(
     StrictJson(body): StrictJson<CreateToken>,
 ) -> Result<Created<CreatedToken>, ApiError> {
     let ctx = caller.require(Role::Admin)?;
-    let created = app.store.create_token(&ctx, &body.name, body.role).await?;
+    let created = app
+        .store
+        .create_scoped_token(&ctx, &body.name, body.role, body.scopes)
+        .await?;
     let location = format!("/api/v1/tokens/{}", created.token.id);
     Ok(Created::at(location, created))
 }

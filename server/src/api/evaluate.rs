@@ -17,7 +17,7 @@ use vexil_schema::{Context, Reason};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::{ApiError, Problem};
-use crate::extract::{Caller, StrictJson};
+use crate::extract::{Caller, Resource, StrictJson};
 
 /// What to evaluate.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -61,7 +61,10 @@ pub(crate) async fn evaluate(
     caller: Caller,
     StrictJson(req): StrictJson<EvaluateRequest>,
 ) -> Result<Json<EvaluateResponse>, ApiError> {
-    caller.check(Role::Viewer)?;
+    caller.check_on(
+        Role::Viewer,
+        &Resource::named(&req.project, Some(&req.environment)),
+    )?;
     let compiled = compiled(&app, &req.project, &req.environment).await?;
     let counts = evaluation_counts(&req.project, &req.environment);
     Ok(Json(evaluate_one(
@@ -157,7 +160,10 @@ pub(crate) async fn evaluate_batch(
     caller: Caller,
     StrictJson(req): StrictJson<EvaluateBatchRequest>,
 ) -> Result<Json<EvaluateBatchResponse>, ApiError> {
-    caller.check(Role::Viewer)?;
+    caller.check_on(
+        Role::Viewer,
+        &Resource::named(&req.project, Some(&req.environment)),
+    )?;
     if req.flags.as_ref().is_some_and(|f| f.len() > MAX_BATCH) {
         return Err(ApiError::from(crate::store::StoreError::invalid(
             "flags",

@@ -17,6 +17,8 @@ mod evaluate;
 mod experiments;
 mod explain;
 mod flags;
+#[path = "../portable/api.rs"]
+mod portable;
 mod projects;
 mod query;
 mod segments;
@@ -152,6 +154,10 @@ pub fn routes(state: AppState) -> (Router, Router) {
         .routes(routes!(delivery::resume_release_plan))
         .routes(routes!(delivery::abort_release_plan))
         // --- end progressive delivery ---
+        // --- flags as code (issue 17) ---
+        .routes(routes!(portable::export_project))
+        .routes(routes!(portable::import_project))
+        // --- end flags as code ---
         .split_for_parts();
     let mut openapi = openapi;
     crate::openapi::declare_errors(&mut openapi);
@@ -250,6 +256,9 @@ pub(crate) struct WhoAmI {
     role: Role,
     /// Token id.
     token_id: Option<i64>,
+    /// Where the role applies, for a scoped token; absent: everywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scopes: Option<Vec<crate::auth::Grant>>,
 }
 
 /// The caller's identity and role.
@@ -261,5 +270,6 @@ pub(crate) async fn whoami(caller: Caller) -> Json<WhoAmI> {
         name: a.name,
         role: a.role,
         token_id: a.token_id,
+        scopes: a.scope.grants().map(<[_]>::to_vec),
     })
 }

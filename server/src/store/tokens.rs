@@ -11,6 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration as StdDuration, Instant};
 
 use serde::Serialize;
+use serde_json::Value;
+use sqlx::types::Json;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -18,7 +20,8 @@ use super::changes::{AuditRecord, audit};
 use super::projects::paginate;
 use super::{Page, Store, StoreError, WriteContext, encode, id_cursor, page_limit, unique_or};
 use crate::auth::{
-    API_TOKEN_PREFIX, Actor, Role, digests_equal, generate_secret, hash_secret, hint,
+    API_TOKEN_PREFIX, Actor, Grant, Role, Scope, digests_equal, generate_secret,
+    hash_scoped_secret, hash_secret, hint,
 };
 use crate::db::{args, now};
 
@@ -41,6 +44,9 @@ pub struct TokenView {
     /// When it was revoked, if it was.
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// Where the role applies, for a scoped token; absent: everywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<Grant>>,
 }
 
 /// A token just created: the only time its secret is shown.
@@ -62,11 +68,22 @@ struct TokenRow {
     created_by: String,
     created_at: OffsetDateTime,
     revoked_at: Option<OffsetDateTime>,
+    scopes: Option<Json<Value>>,
+}
+
+/// A stored scope list: `None` for an unscoped token.
+fn parse_scopes(stored: Option<Json<Value>>) -> Result<Option<Vec<Grant>>, StoreError> {
+    stored
+        .map(|Json(v)| {
+            serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("token scopes: {e}")))
+        })
+        .transpose()
 }
 
 impl TokenRow {
     fn view(self) -> Result<TokenView, StoreError> {
         Ok(TokenView {
+            scopes: parse_scopes(self.scopes)?,
             id: self.id,
             role: Role::parse(&self.role)
                 .ok_or_else(|| StoreError::Corrupt(format!("token role '{}'", self.role)))?,
@@ -85,9 +102,13 @@ struct AuthRow {
     name: String,
     role: String,
     secret_hash: Vec<u8>,
+    scopes: Option<Json<Value>>,
 }
 
 const MAX_TOKEN_NAME: usize = 128;
+
+/// Most grants one scoped token may carry.
+const MAX_GRANTS: usize = 100;
 
 /// Most digests the cache holds; past it, it starts afresh (a flood of random tokens must not
 /// grow memory).
@@ -149,12 +170,50 @@ impl TokenCache {
     }
 }
 
+/// Checks a scoped token's grants against its role: at least one, at most [`MAX_GRANTS`],
+/// none above the token's role, no place named twice.
+fn check_grants(role: Role, grants: &[Grant]) -> Result<(), StoreError> {
+    if grants.is_empty() || grants.len() > MAX_GRANTS {
+        return Err(StoreError::invalid(
+            "scopes",
+            "length",
+            format!(
+                "a scoped token needs 1 to {MAX_GRANTS} grants (omit `scopes` for an unscoped token)"
+            ),
+        ));
+    }
+    for (i, g) in grants.iter().enumerate() {
+        if g.role > role {
+            return Err(StoreError::invalid(
+                format!("scopes[{i}].role"),
+                "exceeds_token_role",
+                format!(
+                    "a grant cannot give more than the token's own role ('{}')",
+                    role.as_str()
+                ),
+            ));
+        }
+        if grants[..i]
+            .iter()
+            .any(|o| o.project == g.project && o.environment == g.environment)
+        {
+            return Err(StoreError::invalid(
+                format!("scopes[{i}]"),
+                "duplicate",
+                "another grant names the same project and environment",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     async fn insert_token(
         &self,
         ctx: &WriteContext,
         name: &str,
         role: Role,
+        scopes: Option<Vec<Grant>>,
         secret: String,
     ) -> Result<CreatedToken, StoreError> {
         let name = name.trim();
@@ -165,21 +224,56 @@ impl Store {
                 format!("must be 1 to {MAX_TOKEN_NAME} characters"),
             ));
         }
+        if let Some(grants) = &scopes {
+            check_grants(role, grants)?;
+        }
         let mut tx = self.db.begin().await?;
         let mut c = tx.conn();
+        // A grant naming a project or environment that does not exist is a typo that would
+        // leave the token powerless there: refuse it now.
+        for (i, g) in scopes.iter().flatten().enumerate() {
+            let p = super::projects::project_row(&mut c, &g.project)
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound(what) => StoreError::invalid(
+                        format!("scopes[{i}].project"),
+                        "not_found",
+                        format!("{what} does not exist"),
+                    ),
+                    e => e,
+                })?;
+            if let Some(env) = &g.environment {
+                super::environments::environment_row(&mut c, p.id, env)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::NotFound(what) => StoreError::invalid(
+                            format!("scopes[{i}].environment"),
+                            "not_found",
+                            format!("{what} does not exist in project '{}'", g.project),
+                        ),
+                        e => e,
+                    })?;
+            }
+        }
+        let digest = match scopes {
+            Some(_) => hash_scoped_secret(&secret),
+            None => hash_secret(&secret),
+        };
+        let stored_scopes = scopes.as_ref().map(encode);
         let t = now();
         let row: TokenRow = c
             .fetch_one(
-                "INSERT INTO api_tokens (name, role, secret_hash, hint, created_by, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 RETURNING id, name, role, hint, created_by, created_at, revoked_at",
+                "INSERT INTO api_tokens (name, role, secret_hash, hint, created_by, created_at, scopes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 RETURNING id, name, role, hint, created_by, created_at, revoked_at, scopes",
                 args![
                     name,
                     role.as_str(),
-                    hash_secret(&secret),
+                    digest,
                     hint(&secret),
                     ctx.actor.name.as_str(),
-                    t
+                    t,
+                    stored_scopes
                 ],
             )
             .await
@@ -204,7 +298,20 @@ impl Store {
         name: &str,
         role: Role,
     ) -> Result<CreatedToken, StoreError> {
-        self.insert_token(ctx, name, role, generate_secret(API_TOKEN_PREFIX))
+        self.insert_token(ctx, name, role, None, generate_secret(API_TOKEN_PREFIX))
+            .await
+    }
+
+    /// Creates an API token with a fresh random secret whose role is limited to `scopes`
+    /// (`None`: unscoped, as [`Store::create_token`]). Each grant's role is at most `role`.
+    pub async fn create_scoped_token(
+        &self,
+        ctx: &WriteContext,
+        name: &str,
+        role: Role,
+        scopes: Option<Vec<Grant>>,
+    ) -> Result<CreatedToken, StoreError> {
+        self.insert_token(ctx, name, role, scopes, generate_secret(API_TOKEN_PREFIX))
             .await
     }
 
@@ -220,7 +327,7 @@ impl Store {
         let rows: Vec<TokenRow> = pc
             .conn()
             .fetch_all(
-                "SELECT id, name, role, hint, created_by, created_at, revoked_at FROM api_tokens
+                "SELECT id, name, role, hint, created_by, created_at, revoked_at, scopes FROM api_tokens
                  WHERE id > $1 ORDER BY id LIMIT $2",
                 args![after, limit + 1],
             )
@@ -238,7 +345,7 @@ impl Store {
         let mut c = tx.conn();
         let before: TokenRow = c
             .fetch_optional(
-                "SELECT id, name, role, hint, created_by, created_at, revoked_at FROM api_tokens
+                "SELECT id, name, role, hint, created_by, created_at, revoked_at, scopes FROM api_tokens
                  WHERE id = $1",
                 args![id],
             )
@@ -252,7 +359,7 @@ impl Store {
         let after: TokenRow = c
             .fetch_one(
                 "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1
-                 RETURNING id, name, role, hint, created_by, created_at, revoked_at",
+                 RETURNING id, name, role, hint, created_by, created_at, revoked_at, scopes",
                 args![id, t],
             )
             .await?;
@@ -296,7 +403,7 @@ impl Store {
         {
             return Ok(actor.clone());
         }
-        match self.lookup_token(&digest).await {
+        match self.lookup_token(secret, &digest).await {
             Ok(actor) => {
                 self.tokens.put(digest, actor.clone());
                 Ok(actor)
@@ -312,19 +419,26 @@ impl Store {
         }
     }
 
-    async fn lookup_token(&self, digest: &[u8]) -> Result<Option<Actor>, StoreError> {
-        let digest = digest.to_vec();
+    async fn lookup_token(&self, secret: &str, digest: &[u8]) -> Result<Option<Actor>, StoreError> {
+        let scoped_digest = hash_scoped_secret(secret);
         let mut pc = self.db.acquire().await?;
         let row: Option<AuthRow> = pc
             .conn()
             .fetch_optional(
-                "SELECT id, name, role, secret_hash FROM api_tokens
-                 WHERE secret_hash = $1 AND revoked_at IS NULL",
-                args![digest.clone()],
+                "SELECT id, name, role, secret_hash, scopes FROM api_tokens
+                 WHERE secret_hash IN ($1, $2) AND revoked_at IS NULL",
+                args![digest.to_vec(), scoped_digest.clone()],
             )
             .await?;
         let Some(row) = row else { return Ok(None) };
-        if !digests_equal(&row.secret_hash, &digest) {
+        let grants = parse_scopes(row.scopes)?;
+        // Compare again in constant time, with the digest of the token's own kind.
+        let expected: &[u8] = if grants.is_some() {
+            &scoped_digest
+        } else {
+            digest
+        };
+        if !digests_equal(&row.secret_hash, expected) {
             return Ok(None);
         }
         let role = Role::parse(&row.role)
@@ -333,6 +447,7 @@ impl Store {
             token_id: Some(row.id),
             name: row.name,
             role,
+            scope: grants.map(Scope::limited).unwrap_or_default(),
         }))
     }
 
@@ -341,7 +456,8 @@ impl Store {
         let existing: Option<(i64,)> = pc
             .conn()
             .fetch_optional(
-                "SELECT id FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL LIMIT 1",
+                "SELECT id FROM api_tokens
+                 WHERE role = 'admin' AND revoked_at IS NULL AND scopes IS NULL LIMIT 1",
                 args![],
             )
             .await?;
@@ -380,7 +496,7 @@ impl Store {
             None => (generate_secret(API_TOKEN_PREFIX), true),
         };
         match self
-            .insert_token(&ctx, "bootstrap-admin", Role::Admin, secret.clone())
+            .insert_token(&ctx, "bootstrap-admin", Role::Admin, None, secret.clone())
             .await
         {
             Ok(created) => Ok(generated.then_some(created.secret)),
@@ -392,7 +508,9 @@ impl Store {
                 // The earlier bootstrap token was revoked and no admin is left: recover with
                 // a new one under a fresh name.
                 let name = format!("bootstrap-admin-{}", now().unix_timestamp());
-                let created = self.insert_token(&ctx, &name, Role::Admin, secret).await?;
+                let created = self
+                    .insert_token(&ctx, &name, Role::Admin, None, secret)
+                    .await?;
                 Ok(generated.then_some(created.secret))
             }
             Err(e) => Err(e),
@@ -409,6 +527,7 @@ mod tests {
             token_id: Some(id),
             name: format!("t{id}"),
             role: Role::Viewer,
+            scope: Scope::unrestricted(),
         }
     }
 

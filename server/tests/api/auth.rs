@@ -314,3 +314,135 @@ both! {
         }
     }
 }
+
+/// Creates a scoped token as admin and returns its secret.
+async fn scoped_token(
+    app: &vexil_testkit::TestApp,
+    name: &str,
+    role: &str,
+    scopes: Value,
+) -> String {
+    let t = expect(
+        app.post(
+            "/api/v1/tokens",
+            &json!({"name": name, "role": role, "scopes": scopes}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        201,
+    )
+    .await;
+    assert_eq!(t["scopes"], scopes, "{t}");
+    t["secret"].as_str().unwrap().to_owned()
+}
+
+both! {
+    async fn scoped_role_matrix(app) {
+        app.project("web", &["staging", "production"]).await;
+        app.project("other", &["staging"]).await;
+        for p in ["web", "other"] {
+            expect(app.post(&format!("/api/v1/projects/{p}/flags"), &bool_flag("f")).send().await.unwrap(), 201).await;
+        }
+        // Editor on web/staging, viewer on web/production, nothing elsewhere.
+        let scopes = json!([
+            {"project": "web", "environment": "staging", "role": "editor"},
+            {"project": "web", "environment": "production", "role": "viewer"}
+        ]);
+        let token = scoped_token(&app, "web-staging-editor", "editor", scopes.clone()).await;
+        let me = expect(app.request_as(Method::GET, "/api/v1/me", &token).send().await.unwrap(), 200).await;
+        assert_eq!(me["scopes"], scopes);
+        let cfg_on = json!({"on": true});
+        // (method, path, body, allowed)
+        let cases: Vec<(Method, String, Value, bool)> = vec![
+            // Environment-level writes: only where the grant is editor.
+            (Method::PATCH, config_path("web", "f", "staging"), cfg_on.clone(), true),
+            (Method::PATCH, config_path("web", "f", "production"), cfg_on.clone(), false),
+            (Method::PATCH, config_path("other", "f", "staging"), cfg_on.clone(), false),
+            (Method::POST, "/api/v1/projects/web/environments/staging/segments".into(), json!({"key": "s", "name": "S"}), true),
+            (Method::POST, "/api/v1/projects/web/environments/production/segments".into(), json!({"key": "s", "name": "S"}), false),
+            // Project-level writes need a project-wide grant.
+            (Method::POST, "/api/v1/projects/web/flags".into(), bool_flag("g"), false),
+            (Method::POST, "/api/v1/projects/web/flags/f/kill".into(), json!({}), false),
+            (Method::PATCH, "/api/v1/projects/web".into(), json!({"description": "d"}), false),
+            (Method::POST, "/api/v1/projects/web/import".into(),
+             json!({"format": "vexil.project/v1", "project": {"key": "web", "name": "web"}, "environments": [], "flags": []}), false),
+            // Admin-only, whatever the grant.
+            (Method::DELETE, "/api/v1/projects/web/environments/staging".into(), Value::Null, false),
+            (Method::POST, "/api/v1/projects/web/environments/staging/sdk-keys".into(), json!({"name": "k"}), false),
+            // Reads: where a grant is, and at the level of its project.
+            (Method::GET, config_path("web", "f", "production"), Value::Null, true),
+            (Method::GET, "/api/v1/projects/web/environments/production/snapshot".into(), Value::Null, true),
+            (Method::GET, "/api/v1/projects/web/flags/f".into(), Value::Null, true),
+            (Method::GET, "/api/v1/projects/web/export".into(), Value::Null, true),
+            (Method::GET, "/api/v1/projects/web/environments/staging/experiments".into(), Value::Null, true),
+            (Method::GET, "/api/v1/projects/other/flags/f".into(), Value::Null, false),
+            (Method::GET, "/api/v1/projects/other/environments/staging/snapshot".into(), Value::Null, false),
+            (Method::GET, "/api/v1/projects/other/environments/staging/experiments".into(), Value::Null, false),
+            (Method::GET, "/api/v1/projects/other/export".into(), Value::Null, false),
+            // Outside projects: unscoped tokens only.
+            (Method::GET, "/api/v1/projects".into(), Value::Null, false),
+            (Method::GET, "/api/v1/audit".into(), Value::Null, false),
+            (Method::POST, "/api/v1/projects".into(), json!({"key": "new", "name": "N"}), false),
+            (Method::GET, "/api/v1/tokens".into(), Value::Null, false),
+            // Evaluation names its environment in the body.
+            (Method::POST, "/api/v1/evaluate".into(),
+             json!({"project": "web", "environment": "production", "flag": "f", "context": {"key": "u"}}), true),
+            (Method::POST, "/api/v1/evaluate/batch".into(),
+             json!({"project": "other", "environment": "staging", "context": {"key": "u"}}), false),
+        ];
+        for (i, (method, path, body, allowed)) in cases.into_iter().enumerate() {
+            let before = app.database.fingerprint().await;
+            let request_id = format!("scoped-{i}");
+            let res = send(&app, &token, method.clone(), &path, &body, &request_id).await;
+            let status = res.status();
+            let text = res.text().await.unwrap();
+            if allowed {
+                assert!(status.is_success(), "{method} {path}: {status} {text}");
+                if method != Method::GET && !path.contains("evaluate") {
+                    let audit = expect(app.get("/api/v1/audit?limit=20").send().await.unwrap(), 200).await;
+                    assert!(
+                        audit["items"].as_array().unwrap().iter().any(|e| e["request_id"] == request_id.as_str()
+                            && e["actor"] == "web-staging-editor"),
+                        "{method} {path} left no audit entry: {audit}"
+                    );
+                }
+            } else {
+                assert_eq!(status, 403, "{method} {path}: {text}");
+                assert!(text.contains("urn:vexil:problem:forbidden"), "{text}");
+                // A refused request changes nothing.
+                assert_eq!(app.database.fingerprint().await, before, "{method} {path}");
+            }
+        }
+
+        // A project-wide grant covers the project and its environments, and an environment
+        // grant overrides it there; a project admin may delete its environments but still
+        // cannot reach tokens.
+        let admin = scoped_token(&app, "web-admin", "admin", json!([
+            {"project": "web", "role": "admin"},
+            {"project": "web", "environment": "production", "role": "viewer"}
+        ])).await;
+        expect(app.request_as(Method::POST, "/api/v1/projects/web/flags", &admin).json(&bool_flag("g")).send().await.unwrap(), 201).await;
+        expect(app.request_as(Method::PATCH, &config_path("web", "g", "production"), &admin).json(&cfg_on).send().await.unwrap(), 403).await;
+        expect(app.request_as(Method::GET, "/api/v1/tokens", &admin).send().await.unwrap(), 403).await;
+        expect(app.request_as(Method::DELETE, "/api/v1/projects/other/environments/staging", &admin).send().await.unwrap(), 403).await;
+        expect(app.request_as(Method::DELETE, "/api/v1/projects/web/environments/staging", &admin).send().await.unwrap(), 204).await;
+
+        // Grants are checked when the token is made.
+        for (role, scopes, path) in [
+            ("viewer", json!([{"project": "web", "role": "editor"}]), "scopes[0].role"),
+            ("editor", json!([{"project": "nope", "role": "viewer"}]), "scopes[0].project"),
+            ("editor", json!([{"project": "web", "environment": "nope", "role": "viewer"}]), "scopes[0].environment"),
+            ("editor", json!([]), "scopes"),
+            ("editor", json!([{"project": "web", "role": "viewer"}, {"project": "web", "role": "editor"}]), "scopes[1]"),
+        ] {
+            let p = expect(app.post("/api/v1/tokens", &json!({"name": "bad", "role": role, "scopes": scopes})).send().await.unwrap(), 422).await;
+            assert_eq!(p["errors"][0]["path"], path, "{p}");
+        }
+        // Revoking a scoped token works like any other.
+        let tokens = expect(app.get("/api/v1/tokens").send().await.unwrap(), 200).await;
+        let id = tokens["items"].as_array().unwrap().iter().find(|t| t["name"] == "web-staging-editor").unwrap()["id"].clone();
+        expect(app.delete(&format!("/api/v1/tokens/{id}")).send().await.unwrap(), 200).await;
+        expect(app.request_as(Method::GET, "/api/v1/me", &token).send().await.unwrap(), 401).await;
+    }
+}

@@ -16,5 +16,6 @@ mod idempotency;
 mod keys;
 mod kill_rollback;
 mod openapi;
+mod portable;
 mod schema_check;
 mod segments;

@@ -1049,6 +1049,23 @@ async fn every_route_answers_as_the_document_says() {
     c.admin(M::POST, &format!("{plans}/{}/abort", rp2["id"]), None, 200)
         .await;
     // --- end progressive delivery ---
+    // Flags as code (issue 17): export, a dry-run and a real import of the same document.
+    let doc = c
+        .admin(M::GET, "/api/v1/projects/p/export", None, 200)
+        .await;
+    c.admin(M::GET, "/api/v1/projects/nope/export", None, 404)
+        .await;
+    c.admin(
+        M::POST,
+        "/api/v1/projects/p/import?dry_run=true",
+        Some(doc.clone()),
+        200,
+    )
+    .await;
+    c.admin(M::POST, "/api/v1/projects/p/import", Some(doc.clone()), 200)
+        .await;
+    c.admin(M::POST, "/api/v1/projects/other/import", Some(doc), 422)
+        .await;
 
     // Deletions.
     c.admin(M::DELETE, &format!("{segs}/s"), None, 409).await;

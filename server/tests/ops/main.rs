@@ -2,9 +2,12 @@
 //! throttling, and a database outage on a throwaway PostgreSQL cluster the test stops and
 //! restarts (never the shared server).
 
+mod admin;
 mod binary;
+mod deploy;
 mod outage;
 mod throttle;
+mod upgrade;
 
 use reqwest::{Response, StatusCode};
 use serde_json::Value;

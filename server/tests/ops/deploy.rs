@@ -1,0 +1,149 @@
+//! The deploy files, checked as far as this machine allows (no container engine, no
+//! cluster): the systemd units with `systemd-analyze verify`, and the Kubernetes manifests
+//! for their structure, pinned images, hardening and the server options they set. This is
+//! not a Kubernetes schema validation (see deploy/README.md).
+
+use std::path::Path;
+use std::process::Command;
+
+fn deploy(path: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn systemd_units_verify() {
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    assert!(
+        analyze.exists(),
+        "systemd-analyze is needed (apt-get install systemd)"
+    );
+    let dir = std::env::temp_dir().join(format!("vexil-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for unit in ["vexil-server.service", "vexil-relay.service"] {
+        // `verify` checks that ExecStart is executable: point it at a binary that exists.
+        let text = deploy(&format!("systemd/{unit}"))
+            .replace(
+                "/usr/local/bin/vexil-server",
+                env!("CARGO_BIN_EXE_vexil-server"),
+            )
+            .replace(
+                "/usr/local/bin/vexil-relay",
+                env!("CARGO_BIN_EXE_vexil-server"),
+            );
+        let path = dir.join(unit);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(analyze)
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "{unit}: {stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The manifest's documents, without comments.
+fn documents(text: &str) -> Vec<String> {
+    text.split("\n---\n")
+        .map(|d| {
+            d.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|d| !d.trim().is_empty())
+        .collect()
+}
+
+fn kind(doc: &str) -> &str {
+    doc.lines()
+        .find_map(|l| l.strip_prefix("kind: "))
+        .unwrap_or_else(|| panic!("a document without kind:\n{doc}"))
+        .trim()
+}
+
+fn check_manifest(file: &str, kinds: &[&str]) -> Vec<String> {
+    let docs = documents(&deploy(file));
+    let found: Vec<&str> = docs.iter().map(|d| kind(d)).collect();
+    assert_eq!(found, kinds, "{file}");
+    for d in &docs {
+        assert!(
+            d.contains("apiVersion: ") && d.contains("metadata:") && d.contains("  name: "),
+            "{file}:\n{d}"
+        );
+        for image in d.lines().filter_map(|l| l.trim().strip_prefix("image: ")) {
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(
+                !tag.is_empty() && tag != "latest",
+                "{file}: image '{image}' is not pinned"
+            );
+        }
+        if kind(d) == "Deployment" {
+            for needed in [
+                "readinessProbe:",
+                "livenessProbe:",
+                "resources:",
+                "requests:",
+                "limits:",
+                "runAsNonRoot: true",
+                "readOnlyRootFilesystem: true",
+                "allowPrivilegeEscalation: false",
+            ] {
+                assert!(d.contains(needed), "{file}: the Deployment lacks {needed}");
+            }
+            assert!(
+                !d.contains("value: vxa_") && !d.contains("value: vxr_"),
+                "{file}: a secret inline"
+            );
+        }
+    }
+    docs
+}
+
+#[test]
+fn kubernetes_manifests_are_complete_pinned_and_hardened() {
+    let server = check_manifest(
+        "kubernetes/server.yaml",
+        &["Deployment", "Service", "PodDisruptionBudget"],
+    );
+    check_manifest(
+        "kubernetes/relay.yaml",
+        &[
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "HorizontalPodAutoscaler",
+        ],
+    );
+    // Every variable the server manifest sets is one the server reads.
+    let help = Command::new(env!("CARGO_BIN_EXE_vexil-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let mut seen = 0;
+    for line in server[0].lines() {
+        if let Some(rest) = line.trim().strip_prefix("- { name: VEXIL_") {
+            let var = format!("VEXIL_{}", rest.split(',').next().unwrap().trim());
+            let read_as = var.strip_suffix("_FILE").unwrap_or(&var);
+            assert!(help.contains(read_as), "the server does not read {var}");
+            if var.ends_with("_FILE") {
+                assert!(
+                    vexil_server::cli::SECRET_FILES
+                        .iter()
+                        .any(|(_, v)| *v == read_as),
+                    "{var} is not a secret file variable"
+                );
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "{seen} variables found");
+}
