@@ -295,6 +295,8 @@ pub fn router(state: AppState) -> Router {
         .merge(distribution::routes(&state))
         .merge(events::routes(&state))
         .layer(from_fn(problem_context_outside_distribution))
+        // The admin console answers in HTML, its error pages too: outside the problem layer.
+        .merge(crate::console::routes(&state))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {

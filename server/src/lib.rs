@@ -15,7 +15,8 @@
 //!   context; [`throttle`]: failed-authentication limits; [`health`]: the database probe;
 //!   [`extract`]: strict JSON, `If-Match`, the caller; [`error`]: the one
 //!   [`error::ApiError`] and its RFC 9457 form;
-//! - [`events`]: analytics event ingestion (`/events/v1/bulk`), storage and retention.
+//! - [`events`]: analytics event ingestion (`/events/v1/bulk`), storage and retention;
+//! - [`console`]: the admin console, server-rendered HTML at `/`.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod distribution;
 pub mod error;
