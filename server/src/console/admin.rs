@@ -114,7 +114,8 @@ pub async fn create_project(
         Ok(p) => p,
         Err(e) => {
             let errors = [("key".to_owned(), e.to_string())];
-            return render_projects(&app, &session, &errors, StatusCode::UNPROCESSABLE_ENTITY).await;
+            return render_projects(&app, &session, &errors, StatusCode::UNPROCESSABLE_ENTITY)
+                .await;
         }
     };
     match app.store.create_project(&ctx, project).await {
@@ -206,7 +207,14 @@ pub async fn create_environment(
         Ok(r) => r,
         Err(e) => {
             let errors = [("key".to_owned(), e.to_string())];
-            return render_settings(&app, &session, &project, &errors, StatusCode::UNPROCESSABLE_ENTITY).await;
+            return render_settings(
+                &app,
+                &session,
+                &project,
+                &errors,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await;
         }
     };
     match app.store.create_environment(&ctx, &project, req).await {
@@ -275,7 +283,16 @@ pub async fn keys(
     session: Session,
     Path((project, environment)): Path<(String, String)>,
 ) -> Result<Response, ConsoleError> {
-    render_keys(&app, &session, &project, &environment, None, &[], StatusCode::OK).await
+    render_keys(
+        &app,
+        &session,
+        &project,
+        &environment,
+        None,
+        &[],
+        StatusCode::OK,
+    )
+    .await
 }
 
 async fn render_keys(
@@ -439,7 +456,16 @@ pub async fn create_key(
         Err(e) => {
             let status = store_status(&e).0;
             let errors = field_errors(e)?;
-            render_keys(&app, &session, &project, &environment, None, &errors, status).await
+            render_keys(
+                &app,
+                &session,
+                &project,
+                &environment,
+                None,
+                &errors,
+                status,
+            )
+            .await
         }
     }
 }
@@ -507,7 +533,15 @@ pub async fn tokens(
     session: Session,
     Query(q): Query<TokensQuery>,
 ) -> Result<Response, ConsoleError> {
-    render_tokens(&app, &session, q.cursor.as_deref(), None, &[], StatusCode::OK).await
+    render_tokens(
+        &app,
+        &session,
+        q.cursor.as_deref(),
+        None,
+        &[],
+        StatusCode::OK,
+    )
+    .await
 }
 
 async fn render_tokens(

@@ -71,7 +71,23 @@ pub async fn page(
         limit: Some(50),
         ..AuditQuery::default()
     };
-    let page = app.store.query_audit(&q).await?;
+    let (page, problem) = match app.store.query_audit(&q).await {
+        Ok(p) => (p, None),
+        Err(crate::store::StoreError::Invalid(v)) => (
+            crate::store::Page {
+                items: Vec::new(),
+                next_cursor: None,
+            },
+            Some(
+                v.errors
+                    .into_iter()
+                    .map(|e| e.message)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        ),
+        Err(e) => return Err(e.into()),
+    };
     let next = page.next_cursor.as_ref().map(|c| {
         let mut s = form_urlencoded::Serializer::new(String::new());
         for (k, v) in [
@@ -100,6 +116,7 @@ pub async fn page(
             div { label for="to" { "To (UTC)" } input #to type="datetime-local" name="to" value=[f.to.as_deref()]; }
             div { button.secondary type="submit" { "Filter" } }
         }
+        @if let Some(p) = &problem { (page::notice("error", html! { "These filters cannot be used: " (p) })) }
         @if page.items.is_empty() {
             (page::empty("No audit entries match", html! { "Changes made through the API or this console appear here with the token that made them." }))
         } @else {

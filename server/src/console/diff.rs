@@ -54,8 +54,7 @@ pub fn lines<'a>(old: &'a str, new: &'a str) -> Vec<Line<'a>> {
                 out.push(Line::Same(am[i]));
                 i += 1;
                 j += 1;
-            } else if j < m && (i == n || lcs[i * (m + 1) + j + 1] >= lcs[(i + 1) * (m + 1) + j])
-            {
+            } else if j < m && (i == n || lcs[i * (m + 1) + j + 1] >= lcs[(i + 1) * (m + 1) + j]) {
                 out.push(Line::Added(bm[j]));
                 j += 1;
             } else {
@@ -113,12 +112,12 @@ pub fn side_by_side(left_title: &str, right_title: &str, old: &str, new: &str) -
     };
     let changed = rows.iter().any(|r| r.2);
     html! {
-        div.diff role="table" aria-label=(format!("Changes from {left_title} to {right_title}")) {
-            div.h role="columnheader" { (left_title) }
-            div.h role="columnheader" { (right_title) }
+        div.diff role="group" aria-label=(format!("Changes from {left_title} to {right_title}")) {
+            div.h { (left_title) }
+            div.h { (right_title) }
             @if !changed {
-                div.l role="cell" { "(no changes)" }
-                div.l role="cell" { "(no changes)" }
+                div.l { "(no changes)" }
+                div.l { "(no changes)" }
             }
             @let mut folded = 0usize;
             @for (i, (l, r, change)) in rows.iter().enumerate() {
@@ -126,21 +125,21 @@ pub fn side_by_side(left_title: &str, right_title: &str, old: &str, new: &str) -
                     @let _ = { folded += 1; };
                 } @else {
                     @if folded > 0 {
-                        div.l.gap role="cell" { "… " (folded) " unchanged lines" }
-                        div.l.gap role="cell" { "" }
+                        div.l.gap { "… " (folded) " unchanged lines" }
+                        div.l.gap { "" }
                         @let _ = { folded = 0; };
                     }
-                    div.l.del[*change && l.is_some()].gap[*change && l.is_none()] role="cell" {
+                    div.l.del[*change && l.is_some()].gap[*change && l.is_none()] {
                         @if *change && l.is_some() { span.sr { "- " } } (l.unwrap_or(""))
                     }
-                    div.l.add[*change && r.is_some()].gap[*change && r.is_none()] role="cell" {
+                    div.l.add[*change && r.is_some()].gap[*change && r.is_none()] {
                         @if *change && r.is_some() { span.sr { "+ " } } (r.unwrap_or(""))
                     }
                 }
             }
             @if folded > 0 {
-                div.l.gap role="cell" { "… " (folded) " unchanged lines" }
-                div.l.gap role="cell" { "" }
+                div.l.gap { "… " (folded) " unchanged lines" }
+                div.l.gap { "" }
             }
         }
     }

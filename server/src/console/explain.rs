@@ -10,13 +10,13 @@ use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use vexil_eval::Explanation;
 use vexil_eval::ClauseOutcome;
+use vexil_eval::Explanation;
 use vexil_schema::{Context, Reason};
 
+use super::ConsoleError;
 use super::page::{self, Nav};
 use super::session::Session;
-use super::ConsoleError;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::store::StoreError;
@@ -63,7 +63,13 @@ pub async fn page(
         env: nav.environment.clone().unwrap_or_default(),
         ..ExplainForm::default()
     };
-    Ok(page::layout(&session, &nav, "Explain", render(&session, &nav, &project, &form, None, None)).into_response())
+    Ok(page::layout(
+        &session,
+        &nav,
+        "Explain",
+        render(&session, &nav, &project, &form, None, None),
+    )
+    .into_response())
 }
 
 fn render(
@@ -113,7 +119,10 @@ fn reason_text(r: &Reason) -> String {
             format!("prerequisite '{prerequisite_key}' is not met, so the off variation is served")
         }
         Reason::TargetMatch => "the context key is individually targeted".into(),
-        Reason::RuleMatch { rule_index, rule_id } => {
+        Reason::RuleMatch {
+            rule_index,
+            rule_id,
+        } => {
             format!("rule {} ({rule_id}) matched", rule_index + 1)
         }
         Reason::Fallthrough => "no target or rule matched: the default rule applies".into(),
@@ -191,7 +200,12 @@ pub async fn run(
     let fail = |field: &'static str, message: String| {
         (
             StatusCode::UNPROCESSABLE_ENTITY,
-            page::layout(&session, &nav, "Explain", render(&session, &nav, &project, &f, Some((field, &message)), None)),
+            page::layout(
+                &session,
+                &nav,
+                "Explain",
+                render(&session, &nav, &project, &f, Some((field, &message)), None),
+            ),
         )
             .into_response()
     };
@@ -201,7 +215,12 @@ pub async fn run(
         } else {
             match serde_json::from_str(&f.attributes) {
                 Ok(v @ Value::Object(_)) => v,
-                Ok(_) => return Ok(fail("attributes", "Attributes must be a JSON object.".into())),
+                Ok(_) => {
+                    return Ok(fail(
+                        "attributes",
+                        "Attributes must be a JSON object.".into(),
+                    ));
+                }
                 Err(e) => return Ok(fail("attributes", format!("Attributes are not JSON: {e}"))),
             }
         };
@@ -221,14 +240,28 @@ pub async fn run(
         Err(ApiError::NotFound(w)) => return Err(StoreError::NotFound(w).into()),
         Err(e) => {
             let _ = axum::response::IntoResponse::into_response(e);
-            return Err(ConsoleError::BadForm("the environment could not be evaluated".into()));
+            return Err(ConsoleError::BadForm(
+                "the environment could not be evaluated".into(),
+            ));
         }
     };
     let flag = f.flag.trim();
     if compiled.flag(flag).is_none() && compiled.malformation(flag).is_none() {
-        return Ok(fail("flag", format!("No flag '{flag}' is served in {} (archived flags are not).", f.env)));
+        return Ok(fail(
+            "flag",
+            format!(
+                "No flag '{flag}' is served in {} (archived flags are not).",
+                f.env
+            ),
+        ));
     }
     let x = compiled.explain(flag, &context);
     let result = render_explanation(&x, compiled.version());
-    Ok(page::layout(&session, &nav, "Explain", render(&session, &nav, &project, &f, None, Some(result))).into_response())
+    Ok(page::layout(
+        &session,
+        &nav,
+        "Explain",
+        render(&session, &nav, &project, &f, None, Some(result)),
+    )
+    .into_response())
 }

@@ -286,7 +286,11 @@ fn create_form(
             .any(|(p, _)| p == path || p.starts_with(&format!("{path}[")))
             .then_some("true")
     };
-    let kind = if f.kind.is_empty() { "boolean" } else { f.kind.as_str() };
+    let kind = if f.kind.is_empty() {
+        "boolean"
+    } else {
+        f.kind.as_str()
+    };
     html! {
         h1 { "New flag" }
         @if let Some(g) = general { (page::notice("error", html! { (g) })) }
@@ -359,7 +363,10 @@ pub async fn create(
                     .map_err(|e| {
                         (
                             format!("variations[{i}]"),
-                            format!("line {}: not a JSON value ({e}); strings need quotes", i + 1),
+                            format!(
+                                "line {}: not a JSON value ({e}); strings need quotes",
+                                i + 1
+                            ),
                         )
                     })
             })
@@ -399,16 +406,19 @@ pub async fn create(
             .into_response())
         }
         Err(StoreError::Invalid(v)) => {
-            let errors = v
-                .errors
-                .into_iter()
-                .map(|e| (e.path, e.message))
-                .collect();
-            again(errors, Some("The flag was not created: fix the fields marked below.".into())).await
+            let errors = v.errors.into_iter().map(|e| (e.path, e.message)).collect();
+            again(
+                errors,
+                Some("The flag was not created: fix the fields marked below.".into()),
+            )
+            .await
         }
         Err(StoreError::AlreadyExists(what)) => {
             again(
-                vec![("key".into(), format!("{what} already exists: pick another key"))],
+                vec![(
+                    "key".into(),
+                    format!("{what} already exists: pick another key"),
+                )],
                 None,
             )
             .await
@@ -604,7 +614,14 @@ pub async fn toggle(
     };
     match app
         .store
-        .patch_config(&ctx, &project, &flag, &f.environment, patch, Some(f.version))
+        .patch_config(
+            &ctx,
+            &project,
+            &flag,
+            &f.environment,
+            patch,
+            Some(f.version),
+        )
         .await
     {
         Ok(_) => {

@@ -65,7 +65,11 @@ pub async fn list(
         .get_version(&project, &flag, &environment, shown)
         .await?;
     let before = match shown.checked_sub(1).filter(|v| *v > 0) {
-        Some(v) => match app.store.get_version(&project, &flag, &environment, v).await {
+        Some(v) => match app
+            .store
+            .get_version(&project, &flag, &environment, v)
+            .await
+        {
             Ok(b) => Some(b),
             Err(StoreError::NotFound(_)) => None,
             Err(e) => return Err(e.into()),
@@ -177,7 +181,14 @@ pub async fn rollback(
     }
     match app
         .store
-        .rollback_config(&ctx, &project, &flag, &environment, f.version, Some(f.current))
+        .rollback_config(
+            &ctx,
+            &project,
+            &flag,
+            &environment,
+            f.version,
+            Some(f.current),
+        )
         .await
     {
         Ok(_) => {

@@ -54,16 +54,19 @@ const MAX_FORM_BYTES: usize = 8 * 1024 * 1024;
 pub fn routes(state: &AppState) -> Router {
     Router::new()
         .route("/", get(home))
-        .route("/sign-in", get(session::sign_in_page).post(session::sign_in))
+        .route(
+            "/sign-in",
+            get(session::sign_in_page).post(session::sign_in),
+        )
         .route("/sign-out", post(session::sign_out))
         .route("/assets/{file}", get(assets::serve))
         .route("/switch", get(switch))
         .route("/projects/{project}/flags/new", get(flags::new_form))
-        .route("/projects", get(admin::projects).post(admin::create_project))
         .route(
-            "/projects/{project}/settings",
-            get(admin::project_settings),
+            "/projects",
+            get(admin::projects).post(admin::create_project),
         )
+        .route("/projects/{project}/settings", get(admin::project_settings))
         .route(
             "/projects/{project}/environments",
             post(admin::create_environment),
@@ -72,7 +75,10 @@ pub fn routes(state: &AppState) -> Router {
             "/projects/{project}/environments/{environment}/delete",
             post(admin::delete_environment),
         )
-        .route("/projects/{project}/flags", get(flags::list).post(flags::create))
+        .route(
+            "/projects/{project}/flags",
+            get(flags::list).post(flags::create),
+        )
         .route("/projects/{project}/flags/{flag}", get(flags::show))
         .route(
             "/projects/{project}/flags/{flag}/toggle",
@@ -95,7 +101,10 @@ pub fn routes(state: &AppState) -> Router {
             "/projects/{project}/flags/{flag}/environments/{environment}/rollback",
             post(history::rollback),
         )
-        .route("/projects/{project}/explain", get(explain::page).post(explain::run))
+        .route(
+            "/projects/{project}/explain",
+            get(explain::page).post(explain::run),
+        )
         .route(
             "/projects/{project}/environments/{environment}/segments",
             get(segments::list).post(segments::create),
@@ -144,7 +153,11 @@ async fn switch(
     if q.project.is_empty() {
         return Ok(Redirect::to("/projects"));
     }
-    let envs = app.store.list_environments(&q.project, None, Some(100)).await?.items;
+    let envs = app
+        .store
+        .list_environments(&q.project, None, Some(100))
+        .await?
+        .items;
     let env = q
         .env
         .filter(|e| envs.iter().any(|x| &x.key == e))

@@ -57,8 +57,10 @@ impl Nav {
     /// The current environment key, or a not-found error when the project has none.
     pub fn env(&self) -> Result<&str, ConsoleError> {
         self.environment.as_deref().ok_or_else(|| {
-            StoreError::NotFound("an environment in this project (create one under Settings)".into())
-                .into()
+            StoreError::NotFound(
+                "an environment in this project (create one under Settings)".into(),
+            )
+            .into()
         })
     }
 }

@@ -95,13 +95,22 @@ pub async fn create(
     Form(f): Form<CreateForm>,
 ) -> Result<Response, ConsoleError> {
     let ctx = session.write(Role::Editor, &f.csrf)?;
-    let segment: Segment = match serde_json::from_value(json!({"key": f.key.trim(), "name": f.name.trim()})) {
-        Ok(s) => s,
-        Err(e) => {
-            let errors = vec![("key".to_owned(), e.to_string())];
-            return render_list(&app, &session, &project, &environment, &errors, StatusCode::UNPROCESSABLE_ENTITY).await;
-        }
-    };
+    let segment: Segment =
+        match serde_json::from_value(json!({"key": f.key.trim(), "name": f.name.trim()})) {
+            Ok(s) => s,
+            Err(e) => {
+                let errors = vec![("key".to_owned(), e.to_string())];
+                return render_list(
+                    &app,
+                    &session,
+                    &project,
+                    &environment,
+                    &errors,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                )
+                .await;
+            }
+        };
     match app
         .store
         .create_segment(&ctx, &project, &environment, segment)
@@ -120,11 +129,27 @@ pub async fn create(
         Err(StoreError::Invalid(v)) => {
             let errors: Vec<(String, String)> =
                 v.errors.into_iter().map(|e| (e.path, e.message)).collect();
-            render_list(&app, &session, &project, &environment, &errors, StatusCode::UNPROCESSABLE_ENTITY).await
+            render_list(
+                &app,
+                &session,
+                &project,
+                &environment,
+                &errors,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
         }
         Err(StoreError::AlreadyExists(w)) => {
             let errors = vec![("key".to_owned(), format!("{w} already exists"))];
-            render_list(&app, &session, &project, &environment, &errors, StatusCode::CONFLICT).await
+            render_list(
+                &app,
+                &session,
+                &project,
+                &environment,
+                &errors,
+                StatusCode::CONFLICT,
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }
@@ -144,7 +169,15 @@ pub async fn show(
     Path((project, environment, segment)): Path<(String, String, String)>,
     Query(q): Query<ShowQuery>,
 ) -> Result<Response, ConsoleError> {
-    render_segment(&app, &session, (&project, &environment, &segment), q.done.as_deref(), &[], StatusCode::OK).await
+    render_segment(
+        &app,
+        &session,
+        (&project, &environment, &segment),
+        q.done.as_deref(),
+        &[],
+        StatusCode::OK,
+    )
+    .await
 }
 
 async fn render_segment(
@@ -255,14 +288,32 @@ pub async fn replace_keys(
         Err(StoreError::Invalid(v)) => {
             let errors: Vec<(String, String)> =
                 v.errors.into_iter().map(|e| (e.path, e.message)).collect();
-            render_segment(&app, &session, at, None, &errors, StatusCode::UNPROCESSABLE_ENTITY).await
+            render_segment(
+                &app,
+                &session,
+                at,
+                None,
+                &errors,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
         }
         Err(StoreError::PreconditionFailed { current }) => {
             let errors = vec![(
                 String::new(),
-                format!("The segment changed meanwhile (now version {current}); review it and paste again."),
+                format!(
+                    "The segment changed meanwhile (now version {current}); review it and paste again."
+                ),
             )];
-            render_segment(&app, &session, at, None, &errors, StatusCode::PRECONDITION_FAILED).await
+            render_segment(
+                &app,
+                &session,
+                at,
+                None,
+                &errors,
+                StatusCode::PRECONDITION_FAILED,
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }

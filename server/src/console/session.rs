@@ -96,10 +96,7 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
 impl FromRequestParts<AppState> for Session {
     type Rejection = ConsoleError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        app: &AppState,
-    ) -> Result<Self, ConsoleError> {
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ConsoleError> {
         let id = cookie_value(&parts.headers).ok_or(ConsoleError::SignIn)?;
         let id_hash = hash_secret(&id);
         let mut pc = app.store.db().acquire().await.map_err(StoreError::from)?;
@@ -175,9 +172,7 @@ pub async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Result<Response, ConsoleError> {
-    let peer = extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+    let peer = extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let client = client_addr(&app, peer, &headers);
     if let Some(wait) = client.and_then(|ip| app.auth_throttle.blocked(ip, Instant::now())) {
         let msg = format!(

@@ -187,7 +187,11 @@ fn parse_serve(f: &Fields, prefix: &str, variations: usize, errors: &mut Errors)
     for i in 0..variations {
         let name = format!("{prefix}.rollout.{i}");
         let raw = f.get(&name).unwrap_or("0").trim();
-        let pct = if raw.is_empty() { Ok(0.0) } else { raw.parse::<f64>() };
+        let pct = if raw.is_empty() {
+            Ok(0.0)
+        } else {
+            raw.parse::<f64>()
+        };
         match pct {
             Ok(p) if (0.0..=100.0).contains(&p) => weights.push(WeightedVariation {
                 variation: i,
@@ -338,6 +342,36 @@ fn comparable(c: &FlagConfig) -> String {
         m.remove("version");
     }
     serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// `mine` re-applied on `current`: each field `mine` changed against `base` takes its value,
+/// every other field keeps the current one.
+fn reapply(base: &FlagConfig, mine: &FlagConfig, current: &FlagConfig) -> FlagConfig {
+    fn pick<T: Clone + PartialEq>(base: &T, mine: &T, current: &T) -> T {
+        if mine != base {
+            mine.clone()
+        } else {
+            current.clone()
+        }
+    }
+    FlagConfig {
+        on: pick(&base.on, &mine.on, &current.on),
+        off_variation: pick(
+            &base.off_variation,
+            &mine.off_variation,
+            &current.off_variation,
+        ),
+        targets: pick(&base.targets, &mine.targets, &current.targets),
+        rules: pick(&base.rules, &mine.rules, &current.rules),
+        fallthrough: pick(&base.fallthrough, &mine.fallthrough, &current.fallthrough),
+        prerequisites: pick(
+            &base.prerequisites,
+            &mine.prerequisites,
+            &current.prerequisites,
+        ),
+        salt: String::new(),
+        version: 0,
+    }
 }
 
 /// What the editor page needs besides the configuration.
@@ -567,7 +601,7 @@ impl Editor<'_> {
                                 input id=(format!("rule{i}-desc")) type="text" name=(format!("rules[{i}].description")) value=[r.description.as_deref()] size="40" disabled[!self.editable];
                             }
                             @if self.editable {
-                                @if i > 0 { button.secondary.small type="submit" name="action" value=(format!("move_up:{i}")) aria-label=(format!("Move rule {} up", i + 1)) { "Move up" } }
+                                @if i > 0 { button.secondary.small type="submit" name="action" value=(format!("move_up:{i}")) aria-label=(format!("Move up rule {}", i + 1)) { "Move up" } }
                                 button.secondary.small type="submit" name="action" value=(format!("remove_rule:{i}")) aria-label=(format!("Remove rule {}", i + 1)) { "Remove rule" }
                             }
                         }
@@ -576,7 +610,7 @@ impl Editor<'_> {
                         @for (j, c) in r.clauses.iter().enumerate() { (self.clause(i, j, c)) }
                         (page::field_errors(&self.errors, &format!("rules[{i}].clauses")))
                         @if self.editable {
-                            button.secondary.small type="submit" name="action" value=(format!("add_clause:{i}")) aria-label=(format!("Add a condition to rule {}", i + 1)) { "Add condition" }
+                            button.secondary.small type="submit" name="action" value=(format!("add_clause:{i}")) aria-label=(format!("Add condition to rule {}", i + 1)) { "Add condition" }
                         }
                         (self.serve(&format!("rules[{i}]"), &r.serve, "Then"))
                     }
@@ -612,7 +646,16 @@ pub async fn edit(
         .get(&environment)
         .cloned()
         .ok_or_else(|| StoreError::NotFound(format!("flag '{flag}' in '{environment}'")))?;
-    let ed = editor(&app, &session, &project, &view, &environment, cfg.version, Errors::new()).await?;
+    let ed = editor(
+        &app,
+        &session,
+        &project,
+        &view,
+        &environment,
+        cfg.version,
+        Errors::new(),
+    )
+    .await?;
     Ok(page::layout(&session, &nav, "Targeting", ed.render(&cfg, None)).into_response())
 }
 
@@ -685,21 +728,25 @@ pub async fn submit(
         .ok_or_else(|| ConsoleError::BadForm("the form lacks its base version".into()))?;
     let (mut cfg, errors) = parse_config(&fields, view.definition.variations.len());
     let action = fields.get("action").unwrap_or("preview").to_owned();
-    let page_with = |cfg: FlagConfig, errors: Errors, base: u64, status: StatusCode, review: Option<Markup>| {
-        let app = app.clone();
-        let session = &session;
-        let nav = &nav;
-        let view = &view;
-        let project = &project;
-        let environment = &environment;
-        async move {
-            let ed = editor(&app, session, project, view, environment, base, errors).await?;
-            Ok::<Response, ConsoleError>(
-                (status, page::layout(session, nav, "Targeting", ed.render(&cfg, review)))
-                    .into_response(),
-            )
-        }
-    };
+    let page_with =
+        |cfg: FlagConfig, errors: Errors, base: u64, status: StatusCode, review: Option<Markup>| {
+            let app = app.clone();
+            let session = &session;
+            let nav = &nav;
+            let view = &view;
+            let project = &project;
+            let environment = &environment;
+            async move {
+                let ed = editor(&app, session, project, view, environment, base, errors).await?;
+                Ok::<Response, ConsoleError>(
+                    (
+                        status,
+                        page::layout(session, nav, "Targeting", ed.render(&cfg, review)),
+                    )
+                        .into_response(),
+                )
+            }
+        };
     // Structural edits re-render the editor with the change applied; nothing is saved.
     let index = |s: &str| s.parse::<usize>().ok();
     let structural = match action.split(':').collect::<Vec<_>>().as_slice() {
@@ -766,6 +813,11 @@ pub async fn submit(
             .map(|v| v.config)
             .ok();
         let theirs = started.as_ref().map(comparable).unwrap_or_default();
+        // Re-applying keeps the other change: the fields this edit changed (against the
+        // version it started from) over the current version.
+        if let Some(started) = &started {
+            cfg = reapply(started, &cfg, &current);
+        }
         let review = html! {
             section #conflict aria-labelledby="conflict-h" {
                 h2 #conflict-h { "This flag changed while you were editing" }
@@ -783,7 +835,14 @@ pub async fn submit(
                 }
             }
         };
-        return page_with(cfg, errors, current.version, StatusCode::PRECONDITION_FAILED, Some(review)).await;
+        return page_with(
+            cfg,
+            errors,
+            current.version,
+            StatusCode::PRECONDITION_FAILED,
+            Some(review),
+        )
+        .await;
     }
     if action == "save" {
         return match app
@@ -807,7 +866,17 @@ pub async fn submit(
             }
             Err(StoreError::PreconditionFailed { .. }) => {
                 // Lost a race after the check above: the next review shows the conflict.
-                page_with(cfg, vec![(String::new(), "This flag changed meanwhile: review again.".into())], base, StatusCode::PRECONDITION_FAILED, None).await
+                page_with(
+                    cfg,
+                    vec![(
+                        String::new(),
+                        "This flag changed meanwhile: review again.".into(),
+                    )],
+                    base,
+                    StatusCode::PRECONDITION_FAILED,
+                    None,
+                )
+                .await
             }
             Err(e) => Err(e.into()),
         };
@@ -889,7 +958,10 @@ mod tests {
             vec![Value::from("pro"), Value::from(42), Value::from("7")]
         );
         assert_eq!(r.clauses[1].op, Operator::SegmentMatch);
-        assert_eq!(r.clauses[1].values, vec![Value::from("beta"), Value::from("staff")]);
+        assert_eq!(
+            r.clauses[1].values,
+            vec![Value::from("beta"), Value::from("staff")]
+        );
         let Serve::Rollout(ro) = &r.serve else {
             panic!("a rollout")
         };
@@ -912,13 +984,33 @@ mod tests {
         let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
             paths,
-            vec!["rules[0].clauses[0].op", "fallthrough.rollout.variations[0]"]
+            vec![
+                "rules[0].clauses[0].op",
+                "fallthrough.rollout.variations[0]"
+            ]
         );
     }
 
     #[test]
+    fn reapplying_keeps_the_other_change() {
+        let base = FlagConfig::serving(1);
+        let mut mine = base.clone();
+        mine.on = true;
+        let mut current = base.clone();
+        current.off_variation = 0;
+        let merged = reapply(&base, &mine, &current);
+        assert!(merged.on);
+        assert_eq!(merged.off_variation, 0);
+    }
+
+    #[test]
     fn values_round_trip_through_the_textarea() {
-        for v in [Value::from("pro"), Value::from(3), Value::from("3"), Value::from(true)] {
+        for v in [
+            Value::from("pro"),
+            Value::from(3),
+            Value::from("3"),
+            Value::from(true),
+        ] {
             assert_eq!(parse_value(Operator::In, &show_value(&v)), v, "{v}");
         }
     }
