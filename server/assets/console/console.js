@@ -29,13 +29,17 @@
         if (!isNaN(v)) total += v;
       });
       var out = box.querySelector("[data-total]");
-      if (out) {
+      if (out && !box.open) {
+        out.textContent = "Total " + (Math.round(total * 1000) / 1000) + "%";
+        out.classList.remove("bad");
+      } else if (out) {
         out.textContent = "Total " + (Math.round(total * 1000) / 1000) + "%" + (Math.abs(total - 100) < 1e-9 ? "" : " (must be 100%)");
         out.classList.toggle("bad", Math.abs(total - 100) >= 1e-9);
       }
     });
   }
   document.addEventListener("input", sumRollouts);
+  document.addEventListener("toggle", sumRollouts, true);
   document.addEventListener("DOMContentLoaded", sumRollouts);
   // A file chosen for a segment list is read into its textarea.
   document.addEventListener("change", function (e) {

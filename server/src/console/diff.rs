@@ -72,6 +72,12 @@ pub fn changes(lines: &[Line<'_>]) -> bool {
     lines.iter().any(|l| !matches!(l, Line::Same(_)))
 }
 
+/// A row of the side-by-side view, or a run of folded unchanged lines.
+enum Item<'a> {
+    Row(Option<&'a str>, Option<&'a str>, bool),
+    Fold(usize),
+}
+
 /// Lines of context kept around each change.
 const CONTEXT: usize = 3;
 
@@ -111,6 +117,22 @@ pub fn side_by_side(left_title: &str, right_title: &str, old: &str, new: &str) -
         rows[lo..hi].iter().any(|r| r.2)
     };
     let changed = rows.iter().any(|r| r.2);
+    let mut items: Vec<Item<'_>> = Vec::new();
+    let mut folded = 0usize;
+    for (i, &(l, r, change)) in rows.iter().enumerate() {
+        if changed && !near_change(i) {
+            folded += 1;
+            continue;
+        }
+        if folded > 0 {
+            items.push(Item::Fold(folded));
+            folded = 0;
+        }
+        items.push(Item::Row(l, r, change));
+    }
+    if folded > 0 {
+        items.push(Item::Fold(folded));
+    }
     html! {
         div.diff role="group" aria-label=(format!("Changes from {left_title} to {right_title}")) {
             div.h { (left_title) }
@@ -119,27 +141,21 @@ pub fn side_by_side(left_title: &str, right_title: &str, old: &str, new: &str) -
                 div.l { "(no changes)" }
                 div.l { "(no changes)" }
             }
-            @let mut folded = 0usize;
-            @for (i, (l, r, change)) in rows.iter().enumerate() {
-                @if changed && !near_change(i) {
-                    @let _ = { folded += 1; };
-                } @else {
-                    @if folded > 0 {
-                        div.l.gap { "… " (folded) " unchanged lines" }
+            @for item in &items {
+                @match item {
+                    Item::Fold(n) => {
+                        div.l.gap { "… " (n) " unchanged lines" }
                         div.l.gap { "" }
-                        @let _ = { folded = 0; };
                     }
-                    div.l.del[*change && l.is_some()].gap[*change && l.is_none()] {
-                        @if *change && l.is_some() { span.sr { "- " } } (l.unwrap_or(""))
-                    }
-                    div.l.add[*change && r.is_some()].gap[*change && r.is_none()] {
-                        @if *change && r.is_some() { span.sr { "+ " } } (r.unwrap_or(""))
+                    Item::Row(l, r, change) => {
+                        div.l.del[*change && l.is_some()].gap[*change && l.is_none()] {
+                            @if *change && l.is_some() { span.sr { "- " } } (l.unwrap_or(""))
+                        }
+                        div.l.add[*change && r.is_some()].gap[*change && r.is_none()] {
+                            @if *change && r.is_some() { span.sr { "+ " } } (r.unwrap_or(""))
+                        }
                     }
                 }
-            }
-            @if folded > 0 {
-                div.l.gap { "… " (folded) " unchanged lines" }
-                div.l.gap { "" }
             }
         }
     }

@@ -401,7 +401,7 @@ pub async fn create(
             Ok(Redirect::to(&format!(
                 "/projects/{}/flags/{}?done=created",
                 enc(&project),
-                enc(&view.definition.key.to_string())
+                enc(view.definition.key.as_ref())
             ))
             .into_response())
         }

@@ -159,8 +159,7 @@ pub async fn list_flags(
 /// SQLite's form of the list query: `json_extract` instead of `->>`, `group_concat`
 /// instead of `string_agg`.
 fn lite_sql() -> &'static str {
-    concat!(
-        "SELECT f.definition, f.archived, f.updated_at, (SELECT group_concat(e.key || '=' || COALESCE(json_extract(c.config, '$.on'), 0), ',')
+    "SELECT f.definition, f.archived, f.updated_at, (SELECT group_concat(e.key || '=' || COALESCE(json_extract(c.config, '$.on'), 0), ',')
              FROM flag_configs c JOIN environments e ON e.id = c.environment_id
              WHERE c.flag_id = f.id) AS states
          FROM flags f
@@ -172,7 +171,6 @@ fn lite_sql() -> &'static str {
            AND ($7 IS NULL OR EXISTS (SELECT 1 FROM flag_configs c WHERE c.flag_id = f.id
                  AND c.environment_id = $7 AND COALESCE(json_extract(c.config, '$.on'), 0) = $8))
          ORDER BY f.key LIMIT $9"
-    )
 }
 
 #[cfg(test)]

@@ -122,7 +122,7 @@ pub async fn create(
                 "/projects/{}/environments/{}/segments/{}",
                 enc(&project),
                 enc(&environment),
-                enc(&view.segment.key.to_string())
+                enc(view.segment.key.as_ref())
             ))
             .into_response())
         }

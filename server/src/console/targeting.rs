@@ -216,7 +216,7 @@ fn parse_serve(f: &Fields, prefix: &str, variations: usize, errors: &mut Errors)
 }
 
 fn split_keys(s: &str) -> Vec<String> {
-    s.split(|c: char| c == '\n' || c == ',')
+    s.split(['\n', ','])
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .map(str::to_owned)
@@ -393,7 +393,7 @@ impl Editor<'_> {
         format!(
             "/projects/{}/flags/{}/environments/{}/targeting",
             enc(self.project),
-            enc(&self.flag.definition.key.to_string()),
+            enc(self.flag.definition.key.as_ref()),
             enc(self.environment)
         )
     }
@@ -446,8 +446,8 @@ impl Editor<'_> {
                     }
                 }
             }
-            fieldset data-rollout {
-                legend { "Rollout percentages (used when “Percentage rollout” is chosen)" }
+            details.rollout data-rollout open[choice == "rollout"] {
+                summary { "Rollout percentages (used when “Percentage rollout” is chosen)" }
                 div.row {
                     @for i in 0..n {
                         @let name = format!("{prefix}.rollout.{i}");
@@ -476,7 +476,11 @@ impl Editor<'_> {
     fn clause(&self, i: usize, j: usize, c: &Clause) -> Markup {
         let p = format!("rules[{i}].clauses[{j}]");
         let id = format!("r{i}c{j}");
-        let values: Vec<String> = c.values.iter().map(show_value).collect();
+        let values: Vec<String> = if c.op == Operator::SegmentMatch {
+            Vec::new()
+        } else {
+            c.values.iter().map(show_value).collect()
+        };
         let chosen: Vec<&str> = c.values.iter().filter_map(Value::as_str).collect();
         html! {
             div.row.clause {
