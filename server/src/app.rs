@@ -367,6 +367,8 @@ pub fn router(state: AppState) -> Router {
         .merge(distribution::routes(&state))
         .merge(events::routes(&state))
         .layer(from_fn(problem_context_outside_distribution))
+        // The admin console answers in HTML, its error pages too: outside the problem layer.
+        .merge(crate::console::routes(&state))
         // Outside the problem layer, so it records the status the client gets.
         .layer(from_fn(vexil_fanout::metrics::track_http))
         .layer(

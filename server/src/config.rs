@@ -170,6 +170,18 @@ pub struct Config {
     #[arg(long, env = "VEXIL_WEBHOOK_RETRY_HOURS", default_value_t = 24)]
     pub webhook_retry_hours: u64,
     // --- end progressive delivery ---
+
+    // --- admin console (issue 14) ---
+    /// Hours a console session lasts after sign-in (the browser must sign in again after).
+    #[arg(long, env = "VEXIL_CONSOLE_SESSION_HOURS", default_value_t = 12)]
+    pub console_session_hours: u64,
+
+    /// Mark the console's session cookie `Secure` on every response. Turn on when the server
+    /// is reached over HTTPS through a TLS-terminating proxy that does not send
+    /// `X-Forwarded-Proto` (with `VEXIL_TRUST_FORWARDED_FOR`, `X-Forwarded-Proto: https`
+    /// already does it).
+    #[arg(long, env = "VEXIL_CONSOLE_SECURE_COOKIE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub console_secure_cookie: bool,
 }
 
 impl Config {

@@ -21,6 +21,7 @@
 //! - [`delivery`]: scheduled changes and webhooks, their workers and the injectable clock.
 //! - [`portable`]: flags as code (project export and import); [`admin`]: the
 //!   `vexil-server admin …` commands ([`cli`] parses them).
+//! - [`console`]: the admin console, server-rendered HTML at `/`.
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod delivery;
 pub mod distribution;

@@ -44,6 +44,8 @@ pub use evaluate::{
     EvaluateBatchRequest, EvaluateBatchResponse, EvaluateRequest, EvaluateResponse,
 };
 pub use explain::{ExplainRequest, ExplainResponse};
+// The console (crate::console) explains flags from the same compiled snapshot as the API.
+pub(crate) use evaluate::compiled;
 
 /// Builds the API router (with authentication and idempotency) and the Swagger UI router
 /// serving `/api/v1/openapi.json` and `/api/v1/docs`. Every route refuses query parameters

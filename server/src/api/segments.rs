@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use vexil_schema::Segment;
 use vexil_schema::delta::ListDelta;
-use vexil_schema::limits::{MAX_EDIT_KEYS, MAX_SEGMENT_KEYS};
+use vexil_schema::limits::MAX_EDIT_KEYS;
 
 use super::query::{PageQuery, opaque};
 use super::{Created, Tagged, Versioned};
@@ -231,23 +231,7 @@ pub(crate) async fn sync_segment_list(
         "excluded" => SegmentList::Excluded,
         _ => return Err(ApiError::NotFound(format!("segment list '{list}'"))),
     };
-    let keys: Vec<String> = body
-        .lines()
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if keys.len() > MAX_SEGMENT_KEYS {
-        return Err(StoreError::invalid(
-            "",
-            "limit_exceeded",
-            format!(
-                "a list holds at most {MAX_SEGMENT_KEYS} keys; the upload has {}",
-                keys.len()
-            ),
-        )
-        .into());
-    }
+    let keys = crate::store::segment_key_list(&body)?;
     let view = app
         .store
         .sync_segment_list(

@@ -25,6 +25,30 @@ use super::{
 };
 use crate::db::{Conn, Tx, args, now};
 
+/// The keys of an uploaded segment list: one per line (`\r\n` line ends too), blank lines
+/// skipped; at most [`vexil_schema::limits::MAX_SEGMENT_KEYS`]. Shared by the API's list sync
+/// and the console's paste/upload, so both accept exactly the same lists.
+pub fn segment_key_list(body: &str) -> Result<Vec<String>, StoreError> {
+    use vexil_schema::limits::MAX_SEGMENT_KEYS;
+    let keys: Vec<String> = body
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if keys.len() > MAX_SEGMENT_KEYS {
+        return Err(StoreError::invalid(
+            "",
+            "limit_exceeded",
+            format!(
+                "a list holds at most {MAX_SEGMENT_KEYS} keys; the upload has {}",
+                keys.len()
+            ),
+        ));
+    }
+    Ok(keys)
+}
+
 /// One of a segment's key lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentList {

@@ -11,23 +11,22 @@
 #[path = "../cluster/harness.rs"]
 mod harness;
 mod page;
+#[path = "../shared/chromium.rs"]
+mod shared_chromium;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chromiumoxide::Page;
-use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
-use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
-use chromiumoxide::error::CdpError;
 use chromiumoxide::page::ScreenshotParams;
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use harness::{Cluster, WAIT, config_path};
 use page::StaticSite;
+use shared_chromium::{chromium, eval};
 
 /// A relay child process on a fixed port (so that it can be restarted where pages expect
 /// it), killed on drop.
@@ -87,53 +86,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-/// Headless Chromium with its CDP handler running; panics (never skips) when it is missing.
-async fn chromium() -> (Browser, tempfile::TempDir) {
-    let exe = std::env::var("VEXIL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&exe).is_file(),
-        "the browser test needs Chromium at {exe} (Debian: apt-get install chromium; or set VEXIL_CHROMIUM)"
-    );
-    let profile = tempfile::tempdir().expect("a profile directory");
-    let config = BrowserConfig::builder()
-        .chrome_executable(&exe)
-        .no_sandbox()
-        .user_data_dir(profile.path())
-        .window_size(900, 500)
-        .arg("--disable-gpu")
-        .arg("--disable-dev-shm-usage")
-        .launch_timeout(Duration::from_secs(60))
-        .build()
-        .unwrap_or_else(|e| panic!("Chromium configuration: {e}"));
-    let (browser, mut handler) = Browser::launch(config)
-        .await
-        .unwrap_or_else(|e| panic!("Chromium at {exe} starts: {e}"));
-    tokio::spawn(async move { while handler.next().await.is_some() {} });
-    (browser, profile)
-}
-
-/// Evaluates `js` in the page, awaiting a promise; returns its JSON value or the error text.
-async fn eval(page: &Page, js: &str) -> Result<Value, String> {
-    let params = EvaluateParams::builder()
-        .expression(js)
-        .await_promise(true)
-        .return_by_value(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let res = page
-        .evaluate_expression(params)
-        .await
-        .map_err(|e| match e {
-            CdpError::JavascriptException(ex) => ex
-                .exception
-                .as_ref()
-                .and_then(|e| e.description.clone())
-                .unwrap_or_else(|| ex.text.clone()),
-            other => other.to_string(),
-        })?;
-    Ok(res.value().cloned().unwrap_or(Value::Null))
 }
 
 /// Waits until the page shows `text` (at most `limit`); panics with the page state if not.
