@@ -3,10 +3,7 @@
 // class does the work (evaluation, streaming, last-known-good file, events) on the SDK's own
 // thread. Evaluation never throws: any problem returns the caller's default with an ERROR
 // reason.
-const { NativeClient, Context } = require('./native');
-
-/** Plain objects stand for themselves; anything else evaluates as an anonymous context. */
-const EMPTY = Object.freeze({});
+const { NativeClient, NativeContext } = require('./native');
 
 /** The options the native client understands (anything else is a mistake worth a TypeError). */
 const OPTIONS = new Set([
@@ -58,9 +55,71 @@ class InitError extends Error {
   }
 }
 
-/** The value an evaluation hands out for a context argument. */
-function ctxArg(ctx) {
-  return typeof ctx === 'object' && ctx !== null ? ctx : EMPTY;
+/**
+ * A context as the JSON text the native side reads (one string crosses the boundary rather
+ * than one call per property). Anything but an object is an anonymous context; attributes
+ * that cannot be serialised (cycles, BigInts) are skipped. Throws only when reading the
+ * object throws (a hostile getter or proxy).
+ */
+function contextJson(ctx) {
+  if (typeof ctx !== 'object' || ctx === null) return '{}';
+  try {
+    return JSON.stringify(ctx);
+  } catch {
+    return salvagedJson(ctx);
+  }
+}
+
+/** `JSON.stringify` failed on the whole context: keep every part that serialises. */
+function salvagedJson(ctx) {
+  const parts = [];
+  const add = (name, value) => {
+    try {
+      const json = JSON.stringify(value);
+      if (json !== undefined) parts.push(`${JSON.stringify(name)}:${json}`);
+    } catch {
+      // Skipped: no JSON form.
+    }
+  };
+  add('key', ctx.key);
+  add('kind', ctx.kind);
+  const attributes = ctx.attributes;
+  if (typeof attributes === 'object' && attributes !== null) {
+    const inner = [];
+    for (const name of Object.keys(attributes)) {
+      try {
+        const json = JSON.stringify(attributes[name]);
+        if (json !== undefined) inner.push(`${JSON.stringify(name)}:${json}`);
+      } catch {
+        // Skipped: no JSON form.
+      }
+    }
+    parts.push(`"attributes":{${inner.join(',')}}`);
+  }
+  return `{${parts.join(',')}}`;
+}
+
+const NATIVE = Symbol('vexil.native');
+
+/**
+ * A context converted once, for evaluating many flags for the same user or request: every
+ * method accepts it in place of a plain object and then skips the conversion. Immutable:
+ * later changes to the object it was made from are not seen.
+ */
+class Context {
+  constructor(context) {
+    Object.defineProperty(this, NATIVE, { value: new NativeContext(contextJson(context)) });
+  }
+
+  /** The context key, or null. */
+  get key() {
+    return this[NATIVE].key ?? null;
+  }
+
+  /** The context kind, or null. */
+  get kind() {
+    return this[NATIVE].kind ?? null;
+  }
 }
 
 /** A detail for `value` with an error reason (the native side was never reached). */
@@ -156,9 +215,11 @@ class Client {
     if (typeof flagKey !== 'string') return defaultValue;
     try {
       if (typeof defaultValue === 'boolean') {
-        return this.#native.boolVariation(flagKey, ctxArg(context), defaultValue);
+        return context instanceof Context
+          ? this.#native.boolVariationPrepared(flagKey, context[NATIVE], defaultValue)
+          : this.#native.boolVariation(flagKey, contextJson(context), defaultValue);
       }
-      const d = this.#native.boolDetail(flagKey, ctxArg(context), false);
+      const d = this.#call('boolDetail', flagKey, context, false);
       return d.reason.kind === 'ERROR' ? defaultValue : d.value;
     } catch {
       return defaultValue;
@@ -170,9 +231,11 @@ class Client {
     if (typeof flagKey !== 'string') return defaultValue;
     try {
       if (typeof defaultValue === 'string') {
-        return this.#native.stringVariation(flagKey, ctxArg(context), defaultValue);
+        return context instanceof Context
+          ? this.#native.stringVariationPrepared(flagKey, context[NATIVE], defaultValue)
+          : this.#native.stringVariation(flagKey, contextJson(context), defaultValue);
       }
-      const d = this.#native.stringDetail(flagKey, ctxArg(context), '');
+      const d = this.#call('stringDetail', flagKey, context, '');
       return d.reason.kind === 'ERROR' ? defaultValue : d.value;
     } catch {
       return defaultValue;
@@ -184,9 +247,11 @@ class Client {
     if (typeof flagKey !== 'string') return defaultValue;
     try {
       if (typeof defaultValue === 'number') {
-        return this.#native.numberVariation(flagKey, ctxArg(context), defaultValue);
+        return context instanceof Context
+          ? this.#native.numberVariationPrepared(flagKey, context[NATIVE], defaultValue)
+          : this.#native.numberVariation(flagKey, contextJson(context), defaultValue);
       }
-      const d = this.#native.numberDetail(flagKey, ctxArg(context), 0);
+      const d = this.#call('numberDetail', flagKey, context, 0);
       return d.reason.kind === 'ERROR' ? defaultValue : d.value;
     } catch {
       return defaultValue;
@@ -197,7 +262,7 @@ class Client {
   jsonVariation(flagKey, context, defaultValue) {
     if (typeof flagKey !== 'string') return defaultValue;
     try {
-      const d = this.#native.jsonDetail(flagKey, ctxArg(context));
+      const d = this.#call('jsonDetail', flagKey, context);
       return d.reason.kind === 'ERROR' ? defaultValue : d.value;
     } catch {
       return defaultValue;
@@ -223,20 +288,27 @@ class Client {
   jsonVariationDetail(flagKey, context, defaultValue) {
     if (typeof flagKey !== 'string') return notFound(defaultValue);
     try {
-      const d = this.#native.jsonDetail(flagKey, ctxArg(context));
+      const d = this.#call('jsonDetail', flagKey, context);
       return d.reason.kind === 'ERROR' ? withValue(d, defaultValue) : d;
     } catch {
       return invalidContext(defaultValue);
     }
   }
 
+  /** `method` (or its `*Prepared` twin for a prepared context) with `rest` after the context. */
+  #call(method, flagKey, context, ...rest) {
+    return context instanceof Context
+      ? this.#native[`${method}Prepared`](flagKey, context[NATIVE], ...rest)
+      : this.#native[method](flagKey, contextJson(context), ...rest);
+  }
+
   #detail(method, type, placeholder, flagKey, context, defaultValue) {
     if (typeof flagKey !== 'string') return notFound(defaultValue);
     try {
       if (typeof defaultValue === type) {
-        return this.#native[method](flagKey, ctxArg(context), defaultValue);
+        return this.#call(method, flagKey, context, defaultValue);
       }
-      const d = this.#native[method](flagKey, ctxArg(context), placeholder);
+      const d = this.#call(method, flagKey, context, placeholder);
       return d.reason.kind === 'ERROR' ? withValue(d, defaultValue) : d;
     } catch {
       return invalidContext(defaultValue);
@@ -249,7 +321,9 @@ class Client {
    */
   allFlags(context) {
     try {
-      return this.#native.allFlags(ctxArg(context));
+      return context instanceof Context
+        ? this.#native.allFlagsPrepared(context[NATIVE])
+        : this.#native.allFlags(contextJson(context));
     } catch {
       return { valid: false, version: null, flags: {} };
     }
@@ -263,10 +337,11 @@ class Client {
   track(eventKey, context, value) {
     if (typeof eventKey !== 'string') return;
     try {
-      if (typeof value === 'number') {
-        this.#native.track(eventKey, ctxArg(context), value);
+      const v = typeof value === 'number' ? value : undefined;
+      if (context instanceof Context) {
+        this.#native.trackPrepared(eventKey, context[NATIVE], v);
       } else {
-        this.#native.track(eventKey, ctxArg(context));
+        this.#native.track(eventKey, contextJson(context), v);
       }
     } catch {
       // A context whose properties throw when read: nothing to record.

@@ -2,9 +2,10 @@
 //! evaluates flags with the very engine, streaming, backoff, last-known-good file and event
 //! pipeline the Rust SDK has, rather than a second implementation that could drift.
 //!
-//! The JavaScript wrapper (`sdk/node/index.js`) is the public API; this crate exports one class,
+//! The JavaScript wrapper (`sdk/node/index.js`) is the public API; this crate exports two classes:
 //! `NativeClient`, whose methods the wrapper calls with arguments it has already checked, and
-//! `NativeContext`, a context converted once for many evaluations.
+//! `NativeContext` (`Context` in JavaScript), a context converted once for many evaluations;
+//! every evaluation method has a `*_prepared` twin taking one.
 //!
 //! Layout: `options` turns the wrapper's options into a [`vexil_sdk::ClientBuilder`];
 //! `context` builds [`vexil_sdk::Context`]s from JavaScript values; `detail` shapes results
@@ -30,8 +31,6 @@ use napi::{Env, Status};
 use napi_derive::napi;
 use serde_json::Value;
 use vexil_sdk::{Client, ListenerId};
-
-use context::ContextArg;
 
 pub use context::NativeContext;
 use detail::{
@@ -101,75 +100,166 @@ impl NativeClient {
 
     /// [`Client::bool_variation`].
     #[napi]
-    pub fn bool_variation(&self, flag: String, ctx: ContextArg<'_>, default: bool) -> bool {
-        context::with(ctx, |c| self.client.bool_variation(&flag, c, default))
+    pub fn bool_variation(&self, flag: String, ctx: String, default: bool) -> bool {
+        context::with(&ctx, |c| self.client.bool_variation(&flag, c, default))
     }
 
     /// [`Client::string_variation`].
     #[napi]
-    pub fn string_variation(&self, flag: String, ctx: ContextArg<'_>, default: String) -> String {
-        context::with(ctx, |c| self.client.string_variation(&flag, c, &default))
+    pub fn string_variation(&self, flag: String, ctx: String, default: String) -> String {
+        context::with(&ctx, |c| self.client.string_variation(&flag, c, &default))
     }
 
     /// [`Client::number_variation`].
     #[napi]
-    pub fn number_variation(&self, flag: String, ctx: ContextArg<'_>, default: f64) -> f64 {
-        context::with(ctx, |c| self.client.number_variation(&flag, c, default))
+    pub fn number_variation(&self, flag: String, ctx: String, default: f64) -> f64 {
+        context::with(&ctx, |c| self.client.number_variation(&flag, c, default))
     }
 
     /// [`Client::json_variation_detail`] without the default: the wrapper substitutes its own
     /// default (returned as is, not copied) when `reason.kind` is `ERROR`.
     #[napi]
-    pub fn json_detail(&self, flag: String, ctx: ContextArg<'_>) -> JsonDetail {
-        context::with(ctx, |c| {
+    pub fn json_detail(&self, flag: String, ctx: String) -> JsonDetail {
+        context::with(&ctx, |c| {
             JsonDetail::from(self.client.json_variation_detail(&flag, c, Value::Null))
         })
     }
 
     /// [`Client::bool_variation_detail`].
     #[napi]
-    pub fn bool_detail(&self, flag: String, ctx: ContextArg<'_>, default: bool) -> BoolDetail {
-        context::with(ctx, |c| {
+    pub fn bool_detail(&self, flag: String, ctx: String, default: bool) -> BoolDetail {
+        context::with(&ctx, |c| {
             BoolDetail::from(self.client.bool_variation_detail(&flag, c, default))
         })
     }
 
     /// [`Client::string_variation_detail`].
     #[napi]
-    pub fn string_detail(
-        &self,
-        flag: String,
-        ctx: ContextArg<'_>,
-        default: String,
-    ) -> StringDetail {
-        context::with(ctx, |c| {
+    pub fn string_detail(&self, flag: String, ctx: String, default: String) -> StringDetail {
+        context::with(&ctx, |c| {
             StringDetail::from(self.client.string_variation_detail(&flag, c, &default))
         })
     }
 
     /// [`Client::number_variation_detail`].
     #[napi]
-    pub fn number_detail(&self, flag: String, ctx: ContextArg<'_>, default: f64) -> NumberDetail {
-        context::with(ctx, |c| {
+    pub fn number_detail(&self, flag: String, ctx: String, default: f64) -> NumberDetail {
+        context::with(&ctx, |c| {
             NumberDetail::from(self.client.number_variation_detail(&flag, c, default))
         })
     }
 
     /// [`Client::all_flags`], as `{ valid, version, flags: { key: detail } }`.
     #[napi(ts_return_type = "AllFlagsJs")]
-    pub fn all_flags(&self, ctx: ContextArg<'_>) -> Value {
-        context::with(ctx, |c| {
+    pub fn all_flags(&self, ctx: String) -> Value {
+        context::with(&ctx, |c| {
             serde_json::to_value(self.client.all_flags(c)).unwrap_or(Value::Null)
         })
     }
 
     /// [`Client::track`], or [`Client::track_value`] when `value` is given.
     #[napi]
-    pub fn track(&self, event_key: String, ctx: ContextArg<'_>, value: Option<f64>) {
-        context::with(ctx, |c| match value {
+    pub fn track(&self, event_key: String, ctx: String, value: Option<f64>) {
+        context::with(&ctx, |c| match value {
             Some(v) => self.client.track_value(&event_key, c, v),
             None => self.client.track(&event_key, c),
         });
+    }
+
+    /// `bool_variation` with a prepared context.
+    #[napi]
+    pub fn bool_variation_prepared(
+        &self,
+        flag: String,
+        ctx: &NativeContext,
+        default: bool,
+    ) -> bool {
+        self.client.bool_variation(&flag, ctx.get(), default)
+    }
+
+    /// `string_variation` with a prepared context.
+    #[napi]
+    pub fn string_variation_prepared(
+        &self,
+        flag: String,
+        ctx: &NativeContext,
+        default: String,
+    ) -> String {
+        self.client.string_variation(&flag, ctx.get(), &default)
+    }
+
+    /// `number_variation` with a prepared context.
+    #[napi]
+    pub fn number_variation_prepared(
+        &self,
+        flag: String,
+        ctx: &NativeContext,
+        default: f64,
+    ) -> f64 {
+        self.client.number_variation(&flag, ctx.get(), default)
+    }
+
+    /// `json_detail` with a prepared context.
+    #[napi]
+    pub fn json_detail_prepared(&self, flag: String, ctx: &NativeContext) -> JsonDetail {
+        JsonDetail::from(
+            self.client
+                .json_variation_detail(&flag, ctx.get(), Value::Null),
+        )
+    }
+
+    /// `bool_detail` with a prepared context.
+    #[napi]
+    pub fn bool_detail_prepared(
+        &self,
+        flag: String,
+        ctx: &NativeContext,
+        default: bool,
+    ) -> BoolDetail {
+        BoolDetail::from(self.client.bool_variation_detail(&flag, ctx.get(), default))
+    }
+
+    /// `string_detail` with a prepared context.
+    #[napi]
+    pub fn string_detail_prepared(
+        &self,
+        flag: String,
+        ctx: &NativeContext,
+        default: String,
+    ) -> StringDetail {
+        StringDetail::from(
+            self.client
+                .string_variation_detail(&flag, ctx.get(), &default),
+        )
+    }
+
+    /// `number_detail` with a prepared context.
+    #[napi]
+    pub fn number_detail_prepared(
+        &self,
+        flag: String,
+        ctx: &NativeContext,
+        default: f64,
+    ) -> NumberDetail {
+        NumberDetail::from(
+            self.client
+                .number_variation_detail(&flag, ctx.get(), default),
+        )
+    }
+
+    /// `all_flags` with a prepared context.
+    #[napi(ts_return_type = "AllFlagsJs")]
+    pub fn all_flags_prepared(&self, ctx: &NativeContext) -> Value {
+        serde_json::to_value(self.client.all_flags(ctx.get())).unwrap_or(Value::Null)
+    }
+
+    /// `track` with a prepared context.
+    #[napi]
+    pub fn track_prepared(&self, event_key: String, ctx: &NativeContext, value: Option<f64>) {
+        match value {
+            Some(v) => self.client.track_value(&event_key, ctx.get(), v),
+            None => self.client.track(&event_key, ctx.get()),
+        }
     }
 
     /// [`Client::flush`].
