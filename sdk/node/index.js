@@ -99,6 +99,93 @@ function salvagedJson(ctx) {
   return `{${parts.join(',')}}`;
 }
 
+/**
+ * Contexts seen recently, by their JSON text: `null` after the first sighting, the converted
+ * context from the second on. Requests usually evaluate several flags for one user; from the
+ * second evaluation on, only `JSON.stringify` and a lookup remain of the conversion. Bounded:
+ * emptied when full.
+ */
+const RECENT_MAX = 1024;
+const recent = new Map();
+
+/**
+ * The converted context (a NativeContext) when this context's JSON text was seen recently,
+ * else the JSON text, for the call to convert.
+ */
+function lookupJson(ctx) {
+  const json = contextJson(ctx);
+  const known = recent.get(json);
+  if (known) return known;
+  if (known === null) {
+    const prepared = new NativeContext(json);
+    recent.set(json, prepared);
+    return prepared;
+  }
+  if (recent.size >= RECENT_MAX) recent.clear();
+  recent.set(json, null);
+  return json;
+}
+
+/**
+ * Conversions by context object, for code that evaluates several flags with the same object:
+ * a hit costs a shallow comparison, not even `JSON.stringify`. An entry is used only while the
+ * object still holds exactly what it was converted from: the same `key` and `kind` (strings,
+ * numbers or absent), the same `attributes` object with the same own names and the same
+ * primitive values. Contexts with object or array attributes are not remembered here (a change
+ * inside them could not be seen without reading them whole).
+ */
+const byObject = new WeakMap();
+
+function isPrimitive(v) {
+  return v === undefined || v === null || typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean';
+}
+
+/** The attribute names and values of `attributes` when all are primitive, else null. */
+function primitiveAttributes(attributes) {
+  if (attributes === undefined) return { names: [], values: [] };
+  if (typeof attributes !== 'object' || attributes === null) return null;
+  const names = Object.keys(attributes);
+  const values = new Array(names.length);
+  for (let i = 0; i < names.length; i++) {
+    const v = attributes[names[i]];
+    if (!isPrimitive(v)) return null;
+    values[i] = v;
+  }
+  return { names, values };
+}
+
+/** Whether `ctx` still holds what entry `e` was made from. */
+function unchanged(e, ctx) {
+  if (e.key !== ctx.key || e.kind !== ctx.kind) return false;
+  const attributes = ctx.attributes;
+  if (e.attributes !== attributes) return false;
+  if (attributes === undefined) return true;
+  const names = Object.keys(attributes);
+  if (names.length !== e.names.length) return false;
+  for (let i = 0; i < names.length; i++) {
+    if (names[i] !== e.names[i] || attributes[names[i]] !== e.values[i]) return false;
+  }
+  return true;
+}
+
+/**
+ * The converted context for object `ctx` (a NativeContext), or its JSON text for the call to
+ * convert: remembered by object, then by JSON text, converted once from the second use on.
+ */
+function lookup(ctx) {
+  if (typeof ctx !== 'object' || ctx === null) return lookupJson(ctx);
+  const e = byObject.get(ctx);
+  if (e !== undefined && unchanged(e, ctx)) return e.native;
+  const c = lookupJson(ctx);
+  if (typeof c !== 'string' && isPrimitive(ctx.key) && isPrimitive(ctx.kind)) {
+    const attrs = primitiveAttributes(ctx.attributes);
+    if (attrs !== null) {
+      byObject.set(ctx, { key: ctx.key, kind: ctx.kind, attributes: ctx.attributes, ...attrs, native: c });
+    }
+  }
+  return c;
+}
+
 const NATIVE = Symbol('vexil.native');
 
 /**
@@ -215,9 +302,10 @@ class Client {
     if (typeof flagKey !== 'string') return defaultValue;
     try {
       if (typeof defaultValue === 'boolean') {
-        return context instanceof Context
-          ? this.#native.boolVariationPrepared(flagKey, context[NATIVE], defaultValue)
-          : this.#native.boolVariation(flagKey, contextJson(context), defaultValue);
+        const c = context instanceof Context ? context[NATIVE] : lookup(context);
+        return typeof c === 'string'
+          ? this.#native.boolVariation(flagKey, c, defaultValue)
+          : this.#native.boolVariationPrepared(flagKey, c, defaultValue);
       }
       const d = this.#call('boolDetail', flagKey, context, false);
       return d.reason.kind === 'ERROR' ? defaultValue : d.value;
@@ -231,9 +319,10 @@ class Client {
     if (typeof flagKey !== 'string') return defaultValue;
     try {
       if (typeof defaultValue === 'string') {
-        return context instanceof Context
-          ? this.#native.stringVariationPrepared(flagKey, context[NATIVE], defaultValue)
-          : this.#native.stringVariation(flagKey, contextJson(context), defaultValue);
+        const c = context instanceof Context ? context[NATIVE] : lookup(context);
+        return typeof c === 'string'
+          ? this.#native.stringVariation(flagKey, c, defaultValue)
+          : this.#native.stringVariationPrepared(flagKey, c, defaultValue);
       }
       const d = this.#call('stringDetail', flagKey, context, '');
       return d.reason.kind === 'ERROR' ? defaultValue : d.value;
@@ -247,9 +336,10 @@ class Client {
     if (typeof flagKey !== 'string') return defaultValue;
     try {
       if (typeof defaultValue === 'number') {
-        return context instanceof Context
-          ? this.#native.numberVariationPrepared(flagKey, context[NATIVE], defaultValue)
-          : this.#native.numberVariation(flagKey, contextJson(context), defaultValue);
+        const c = context instanceof Context ? context[NATIVE] : lookup(context);
+        return typeof c === 'string'
+          ? this.#native.numberVariation(flagKey, c, defaultValue)
+          : this.#native.numberVariationPrepared(flagKey, c, defaultValue);
       }
       const d = this.#call('numberDetail', flagKey, context, 0);
       return d.reason.kind === 'ERROR' ? defaultValue : d.value;
@@ -297,9 +387,10 @@ class Client {
 
   /** `method` (or its `*Prepared` twin for a prepared context) with `rest` after the context. */
   #call(method, flagKey, context, ...rest) {
-    return context instanceof Context
-      ? this.#native[`${method}Prepared`](flagKey, context[NATIVE], ...rest)
-      : this.#native[method](flagKey, contextJson(context), ...rest);
+    const c = context instanceof Context ? context[NATIVE] : lookup(context);
+    return typeof c === 'string'
+      ? this.#native[method](flagKey, c, ...rest)
+      : this.#native[`${method}Prepared`](flagKey, c, ...rest);
   }
 
   #detail(method, type, placeholder, flagKey, context, defaultValue) {

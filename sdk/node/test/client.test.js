@@ -163,3 +163,41 @@ test('an open client never keeps the process alive', async () => {
   assert.equal(r.code, 0, r.out);
   assert.match(r.out, /started (initializing|stale)/);
 });
+
+test('a context object changed between evaluations is seen: conversions are never stale', async () => {
+  const flag = {
+    key: 'gated', kind: 'boolean',
+    variations: [{ value: true }, { value: false }],
+    on: true, off_variation: 1, fallthrough: { variation: 1 },
+    targets: [{ variation: 0, values: ['vip'] }],
+    rules: [
+      { id: 'pro', clauses: [{ attribute: 'plan', op: 'in', values: ['pro'] }], serve: { variation: 0 } },
+      { id: 'beta', clauses: [{ attribute: 'groups', op: 'in', values: ['beta'] }], serve: { variation: 0 } },
+    ],
+  };
+  const file = writeSnapshot(dir, 'mutations.json', snapshot(1, [flag]));
+  const client = await Client.init('k', { file, sendEvents: false });
+  const on = (ctx) => client.boolVariation('gated', ctx, false);
+  const ctx = { key: 'u', attributes: { plan: 'free' } };
+  // Several evaluations, so that every conversion cache holds this object.
+  for (let i = 0; i < 3; i++) assert.equal(on(ctx), false);
+  ctx.attributes.plan = 'pro';
+  assert.equal(on(ctx), true, 'an attribute value changed');
+  for (let i = 0; i < 3; i++) on(ctx);
+  delete ctx.attributes.plan;
+  assert.equal(on(ctx), false, 'an attribute removed');
+  ctx.attributes = { plan: 'pro' };
+  assert.equal(on(ctx), true, 'the attributes replaced');
+  for (let i = 0; i < 3; i++) on(ctx);
+  ctx.attributes = undefined;
+  ctx.key = 'vip';
+  assert.equal(on(ctx), true, 'the key changed');
+  ctx.key = 'u';
+  ctx.attributes = { groups: ['alpha'] };
+  for (let i = 0; i < 3; i++) assert.equal(on(ctx), false);
+  ctx.attributes.groups.push('beta');
+  assert.equal(on(ctx), true, 'an array attribute changed in place');
+  // Equal contexts in distinct objects share a conversion, and agree.
+  for (let i = 0; i < 3; i++) assert.equal(on({ key: 'u', attributes: { plan: 'pro' } }), true);
+  client.close();
+});
