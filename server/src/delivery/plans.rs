@@ -221,6 +221,8 @@ impl Row {
                 token_id: self.author_token_id,
                 name: format!("release plan {} (on behalf of {})", self.id, self.author),
                 role: Role::Editor,
+                // Checked against the author's scope when the work was created.
+                scope: crate::auth::Scope::unrestricted(),
             },
             request_id: None,
         }

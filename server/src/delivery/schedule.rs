@@ -335,6 +335,8 @@ fn schedule_actor(id: i64, author: &str, author_token_id: Option<i64>) -> WriteC
             token_id: author_token_id,
             name: format!("schedule {id} (on behalf of {author})"),
             role: Role::Editor,
+            // Checked against the author's scope when the work was created.
+            scope: crate::auth::Scope::unrestricted(),
         },
         request_id: None,
     }
