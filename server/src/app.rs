@@ -330,11 +330,27 @@ async fn problem_context_outside_distribution(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if distribution::is_distribution_path(req.uri().path()) {
+    if distribution::is_distribution_path(req.uri().path()) || is_console_path(req.uri().path()) {
         next.run(req).await
     } else {
         middleware::problem_context(req, next).await
     }
+}
+
+/// Whether `path` is one of the admin console's (HTML) routes.
+fn is_console_path(path: &str) -> bool {
+    path == "/"
+        || [
+            "/sign-in",
+            "/sign-out",
+            "/switch",
+            "/assets/",
+            "/projects",
+            "/audit",
+            "/tokens",
+        ]
+        .iter()
+        .any(|p| path.starts_with(p))
 }
 
 /// Builds the whole router for `state`.
@@ -366,9 +382,10 @@ pub fn router(state: AppState) -> Router {
         .merge(control)
         .merge(distribution::routes(&state))
         .merge(events::routes(&state))
-        .layer(from_fn(problem_context_outside_distribution))
-        // The admin console answers in HTML, its error pages too: outside the problem layer.
+        // The admin console answers in HTML, its error pages too: the problem layer skips its
+        // paths, and still answers every unknown path (the fallback) with problem+json.
         .merge(crate::console::routes(&state))
+        .layer(from_fn(problem_context_outside_distribution))
         // Outside the problem layer, so it records the status the client gets.
         .layer(from_fn(vexil_fanout::metrics::track_http))
         .layer(
