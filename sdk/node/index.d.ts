@@ -181,6 +181,11 @@ export declare class Client {
   readonly initialized: boolean;
   /** Calls `listener` after every update that changed some flag; returns a function removing it. */
   onFlagChange(listener: (change: FlagChange) => void): () => void;
+  /**
+   * Calls `listener` each time the client's state changes (`ready` → `stale` when the stream is
+   * lost, back to `ready`, `failed` when the SDK key is refused…); returns a function removing it.
+   */
+  onStatusChange(listener: (status: Status) => void): () => void;
   /** Stops the background work, sending pending events and writing the last-known-good file first. */
   close(): void;
 }

@@ -468,7 +468,27 @@ class Client {
         process.emitWarning(`a Vexil flag-change listener threw: ${e && e.stack ? e.stack : e}`);
       }
     });
-    return () => this.#native.removeFlagChangeListener(id);
+    return () => this.#native.removeListener(id);
+  }
+
+  /**
+   * Calls `listener(status)` each time the client's state changes from the one it had when
+   * the listener was added: `ready` → `stale` when the stream is lost (the flags held are
+   * still served), back to `ready` once reconnected, `failed` when the data source gave up
+   * (e.g. the SDK key was refused), `offline` once closed. Quick successive changes may be
+   * coalesced into the latest. On the main thread; it never keeps the process alive. An
+   * exception in it is reported as a process warning. Returns a function that removes it.
+   */
+  onStatusChange(listener) {
+    if (typeof listener !== 'function') throw new TypeError('listener must be a function');
+    const id = this.#native.onStatusChange((status) => {
+      try {
+        listener(status);
+      } catch (e) {
+        process.emitWarning(`a Vexil status listener threw: ${e && e.stack ? e.stack : e}`);
+      }
+    });
+    return () => this.#native.removeListener(id);
   }
 
   /**

@@ -3,6 +3,7 @@
 // written against the vendor-neutral API evaluate Vexil flags in process. Reasons and error
 // codes come from the Rust SDK's one mapping (`openfeatureReason`, `errorCode` of a detail).
 const {
+  ErrorCode,
   OpenFeatureEventEmitter,
   ProviderEvents,
   ProviderFatalError,
@@ -78,6 +79,17 @@ function errorMessage(d) {
   }
 }
 
+/**
+ * The provider event a client state stands for: `ready` → READY, `stale` (stream lost, the
+ * last-known flags served) → STALE, `failed` (the data source gave up, e.g. a refused SDK
+ * key) → ERROR; `initializing` and `offline` (closed) → none.
+ */
+const EVENT_OF_STATE = {
+  ready: ProviderEvents.Ready,
+  stale: ProviderEvents.Stale,
+  failed: ProviderEvents.Error,
+};
+
 class VexilProvider {
   metadata = { name: 'vexil' };
   runsOn = 'server';
@@ -86,7 +98,11 @@ class VexilProvider {
   #client;
   #owned;
   #unsubscribe;
-  #waitingForData = false;
+  /**
+   * The readiness OpenFeature last heard of (a `ProviderEvents` value): null until
+   * `initialize` settles (the SDK reports that outcome itself), then only changes are emitted.
+   */
+  #reported = null;
 
   /**
    * `new VexilProvider(client)` over a `Client` the application made (and closes), or
@@ -100,13 +116,17 @@ class VexilProvider {
       this.#client = new Client(clientOrSdkKey, options);
       this.#owned = true;
     }
-    this.#unsubscribe = this.#client.onFlagChange((change) => {
-      if (this.#waitingForData) {
-        this.#waitingForData = false;
-        this.events.emit(ProviderEvents.Ready, { message: 'flags received' });
-      }
-      this.events.emit(ProviderEvents.ConfigurationChanged, { flagsChanged: change.keys });
+    const offChanges = this.#client.onFlagChange((change) => {
+      this.events.emit(ProviderEvents.ConfigurationChanged, {
+        flagsChanged: change.keys,
+        message: `version ${change.version}`,
+      });
     });
+    const offStatus = this.#client.onStatusChange((status) => this.#statusChanged(status));
+    this.#unsubscribe = () => {
+      offChanges();
+      offStatus();
+    };
   }
 
   /** The Vexil client evaluations go through. */
@@ -114,19 +134,49 @@ class VexilProvider {
     return this.#client;
   }
 
+  /** Emits the event for the client's new state, unless OpenFeature already has it. */
+  #statusChanged(status) {
+    const event = EVENT_OF_STATE[status.state];
+    if (event === undefined || this.#reported === null || event === this.#reported) return;
+    this.#reported = event;
+    if (event === ProviderEvents.Error) {
+      // The SDK will not retry: OpenFeature's fatal error.
+      this.events.emit(event, {
+        message: status.lastError ?? 'the data source gave up',
+        errorCode: ErrorCode.PROVIDER_FATAL,
+      });
+    } else if (event === ProviderEvents.Stale) {
+      this.events.emit(event, {
+        message: `serving the last-known flags: ${status.lastError ?? 'upstream unreachable'}`,
+      });
+    } else {
+      this.events.emit(event, { message: 'flags current' });
+    }
+  }
+
   /**
    * Waits for the client's flags. Resolves once it is ready, or serves the last-known-good
    * file; fails with a fatal error when the data source gave up (a refused SDK key), and with
    * a general error on timeout without any flags (`READY` is emitted when they arrive).
+   * From then on the client's state changes become events: `STALE` when the stream is lost,
+   * `READY` when it is back, `ERROR` (fatal) when the SDK key is refused later.
    */
   async initialize() {
     try {
       await this.#client.waitForInitialization();
+      this.#reported = ProviderEvents.Ready;
     } catch (e) {
+      if (e.code === 'TIMED_OUT' && this.#client.initialized) {
+        // Serving the last-known-good file: usable, and READY once upstream answers.
+        this.#reported = ProviderEvents.Stale;
+        return;
+      }
+      this.#reported = ProviderEvents.Error;
       if (e.code === 'FAILED') throw new ProviderFatalError(e.message);
-      if (e.code === 'TIMED_OUT' && this.#client.initialized) return;
-      if (e.code === 'TIMED_OUT') this.#waitingForData = true;
       throw new GeneralError(e.message);
+    } finally {
+      // A state reached while waiting, and not yet reported as such.
+      this.#statusChanged(this.#client.status());
     }
   }
 

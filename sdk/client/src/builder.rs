@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::client::{Client, Shared};
-use crate::events::{Delivery, EventSink, Events, EventsConfig};
+use crate::events::{Delivery, EventSink, Events, EventsConfig, SDK_NAME};
 use crate::fallback::{self, Fallback};
 use crate::listeners::{Listeners, dispatch_loop};
 use crate::persist::{LastKnownGood, persist_loop};
@@ -74,6 +74,8 @@ pub struct ClientBuilder {
     close_timeout: Duration,
     events: EventsConfig,
     event_sink: Option<EventSink>,
+    /// The name and version events and the User-Agent give (see [`ClientBuilder::sdk_identity`]).
+    sdk: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -107,6 +109,7 @@ impl ClientBuilder {
             close_timeout: Duration::from_secs(5),
             events: EventsConfig::default(),
             event_sink: None,
+            sdk: None,
         }
     }
 
@@ -215,6 +218,17 @@ impl ClientBuilder {
         self
     }
 
+    /// Names the SDK that events come from (the `sdk` of every batch sent to
+    /// `/events/v1/bulk`, which the server stores with the evaluation summaries) and puts
+    /// `name/version` before this crate's own token in the HTTP `User-Agent`. Default:
+    /// `vexil-rust` and this crate's version. For SDKs built on this one: the Python
+    /// bindings say `vexil-python`, the Node.js addon `vexil-node`, each with its package
+    /// version, so that the server can tell them apart.
+    pub fn sdk_identity(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
+        self.sdk = Some((name.into(), version.into()));
+        self
+    }
+
     fn upstream(&self) -> Result<Upstream, BuildError> {
         check_sdk_key(&self.sdk_key)?;
         let base_url =
@@ -223,7 +237,10 @@ impl ClientBuilder {
                 reason,
             })?;
         let http = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
+            .user_agent(match &self.sdk {
+                Some((name, version)) => format!("{name}/{version} {USER_AGENT}"),
+                None => USER_AGENT.to_owned(),
+            })
             .connect_timeout(self.connect_timeout)
             .tcp_keepalive(Duration::from_secs(30))
             .build()
@@ -248,7 +265,11 @@ impl ClientBuilder {
             (None, Some(upstream)) => Some(Delivery::Http(upstream.clone())),
             (None, None) => None,
         };
-        let events = delivery.map(|d| Arc::new(Events::new(self.events.clone(), d)));
+        let sdk = self
+            .sdk
+            .clone()
+            .unwrap_or_else(|| (SDK_NAME.to_owned(), env!("CARGO_PKG_VERSION").to_owned()));
+        let events = delivery.map(|d| Arc::new(Events::new(self.events.clone(), d, sdk)));
         let source: Option<Box<dyn DataSource>> = match (&self.source, network) {
             (SourceChoice::Streaming(config), Some(upstream)) => Some(Box::new(StreamingSource {
                 upstream,
@@ -286,6 +307,7 @@ impl ClientBuilder {
         let shared = Arc::new(Shared {
             store: Arc::clone(&store),
             listeners: Arc::new(Listeners::default()),
+            status_listeners: Default::default(),
             fallback: Arc::new(if lkg.is_some() {
                 Fallback::loading()
             } else {

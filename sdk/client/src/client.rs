@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, watch};
 use crate::builder::ClientBuilder;
 use crate::events::{EventStats, Events};
 use crate::fallback::Fallback;
-use crate::listeners::{FlagChange, ListenerId, Listeners};
+use crate::listeners::{FlagChange, ListenerId, Listeners, StatusListeners, status_loop};
 use crate::runtime::Background;
 use crate::status::{DataOrigin, DataSourceError, State, Status};
 use crate::store::Store;
@@ -57,6 +57,8 @@ fn serving_text(serving: Option<DataOrigin>) -> &'static str {
 pub(crate) struct Shared {
     pub(crate) store: Arc<Store>,
     pub(crate) listeners: Arc<Listeners>,
+    /// The tasks calling status listeners.
+    pub(crate) status_listeners: StatusListeners,
     pub(crate) fallback: Arc<Fallback>,
     /// The event pipeline; `None` when events are off (or there is nowhere to send them).
     pub(crate) events: Option<Arc<Events>>,
@@ -288,6 +290,41 @@ impl Client {
             self.store().listener_removed();
         }
         removed
+    }
+
+    /// Calls `listener` with the new [`Status`] each time the client's [`State`] changes
+    /// from the state it had when the listener was added: `Ready` → `Stale` when the stream
+    /// is lost (the flags held are still served), `Stale` → `Ready` once reconnected,
+    /// `Failed` when the data source gives up (e.g. the SDK key was refused), `Offline`
+    /// when closed. Runs on the client's background thread, in order; keep it quick. A
+    /// panic in it is contained and logged. Transitions closer together than the listener
+    /// runs are coalesced into the latest, so it is always told the state the client ends
+    /// up in. This is what the OpenFeature providers of the Python and Node bindings turn
+    /// into `PROVIDER_STALE`, `PROVIDER_READY` and `PROVIDER_ERROR` events.
+    pub fn on_status_change(
+        &self,
+        listener: impl Fn(&Status) + Send + Sync + 'static,
+    ) -> ListenerId {
+        let id = self.inner.shared.listeners.next_id();
+        // The baseline is the state now, not when the task first runs.
+        let mut rx = self.status_receiver();
+        let now = rx.borrow_and_update().state;
+        let task = self
+            .inner
+            .background
+            .handle()
+            .spawn(status_loop(rx, now, listener));
+        self.inner
+            .shared
+            .status_listeners
+            .add(id, task.abort_handle());
+        id
+    }
+
+    /// Removes a listener added with [`Client::on_status_change`]; `false` if it was not
+    /// registered.
+    pub fn remove_status_listener(&self, id: ListenerId) -> bool {
+        self.inner.shared.status_listeners.remove(id)
     }
 
     /// Stops the data source and background work, writing a pending last-known-good

@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
 
-use crate::status::DataOrigin;
+use crate::status::{DataOrigin, State, Status};
 
 /// Notifications kept for slow receivers before they lag.
 pub(crate) const CHANNEL_CAPACITY: usize = 256;
@@ -48,7 +50,7 @@ impl FlagChange {
 }
 
 /// Identifies a registered callback, to remove it with
-/// [`crate::Client::remove_flag_change_listener`].
+/// [`crate::Client::remove_flag_change_listener`] or [`crate::Client::remove_status_listener`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenerId(u64);
 
@@ -77,9 +79,14 @@ impl std::fmt::Debug for Listeners {
 }
 
 impl Listeners {
+    /// A fresh listener id (flag-change and status listeners share the sequence).
+    pub(crate) fn next_id(&self) -> ListenerId {
+        ListenerId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// Registers `callback` for the notifications after sequence number `after`.
     pub(crate) fn add(&self, callback: Callback, after: u64) -> ListenerId {
-        let id = ListenerId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = self.next_id();
         self.lock().push(Registered {
             id,
             after,
@@ -120,6 +127,60 @@ impl Listeners {
                     "a flag-change listener panicked; the panic was contained"
                 );
             }
+        }
+    }
+}
+
+/// The tasks that call status listeners ([`crate::Client::on_status_change`]), by id, so
+/// that removing a listener stops its task. The tasks run on the client's runtime and end
+/// with it.
+#[derive(Debug, Default)]
+pub(crate) struct StatusListeners {
+    tasks: Mutex<Vec<(ListenerId, AbortHandle)>>,
+}
+
+impl StatusListeners {
+    pub(crate) fn add(&self, id: ListenerId, task: AbortHandle) {
+        self.lock().push((id, task));
+    }
+
+    /// Stops the task of listener `id`; `false` if there is none.
+    pub(crate) fn remove(&self, id: ListenerId) -> bool {
+        let mut tasks = self.lock();
+        let Some(at) = tasks.iter().position(|(i, _)| *i == id) else {
+            return false;
+        };
+        let (_, task) = tasks.swap_remove(at);
+        task.abort();
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(ListenerId, AbortHandle)>> {
+        // Only pushed to and removed from: never left half-updated.
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Calls `listener` with every status whose [`crate::State`] differs from the last one it
+/// was called with (starting from `last`, the state when it registered, which `rx` has
+/// marked seen), until the status channel closes. A watch channel keeps only the latest value, so transitions quicker than
+/// this task runs are coalesced: the listener always ends up told the current state.
+pub(crate) async fn status_loop(
+    mut rx: watch::Receiver<Status>,
+    mut last: State,
+    listener: impl Fn(&Status) + Send + Sync + 'static,
+) {
+    while rx.changed().await.is_ok() {
+        let status = rx.borrow_and_update().clone();
+        if status.state == last {
+            continue;
+        }
+        last = status.state;
+        if catch_unwind(AssertUnwindSafe(|| listener(&status))).is_err() {
+            tracing::error!(
+                state = %status.state,
+                "a status listener panicked; the panic was contained"
+            );
         }
     }
 }
@@ -213,6 +274,65 @@ mod tests {
             ..change(&["a"])
         });
         assert_eq!(seen.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn status_listeners_hear_state_changes_only() {
+        let (tx, rx) = watch::channel(Status::initial());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let task = tokio::spawn(status_loop(rx, State::Initializing, move |st: &Status| {
+            s.lock().unwrap().push(st.state);
+            assert_ne!(st.state, State::Failed, "a panicking listener is contained");
+        }));
+        let set = |state: State, version: Option<u64>| {
+            tx.send_modify(|st| {
+                st.state = state;
+                st.version = version;
+            });
+        };
+        // Each step waits for the listener, so that the watch cannot coalesce them.
+        let wait_len = |n: usize| {
+            let seen = Arc::clone(&seen);
+            async move {
+                tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                    while seen.lock().unwrap().len() < n {
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await
+                .expect("the listener was not called");
+            }
+        };
+        set(State::Ready, Some(1));
+        wait_len(1).await;
+        set(State::Ready, Some(2)); // a new version, the same state: not reported
+        set(State::Stale, Some(2));
+        wait_len(2).await;
+        set(State::Failed, Some(2));
+        wait_len(3).await;
+        set(State::Ready, Some(3));
+        wait_len(4).await;
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [State::Ready, State::Stale, State::Failed, State::Ready]
+        );
+    }
+
+    #[test]
+    fn removing_a_status_listener_stops_its_task() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let l = StatusListeners::default();
+        let task = rt.spawn(std::future::pending::<()>());
+        let id = Listeners::default().next_id();
+        l.add(id, task.abort_handle());
+        assert!(l.remove(id));
+        assert!(!l.remove(id));
+        assert!(rt.block_on(task).unwrap_err().is_cancelled());
     }
 
     #[tokio::test]

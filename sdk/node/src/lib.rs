@@ -40,6 +40,8 @@ pub use options::ClientOptions;
 
 /// A flag-change callback: called with one argument, never keeps the process alive.
 type ChangeCallback = ThreadsafeFunction<FlagChangeJs, (), FlagChangeJs, Status, false, true>;
+/// A status callback: the same, with the new status.
+type StatusCallback = ThreadsafeFunction<StatusJs, (), StatusJs, Status, false, true>;
 
 /// The native client: one [`vexil_sdk::Client`] (its background thread, store and data
 /// source). The wrapper holds one per `Client`; closing it, or garbage collection of the
@@ -53,6 +55,18 @@ pub struct NativeClient {
     listeners: Mutex<HashMap<u32, ListenerId>>,
     /// The next number handed out for a listener.
     next_listener: AtomicU32,
+}
+
+impl NativeClient {
+    /// Hands out the number JavaScript knows listener `sdk_id` by.
+    fn remember(&self, sdk_id: ListenerId) -> u32 {
+        let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, sdk_id);
+        id
+    }
 }
 
 #[napi]
@@ -282,7 +296,7 @@ impl NativeClient {
 
     /// Calls `callback` with `{ version, keys, origin }` after every update that changed some
     /// flag's result. The callback runs on Node's main thread; it does not keep the process
-    /// alive. Returns an id for [`NativeClient::remove_flag_change_listener`].
+    /// alive. Returns an id for [`NativeClient::remove_listener`].
     #[napi(ts_args_type = "callback: (change: FlagChangeJs) => void")]
     pub fn on_flag_change(&self, callback: ChangeCallback) -> u32 {
         let sdk_id = self.client.on_flag_change(move |change| {
@@ -292,23 +306,38 @@ impl NativeClient {
                 ThreadsafeFunctionCallMode::NonBlocking,
             );
         });
-        let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, sdk_id);
-        id
+        self.remember(sdk_id)
     }
 
-    /// Removes a listener; `false` if it was not registered.
+    /// Calls `callback` with the new status (`{ state, origin, lastError, … }`) each time the
+    /// client's state changes (`ready` → `stale` when the stream is lost, back to `ready`,
+    /// `failed` when the SDK key is refused…), on Node's main thread; it does not keep the
+    /// process alive. Returns an id for [`NativeClient::remove_listener`].
+    #[napi(ts_args_type = "callback: (status: StatusJs) => void")]
+    pub fn on_status_change(&self, callback: StatusCallback) -> u32 {
+        let sdk_id = self.client.on_status_change(move |status| {
+            // Queued for the main thread; fails only once the environment is shutting down.
+            let _ = callback.call(
+                StatusJs::from(status.clone()),
+                ThreadsafeFunctionCallMode::NonBlocking,
+            );
+        });
+        self.remember(sdk_id)
+    }
+
+    /// Removes a flag-change or status listener; `false` if it was not registered.
     #[napi]
-    pub fn remove_flag_change_listener(&self, id: u32) -> bool {
+    pub fn remove_listener(&self, id: u32) -> bool {
         let sdk_id = self
             .listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
-        sdk_id.is_some_and(|sdk_id| self.client.remove_flag_change_listener(sdk_id))
+        // The SDK's ids are unique across both kinds: at most one of these finds it.
+        sdk_id.is_some_and(|sdk_id| {
+            self.client.remove_flag_change_listener(sdk_id)
+                || self.client.remove_status_listener(sdk_id)
+        })
     }
 
     /// [`Client::close`]: stops the data source, writes a pending last-known-good snapshot and

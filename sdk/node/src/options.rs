@@ -48,7 +48,8 @@ fn ms(v: u32) -> Duration {
 
 /// The builder `options` describe.
 pub(crate) fn builder(sdk_key: String, o: ClientOptions) -> ClientBuilder {
-    let mut b = Client::builder(sdk_key);
+    // Events and the User-Agent name this addon, not the Rust SDK it wraps.
+    let mut b = Client::builder(sdk_key).sdk_identity("vexil-node", env!("CARGO_PKG_VERSION"));
     if let Some(url) = o.base_url {
         b = b.base_url(url);
     }

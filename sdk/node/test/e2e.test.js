@@ -7,9 +7,46 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const path = require('node:path');
+const { OpenFeature, ProviderEvents, ProviderStatus, ErrorCode } = require('@openfeature/server-sdk');
 const { Client } = require('..');
+const { VexilProvider } = require('../openfeature');
 const { tempDir, nextChange } = require('./helpers');
-const { Server, Relay, freePort, runNode, WAIT_MS } = require('./harness');
+const { Server, Relay, freePort, runNode, sqlite, WAIT_MS } = require('./harness');
+
+/**
+ * Every provider event the OpenFeature client `of` hears, in order; `next(type, pred)`
+ * resolves with the first one not yet taken of that type (and matching `pred`), or rejects
+ * after the deadline. Events of other types are kept for later calls.
+ */
+function providerEvents(of) {
+  const seen = [];
+  const waiters = [];
+  for (const type of Object.values(ProviderEvents)) {
+    of.addHandler(type, (details) => {
+      seen.push({ type, details });
+      for (const w of [...waiters]) w();
+    });
+  }
+  const next = (type, pred = () => true) =>
+    new Promise((resolve, reject) => {
+      const check = () => {
+        const i = seen.findIndex((e) => e.type === type && pred(e.details));
+        if (i < 0) return false;
+        const [e] = seen.splice(i, 1);
+        waiters.splice(waiters.indexOf(check), 1);
+        clearTimeout(timer);
+        resolve(e.details);
+        return true;
+      };
+      const timer = setTimeout(() => {
+        waiters.splice(waiters.indexOf(check), 1);
+        reject(new Error(`no ${type} within ${WAIT_MS} ms; heard ${JSON.stringify(seen.map((e) => e.type))}`));
+      }, WAIT_MS);
+      waiters.push(check);
+      check();
+    });
+  return { next, seen };
+}
 
 const FLAGS = '/api/v1/projects/p/flags';
 const CONFIG = (flag) => `${FLAGS}/${flag}/environments/prod`;
@@ -74,6 +111,21 @@ test('end to end through a real server and relay', async (t) => {
   t.after(() => client.close());
   const user = { key: 'u1' };
 
+  // An OpenFeature provider on a client of its own, through the same relay.
+  const provider = new VexilProvider(sdkKey, {
+    baseUrl: relay.url,
+    initTimeoutMs: WAIT_MS,
+    reconnectInitialDelayMs: 50,
+    reconnectMaxDelayMs: 500,
+    sendEvents: false,
+  });
+  await OpenFeature.setProviderAndWait('e2e', provider);
+  const of = OpenFeature.getClient('e2e');
+  const heard = providerEvents(of);
+  // A READY handler added to a ready provider runs at once: that one is not the test's.
+  await heard.next(ProviderEvents.Ready);
+  t.after(() => OpenFeature.clearProviders());
+
   await t.test('initialisation', () => {
     const s = client.status();
     assert.equal(s.state, 'ready', JSON.stringify(s));
@@ -90,10 +142,20 @@ test('end to end through a real server and relay', async (t) => {
     await changed;
     assert.equal(client.boolVariation('checkout', user, true), false);
     assert.equal(client.boolVariationDetail('checkout', user, true).reason.kind, 'OFF');
+    // The provider names the flag in PROVIDER_CONFIGURATION_CHANGED.
+    const e = await heard.next(ProviderEvents.ConfigurationChanged, (d) => d.flagsChanged.includes('checkout'));
+    assert.deepEqual(e.flagsChanged, ['checkout']);
+    assert.equal(await of.getBooleanValue('checkout', true, { targetingKey: 'u1' }), false);
   });
 
   await t.test('the relay killed and restarted: the client reconnects and catches up', async () => {
     await relay.kill();
+    // The provider reports the last-known flags as stale, and keeps serving them.
+    const stale = await heard.next(ProviderEvents.Stale);
+    assert.match(stale.message, /serving the last-known flags/);
+    assert.equal(of.providerStatus, ProviderStatus.STALE);
+    const d = await of.getBooleanDetails('checkout', true, { targetingKey: 'u1' });
+    assert.deepEqual([d.value, d.errorCode], [false, undefined]);
     // Changed while the relay is down: only a reconnection can bring it.
     await setOn(server, 'checkout', true);
     const changed = nextChange(client, (c) => c.keys.includes('checkout'), WAIT_MS, 'checkout on again');
@@ -101,6 +163,23 @@ test('end to end through a real server and relay', async (t) => {
     await changed;
     assert.equal(client.boolVariation('checkout', user, false), true);
     assert.equal(client.status().state, 'ready');
+    await heard.next(ProviderEvents.Ready);
+    assert.equal(of.providerStatus, ProviderStatus.READY);
+    await heard.next(ProviderEvents.ConfigurationChanged, (c) => c.flagsChanged.includes('checkout'));
+    assert.equal(await of.getBooleanValue('checkout', false, { targetingKey: 'u1' }), true);
+  });
+
+  await t.test('a refused SDK key: the provider fails with PROVIDER_FATAL and OpenFeature emits ERROR', async () => {
+    const bad = new VexilProvider('not-a-real-key', { baseUrl: server.url, initTimeoutMs: WAIT_MS, sendEvents: false });
+    const errored = new Promise((resolve) => OpenFeature.addHandler(ProviderEvents.Error, function once(d) {
+      if (d.domain !== 'refused') return;
+      OpenFeature.removeHandler(ProviderEvents.Error, once);
+      resolve(d);
+    }));
+    await assert.rejects(OpenFeature.setProviderAndWait('refused', bad), (e) => e.code === ErrorCode.PROVIDER_FATAL);
+    const e = await errored;
+    assert.match(e.message, /HTTP 401/);
+    assert.equal(OpenFeature.getClient('refused').providerStatus, ProviderStatus.FATAL);
   });
 
   await t.test('track events from a process that calls process.exit without closing reach the server', async () => {
@@ -132,6 +211,9 @@ test('end to end through a real server and relay', async (t) => {
     assert.deepEqual(results.units, served, JSON.stringify(results));
     const conversions = results.metrics[0].variations.map((v) => v.conversions);
     assert.deepEqual(conversions, served, JSON.stringify(results));
+    // The summaries the server stored name this SDK, not the Rust SDK it wraps.
+    const senders = sqlite(server.db, "SELECT DISTINCT json_extract(detail, '$.sdk.name') || '/' || json_extract(detail, '$.sdk.version') FROM events WHERE kind = 'summary'");
+    assert.deepEqual(senders, [`vexil-node/${require('../package.json').version}`]);
   });
 
   await t.test('everything stopped: a new process serves the last-known-good file', async () => {

@@ -2,7 +2,7 @@
 // Real `vexil-server` and `vexil-relay` processes for the end-to-end test: the binaries cargo
 // built (VEXIL_SERVER_BIN / VEXIL_RELAY_BIN, or CARGO_TARGET_DIR's debug build), the server on
 // a fresh SQLite file, the admin API over real HTTP, and child Node processes.
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const net = require('node:net');
@@ -111,7 +111,7 @@ class Server {
     s.token = `vxa_${crypto.randomBytes(24).toString('hex')}`;
     s.proc = new Proc('vexil-server', binary('VEXIL_SERVER_BIN', 'vexil-server'), {
       VEXIL_LISTEN: '127.0.0.1:0',
-      VEXIL_DATABASE_URL: path.join(dir, 'vexil.db'),
+      VEXIL_DATABASE_URL: (s.db = path.join(dir, 'vexil.db')),
       VEXIL_BOOTSTRAP_TOKEN: s.token,
     });
     const m = await s.proc.waitFor(/listening on (http:\/\/\S+)/, 'listening line');
@@ -211,4 +211,18 @@ function runNode(script, env = {}) {
   });
 }
 
-module.exports = { Server, Relay, freePort, runNode, WAIT_MS };
+/**
+ * The first column of every row `sql` selects from the SQLite database `db` (the server's),
+ * one value a line: read with the `sqlite3` shell, or Python's `sqlite3` module where the
+ * shell is not installed (node 20 has no SQLite of its own).
+ */
+function sqlite(db, sql) {
+  const py = 'import sqlite3,sys\nfor r in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]): print(r[0])';
+  let r = spawnSync('sqlite3', [db, sql], { encoding: 'utf8', timeout: WAIT_MS });
+  if (r.error?.code === 'ENOENT') r = spawnSync('python3', ['-c', py, db, sql], { encoding: 'utf8', timeout: WAIT_MS });
+  if (r.error) throw new Error(`neither sqlite3 nor python3 could run: ${r.error.message}`);
+  if (r.status !== 0) throw new Error(`reading ${db} failed (${r.status}): ${r.stderr}`);
+  return r.stdout.split('\n').filter((l) => l !== '');
+}
+
+module.exports = { Server, Relay, freePort, runNode, sqlite, WAIT_MS };

@@ -32,7 +32,8 @@ mod summary;
 use dedup::ExposureCache;
 use summary::Summaries;
 
-/// The SDK name sent in every batch.
+/// The SDK name sent in every batch, unless [`crate::ClientBuilder::sdk_identity`] gives
+/// another.
 pub const SDK_NAME: &str = "vexil-rust";
 
 /// Configures analytics events ([`crate::ClientBuilder::events`]).
@@ -275,7 +276,8 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Events {
-    pub(crate) fn new(config: EventsConfig, delivery: Delivery) -> Self {
+    /// `sdk` is the sender's name and version, stamped on every batch.
+    pub(crate) fn new(config: EventsConfig, delivery: Delivery, sdk: (String, String)) -> Self {
         Self {
             queue: ArrayQueue::new(config.capacity.max(1)),
             dedup: ExposureCache::new(config.dedup_capacity),
@@ -283,8 +285,8 @@ impl Events {
             wake: Notify::new(),
             delivery,
             sdk: SdkInfo {
-                name: SDK_NAME.to_owned(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
+                name: sdk.0,
+                version: sdk.1,
                 instance_id: uuid::Uuid::new_v4().to_string(),
             },
             summary_start: AtomicU64::new(now_ms()),
@@ -465,6 +467,7 @@ mod tests {
         Events::new(
             EventsConfig::default().capacity(capacity),
             Delivery::Sink(EventSink::new()),
+            (SDK_NAME.to_owned(), "0".to_owned()),
         )
     }
 

@@ -30,6 +30,8 @@ use crate::harness::*;
 struct Upload {
     at: Instant,
     batch: EventBatch,
+    /// The request's `User-Agent`.
+    user_agent: Option<String>,
 }
 
 impl Upload {
@@ -70,6 +72,7 @@ async fn bulk(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Res
     let _ = r.uploads.send(Upload {
         at: Instant::now(),
         batch,
+        user_agent: header("user-agent").map(str::to_owned),
     });
     match r.script.lock().unwrap().pop_front() {
         Some(Reply::Unavailable { retry_after }) => (
@@ -202,6 +205,10 @@ async fn exposures_are_deduplicated_and_summaries_count_every_evaluation() {
     let sdk = upload.batch.sdk.clone().unwrap();
     assert_eq!(sdk.name, "vexil-rust");
     assert_eq!(sdk.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        upload.user_agent.as_deref(),
+        Some(concat!("vexil-rust-sdk/", env!("CARGO_PKG_VERSION")))
+    );
     assert_eq!(uuid_version(&sdk.instance_id), Some(4));
     let events = upload.events();
     let exposures: Vec<_> = events
@@ -264,6 +271,31 @@ async fn exposures_are_deduplicated_and_summaries_count_every_evaluation() {
     let stats = client.status().events;
     assert_eq!((stats.recorded, stats.dropped, stats.failed), (2, 0, 0));
     assert_eq!(stats.sent, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrapping_sdk_names_itself_in_batches_and_the_user_agent() {
+    let mut server = EventServer::start(flags()).await;
+    let client = server
+        .builder(manual())
+        .sdk_identity("vexil-python", "1.2.3")
+        .build()
+        .unwrap();
+    client.wait_for_initialization(PATIENCE).await.unwrap();
+    client.bool_variation("plain", &Context::new("u"), false);
+    client.flush();
+    let upload = server.next("the flushed batch").await;
+    let sdk = upload.batch.sdk.clone().unwrap();
+    assert_eq!(
+        (sdk.name.as_str(), sdk.version.as_str()),
+        ("vexil-python", "1.2.3")
+    );
+    let agent = upload.user_agent.unwrap_or_default();
+    assert!(
+        agent.starts_with("vexil-python/1.2.3 vexil-rust-sdk/"),
+        "{agent}"
+    );
+    client.close();
 }
 
 fn uuid_version(s: &str) -> Option<u32> {

@@ -120,6 +120,43 @@ async fn a_change_and_a_deletion_reach_receivers_and_callbacks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_listeners_hear_the_stream_lost_and_back() {
+    let server = TestServer::start(
+        HubConfig::default(),
+        Some(snapshot(1, vec![string_flag("a", "a1")])),
+    )
+    .await;
+    let client = client(&server, fast());
+    client.wait_for_initialization(PATIENCE).await.unwrap();
+    // Registered once ready: the baseline, so the first call is the cut.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let id = client.on_status_change(move |s| {
+        let _ = tx.send((s.state, s.last_error.is_some()));
+    });
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<(State, bool)>) -> (State, bool) {
+        tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .expect("no status change in time")
+            .expect("the listener was dropped")
+    }
+    server.proxy.set(Mode::Cut);
+    assert_eq!(
+        next(&mut rx).await,
+        (State::Stale, true),
+        "the stream was cut"
+    );
+    server.proxy.set(Mode::Pass);
+    assert_eq!(next(&mut rx).await, (State::Ready, false), "reconnected");
+
+    assert!(client.remove_status_listener(id));
+    assert!(!client.remove_status_listener(id));
+    assert!(
+        !client.remove_flag_change_listener(id),
+        "not a flag-change listener"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_during_a_cut_arrive_through_last_event_id_replay() {
     let server = TestServer::start(
         HubConfig::default(),
