@@ -104,9 +104,29 @@ function salvagedJson(ctx) {
  * context from the second on. Requests usually evaluate several flags for one user; from the
  * second evaluation on, only `JSON.stringify` and a lookup remain of the conversion. Bounded:
  * emptied when full.
+ *
+ * Adaptive: remembering a context costs about as much as converting it once (hashing its
+ * text, the map entry, the garbage it keeps alive), which only pays when contexts recur. So
+ * the hits are counted over windows of PROBE_WINDOW lookups; while fewer than one in
+ * RARE_HITS hit (every context new, e.g. a user per request), only one call in PROBE_EVERY
+ * consults the map, and the others go straight to the native conversion. The sampled calls
+ * keep measuring, so recurring contexts switch the map back on within a window or two.
  */
 const RECENT_MAX = 1024;
 const recent = new Map();
+const PROBE_WINDOW = 256;
+const RARE_HITS = 8;
+const PROBE_EVERY = 16;
+const probing = { lookups: 0, hits: 0, every: 1, countdown: 0 };
+
+/** Counts one lookup (a hit or not) and re-decides how often to probe at a window's end. */
+function counted(hit) {
+  if (hit) probing.hits += 1;
+  if (++probing.lookups < PROBE_WINDOW) return;
+  probing.every = probing.hits * RARE_HITS < probing.lookups ? PROBE_EVERY : 1;
+  probing.lookups = 0;
+  probing.hits = 0;
+}
 
 /**
  * The converted context (a NativeContext) when this context's JSON text was seen recently,
@@ -114,13 +134,25 @@ const recent = new Map();
  */
 function lookupJson(ctx) {
   const json = contextJson(ctx);
+  if (probing.every > 1) {
+    if (probing.countdown > 0) {
+      probing.countdown -= 1;
+      return json;
+    }
+    probing.countdown = probing.every - 1;
+  }
   const known = recent.get(json);
-  if (known) return known;
+  if (known) {
+    counted(true);
+    return known;
+  }
   if (known === null) {
+    counted(true);
     const prepared = new NativeContext(json);
     recent.set(json, prepared);
     return prepared;
   }
+  counted(false);
   if (recent.size >= RECENT_MAX) recent.clear();
   recent.set(json, null);
   return json;

@@ -201,3 +201,26 @@ test('a context object changed between evaluations is seen: conversions are neve
   for (let i = 0; i < 3; i++) assert.equal(on({ key: 'u', attributes: { plan: 'pro' } }), true);
   client.close();
 });
+
+test('contexts all new, then recurring: every evaluation right while the JSON-text cache adapts', async () => {
+  const flag = {
+    key: 'gated', kind: 'boolean', variations: [{ value: true }, { value: false }],
+    on: true, off_variation: 1, fallthrough: { variation: 1 },
+    rules: [{ id: 'pro', clauses: [{ attribute: 'plan', op: 'in', values: ['pro'] }], serve: { variation: 0 } }],
+  };
+  const file = writeSnapshot(dir, 'adaptive.json', snapshot(1, [flag]));
+  const client = await Client.init('k', { file, sendEvents: false });
+  const plan = (i) => (i % 3 === 0 ? 'pro' : 'free');
+  // Thousands of contexts seen once: the cache stops being consulted on most calls.
+  for (let i = 0; i < 3000; i++) {
+    const got = client.boolVariation('gated', { key: `new-${i}`, attributes: { plan: plan(i) } }, false);
+    assert.equal(got, plan(i) === 'pro', `new context ${i}`);
+  }
+  // Then a few contexts, each in a fresh object per call: sampled and unsampled calls agree,
+  // and the cache comes back on without serving one context's conversion to another.
+  for (let i = 0; i < 3000; i++) {
+    const got = client.boolVariation('gated', { key: `back-${i % 4}`, attributes: { plan: plan(i % 4) } }, false);
+    assert.equal(got, plan(i % 4) === 'pro', `recurring context ${i % 4} (call ${i})`);
+  }
+  client.close();
+});
