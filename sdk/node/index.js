@@ -117,16 +117,39 @@ const recent = new Map();
 const PROBE_WINDOW = 256;
 const RARE_HITS = 8;
 const PROBE_EVERY = 16;
-const probing = { lookups: 0, hits: 0, every: 1, countdown: 0 };
 
-/** Counts one lookup (a hit or not) and re-decides how often to probe at a window's end. */
-function counted(hit) {
-  if (hit) probing.hits += 1;
-  if (++probing.lookups < PROBE_WINDOW) return;
-  probing.every = probing.hits * RARE_HITS < probing.lookups ? PROBE_EVERY : 1;
-  probing.lookups = 0;
-  probing.hits = 0;
+/**
+ * Whether a cache is worth consulting (or filling) on this call: always while at least one
+ * lookup in RARE_HITS hits over a window of PROBE_WINDOW counted lookups, else on one call in
+ * PROBE_EVERY (which keeps measuring, so that a cache becoming useful is noticed).
+ */
+class Adaptive {
+  lookups = 0;
+  hits = 0;
+  every = 1;
+  countdown = 0;
+
+  /** Whether to use the cache on this call (count the outcome with `counted` if so). */
+  use() {
+    if (this.every === 1) return true;
+    if (this.countdown > 0) {
+      this.countdown -= 1;
+      return false;
+    }
+    this.countdown = this.every - 1;
+    return true;
+  }
+
+  /** Counts one lookup; re-decides how often to use the cache at a window's end. */
+  counted(hit) {
+    if (hit) this.hits += 1;
+    if (++this.lookups < PROBE_WINDOW) return;
+    this.every = this.hits * RARE_HITS < this.lookups ? PROBE_EVERY : 1;
+    this.lookups = 0;
+    this.hits = 0;
+  }
 }
+const byText = new Adaptive();
 
 /**
  * The converted context (a NativeContext) when this context's JSON text was seen recently,
@@ -134,25 +157,19 @@ function counted(hit) {
  */
 function lookupJson(ctx) {
   const json = contextJson(ctx);
-  if (probing.every > 1) {
-    if (probing.countdown > 0) {
-      probing.countdown -= 1;
-      return json;
-    }
-    probing.countdown = probing.every - 1;
-  }
+  if (!byText.use()) return json;
   const known = recent.get(json);
   if (known) {
-    counted(true);
+    byText.counted(true);
     return known;
   }
   if (known === null) {
-    counted(true);
+    byText.counted(true);
     const prepared = new NativeContext(json);
     recent.set(json, prepared);
     return prepared;
   }
-  counted(false);
+  byText.counted(false);
   if (recent.size >= RECENT_MAX) recent.clear();
   recent.set(json, null);
   return json;
@@ -167,6 +184,8 @@ function lookupJson(ctx) {
  * inside them could not be seen without reading them whole).
  */
 const byObject = new WeakMap();
+/** Whether objects come back often enough to be remembered (see `Adaptive`). */
+const byObjectUse = new Adaptive();
 
 function isPrimitive(v) {
   return v === undefined || v === null || typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean';
@@ -207,9 +226,13 @@ function unchanged(e, ctx) {
 function lookup(ctx) {
   if (typeof ctx !== 'object' || ctx === null) return lookupJson(ctx);
   const e = byObject.get(ctx);
-  if (e !== undefined && unchanged(e, ctx)) return e.native;
+  const hit = e !== undefined && unchanged(e, ctx);
+  byObjectUse.counted(hit);
+  if (hit) return e.native;
   const c = lookupJson(ctx);
-  if (typeof c !== 'string' && isPrimitive(ctx.key) && isPrimitive(ctx.kind)) {
+  // Remembering an object (a WeakMap entry) costs about a conversion: worth it only while
+  // objects come back (not with a fresh, equal object per call).
+  if (typeof c !== 'string' && isPrimitive(ctx.key) && isPrimitive(ctx.kind) && byObjectUse.use()) {
     const attrs = primitiveAttributes(ctx.attributes);
     if (attrs !== null) {
       byObject.set(ctx, { key: ctx.key, kind: ctx.kind, attributes: ctx.attributes, ...attrs, native: c });
