@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use pyo3::IntoPyObjectExt;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use serde_json::Value;
 use vexil_sdk::{
-    Client, Context, DataOrigin, EventsConfig, FlagChange, ListenerId, PollingConfig,
-    StreamingConfig,
+    Client, Context, DataOrigin, EvaluationDetail, EventsConfig, FlagChange, ListenerId,
+    PollingConfig, Status, StreamingConfig,
 };
 
 use crate::context;
@@ -60,6 +61,16 @@ fn warn_invalid_context(py: Python<'_>, what: &str, error: &str) {
     }
 }
 
+/// `state`, `origin`, `version` and `last_error` of `s`, as `status()` gives them.
+fn status_dict<'py>(py: Python<'py>, s: &Status) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("state", s.state.as_str())?;
+    d.set_item("origin", s.origin.map(origin_name))?;
+    d.set_item("version", s.version)?;
+    d.set_item("last_error", s.last_error.as_ref().map(ToString::to_string))?;
+    Ok(d)
+}
+
 fn origin_name(origin: DataOrigin) -> &'static str {
     match origin {
         DataOrigin::Upstream => "upstream",
@@ -84,6 +95,64 @@ macro_rules! with_context {
             }
         }
     };
+}
+
+/// The typed evaluations whose values cross into Python as they are (`bool`, `float`,
+/// `int`): each Python method passes the SDK method it stands for.
+impl PyClient {
+    /// Hands out the number Python knows listener `handle` by.
+    fn remember(&self, handle: ListenerId) -> u64 {
+        let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, handle);
+        id
+    }
+
+    /// `evaluate`'s value, or `default` when the context cannot be converted.
+    fn value_of<T: Copy>(
+        &self,
+        py: Python<'_>,
+        flag_key: &str,
+        context: &Bound<'_, PyAny>,
+        default: T,
+        evaluate: fn(&Client, &str, &Context, T) -> T,
+    ) -> T {
+        with_context!(py, flag_key, context, default, |ctx| evaluate(
+            &self.inner,
+            flag_key,
+            ctx,
+            default
+        ))
+    }
+
+    /// `evaluate`'s detail with its value as a Python object, or an `INVALID_CONTEXT`
+    /// detail holding `default` when the context cannot be converted.
+    fn detail_of<T>(
+        &self,
+        py: Python<'_>,
+        flag_key: &str,
+        context: &Bound<'_, PyAny>,
+        default: T,
+        evaluate: fn(&Client, &str, &Context, T) -> EvaluationDetail<T>,
+    ) -> PyResult<PyEvaluationDetail>
+    where
+        T: for<'py> IntoPyObject<'py> + Copy,
+    {
+        let default_obj = default.into_py_any(py)?;
+        Ok(with_context!(
+            py,
+            flag_key,
+            context,
+            PyEvaluationDetail::invalid_context(default_obj),
+            |ctx| {
+                let d = evaluate(&self.inner, flag_key, ctx, default);
+                let value = d.value.into_py_any(py)?;
+                PyEvaluationDetail::from_sdk(value, d)
+            }
+        ))
+    }
 }
 
 #[pymethods]
@@ -129,6 +198,8 @@ impl PyClient {
         read_timeout: f64,
     ) -> PyResult<Self> {
         let mut b = Client::builder(sdk_key)
+            // Events and the User-Agent name this package, not the Rust SDK it wraps.
+            .sdk_identity("vexil-python", env!("CARGO_PKG_VERSION"))
             .init_timeout(seconds(init_timeout))
             .connect_timeout(seconds(connect_timeout))
             .close_timeout(seconds(close_timeout))
@@ -196,11 +267,7 @@ impl PyClient {
     /// `failed`), `origin` of the flags served, `version`, `last_error` and event counters.
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.status();
-        let d = PyDict::new(py);
-        d.set_item("state", s.state.as_str())?;
-        d.set_item("origin", s.origin.map(origin_name))?;
-        d.set_item("version", s.version)?;
-        d.set_item("last_error", s.last_error.map(|e| e.to_string()))?;
+        let d = status_dict(py, &s)?;
         let ev = PyDict::new(py);
         ev.set_item("recorded", s.events.recorded)?;
         ev.set_item("queued", s.events.queued)?;
@@ -221,9 +288,7 @@ impl PyClient {
         context: &Bound<'_, PyAny>,
         default: bool,
     ) -> bool {
-        with_context!(py, flag_key, context, default, |ctx| self
-            .inner
-            .bool_variation(flag_key, ctx, default))
+        self.value_of(py, flag_key, context, default, Client::bool_variation)
     }
 
     /// A string flag's value, or `default`. Never raises.
@@ -258,9 +323,7 @@ impl PyClient {
         context: &Bound<'_, PyAny>,
         default: f64,
     ) -> f64 {
-        with_context!(py, flag_key, context, default, |ctx| self
-            .inner
-            .number_variation(flag_key, ctx, default))
+        self.value_of(py, flag_key, context, default, Client::number_variation)
     }
 
     /// A number flag's value as an int, or `default` (also when the value has a fraction or
@@ -272,9 +335,7 @@ impl PyClient {
         context: &Bound<'_, PyAny>,
         default: i64,
     ) -> i64 {
-        with_context!(py, flag_key, context, default, |ctx| self
-            .inner
-            .int_variation(flag_key, ctx, default))
+        self.value_of(py, flag_key, context, default, Client::int_variation)
     }
 
     /// Any flag's value as Python data (dict, list, str, int, float, bool, None), or
@@ -303,26 +364,13 @@ impl PyClient {
         flag_key: &str,
         context: &Bound<'_, PyAny>,
         default: bool,
-    ) -> PyEvaluationDetail {
-        let default_obj = || {
-            pyo3::types::PyBool::new(py, default)
-                .to_owned()
-                .into_any()
-                .unbind()
-        };
-        with_context!(
+    ) -> PyResult<PyEvaluationDetail> {
+        self.detail_of(
             py,
             flag_key,
             context,
-            PyEvaluationDetail::invalid_context(default_obj()),
-            |ctx| {
-                let d = self.inner.bool_variation_detail(flag_key, ctx, default);
-                let value = pyo3::types::PyBool::new(py, d.value)
-                    .to_owned()
-                    .into_any()
-                    .unbind();
-                PyEvaluationDetail::from_sdk(value, d)
-            }
+            default,
+            Client::bool_variation_detail,
         )
     }
 
@@ -363,18 +411,13 @@ impl PyClient {
         context: &Bound<'_, PyAny>,
         default: f64,
     ) -> PyResult<PyEvaluationDetail> {
-        let default_obj = default.into_pyobject(py)?.into_any().unbind();
-        Ok(with_context!(
+        self.detail_of(
             py,
             flag_key,
             context,
-            PyEvaluationDetail::invalid_context(default_obj),
-            |ctx| {
-                let d = self.inner.number_variation_detail(flag_key, ctx, default);
-                let value = d.value.into_pyobject(py)?.into_any().unbind();
-                PyEvaluationDetail::from_sdk(value, d)
-            }
-        ))
+            default,
+            Client::number_variation_detail,
+        )
     }
 
     /// [`int_variation`] with the variation and reason.
@@ -385,18 +428,7 @@ impl PyClient {
         context: &Bound<'_, PyAny>,
         default: i64,
     ) -> PyResult<PyEvaluationDetail> {
-        let default_obj = default.into_pyobject(py)?.into_any().unbind();
-        Ok(with_context!(
-            py,
-            flag_key,
-            context,
-            PyEvaluationDetail::invalid_context(default_obj),
-            |ctx| {
-                let d = self.inner.int_variation_detail(flag_key, ctx, default);
-                let value = d.value.into_pyobject(py)?.into_any().unbind();
-                PyEvaluationDetail::from_sdk(value, d)
-            }
-        ))
+        self.detail_of(py, flag_key, context, default, Client::int_variation_detail)
     }
 
     /// [`json_variation`] with the variation and reason.
@@ -469,7 +501,6 @@ impl PyClient {
     /// `origin`. Returns an id for [`remove_flag_change_listener`]. Exceptions raised by the
     /// listener are reported through `sys.unraisablehook` and otherwise ignored.
     fn on_flag_change(&self, listener: Py<PyAny>) -> u64 {
-        let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
         let handle = self.inner.on_flag_change(move |change: &FlagChange| {
             // Nothing to call into once the interpreter is shutting down.
             Python::try_attach(|py| {
@@ -483,21 +514,38 @@ impl PyClient {
                 }
             });
         });
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, handle);
-        id
+        self.remember(handle)
     }
 
-    /// Removes a listener; `False` if it was not registered.
+    /// Calls `listener(status)` each time the client's state changes (`ready` → `stale`
+    /// when the stream is lost, back to `ready`, `failed` when the SDK key is refused,
+    /// `offline` once closed), on the SDK's background thread; `status` is the dict
+    /// `status()` returns, without the event counters. Quick successive changes may be
+    /// coalesced into the latest. Returns an id for [`remove_flag_change_listener`], which
+    /// removes either kind. Exceptions are reported through `sys.unraisablehook`.
+    fn on_status_change(&self, listener: Py<PyAny>) -> u64 {
+        let handle = self.inner.on_status_change(move |status: &Status| {
+            Python::try_attach(|py| {
+                let called = status_dict(py, status).and_then(|d| listener.call1(py, (d,)));
+                if let Err(e) = called {
+                    e.write_unraisable(py, Some(listener.bind(py)));
+                }
+            });
+        });
+        self.remember(handle)
+    }
+
+    /// Removes a flag-change or status listener; `False` if it was not registered.
     fn remove_flag_change_listener(&self, listener_id: u64) -> bool {
         let handle = self
             .listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&listener_id);
-        handle.is_some_and(|h| self.inner.remove_flag_change_listener(h))
+        // The SDK's ids are unique across both kinds: at most one of these finds it.
+        handle.is_some_and(|h| {
+            self.inner.remove_flag_change_listener(h) || self.inner.remove_status_listener(h)
+        })
     }
 
     /// Stops the background work, writing the last-known-good file and sending pending

@@ -16,6 +16,8 @@ import textwrap
 from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEvent
+from openfeature.exception import ErrorCode
+from openfeature.provider import ProviderStatus
 from openfeature.track import TrackingEventDetails
 
 import vexil
@@ -79,13 +81,25 @@ def test_streams_a_flip_and_reconnects_after_the_relay_restarts(stack) -> None:
 def test_track_events_reach_the_server(stack) -> None:
     server, relay = stack
     with vexil.Client(server.sdk_key, base_url=relay.url, **FAST) as client:
+        client.bool_variation("checkout", vexil.Context("buyer-1"), False)  # a summary
         client.track("purchase", vexil.Context("buyer-1"), 39.5)
         client.track("signup", {"key": "buyer-2", "kind": "user"})
         client.flush()
         rows = wait_until("the events in the server's database",
                           lambda: (r := stored_events(server, "custom")) and len(r) == 2 and r)
         assert sorted(rows) == [("purchase", "buyer-1", 39.5), ("signup", "buyer-2", None)]
-        assert client.status()["events"]["sent"] >= 2
+        # Counted once the server's answer is read, which may follow the rows' commit.
+        wait_until("the events counted as sent", lambda: client.status()["events"]["sent"] >= 2)
+        # The summary the server stored names this package, not the Rust SDK it wraps.
+        senders = wait_until("the summary in the server's database", lambda: stored_senders(server))
+        assert senders == [f"vexil-python/{vexil.__version__}"]
+
+
+def stored_senders(server) -> list[str]:
+    with sqlite3.connect(server.db, timeout=WAIT) as db:
+        return [r[0] for r in db.execute(
+            "SELECT DISTINCT json_extract(detail, '$.sdk.name') || '/' || "
+            "json_extract(detail, '$.sdk.version') FROM events WHERE kind = 'summary'")]
 
 
 def test_the_openfeature_provider_on_a_real_stream(stack) -> None:
@@ -93,8 +107,14 @@ def test_the_openfeature_provider_on_a_real_stream(stack) -> None:
     provider = VexilProvider(sdk_key=server.sdk_key, base_url=relay.url, **{
         k: v for k, v in FAST.items() if k != "start_wait"})
     events: queue.Queue = queue.Queue()
+    stale: queue.Queue = queue.Queue()
+    ready: queue.Queue = queue.Queue()
     api.set_provider_and_wait(provider)
     api.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, events.put)
+    api.add_handler(ProviderEvent.PROVIDER_STALE, stale.put)
+    api.add_handler(ProviderEvent.PROVIDER_READY, ready.put)
+    # A READY handler added to a ready provider runs at once: that one is not the test's.
+    ready.get(timeout=WAIT)
     try:
         of = api.get_client()
         ctx = EvaluationContext("u1")
@@ -109,8 +129,38 @@ def test_the_openfeature_provider_on_a_real_stream(stack) -> None:
         provider.client.flush()
         wait_until("the tracked event at the server",
                    lambda: ("checkout-completed", "u1", 12.0) in stored_events(server, "custom"))
+
+        # The relay dies: PROVIDER_STALE, and the last-known flags are still served.
+        relay.kill()
+        details = stale.get(timeout=WAIT)
+        assert details.message and "serving the last-known flags" in details.message, details
+        assert of.get_provider_status() == ProviderStatus.STALE
+        assert of.get_boolean_value("checkout", True, ctx) is False
+        # Back: PROVIDER_READY.
+        relay.start()
+        details = ready.get(timeout=WAIT)
+        assert details.message == "flags current", details
+        assert of.get_provider_status() == ProviderStatus.READY
     finally:
         api.remove_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, events.put)
+        api.remove_handler(ProviderEvent.PROVIDER_STALE, stale.put)
+        api.remove_handler(ProviderEvent.PROVIDER_READY, ready.put)
+        api.shutdown()
+
+
+def test_a_refused_sdk_key_makes_the_provider_fatal(stack) -> None:
+    server, _ = stack
+    errors: queue.Queue = queue.Queue()
+    api.add_handler(ProviderEvent.PROVIDER_ERROR, errors.put)
+    try:
+        provider = VexilProvider(sdk_key="not-a-real-key", base_url=server.url, events=False,
+                                 init_wait=WAIT)
+        api.set_provider(provider, "refused")
+        details = errors.get(timeout=WAIT)
+        assert details.error_code == ErrorCode.PROVIDER_FATAL, details
+        assert api.get_client("refused").get_provider_status() == ProviderStatus.FATAL
+    finally:
+        api.remove_handler(ProviderEvent.PROVIDER_ERROR, errors.put)
         api.shutdown()
 
 

@@ -13,7 +13,10 @@ Reasons and error codes come from the SDK's single mapping (the same as the Rust
 index when it has none. The evaluation context's targeting key is the context key (none: an
 anonymous context); a string attribute ``kind`` sets the context kind; other attributes become
 context attributes (datetimes as RFC 3339 strings; values that are not JSON are skipped).
-Flag changes are emitted as ``PROVIDER_CONFIGURATION_CHANGED`` with the keys changed.
+Flag changes are emitted as ``PROVIDER_CONFIGURATION_CHANGED`` with the keys changed; the
+client's state changes after initialisation as ``PROVIDER_STALE`` (the stream was lost: the
+last-known flags are served), ``PROVIDER_READY`` (current again) and ``PROVIDER_ERROR`` with
+``PROVIDER_FATAL`` (the data source gave up, e.g. the SDK key was refused).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -128,6 +132,10 @@ def _resolution(detail: EvaluationDetail, flag_key: str, default: Any) -> FlagRe
     )
 
 
+#: The client states that are provider events (``initializing`` and ``offline`` are none).
+_EVENT_STATES = frozenset({"ready", "stale", "failed"})
+
+
 class VexilProvider(AbstractProvider):
     """OpenFeature provider over a :class:`vexil.Client`.
 
@@ -154,6 +162,12 @@ class VexilProvider(AbstractProvider):
         self._init_wait = init_wait
         self._options = client_options
         self._listener: Optional[int] = None
+        self._status_listener: Optional[int] = None
+        # The client state OpenFeature last heard of: None until `initialize` ends (OpenFeature
+        # reports its outcome itself); then only changes are emitted. Written from the
+        # caller's thread and the SDK's, hence the lock.
+        self._reported: Optional[str] = None
+        self._lock = threading.Lock()
 
     @property
     def client(self) -> Optional[Client]:
@@ -168,16 +182,23 @@ class VexilProvider(AbstractProvider):
             assert self._sdk_key is not None
             self._client = Client(self._sdk_key, start_wait=0, **self._options)
         client = self._client
-        if not client.wait_for_initialization(self._init_wait):
-            status = client.status()
-            if status["state"] == "failed":
-                raise ProviderFatalError(
-                    error_message=f"the Vexil client failed: {status['last_error']}"
-                )
-            if not client.is_initialized():
-                # Not ready and no fallback: the provider reports the error; the client keeps
-                # trying, and evaluations return defaults with PROVIDER_NOT_READY meanwhile.
-                _log.warning("vexil: no flags within %ss; state %s", self._init_wait, status["state"])
+        # Before waiting, so that no change is missed; reported only once initialised.
+        self._status_listener = client.on_status_change(self._status_changed)
+        try:
+            if not client.wait_for_initialization(self._init_wait):
+                status = client.status()
+                if status["state"] == "failed":
+                    raise ProviderFatalError(
+                        error_message=f"the Vexil client failed: {status['last_error']}"
+                    )
+                if not client.is_initialized():
+                    # Not ready and no fallback: the client keeps trying, evaluations return
+                    # defaults with PROVIDER_NOT_READY meanwhile, and READY follows the flags.
+                    _log.warning("vexil: no flags within %ss; state %s", self._init_wait,
+                                 status["state"])
+        finally:
+            with self._lock:
+                self._reported = client.status()["state"]
         self._listener = client.on_flag_change(self._changed)
 
     def _changed(self, change: Any) -> None:
@@ -185,13 +206,31 @@ class VexilProvider(AbstractProvider):
             ProviderEventDetails(flags_changed=list(change.keys), message=f"version {change.version}")
         )
 
+    def _status_changed(self, status: dict[str, Any]) -> None:
+        state = status["state"]
+        with self._lock:
+            if self._reported is None or state not in _EVENT_STATES or state == self._reported:
+                return
+            self._reported = state
+        error = status.get("last_error")
+        if state == "ready":
+            self.emit_provider_ready(ProviderEventDetails(message="flags current"))
+        elif state == "stale":
+            self.emit_provider_stale(ProviderEventDetails(
+                message=f"serving the last-known flags: {error or 'upstream unreachable'}"))
+        else:
+            # The data source will not retry: OpenFeature's fatal error.
+            self.emit_provider_error(ProviderEventDetails(
+                message=f"the Vexil client failed: {error}", error_code=ErrorCode.PROVIDER_FATAL))
+
     def shutdown(self) -> None:
         client = self._client
         if client is None:
             return
-        if self._listener is not None:
-            client.remove_flag_change_listener(self._listener)
-            self._listener = None
+        for listener in (self._listener, self._status_listener):
+            if listener is not None:
+                client.remove_flag_change_listener(listener)
+        self._listener = self._status_listener = None
         if self._owned:
             client.close()
             self._client = None
