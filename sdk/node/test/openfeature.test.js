@@ -210,3 +210,55 @@ test('every shared fixture case through the OpenFeature client', async () => {
   assert.ok(cases > 100);
   assert.deepEqual(failures, [], `${failures.length} failures`);
 });
+
+test('after initialisation: the stream lost is PROVIDER_STALE, a key refused on reconnection PROVIDER_ERROR (fatal)', async () => {
+  // A real HTTP server speaking the SDK stream: the first connection gets a snapshot and is
+  // ended on cue, every later one is refused with 401 (the key was revoked meanwhile).
+  const http = require('node:http');
+  let first;
+  let connections = 0;
+  const server = http.createServer((req, res) => {
+    if (req.url !== '/sdk/v1/stream') {
+      res.writeHead(404).end();
+      return;
+    }
+    connections += 1;
+    if (connections > 1) {
+      res.writeHead(401, { 'content-type': 'application/problem+json' }).end('{"status":401}');
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    res.write(`event: put\nid: 1\ndata: ${JSON.stringify({ version: 1, flags: FLAGS })}\n\n`);
+    first = res;
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const provider = new VexilProvider('revoked-key', {
+    baseUrl: `http://127.0.0.1:${server.address().port}`,
+    // Long enough that STALE is not coalesced with the failure that follows it.
+    reconnectInitialDelayMs: 200,
+    reconnectMaxDelayMs: 400,
+    sendEvents: false,
+  });
+  await OpenFeature.setProviderAndWait('revoked', provider);
+  const client = OpenFeature.getClient('revoked');
+  assert.equal(client.providerStatus, ProviderStatus.READY);
+  const heard = (type) =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no ${type} in 10 s`)), 10_000);
+      client.addHandler(type, function once(d) {
+        client.removeHandler(type, once);
+        clearTimeout(timer);
+        resolve(d);
+      });
+    });
+  const stale = heard(ProviderEvents.Stale);
+  const errored = heard(ProviderEvents.Error);
+  first.end();
+  assert.match((await stale).message, /serving the last-known flags/);
+  const e = await errored;
+  assert.equal(e.errorCode, ErrorCode.PROVIDER_FATAL);
+  assert.match(e.message, /401/);
+  assert.equal(client.providerStatus, ProviderStatus.FATAL);
+  await OpenFeature.clearProviders();
+  server.close();
+});
