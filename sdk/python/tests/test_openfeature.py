@@ -136,3 +136,77 @@ def test_a_source_that_gives_up_makes_the_provider_fatal(tmp_path) -> None:
         assert (d.value, d.error_code) == (True, ErrorCode.PROVIDER_FATAL)
     finally:
         api.shutdown()
+
+
+def test_after_initialisation_a_lost_stream_is_stale_and_a_refused_key_fatal() -> None:
+    """A real HTTP server speaking the SDK protocol: the snapshot and the first stream
+    connection get the flags, the stream is ended on cue, and every request after that is
+    refused with 401 (the key was revoked meanwhile)."""
+    import http.server
+    import json
+    import queue
+
+    end_stream = threading.Event()
+    connections = []
+
+    class Stream(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            connections.append(self.path)
+            if self.path.startswith("/sdk/v1/snapshot") and not end_stream.is_set():
+                body = json.dumps(SNAPSHOT).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if end_stream.is_set() or sum(p.startswith("/sdk/v1/stream") for p in connections) > 1:
+                self.send_response(401)
+                self.send_header("content-type", "application/problem+json")
+                self.send_header("content-length", "14")
+                self.end_headers()
+                self.wfile.write(b'{"status":401}')
+                return
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            frame = f"event: put\nid: 3\ndata: {json.dumps(SNAPSHOT)}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+            self.wfile.flush()
+            end_stream.wait(30)
+            self.wfile.write(b"0\r\n\r\n")
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stale: queue.Queue = queue.Queue()
+    errors: queue.Queue = queue.Queue()
+    try:
+        # Reconnection slow enough that STALE is not coalesced with the failure after it.
+        provider = VexilProvider(sdk_key="revoked-key", base_url=f"http://127.0.0.1:{server.server_port}",
+                                 events=False, reconnect_delay=0.2, max_reconnect_delay=0.4)
+        api.set_provider_and_wait(provider, "revoked")
+        client = api.get_client("revoked")
+        assert provider.client is not None
+        assert provider.client.status()["state"] == "ready", (provider.client.status(), connections)
+        client.add_handler(ProviderEvent.PROVIDER_STALE, stale.put)
+        client.add_handler(ProviderEvent.PROVIDER_ERROR, errors.put)
+        end_stream.set()
+        details = stale.get(timeout=10)
+        assert details.message and "serving the last-known flags" in details.message, details
+        details = errors.get(timeout=10)
+        assert details.error_code == ErrorCode.PROVIDER_FATAL, details
+        assert details.message and "401" in details.message, details
+        assert client.get_provider_status() == ProviderStatus.FATAL
+        # OpenFeature answers defaults once FATAL; the Vexil client keeps its last flags.
+        assert provider.client.bool_variation("beta", "vip", False) is True
+    finally:
+        end_stream.set()
+        api.shutdown()
+        server.shutdown()
