@@ -9,10 +9,14 @@
 //! environment's allowed origins.
 //!
 //! The evaluated stream starts with a `put` of every client-side flag's value for the
-//! context, then sends a `patch` only for flags whose value or variant *for this context*
-//! changed (and `removed` for flags gone or no longer client-side). Each change is evaluated
-//! per connection with the shared engine, on the compiled snapshot of the
-//! [`EvaluatorSource`]; the hub's SDK stream of the environment is only the wake-up signal.
+//! context, then sends a `patch` only for flags whose answer *for this context* changed (and
+//! `removed` for flags gone or no longer client-side). Per change, each connection
+//! re-evaluates only the flags the change can affect
+//! ([`CompiledSnapshot::flags_affected_since`], computed once per change and shared), with
+//! the shared engine on the compiled snapshot of the [`EvaluatorSource`], and compares them
+//! with the items it last sent; the hub's SDK stream of the environment is only the wake-up
+//! signal. Items carry `inExperiment`, `variationIndex` and `flagVersion` for the page's
+//! exposures; `flagVersion` alone changing (a no-op edit) sends nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -34,7 +38,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
-use vexil_eval::CompiledSnapshot;
+use vexil_eval::{AffectedFlags, CompiledSnapshot};
 use vexil_schema::stream::{EnvironmentId, SdkKeyHash, parse_version};
 
 use crate::auth::hash_sdk_key;
@@ -219,7 +223,9 @@ pub async fn cors(req: Request, next: Next) -> Response {
         );
         h.insert(
             ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Authorization, Content-Type, If-None-Match, Last-Event-ID"),
+            HeaderValue::from_static(
+                "Authorization, Content-Type, If-None-Match, Last-Event-ID, X-Vexil-Event-Schema",
+            ),
         );
         h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
         return r;
@@ -239,11 +245,63 @@ pub async fn cors(req: Request, next: Next) -> Response {
     r
 }
 
+/// Who sends a batch to `POST /events/v1/bulk` (server and relay alike): see
+/// [`events_caller`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventsCaller<'a> {
+    /// A client-side key whose environment allows the request's origin.
+    Client {
+        /// The environment the key belongs to.
+        env: EnvironmentId,
+        /// The key (for the per-key rate limit).
+        key: &'a str,
+    },
+    /// A server-side SDK key in `Authorization`, sent without `Origin` (not from a browser):
+    /// for the caller's own SDK-key authentication.
+    Sdk(&'a str),
+}
+
+/// Authenticates an analytics events request. A client-side key comes in `Authorization`,
+/// or in the query as `?key=` (`navigator.sendBeacon` cannot set headers) and must be
+/// allowed for the `Origin`; a server-side key is accepted in `Authorization` only and never
+/// from a browser (a request with `Origin`): 403 without `Access-Control-Allow-Origin`.
+/// No key at all is 401.
+pub fn events_caller<'a>(
+    table: &ClientKeyTable,
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Result<EventsCaller<'a>, Box<Response>> {
+    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    let header_key = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(authorization_key);
+    let query_key = query
+        .and_then(|q| query_param(q, "key"))
+        .filter(|k| !k.is_empty());
+    let Some(key) = header_key.or(query_key) else {
+        return Err(Box::new(unauthorized()));
+    };
+    if table.lookup(key).is_some() {
+        let env = table.authenticate(key, origin)?;
+        return Ok(EventsCaller::Client { env, key });
+    }
+    if origin.is_some() {
+        return Err(Box::new(origin_refused()));
+    }
+    match header_key {
+        Some(k) => Ok(EventsCaller::Sdk(k)),
+        // A server-side key in a URL would end up in logs: refused.
+        None => Err(Box::new(unauthorized())),
+    }
+}
+
 #[derive(Clone)]
 struct ClientState<S> {
     hub: Hub,
     source: S,
     client_flags: Arc<ClientFlagsCache>,
+    affected: Arc<AffectedCache>,
 }
 
 /// The client-side routes (`GET /client/v1/stream`), with CORS. Keep body timeouts off.
@@ -254,6 +312,7 @@ pub fn client_router<S: EvaluatorSource>(hub: Hub, source: S) -> Router {
             hub,
             source,
             client_flags: Arc::new(ClientFlagsCache::default()),
+            affected: Arc::new(AffectedCache::default()),
         })
         .layer(from_fn(cors))
 }
@@ -301,10 +360,22 @@ pub(crate) fn client_flag_keys(compiled: &CompiledSnapshot) -> Arc<[Box<str>]> {
     keys.into()
 }
 
-/// One flag's evaluated item for the stream: `{"value","variant","reason"}` as JSON.
-fn item(compiled: &CompiledSnapshot, key: &str, ctx: &vexil_schema::Context) -> String {
+/// One flag's evaluated item for the stream, encoded: `identity` is
+/// `{"value","variant","reason"[,"inExperiment","variationIndex"]}` (what decides whether the
+/// context's answer changed) and `json` the same with `flagVersion` added (for exposures). A
+/// no-op edit of a flag bumps its version but leaves the identity alone: nothing is sent.
+#[derive(Debug)]
+struct SentItem {
+    /// The item without `flagVersion`.
+    identity: Box<str>,
+    /// The item as sent.
+    json: Box<str>,
+}
+
+fn item(compiled: &CompiledSnapshot, key: &str, ctx: &vexil_schema::Context) -> SentItem {
     let eval = compiled.evaluate(key, ctx);
-    let variant = match (eval.variation, compiled.flag(key)) {
+    let flag = compiled.flag(key);
+    let variant = match (eval.variation, flag) {
         (Some(i), Some(f)) => f
             .variations
             .get(i)
@@ -313,66 +384,124 @@ fn item(compiled: &CompiledSnapshot, key: &str, ctx: &vexil_schema::Context) -> 
         (Some(i), None) => i.to_string(),
         (None, _) => String::new(),
     };
-    json!({
-        "value": eval.value.cloned().unwrap_or(Value::Null),
-        "variant": variant,
-        "reason": eval.openfeature_reason(),
-    })
-    .to_string()
+    let mut identity = String::with_capacity(96);
+    identity.push_str("{\"value\":");
+    identity.push_str(&eval.value.cloned().unwrap_or(Value::Null).to_string());
+    identity.push_str(",\"variant\":");
+    identity.push_str(&Value::String(variant).to_string());
+    identity.push_str(",\"reason\":\"");
+    // Reasons are upper-case ASCII identifiers: nothing to escape.
+    identity.push_str(eval.openfeature_reason());
+    identity.push('"');
+    if eval.in_experiment {
+        identity.push_str(",\"inExperiment\":true");
+    }
+    if let Some(i) = eval.variation {
+        identity.push_str(",\"variationIndex\":");
+        identity.push_str(&i.to_string());
+    }
+    let mut json = identity.clone();
+    identity.push('}');
+    json.push_str(",\"flagVersion\":");
+    json.push_str(&flag.map_or(0, |f| f.config.version).to_string());
+    json.push('}');
+    SentItem {
+        identity: identity.into(),
+        json: json.into(),
+    }
 }
 
-/// What a stream last sent for one flag: the evaluation's shape, to skip encoding when it
-/// is unchanged, and the encoded item.
-#[derive(Debug)]
-struct SentItem {
-    variation: Option<usize>,
-    reason: &'static str,
-    json: String,
-}
-
-/// Every client-side flag's item for `ctx`, and the keys whose item differs from `sent`'s
-/// (or is new). Items are moved out of `sent`: what remains there afterwards are flags no
-/// longer listed. An item whose flag is the very same (shared, unchanged) in `previous` and
-/// whose variation and reason are unchanged is carried over without encoding: a change costs
-/// one evaluation per flag, and an encoding only per flag whose answer may have moved.
+/// Every client-side flag's item for `ctx` (the initial `put`).
 fn evaluate_all(
     compiled: &CompiledSnapshot,
     keys: &[Box<str>],
     ctx: &vexil_schema::Context,
-    previous: Option<&CompiledSnapshot>,
+) -> BTreeMap<Box<str>, SentItem> {
+    keys.iter()
+        .map(|k| (k.clone(), item(compiled, k, ctx)))
+        .collect()
+}
+
+/// Applies a change to a stream's last items: re-evaluates only the `affected` flags, and
+/// returns the keys whose item *for this context* changed (or appeared) and those no longer
+/// readable (gone, or no longer client-side).
+fn apply_change(
+    compiled: &CompiledSnapshot,
+    affected: &AffectedFlags,
+    ctx: &vexil_schema::Context,
     sent: &mut BTreeMap<Box<str>, SentItem>,
-) -> (BTreeMap<Box<str>, SentItem>, Vec<Box<str>>) {
-    let mut out = BTreeMap::new();
+) -> (Vec<Box<str>>, Vec<Box<str>>) {
     let mut changed = Vec::new();
-    for k in keys {
-        let eval = compiled.evaluate(k, ctx);
-        let reason = eval.openfeature_reason();
-        let same_flag = match (previous.and_then(|p| p.flag(k)), compiled.flag(k)) {
-            (Some(a), Some(b)) => std::ptr::eq(a, b),
-            _ => false,
-        };
-        let old = sent.remove(k);
-        match old {
-            Some(o) if same_flag && o.variation == eval.variation && o.reason == reason => {
-                out.insert(k.clone(), o);
-            }
-            old => {
-                let json = item(compiled, k, ctx);
-                if old.is_none_or(|o| o.json != json) {
+    let mut removed = Vec::new();
+    for k in &affected.changed {
+        if compiled.flag(k).is_some_and(|f| f.client_side) {
+            let now = item(compiled, k, ctx);
+            match sent.get_mut(k) {
+                Some(old) if old.identity == now.identity => {
+                    // Same answer: nothing to send; keep the newer flag version.
+                    *old = now;
+                }
+                _ => {
+                    sent.insert(k.clone(), now);
                     changed.push(k.clone());
                 }
-                out.insert(
-                    k.clone(),
-                    SentItem {
-                        variation: eval.variation,
-                        reason,
-                        json,
-                    },
-                );
             }
+        } else if sent.remove(k).is_some() {
+            removed.push(k.clone());
         }
     }
-    (out, changed)
+    for k in &affected.removed {
+        if sent.remove(k).is_some() {
+            removed.push(k.clone());
+        }
+    }
+    changed.sort_unstable();
+    removed.sort_unstable();
+    (changed, removed)
+}
+
+/// The affected flags of the last change of each environment, computed once and shared by
+/// every stream that makes the same step (streams that lagged compute their own).
+#[derive(Debug, Default)]
+struct AffectedCache {
+    /// Per environment: the snapshots of the step (kept, so that their addresses identify
+    /// them) and its affected flags.
+    last: std::sync::Mutex<HashMap<EnvironmentId, AffectedStep>>,
+}
+
+/// One step between two compiled snapshots and the flags it affects.
+type AffectedStep = (
+    Arc<CompiledSnapshot>,
+    Arc<CompiledSnapshot>,
+    Arc<AffectedFlags>,
+);
+
+impl AffectedCache {
+    fn get(
+        &self,
+        env: &EnvironmentId,
+        prev: &Arc<CompiledSnapshot>,
+        next: &Arc<CompiledSnapshot>,
+    ) -> Arc<AffectedFlags> {
+        let mut map = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((p, n, a)) = map.get(env)
+            && Arc::ptr_eq(p, prev)
+            && Arc::ptr_eq(n, next)
+        {
+            return Arc::clone(a);
+        }
+        // Computed under the lock: the other streams of the step wait for it instead of
+        // computing it again (O(flags), a fraction of a millisecond at 10,000 flags).
+        let affected = Arc::new(next.flags_affected_since(prev));
+        map.insert(
+            env.clone(),
+            (Arc::clone(prev), Arc::clone(next), Arc::clone(&affected)),
+        );
+        affected
+    }
 }
 
 /// `{"version":N,"flags":{...}[,"removed":[...]]}` from encoded items.
@@ -522,23 +651,19 @@ async fn stream<S: EvaluatorSource>(
         .and_then(|v| parse_version(v.trim()))
         == Some(version);
     let keys = s.client_flags.get(&env, &compiled);
-    let (mut sent, _) = evaluate_all(&compiled, &keys, &ctx, None, &mut BTreeMap::new());
+    let mut sent = evaluate_all(&compiled, &keys, &ctx);
     let first = (!resumed)
         .then(|| {
             frame(
                 "put",
                 version,
-                &payload(
-                    version,
-                    sent.iter().map(|(k, v)| (&**k, v.json.as_str())),
-                    &[],
-                ),
+                &payload(version, sent.iter().map(|(k, v)| (&**k, &*v.json)), &[]),
             )
         })
         .flatten();
     tracing::debug!(environment = %env, resumed, "client stream opened");
     let source = s.source.clone();
-    let cache = Arc::clone(&s.client_flags);
+    let affected_cache = Arc::clone(&s.affected);
     let body = async_stream::stream! {
         if let Some(f) = first {
             yield f;
@@ -574,22 +699,17 @@ async fn stream<S: EvaluatorSource>(
                 continue;
             }
             at = compiled.version();
-            let keys = cache.get(&env, &compiled);
-            let (now, changed) =
-                evaluate_all(&compiled, &keys, &ctx, Some(&*previous), &mut sent);
-            // What is left in `sent` is no longer client-side (or gone).
-            let removed: Vec<Box<str>> = sent.keys().cloned().collect();
-            let changed: Vec<(&str, &str)> = changed
-                .iter()
-                .filter_map(|k| now.get(k).map(|v| (&**k, v.json.as_str())))
-                .collect();
+            let affected = affected_cache.get(&env, &previous, &compiled);
+            let (changed, removed) = apply_change(&compiled, &affected, &ctx, &mut sent);
             if !changed.is_empty() || !removed.is_empty() {
-                let data = payload(at, changed.into_iter(), &removed);
+                let items = changed
+                    .iter()
+                    .filter_map(|k| sent.get(k).map(|v| (&**k, &*v.json)));
+                let data = payload(at, items, &removed);
                 if let Some(f) = frame("patch", at, &data) {
                     yield f;
                 }
             }
-            sent = now;
             previous = compiled;
         }
     };
@@ -653,6 +773,138 @@ mod tests {
         assert!(t.authenticate("vxc_2", None).is_err());
         t.set_environment(&env, ClientEnv::default());
         assert_eq!(t.lookup("vxc_1"), None);
+    }
+
+    #[test]
+    fn events_take_client_keys_from_header_or_query_and_sdk_keys_from_servers_only() {
+        let t = ClientKeyTable::new();
+        let env = EnvironmentId::parse("p/e").unwrap();
+        t.set_environment(
+            &env,
+            ClientEnv {
+                key_hashes: vec![hash_sdk_key("vxc_1")],
+                allowed_origins: vec!["https://a.example".into()],
+            },
+        );
+        let headers = |auth: Option<&str>, origin: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(a) = auth {
+                h.insert(
+                    axum::http::header::AUTHORIZATION,
+                    HeaderValue::from_str(a).unwrap(),
+                );
+            }
+            if let Some(o) = origin {
+                h.insert(ORIGIN, HeaderValue::from_str(o).unwrap());
+            }
+            h
+        };
+        let client = EventsCaller::Client {
+            env: env.clone(),
+            key: "vxc_1",
+        };
+        let h = headers(Some("Bearer vxc_1"), Some("https://a.example"));
+        assert_eq!(events_caller(&t, &h, None).unwrap(), client);
+        let h = headers(None, Some("https://a.example"));
+        assert_eq!(
+            events_caller(&t, &h, Some("x=1&key=vxc_1")).unwrap(),
+            client
+        );
+        let status = |r: Result<EventsCaller<'_>, Box<Response>>| r.unwrap_err().status();
+        let h = headers(None, Some("https://b.example"));
+        assert_eq!(
+            status(events_caller(&t, &h, Some("key=vxc_1"))),
+            StatusCode::FORBIDDEN
+        );
+        let h = headers(Some("vxs_server"), Some("https://a.example"));
+        assert_eq!(status(events_caller(&t, &h, None)), StatusCode::FORBIDDEN);
+        let h = headers(Some("vxs_server"), None);
+        assert_eq!(
+            events_caller(&t, &h, None).unwrap(),
+            EventsCaller::Sdk("vxs_server")
+        );
+        let h = headers(None, None);
+        assert_eq!(
+            status(events_caller(&t, &h, Some("key=vxs_server"))),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(events_caller(&t, &h, None)),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    fn snapshot_flag(
+        key: &str,
+        client_side: bool,
+        targets: &[&str],
+        version: u64,
+    ) -> vexil_schema::Flag {
+        serde_json::from_value(json!({
+            "key": key, "kind": "boolean", "client_side": client_side,
+            "variations": [{"value": true}, {"value": false}],
+            "on": true, "off_variation": 1, "fallthrough": {"variation": 1},
+            "targets": [{"variation": 0, "values": targets}],
+            "version": version
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_change_sends_only_answers_that_moved_for_this_context() {
+        let base = CompiledSnapshot::compile(&vexil_schema::EnvironmentSnapshot {
+            version: 1,
+            flags: vec![
+                snapshot_flag("a", true, &["u1"], 1),
+                snapshot_flag("b", true, &[], 1),
+                snapshot_flag("internal", false, &["u1"], 1),
+            ],
+            segments: vec![],
+        });
+        let u1 = vexil_schema::Context::new("u1");
+        let u2 = vexil_schema::Context::new("u2");
+        let keys = client_flag_keys(&base);
+        assert_eq!(&*keys, [Box::from("a"), Box::from("b")]);
+        let mut s1 = evaluate_all(&base, &keys, &u1);
+        let mut s2 = evaluate_all(&base, &keys, &u2);
+        assert!(s1["a"].json.contains("\"flagVersion\":1"));
+        assert!(s1["a"].json.contains("\"variationIndex\":0"));
+        assert!(!s1.contains_key("internal"), "never in a client stream");
+
+        // A no-op edit (version bump only): nothing for anyone, the version is kept.
+        let noop = base.with_flag(snapshot_flag("a", true, &["u1"], 2), 2);
+        let affected = noop.flags_affected_since(&base);
+        assert_eq!(
+            apply_change(&noop, &affected, &u1, &mut s1),
+            (vec![], vec![])
+        );
+        assert!(s1["a"].json.contains("\"flagVersion\":2"));
+
+        // u2 targeted: u2's answer moves, u1's does not.
+        let next = noop.with_flag(snapshot_flag("a", true, &["u1", "u2"], 3), 3);
+        let affected = next.flags_affected_since(&noop);
+        assert_eq!(
+            apply_change(&next, &affected, &u1, &mut s1),
+            (vec![], vec![])
+        );
+        let (changed, removed) = apply_change(&next, &affected, &u2, &mut s2);
+        assert_eq!((changed, removed), (vec![Box::from("a")], vec![]));
+
+        // b leaves the client side, the internal flag joins it.
+        let next2 = next
+            .with_flag(snapshot_flag("b", false, &[], 2), 4)
+            .with_flag(snapshot_flag("internal", true, &["u1"], 2), 5);
+        let affected = next2.flags_affected_since(&next);
+        let (changed, removed) = apply_change(&next2, &affected, &u1, &mut s1);
+        assert_eq!(changed, vec![Box::from("internal")]);
+        assert_eq!(removed, vec![Box::from("b")]);
+        // Removed outright.
+        let next3 = next2.without_flag("a", 6);
+        let affected = next3.flags_affected_since(&next2);
+        let (changed, removed) = apply_change(&next3, &affected, &u1, &mut s1);
+        assert!(changed.is_empty());
+        assert_eq!(removed, vec![Box::from("a")]);
+        assert_eq!(s1.keys().map(|k| &**k).collect::<Vec<_>>(), ["internal"]);
     }
 
     #[test]

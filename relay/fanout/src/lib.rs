@@ -79,7 +79,7 @@ pub mod telemetry;
 pub mod trace;
 
 pub use auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
-pub use client::{ClientEnv, ClientKeyTable, client_router};
+pub use client::{ClientEnv, ClientKeyTable, EventsCaller, client_router, cors, events_caller};
 pub use config::DistributionArgs;
 pub use frame::FrameError;
 pub use http::sdk_router;
