@@ -195,6 +195,7 @@ impl Relay {
             sdk_auth: sdk_auth.clone(),
             relay_auth: downstream.clone(),
             max_body_bytes: self.config.events_max_body_bytes,
+            client_keys: self.hub.client_keys().clone(),
         });
         let gated = sdk_router(self.hub.clone(), sdk_auth.clone())
             .merge(ofrep::ofrep_router_with(

@@ -368,13 +368,18 @@ pub(crate) struct EventRoutes<S, R> {
     pub sdk_auth: S,
     pub relay_auth: R,
     pub max_body_bytes: usize,
+    /// Client-side keys (browsers send events too, with CORS).
+    pub client_keys: vexil_fanout::ClientKeyTable,
 }
 
 /// `POST /events/v1/bulk` and `POST /relay/v1/events/{project}/{environment}`.
 pub(crate) fn router<S: SdkAuth, R: RelayAuth>(routes: EventRoutes<S, R>) -> Router {
     let limit = routes.max_body_bytes;
+    let browser = Router::new()
+        .route(BULK_PATH, post(bulk::<S, R>).options(preflight))
+        .layer(axum::middleware::from_fn(vexil_fanout::cors));
     Router::new()
-        .route(BULK_PATH, post(bulk::<S, R>))
+        .merge(browser)
         .route(RELAY_EVENTS_PATH, post(relay_bulk::<S, R>))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(routes)
@@ -424,18 +429,31 @@ fn auth_refusal(e: AuthError) -> Response {
     }
 }
 
+/// A preflight without `Origin` (the CORS layer answers those with one).
+async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+/// `POST /events/v1/bulk`: an SDK key in `Authorization`, or a client-side key (header or
+/// `?key=`) from an allowed origin (see [`vexil_fanout::events_caller`]).
 async fn bulk<S: SdkAuth, R: RelayAuth>(
     State(s): State<EventRoutes<S, R>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(key) = authorization_key(&headers) else {
-        return auth_refusal(AuthError::Unauthorized);
+    let env = match vexil_fanout::events_caller(&s.client_keys, &headers, uri.query()) {
+        Ok(vexil_fanout::EventsCaller::Client { env, .. }) => env,
+        Ok(vexil_fanout::EventsCaller::Sdk(key)) => match s.sdk_auth.authenticate(key).await {
+            Ok(env) => env,
+            Err(e) => return auth_refusal(e),
+        },
+        Err(refusal) if refusal.status() == StatusCode::UNAUTHORIZED => {
+            return auth_refusal(AuthError::Unauthorized);
+        }
+        Err(refusal) => return *refusal,
     };
-    match s.sdk_auth.authenticate(key).await {
-        Ok(env) => receive(&s.forwarder, &env, &headers, &body, s.max_body_bytes).await,
-        Err(e) => auth_refusal(e),
-    }
+    receive(&s.forwarder, &env, &headers, &body, s.max_body_bytes).await
 }
 
 async fn relay_bulk<S: SdkAuth, R: RelayAuth>(

@@ -9,12 +9,16 @@
 //! environment's allowed origins.
 //!
 //! The evaluated stream starts with a `put` of every client-side flag's value for the
-//! context, then sends a `patch` only for flags whose value or variant *for this context*
-//! changed (and `removed` for flags gone or no longer client-side). Each change is evaluated
-//! per connection with the shared engine, on the compiled snapshot of the
-//! [`EvaluatorSource`]; the hub's SDK stream of the environment is only the wake-up signal.
+//! context, then sends a `patch` only for flags whose answer *for this context* changed (and
+//! `removed` for flags gone or no longer client-side). Per change, each connection
+//! re-evaluates only the flags the change can affect
+//! ([`CompiledSnapshot::flags_affected_since`], computed once per change and shared), with
+//! the shared engine on the compiled snapshot of the [`EvaluatorSource`], and compares them
+//! with the items it last sent; the hub's SDK stream of the environment is only the wake-up
+//! signal. Items carry `inExperiment`, `variationIndex` and `flagVersion` for the page's
+//! exposures; `flagVersion` alone changing (a no-op edit) sends nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -38,6 +42,7 @@ use vexil_eval::CompiledSnapshot;
 use vexil_schema::stream::{EnvironmentId, SdkKeyHash, parse_version};
 
 use crate::auth::hash_sdk_key;
+use crate::client_items::{AffectedCache, apply_change, evaluate_all, payload};
 use crate::frame::{Frame, KEEP_ALIVE};
 use crate::http::{LAST_EVENT_ID, X_ACCEL_BUFFERING, authorization_key, not_serving, unauthorized};
 use crate::hub::Hub;
@@ -219,7 +224,9 @@ pub async fn cors(req: Request, next: Next) -> Response {
         );
         h.insert(
             ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Authorization, Content-Type, If-None-Match, Last-Event-ID"),
+            HeaderValue::from_static(
+                "Authorization, Content-Type, If-None-Match, Last-Event-ID, X-Vexil-Event-Schema",
+            ),
         );
         h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
         return r;
@@ -244,6 +251,7 @@ struct ClientState<S> {
     hub: Hub,
     source: S,
     client_flags: Arc<ClientFlagsCache>,
+    affected: Arc<AffectedCache>,
 }
 
 /// The client-side routes (`GET /client/v1/stream`), with CORS. Keep body timeouts off.
@@ -254,6 +262,7 @@ pub fn client_router<S: EvaluatorSource>(hub: Hub, source: S) -> Router {
             hub,
             source,
             client_flags: Arc::new(ClientFlagsCache::default()),
+            affected: Arc::new(AffectedCache::default()),
         })
         .layer(from_fn(cors))
 }
@@ -301,105 +310,6 @@ pub(crate) fn client_flag_keys(compiled: &CompiledSnapshot) -> Arc<[Box<str>]> {
     keys.into()
 }
 
-/// One flag's evaluated item for the stream: `{"value","variant","reason"}` as JSON.
-fn item(compiled: &CompiledSnapshot, key: &str, ctx: &vexil_schema::Context) -> String {
-    let eval = compiled.evaluate(key, ctx);
-    let variant = match (eval.variation, compiled.flag(key)) {
-        (Some(i), Some(f)) => f
-            .variations
-            .get(i)
-            .and_then(|v| v.name.clone())
-            .unwrap_or_else(|| i.to_string()),
-        (Some(i), None) => i.to_string(),
-        (None, _) => String::new(),
-    };
-    json!({
-        "value": eval.value.cloned().unwrap_or(Value::Null),
-        "variant": variant,
-        "reason": eval.openfeature_reason(),
-    })
-    .to_string()
-}
-
-/// What a stream last sent for one flag: the evaluation's shape, to skip encoding when it
-/// is unchanged, and the encoded item.
-#[derive(Debug)]
-struct SentItem {
-    variation: Option<usize>,
-    reason: &'static str,
-    json: String,
-}
-
-/// Every client-side flag's item for `ctx`, and the keys whose item differs from `sent`'s
-/// (or is new). Items are moved out of `sent`: what remains there afterwards are flags no
-/// longer listed. An item whose flag is the very same (shared, unchanged) in `previous` and
-/// whose variation and reason are unchanged is carried over without encoding: a change costs
-/// one evaluation per flag, and an encoding only per flag whose answer may have moved.
-fn evaluate_all(
-    compiled: &CompiledSnapshot,
-    keys: &[Box<str>],
-    ctx: &vexil_schema::Context,
-    previous: Option<&CompiledSnapshot>,
-    sent: &mut BTreeMap<Box<str>, SentItem>,
-) -> (BTreeMap<Box<str>, SentItem>, Vec<Box<str>>) {
-    let mut out = BTreeMap::new();
-    let mut changed = Vec::new();
-    for k in keys {
-        let eval = compiled.evaluate(k, ctx);
-        let reason = eval.openfeature_reason();
-        let same_flag = match (previous.and_then(|p| p.flag(k)), compiled.flag(k)) {
-            (Some(a), Some(b)) => std::ptr::eq(a, b),
-            _ => false,
-        };
-        let old = sent.remove(k);
-        match old {
-            Some(o) if same_flag && o.variation == eval.variation && o.reason == reason => {
-                out.insert(k.clone(), o);
-            }
-            old => {
-                let json = item(compiled, k, ctx);
-                if old.is_none_or(|o| o.json != json) {
-                    changed.push(k.clone());
-                }
-                out.insert(
-                    k.clone(),
-                    SentItem {
-                        variation: eval.variation,
-                        reason,
-                        json,
-                    },
-                );
-            }
-        }
-    }
-    (out, changed)
-}
-
-/// `{"version":N,"flags":{...}[,"removed":[...]]}` from encoded items.
-fn payload<'a>(
-    version: u64,
-    flags: impl Iterator<Item = (&'a str, &'a str)>,
-    removed: &[Box<str>],
-) -> Vec<u8> {
-    let mut out = format!("{{\"version\":{version},\"flags\":{{");
-    for (i, (k, v)) in flags.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&Value::String(k.to_owned()).to_string());
-        out.push(':');
-        out.push_str(v);
-    }
-    out.push('}');
-    if !removed.is_empty() {
-        let list: Vec<&str> = removed.iter().map(AsRef::as_ref).collect();
-        out.push_str(",\"removed\":");
-        out.push_str(&json!(list).to_string());
-    }
-    out.push('}');
-    out.into_bytes()
-}
-
 fn frame(event: &str, version: u64, data: &[u8]) -> Option<Bytes> {
     Frame::encode(event, &version.to_string(), &[data])
         .ok()
@@ -408,7 +318,7 @@ fn frame(event: &str, version: u64, data: &[u8]) -> Option<Bytes> {
 
 /// The query parameter `name` of `query` (no percent-decoding is needed: keys are hex and
 /// contexts base64url).
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
         .filter_map(|p| p.split_once('='))
@@ -522,23 +432,19 @@ async fn stream<S: EvaluatorSource>(
         .and_then(|v| parse_version(v.trim()))
         == Some(version);
     let keys = s.client_flags.get(&env, &compiled);
-    let (mut sent, _) = evaluate_all(&compiled, &keys, &ctx, None, &mut BTreeMap::new());
+    let mut sent = evaluate_all(&compiled, &keys, &ctx);
     let first = (!resumed)
         .then(|| {
             frame(
                 "put",
                 version,
-                &payload(
-                    version,
-                    sent.iter().map(|(k, v)| (&**k, v.json.as_str())),
-                    &[],
-                ),
+                &payload(version, sent.iter().map(|(k, v)| (&**k, &*v.json)), &[]),
             )
         })
         .flatten();
     tracing::debug!(environment = %env, resumed, "client stream opened");
     let source = s.source.clone();
-    let cache = Arc::clone(&s.client_flags);
+    let affected_cache = Arc::clone(&s.affected);
     let body = async_stream::stream! {
         if let Some(f) = first {
             yield f;
@@ -574,22 +480,17 @@ async fn stream<S: EvaluatorSource>(
                 continue;
             }
             at = compiled.version();
-            let keys = cache.get(&env, &compiled);
-            let (now, changed) =
-                evaluate_all(&compiled, &keys, &ctx, Some(&*previous), &mut sent);
-            // What is left in `sent` is no longer client-side (or gone).
-            let removed: Vec<Box<str>> = sent.keys().cloned().collect();
-            let changed: Vec<(&str, &str)> = changed
-                .iter()
-                .filter_map(|k| now.get(k).map(|v| (&**k, v.json.as_str())))
-                .collect();
+            let affected = affected_cache.get(&env, &previous, &compiled);
+            let (changed, removed) = apply_change(&compiled, &affected, &ctx, &mut sent);
             if !changed.is_empty() || !removed.is_empty() {
-                let data = payload(at, changed.into_iter(), &removed);
+                let items = changed
+                    .iter()
+                    .filter_map(|k| sent.get(k).map(|v| (&**k, &*v.json)));
+                let data = payload(at, items, &removed);
                 if let Some(f) = frame("patch", at, &data) {
                     yield f;
                 }
             }
-            sent = now;
             previous = compiled;
         }
     };
@@ -662,15 +563,5 @@ mod tests {
             Some(42)
         );
         assert_eq!(frame_version(KEEP_ALIVE), None);
-    }
-
-    #[test]
-    fn payload_lists_flags_and_removed() {
-        let p = payload(3, [("a", r#"{"value":1}"#)].into_iter(), &["b".into()]);
-        let v: Value = serde_json::from_slice(&p).unwrap();
-        assert_eq!(
-            v,
-            json!({"version":3,"flags":{"a":{"value":1}},"removed":["b"]})
-        );
     }
 }

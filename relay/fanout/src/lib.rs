@@ -58,6 +58,8 @@
 
 pub mod auth;
 pub mod client;
+mod client_events;
+mod client_items;
 pub mod config;
 pub mod evaluations;
 pub mod exposures;
@@ -79,7 +81,8 @@ pub mod telemetry;
 pub mod trace;
 
 pub use auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
-pub use client::{ClientEnv, ClientKeyTable, client_router};
+pub use client::{ClientEnv, ClientKeyTable, client_router, cors};
+pub use client_events::{EventsCaller, events_caller};
 pub use config::DistributionArgs;
 pub use frame::FrameError;
 pub use http::sdk_router;

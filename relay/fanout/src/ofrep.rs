@@ -21,8 +21,12 @@
 //! A flag whose configuration is malformed answers 400 `PARSE_ERROR` (in bulk, that item).
 //!
 //! Exposures: with [`OfrepConfig::exposures`], every evaluation with `in_experiment` (single
-//! or bulk) is recorded through an [`ExposureRecorder`] (deduplicated per context × flag ×
-//! variation), so apps in any language take part in experiments.
+//! or bulk) made with a server-side key is recorded through an [`ExposureRecorder`]
+//! (deduplicated per context × flag × variation), so apps in any language take part in
+//! experiments. Client-side keys (browsers) record none: the page records its own exposures
+//! when it *uses* a value, from the item's `metadata` (`flagVersion`, `inExperiment`,
+//! `variationIndex`, present on items in an experiment only, so that other items stay
+//! byte-identical across versions). Client keys are rate limited like SDK keys.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -184,7 +188,9 @@ async fn evaluate_one<S: EvaluatorSource, A: SdkAuth>(
             &eval,
         );
     }
-    if !hidden && let Some(recorder) = &s.config.exposures {
+    // A browser records its own exposures (the web SDK sends them with its events): a
+    // client-key evaluation records none here, or each would count twice.
+    if !client && let Some(recorder) = &s.config.exposures {
         recorder.observe(&env, &compiled, &key, &ctx, &eval);
     }
     let not_found = hidden || eval.reason.error_kind() == Some(ErrorKind::FlagNotFound);
@@ -204,7 +210,7 @@ async fn evaluate_one<S: EvaluatorSource, A: SdkAuth>(
             let Some(entry) = plan.entry(&key) else {
                 // Evaluated, so the flag exists: the plan is of this very snapshot.
                 let mut one = success(&key, compiled.flag(&key), &eval);
-                one["metadata"] = json!({"environmentVersion": compiled.version()});
+                one["metadata"]["environmentVersion"] = json!(compiled.version());
                 return json_response(StatusCode::OK, one);
             };
             let mut out = Vec::with_capacity(160);
@@ -250,7 +256,7 @@ async fn evaluate_all<S: EvaluatorSource, A: SdkAuth>(
             compiled.flag(&entry.key).map(|f| f.variations.len()),
             &eval,
         );
-        if let Some(recorder) = &s.config.exposures {
+        if !client && let Some(recorder) = &s.config.exposures {
             recorder.observe(&env, &compiled, &entry.key, &ctx, &eval);
         }
         if !first {
@@ -325,6 +331,9 @@ async fn authenticate_any<S: EvaluatorSource, A: SdkAuth>(
         && table.lookup(key).is_some()
     {
         let env = table.authenticate(key, origin)?;
+        // Client keys are public: limited per key like SDK keys, so one page (or a script
+        // with a key copied from it) cannot monopolise the relay.
+        rate_limit(s, key)?;
         return Ok((env, true));
     }
     if origin.is_some() {
@@ -356,6 +365,12 @@ async fn authenticate<S: EvaluatorSource, A: SdkAuth>(
             _ => StatusCode::UNAUTHORIZED.into_response(),
         })
     })?;
+    rate_limit(s, key)?;
+    Ok(env)
+}
+
+/// The per-key rate limit: `429` with `Retry-After` once `key` is over it.
+fn rate_limit<S, A>(s: &OfrepState<S, A>, key: &str) -> Result<(), Refusal> {
     if s.limiter.per_second > 0
         && let Err(wait) = s.limiter.check(hash_sdk_key(key))
     {
@@ -368,7 +383,7 @@ async fn authenticate<S: EvaluatorSource, A: SdkAuth>(
             .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         return Err(Box::new(r));
     }
-    Ok(env)
+    Ok(())
 }
 
 /// The context of an evaluation request and its canonical JSON (for the bulk ETag), or the
@@ -429,12 +444,22 @@ fn success(key: &str, flag: Option<&Flag>, eval: &Evaluation<'_>) -> Value {
         (Some(i), None) => i.to_string(),
         (None, _) => String::new(),
     };
-    json!({
+    let mut item = json!({
         "key": key,
         "value": eval.value.cloned().unwrap_or(Value::Null),
         "reason": eval.openfeature_reason(),
         "variant": variant,
-    })
+    });
+    if eval.in_experiment
+        && let Some(i) = eval.variation
+    {
+        item["metadata"] = json!({
+            "flagVersion": flag.map_or(0, |f| f.config.version),
+            "inExperiment": true,
+            "variationIndex": i,
+        });
+    }
+    item
 }
 
 /// A failed evaluation item (never `FLAG_NOT_FOUND`, which has its own status).
@@ -680,7 +705,7 @@ mod tests {
             let mut one = Vec::new();
             entry.push_success(&mut one, &eval, Some(42));
             let mut expected = success(&entry.key, compiled.flag(&entry.key), &eval);
-            expected["metadata"] = json!({"environmentVersion": 42});
+            expected["metadata"]["environmentVersion"] = json!(42);
             assert_eq!(String::from_utf8(one).unwrap(), expected.to_string());
         }
         // A new snapshot gets a new plan.

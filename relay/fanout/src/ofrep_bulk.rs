@@ -40,6 +40,8 @@ pub(crate) struct Entry {
     variants: Vec<Box<[u8]>>,
     /// Whether client-side keys may read it.
     pub(crate) client_side: bool,
+    /// The flag configuration's version (in experiment items' metadata, for exposures).
+    flag_version: u64,
 }
 
 impl BulkPlan {
@@ -73,6 +75,7 @@ impl BulkPlan {
                     head: head.into_boxed_slice(),
                     variants,
                     client_side: flag.is_some_and(|f| f.client_side),
+                    flag_version: flag.map_or(0, |f| f.config.version),
                 }
             })
             .collect();
@@ -110,7 +113,10 @@ impl BulkPlan {
 
 impl Entry {
     /// Appends the success item of `eval` (this flag's evaluation) to `out`; with
-    /// `version`, the item carries `metadata.environmentVersion` (a single-flag answer).
+    /// `version`, the item carries `metadata.environmentVersion` (a single-flag answer). An
+    /// evaluation in an experiment carries `metadata.{flagVersion,inExperiment,
+    /// variationIndex}`, what a client needs to record its exposure; other items carry no
+    /// per-item metadata, so that they change only when the flag's value does.
     pub(crate) fn push_success(
         &self,
         out: &mut Vec<u8>,
@@ -118,9 +124,22 @@ impl Entry {
         version: Option<u64>,
     ) {
         out.extend_from_slice(&self.head);
-        if let Some(v) = version {
-            out.extend_from_slice(b",\"metadata\":{\"environmentVersion\":");
-            out.extend_from_slice(v.to_string().as_bytes());
+        let experiment = eval.in_experiment.then_some(eval.variation).flatten();
+        if version.is_some() || experiment.is_some() {
+            out.extend_from_slice(b",\"metadata\":{");
+            if let Some(v) = version {
+                out.extend_from_slice(b"\"environmentVersion\":");
+                out.extend_from_slice(v.to_string().as_bytes());
+            }
+            if let Some(i) = experiment {
+                if version.is_some() {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"\"flagVersion\":");
+                out.extend_from_slice(self.flag_version.to_string().as_bytes());
+                out.extend_from_slice(b",\"inExperiment\":true,\"variationIndex\":");
+                out.extend_from_slice(i.to_string().as_bytes());
+            }
             out.push(b'}');
         }
         out.extend_from_slice(b",\"reason\":\"");

@@ -13,6 +13,8 @@
 //!   parsed, lists hashed, regexes built), recording a [`Malformation`] instead of failing;
 //! - `link`: resolving prerequisite and segment references per snapshot, cycle and depth
 //!   checks;
+//! - `affected`: which flags a change can affect ([`CompiledSnapshot::flags_affected_since`]),
+//!   for streams that re-evaluate per context;
 //! - `eval`: the algorithm itself; [`explain`](CompiledSnapshot::explain) runs it with a
 //!   recording tracer ([`Explanation`]);
 //! - [`bucket`]: the percentage bucketing every implementation must reproduce;
@@ -23,6 +25,7 @@
 //! every implementation runs.
 #![deny(missing_docs)]
 
+mod affected;
 mod apply;
 pub mod bucket;
 mod clause;
@@ -37,6 +40,7 @@ mod needle;
 mod snapshot;
 mod table;
 
+pub use affected::AffectedFlags;
 pub use apply::ApplyError;
 pub use bucket::bucket;
 pub use evaluation::{EvalReason, Evaluation, TypedEvaluation};

@@ -337,7 +337,7 @@ impl CompiledSnapshot {
             .find(key, |p| self.flags[p as usize].source.key.as_str())
     }
 
-    fn segment_position(&self, key: &str) -> Option<u32> {
+    pub(crate) fn segment_position(&self, key: &str) -> Option<u32> {
         self.segment_index
             .find(key, |p| self.segments[p as usize].source.key.as_str())
     }

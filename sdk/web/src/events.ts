@@ -18,11 +18,13 @@ const SDK_VERSION = '0.1.0';
 type WireEvent = Record<string, string | number>;
 
 /**
- * Queues `custom` and `exposure` events and sends them in batches with `fetch(…, {keepalive})`,
- * and with `navigator.sendBeacon` as a last resort when the page is hidden.
+ * Queues `custom` and `exposure` events and sends them in batches with `fetch(…, {keepalive})`
+ * (retried on failure), and with `navigator.sendBeacon` when the page is hidden or unloaded
+ * (`visibilitychange`, `pagehide`).
  */
 export class EventSender {
   private queue: WireEvent[] = [];
+  private inflight = false;
   private readonly exposed = new Set<string>();
   private timer: ReturnType<typeof setInterval> | undefined;
   private readonly instanceId = randomId();
@@ -85,30 +87,55 @@ export class EventSender {
     this.push({ kind: 'exposure', time: Date.now(), flag_key: flagKey, flag_version: flagVersion, environment_version: Math.max(0, environmentVersion), variation, context_key: key, context_kind: kind });
   }
 
-  /** Sends the queue; `unloading` uses delivery that outlives the page. */
+  /**
+   * Sends the queue. Normally with `fetch(…, {keepalive})` and the key in `Authorization`;
+   * a batch that fails (network, 429, 5xx) goes back to the front of the queue for the next
+   * flush. When the page is being hidden or unloaded (`unloading`), with
+   * `navigator.sendBeacon`: a `text/plain` body (no CORS preflight, which an unloading page
+   * may not outlive) and the key in the query (a beacon cannot set headers).
+   */
   flush(unloading: boolean): Promise<void> {
-    if (this.queue.length === 0) return Promise.resolve();
+    if (this.queue.length === 0 || (this.inflight && !unloading)) return Promise.resolve();
     const events = this.queue;
     this.queue = [];
     const body = JSON.stringify({ schema_version: SCHEMA_VERSION, sdk: { name: SDK_NAME, version: SDK_VERSION, instance_id: this.instanceId }, events });
-    // The key also travels in the query: sendBeacon cannot set headers.
-    const url = `${this.baseUrl}/events/v1/bulk?key=${encodeURIComponent(this.clientKey)}`;
+    if (unloading && typeof navigator !== 'undefined' && typeof navigator.sendBeacon === 'function') {
+      const url = `${this.baseUrl}/events/v1/bulk?key=${encodeURIComponent(this.clientKey)}`;
+      try {
+        if (navigator.sendBeacon(url, new Blob([body], { type: 'text/plain' }))) return Promise.resolve();
+      } catch {
+        // Fall through to fetch.
+      }
+    }
+    this.inflight = true;
+    let sent: Promise<Response>;
     try {
-      return this.fetchFn(url, {
+      sent = this.fetchFn(`${this.baseUrl}/events/v1/bulk`, {
         method: 'POST',
         keepalive: true,
         headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${this.clientKey}`, 'X-Vexil-Event-Schema': String(SCHEMA_VERSION) },
         body,
-      }).then(
-        () => undefined,
-        () => undefined,
-      );
-    } catch {
-      if (unloading && typeof navigator !== 'undefined' && typeof navigator.sendBeacon === 'function') {
-        navigator.sendBeacon(url, new Blob([body], { type: 'application/json' }));
-      }
-      return Promise.resolve();
+      });
+    } catch (err) {
+      sent = Promise.reject(err);
     }
+    return sent.then(
+      (res) => {
+        this.inflight = false;
+        // 429 and 5xx are worth retrying; other refusals (a bad key, a refused origin) are not.
+        if (res.status === 429 || res.status >= 500) this.requeue(events);
+      },
+      () => {
+        this.inflight = false;
+        this.requeue(events);
+      },
+    );
+  }
+
+  /** Puts a failed batch back in front of what was queued since, within `maxQueue`. */
+  private requeue(events: WireEvent[]): void {
+    this.queue = events.concat(this.queue);
+    if (this.queue.length > this.maxQueue) this.queue.splice(0, this.queue.length - this.maxQueue);
   }
 
   private push(e: WireEvent): void {

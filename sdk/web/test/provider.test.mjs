@@ -171,8 +171,9 @@ test('track sends a custom event batch to /events/v1/bulk with keepalive', async
   p.track('no-key', {}, {});
   p.track('view', { targetingKey: 'user-1', kind: 'org' }, {});
   const call = await sent;
-  assert.equal(call.url, `${BASE}/events/v1/bulk?key=${KEY}`);
+  assert.equal(call.url, `${BASE}/events/v1/bulk`);
   assert.equal(call.init.keepalive, true);
+  assert.equal(call.init.headers.Authorization, `Bearer ${KEY}`);
   assert.equal(call.init.headers['X-Vexil-Event-Schema'], '1');
   const body = JSON.parse(call.init.body);
   assert.equal(body.schema_version, 1);
@@ -182,4 +183,114 @@ test('track sends a custom event batch to /events/v1/bulk with keepalive', async
     { kind: 'custom', event_key: 'view', context_key: 'user-1', context_kind: 'org' },
   ]);
   assert.ok(body.events.every((e) => Number.isInteger(e.time)));
+});
+
+/** The browser globals the event sender hooks into (absent from node): window events and sendBeacon. */
+function browserGlobals(t, beaconResult = true) {
+  const target = new EventTarget();
+  const beacons = [];
+  const saved = { addEventListener: globalThis.addEventListener, removeEventListener: globalThis.removeEventListener, navigator: globalThis.navigator };
+  globalThis.addEventListener = target.addEventListener.bind(target);
+  globalThis.removeEventListener = target.removeEventListener.bind(target);
+  Object.defineProperty(globalThis, 'navigator', {
+    configurable: true,
+    value: { sendBeacon: (url, blob) => { beacons.push({ url, blob }); return beaconResult; } },
+  });
+  t.after(() => {
+    globalThis.addEventListener = saved.addEventListener;
+    globalThis.removeEventListener = saved.removeEventListener;
+    Object.defineProperty(globalThis, 'navigator', { configurable: true, value: saved.navigator });
+  });
+  return { fire: (type) => target.dispatchEvent(new Event(type)), beacons };
+}
+
+async function ready(p, es, flags) {
+  const src = es.next();
+  const init = p.initialize(CTX);
+  const s = await src;
+  s.emit('put', { version: 1, flags });
+  await init;
+  return s;
+}
+
+test('pagehide sends the queue with sendBeacon: text/plain, the key in the query', async (t) => {
+  const g = browserGlobals(t);
+  const { p, es, f } = provider({ respond: () => new Response('{}', { status: 200 }), events: { flushIntervalMs: 60_000, batchSize: 100 } });
+  t.after(() => p.onClose());
+  await ready(p, es, {});
+  p.track('purchase', CTX, { value: 1 });
+  g.fire('pagehide');
+  assert.equal(g.beacons.length, 1);
+  const { url, blob } = g.beacons[0];
+  assert.equal(url, `${BASE}/events/v1/bulk?key=${KEY}`);
+  assert.equal(blob.type, 'text/plain');
+  const body = JSON.parse(await blob.text());
+  assert.deepEqual(body.events.map((e) => e.event_key), ['purchase']);
+  assert.equal(f.calls.filter((c) => c.url.includes('/events/')).length, 0, 'not sent twice');
+});
+
+test('a refused beacon falls back to fetch(keepalive)', async (t) => {
+  const g = browserGlobals(t, false);
+  const { p, es, f } = provider({ respond: () => new Response('{}', { status: 200 }), events: { flushIntervalMs: 60_000, batchSize: 100 } });
+  t.after(() => p.onClose());
+  await ready(p, es, {});
+  p.track('purchase', CTX, {});
+  const sent = f.next();
+  g.fire('pagehide');
+  const call = await sent;
+  assert.equal(call.url, `${BASE}/events/v1/bulk`);
+  assert.equal(call.init.keepalive, true);
+});
+
+test('a failed batch is queued again and sent with the next flush', async (t) => {
+  let answers = [503, 200];
+  const { p, es, f } = provider({
+    respond: (url) => new Response('{}', { status: url.includes('/events/') ? answers.shift() ?? 200 : 503 }),
+    events: { flushIntervalMs: 60_000, batchSize: 1 },
+  });
+  await ready(p, es, {});
+  const first = f.next();
+  p.track('a', CTX, {});
+  await first;
+  // Let the 503 be seen; then the next event's batch carries both.
+  await new Promise((r) => setImmediate(r));
+  const second = f.next();
+  p.track('b', CTX, {});
+  const call = await second;
+  assert.deepEqual(JSON.parse(call.init.body).events.map((e) => e.event_key), ['a', 'b']);
+  await p.onClose();
+  // A 400 (a refused key) is not retried.
+  answers = [400];
+  const { p: p2, es: es2, f: f2 } = provider({
+    respond: (url) => new Response('{}', { status: url.includes('/events/') ? answers.shift() ?? 200 : 503 }),
+    events: { flushIntervalMs: 60_000, batchSize: 1 },
+  });
+  await ready(p2, es2, {});
+  const refused = f2.next();
+  p2.track('c', CTX, {});
+  await refused;
+  await new Promise((r) => setImmediate(r));
+  await p2.onClose();
+  assert.equal(f2.calls.filter((c) => c.url.includes('/events/')).length, 1);
+});
+
+test('an exposure is sent once per flag and variation, with the stream item data', async (t) => {
+  const { p, es, f } = provider({ respond: () => new Response('{}', { status: 200 }), events: { flushIntervalMs: 60_000, batchSize: 100 } });
+  const item = (i) => ({ value: i === 0, variant: String(i), reason: 'SPLIT', inExperiment: true, variationIndex: i, flagVersion: 3 });
+  const s = await ready(p, es, { checkout: item(0), plain: { value: 'x', variant: '0', reason: 'STATIC', variationIndex: 0, flagVersion: 1 } });
+  p.resolveBooleanEvaluation('checkout', false, CTX, logger);
+  p.resolveBooleanEvaluation('checkout', false, CTX, logger);
+  p.resolveStringEvaluation('plain', '', CTX, logger);
+  const changed = nextEvent(p, ProviderEvents.ConfigurationChanged);
+  s.emit('patch', { version: 2, flags: { checkout: item(1) } });
+  await changed;
+  p.resolveBooleanEvaluation('checkout', false, CTX, logger);
+  p.resolveBooleanEvaluation('checkout', false, CTX, logger);
+  const sent = f.next();
+  void p.onClose();
+  const body = JSON.parse((await sent).init.body);
+  assert.deepEqual(body.events.map(({ time, ...e }) => e), [
+    { kind: 'exposure', flag_key: 'checkout', flag_version: 3, environment_version: 1, variation: 0, context_key: 'user-1', context_kind: 'user' },
+    { kind: 'exposure', flag_key: 'checkout', flag_version: 3, environment_version: 2, variation: 1, context_key: 'user-1', context_kind: 'user' },
+  ]);
 });

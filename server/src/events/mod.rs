@@ -82,11 +82,20 @@ pub fn routes(state: &AppState) -> Router {
     };
     // The decompressed size is checked separately; this bounds what is read off the wire.
     let limit = config.events_max_body_bytes;
+    // Browsers send batches too (client-side keys): CORS on the SDK route.
+    let browser = Router::new()
+        .route(BULK_PATH, post(bulk).options(preflight))
+        .layer(axum::middleware::from_fn(vexil_fanout::cors));
     Router::new()
-        .route(BULK_PATH, post(bulk))
+        .merge(browser)
         .route(RELAY_EVENTS_PATH, post(relay_bulk))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(ingest)
+}
+
+/// A preflight without `Origin` (the CORS layer answers those with one).
+async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 /// The current time in ms since the epoch.
@@ -145,14 +154,30 @@ fn rate_limited(wait: Duration) -> Response {
     r
 }
 
-/// `POST /events/v1/bulk`: a batch from an SDK (or any HTTP client) with an SDK key.
-async fn bulk(State(s): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(key) = authorization_key(&headers) else {
-        return auth_refusal(AuthError::Unauthorized);
-    };
-    let env = match SdkAuth::authenticate(&s.app.feed, key).await {
-        Ok(env) => env,
-        Err(e) => return auth_refusal(e),
+/// `POST /events/v1/bulk`: a batch from an SDK (or any HTTP client) with an SDK key, or from
+/// a browser with a client-side key (in `Authorization`, or `?key=` for `sendBeacon`; the
+/// `Origin` must be allowed by the key's environment; see [`vexil_fanout::events_caller`]).
+async fn bulk(
+    State(s): State<Ingest>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let table = s.app.feed.hub().client_keys().clone();
+    let (env, key) = match vexil_fanout::events_caller(&table, &headers, uri.query()) {
+        Ok(vexil_fanout::EventsCaller::Client { env, key }) => (env, key),
+        Ok(vexil_fanout::EventsCaller::Sdk(key)) => {
+            match SdkAuth::authenticate(&s.app.feed, key).await {
+                Ok(env) => (env, key),
+                Err(e) => return auth_refusal(e),
+            }
+        }
+        Err(refusal) => {
+            if refusal.status() == StatusCode::UNAUTHORIZED {
+                return auth_refusal(AuthError::Unauthorized);
+            }
+            return *refusal;
+        }
     };
     if let Err(wait) = s.limiter.check(key) {
         return rate_limited(wait);

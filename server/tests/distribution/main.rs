@@ -2,6 +2,7 @@
 //! SSE streams.
 
 mod client;
+mod client_events;
 mod evaluate;
 mod events;
 mod fixtures;

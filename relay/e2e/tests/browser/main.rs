@@ -1,7 +1,8 @@
 //! The web SDK (`sdk/web`) in real headless Chromium, against a real control plane and a
 //! real edge relay process: a page on another origin shows a client-side flag, receives a
-//! flip within a second, survives a relay restart, and a page on an origin the environment
-//! does not allow is refused.
+//! flip within a second, survives a relay restart, sends `track` events and exposures that
+//! reach the control plane's database through the relay, and a page on an origin the
+//! environment does not allow is refused.
 //!
 //! Needs Debian's `chromium` (`/usr/bin/chromium`, or `VEXIL_CHROMIUM`) and node/npm (the
 //! harness builds `sdk/web/dist`); it fails, never skips, without them. Screenshots are saved
@@ -117,6 +118,29 @@ async fn screenshot(page: &Page, name: &str) {
     .unwrap_or_else(|e| panic!("screenshot {}: {e}", path.display()));
 }
 
+/// The `custom` and `exposure` events stored, as `(kind, key, context key)` sorted, once at
+/// least `n` are there (polled with a deadline: they travel page → relay → server).
+async fn stored_events(database_url: &str, n: usize) -> Vec<(String, String, String)> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(database_url)
+        .await
+        .expect("the test database");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT kind, key, context_key FROM events \
+             WHERE kind IN ('custom', 'exposure') ORDER BY kind, key",
+        )
+        .fetch_all(&mut c)
+        .await
+        .expect("events readable");
+        if rows.len() >= n || Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn web_sdk_in_chromium_streams_flips_survives_a_relay_restart_and_is_refused_elsewhere() {
     tokio::task::spawn_blocking(page::build_sdk)
@@ -150,6 +174,30 @@ async fn web_sdk_in_chromium_streams_flips_survives_a_relay_restart_and_is_refus
             )
             .await;
     }
+    // A client-side experiment flag: reading it records an exposure (from the page).
+    cluster
+        .expect(
+            0,
+            "POST",
+            "/api/v1/projects/p/flags",
+            Some(
+                json!({"key": "checkout", "name": "checkout", "kind": "boolean", "client_side": true,
+                        "variations": [{"value": true}, {"value": false}]}),
+            ),
+            201,
+        )
+        .await;
+    cluster
+        .expect(
+            0,
+            "PATCH",
+            &config_path("checkout"),
+            Some(json!({"on": true, "off_variation": 1,
+                        "fallthrough": {"rollout": {"experiment": true, "variations": [
+                            {"variation": 0, "weight": 50000}, {"variation": 1, "weight": 50000}]}}})),
+            200,
+        )
+        .await;
     let allowed = StaticSite::start().await;
     let other = StaticSite::start().await;
     cluster
@@ -230,6 +278,35 @@ async fn web_sdk_in_chromium_streams_flips_survives_a_relay_restart_and_is_refus
         "ConfigurationChanged named only the flipped flag, once per flip"
     );
     screenshot(&page, "2-flipped.png").await;
+
+    // Events from the page: a conversion and the experiment flag used twice (one exposure),
+    // sent by the SDK to the relay with the client key, forwarded upstream and stored.
+    let used = eval(&page, "window.vexilUse()").await;
+    assert!(
+        matches!(&used, Ok(Value::String(v)) if v == "true" || v == "false"),
+        "the experiment flag has a value: {used:?}"
+    );
+    assert_eq!(eval(&page, "window.vexilUse()").await, used);
+    eval(&page, "window.vexilTrack('purchase', 12.5)")
+        .await
+        .expect("track runs");
+    let rows = stored_events(&cluster.database_url, 2).await;
+    assert_eq!(
+        rows,
+        [
+            (
+                "custom".to_owned(),
+                "purchase".to_owned(),
+                "user-1".to_owned()
+            ),
+            (
+                "exposure".to_owned(),
+                "checkout".to_owned(),
+                "user-1".to_owned()
+            ),
+        ],
+        "one conversion and one exposure from the page"
+    );
 
     // Relay restart: the flag flips while the relay is down; the page reconnects (with its
     // backoff) to the new process on the same port and shows the new value.

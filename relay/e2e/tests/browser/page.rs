@@ -106,8 +106,11 @@ const provider = new VexilWebProvider({
   initialBackoffMs: 100,
   maxBackoffMs: 1000,
   initTimeoutMs: 3000,
-  events: false,
+  events: { flushIntervalMs: 200 },
 });
+// What the test drives: a conversion (`track`) and a use of the experiment flag (an exposure).
+window.vexilTrack = (name, value) => client.track(name, { value });
+window.vexilUse = () => String(client.getBooleanValue('checkout', false));
 try {
   await OpenFeature.setProviderAndWait(provider, { targetingKey: 'user-1' });
   setState('ready');
