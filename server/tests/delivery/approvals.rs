@@ -222,7 +222,7 @@ both! {
         assert_eq!(app.config("shop", "checkout").await["on"], false);
         let bypass = audit_actions(&app, "approval.bypass").await;
         assert_eq!(bypass.len(), 1);
-        assert_eq!(bypass[0]["resource_key"], "checkout");
+        assert_eq!(bypass[0]["key"], "checkout");
         assert_eq!(bypass[0]["environment"], "prod");
         assert_eq!(bypass[0]["after"]["bypass"], "kill_switch_exempt");
 
