@@ -14,7 +14,7 @@ use super::query::{Cursor, Limit, opaque};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::delivery::approvals::requests::{
-    ChangeRequest, ChangeRequestState, NewChangeRequest, ReviewInput, ReviewKind,
+    ChangeRequest, ChangeRequestState, NewChangeRequest, NewReview, ReviewInput, ReviewKind,
 };
 use crate::delivery::approvals::{ApprovalPolicy, PolicyInput};
 use crate::error::{ApiError, Problem};
@@ -202,9 +202,11 @@ async fn review(
                 &ctx,
                 (&project, &flag, &environment),
                 id,
-                kind,
-                role,
-                body,
+                NewReview {
+                    kind,
+                    role,
+                    comment: body.comment,
+                },
                 app.clock.now(),
             )
             .await?,

@@ -50,6 +50,18 @@ pub struct ReviewInput {
     pub comment: String,
 }
 
+/// A review to record: what it does, the reviewer's role in the environment (checked by the
+/// caller against what the review needs) and the comment.
+#[derive(Debug, Clone)]
+pub struct NewReview {
+    /// Approve, reject or comment.
+    pub kind: ReviewKind,
+    /// The reviewer's role in the environment.
+    pub role: Role,
+    /// The comment (may be empty except for a comment).
+    pub comment: String,
+}
+
 /// Where a change request is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -469,11 +481,15 @@ impl Store {
         ctx: &WriteContext,
         path: (&str, &str, &str),
         id: i64,
-        kind: ReviewKind,
-        role: Role,
-        input: ReviewInput,
+        review: NewReview,
         now: OffsetDateTime,
     ) -> Result<ChangeRequest, StoreError> {
+        let NewReview {
+            kind,
+            role,
+            comment,
+        } = review;
+        let input = ReviewInput { comment };
         check_comment(&input.comment)?;
         if kind == ReviewKind::Comment && input.comment.trim().is_empty() {
             return Err(StoreError::invalid(
