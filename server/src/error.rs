@@ -158,6 +158,9 @@ pub enum ApiError {
         /// Field errors.
         errors: Vec<FieldProblem>,
     },
+    /// The environment's approval policy routes this change through a change request.
+    #[error("{0}")]
+    ApprovalRequired(String),
     /// An idempotency key was reused with a different request.
     #[error("idempotency key reused with a different request")]
     IdempotencyMismatch,
@@ -235,6 +238,9 @@ impl ApiError {
                     Problem::new(S::UNPROCESSABLE_ENTITY, "validation", Some(detail.clone()));
                 p.errors = errors.clone();
                 p
+            }
+            ApiError::ApprovalRequired(d) => {
+                Problem::new(S::CONFLICT, "approval-required", Some(d.clone()))
             }
             ApiError::IdempotencyMismatch => Problem::new(
                 S::UNPROCESSABLE_ENTITY,
@@ -327,6 +333,7 @@ impl From<StoreError> for ApiError {
             StoreError::PreconditionFailed { current } => ApiError::PreconditionFailed { current },
             StoreError::Invalid(v) => v.into(),
             StoreError::Gone(what) => deleted_meanwhile(Some(&what)),
+            StoreError::ApprovalRequired(d) => ApiError::ApprovalRequired(d),
             StoreError::Database(e) if is_unavailable(&e) => ApiError::Unavailable(Box::new(e)),
             StoreError::Database(e) if references_deleted_row(&e) => deleted_meanwhile(None),
             other => ApiError::Internal(Box::new(other)),
@@ -362,6 +369,7 @@ mod tests {
             (StoreError::invalid("key", "key_mismatch", "mismatch"), 422),
             (StoreError::Gone("project 'p'".into()), 409),
             (StoreError::Corrupt("bad".into()), 500),
+            (StoreError::ApprovalRequired("needs approval".into()), 409),
             (StoreError::Database(sqlx::Error::PoolTimedOut), 503),
             (StoreError::Database(sqlx::Error::WorkerCrashed), 503),
             (

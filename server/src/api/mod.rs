@@ -7,6 +7,9 @@
 //! every error each operation can answer with ([`crate::openapi::declare_errors`]).
 
 mod admin;
+// Approval policies and change requests: handlers beside their store.
+#[path = "../delivery/approvals/api.rs"]
+mod approvals;
 mod audit;
 // Progressive delivery (scheduled changes, webhooks): its handlers live beside its store.
 #[path = "../delivery/api.rs"]
@@ -156,6 +159,22 @@ pub fn routes(state: AppState) -> (Router, Router) {
         .routes(routes!(delivery::resume_release_plan))
         .routes(routes!(delivery::abort_release_plan))
         // --- end progressive delivery ---
+        // --- approvals and change requests (server/src/delivery/approvals) ---
+        .routes(routes!(
+            approvals::get_approval_policy,
+            approvals::put_approval_policy,
+            approvals::delete_approval_policy
+        ))
+        .routes(routes!(
+            approvals::create_change_request,
+            approvals::list_change_requests
+        ))
+        .routes(routes!(approvals::get_change_request))
+        .routes(routes!(approvals::approve_change_request))
+        .routes(routes!(approvals::reject_change_request))
+        .routes(routes!(approvals::comment_change_request))
+        .routes(routes!(approvals::apply_change_request))
+        // --- end approvals ---
         // --- flags as code (issue 17) ---
         .routes(routes!(portable::export_project))
         .routes(routes!(portable::import_project))

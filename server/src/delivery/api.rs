@@ -60,6 +60,10 @@ pub(crate) async fn create_scheduled_change(
     StrictJson(body): StrictJson<NewScheduledChange>,
 ) -> Result<Created<ScheduledChange>, ApiError> {
     let ctx = caller.require(Role::Editor)?;
+    // Under an approval policy, changes go through change requests (a kill may be exempt).
+    app.store
+        .refuse_under_policy((&project, &flag, &environment), body.kill)
+        .await?;
     let view = app
         .store
         .create_scheduled_change(&ctx, (&project, &flag, &environment), body, app.clock.now())
@@ -278,6 +282,10 @@ pub(crate) async fn create_release_plan(
     StrictJson(body): StrictJson<NewReleasePlan>,
 ) -> Result<Created<ReleasePlan>, ApiError> {
     let ctx = caller.require(Role::Editor)?;
+    // Under an approval policy, changes go through change requests.
+    app.store
+        .refuse_under_policy((&project, &flag, &environment), false)
+        .await?;
     let view = app
         .store
         .create_release_plan(&ctx, (&project, &flag, &environment), body, app.clock.now())

@@ -6,13 +6,17 @@
 //!   executed through the store's ordinary writes;
 //! - [`plans`]: release plans, stepped ramps of a flag's fallthrough advanced by the same
 //!   scheduler;
+//! - [`approvals`]: per-environment approval policies and change requests, the only way to
+//!   change a flag's configuration where a policy applies;
 //! - [`webhooks`]: subscriptions, the outbox the store's audit function fills in the
 //!   transaction of each change, and the signed, retried deliveries.
 //!
 //! The HTTP handlers live in `api.rs` here and are mounted by [`crate::api`]. The workers are
 //! owned by [`crate::Server::serve`] ([`Workers::spawn`]) and stop with it.
 
+pub mod approvals;
 pub mod clock;
+pub(crate) mod patch;
 pub mod plans;
 pub mod schedule;
 pub mod webhooks;

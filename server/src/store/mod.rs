@@ -93,6 +93,10 @@ pub enum StoreError {
     /// A stored document does not decode: the database was edited outside the API.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The environment has an approval policy: the change must go through an approved
+    /// change request (see [`crate::delivery::approvals`]). The message says where.
+    #[error("{0}")]
+    ApprovalRequired(String),
 }
 
 impl StoreError {

@@ -1067,6 +1067,95 @@ async fn every_route_answers_as_the_document_says() {
     c.admin(M::POST, "/api/v1/projects/other/import", Some(doc), 422)
         .await;
 
+    // --- approvals and change requests ---
+    let policy = "/api/v1/projects/p/environments/e/approval-policy";
+    c.admin(M::GET, policy, None, 404).await;
+    c.admin(M::PUT, policy, Some(json!({"required_approvals": 0})), 422)
+        .await;
+    c.admin(
+        M::PUT,
+        policy,
+        Some(json!({"required_approvals": 1, "approver_role": "editor",
+                    "kill_switch_exempt": true})),
+        200,
+    )
+    .await;
+    c.expect(v, M::GET, policy, None, 200).await;
+    // Under the policy a direct write is a conflict pointing to change requests.
+    c.admin(
+        M::PATCH,
+        "/api/v1/projects/p/flags/f/environments/e",
+        Some(json!({"off_variation": 0})),
+        409,
+    )
+    .await;
+    let crs = "/api/v1/projects/p/flags/f/environments/e/change-requests";
+    let approver = app.token("cr-approver", "editor").await;
+    let cr = c
+        .admin(
+            M::POST,
+            crs,
+            Some(json!({"patch": {"off_variation": 0}, "description": "doc",
+                        "base_version": null})),
+            201,
+        )
+        .await;
+    c.admin(M::POST, crs, Some(json!({"patch": {"nope": 1}})), 422)
+        .await;
+    c.expect(v, M::GET, &format!("{crs}?state=open&limit=5"), None, 200)
+        .await;
+    c.admin(
+        M::GET,
+        "/api/v1/projects/p/flags/nope/environments/e/change-requests",
+        None,
+        404,
+    )
+    .await;
+    let one = format!("{crs}/{}", cr["id"]);
+    c.admin(M::GET, &one, None, 200).await;
+    c.admin(M::GET, &format!("{crs}/999999"), None, 404).await;
+    c.expect(
+        v,
+        M::POST,
+        &format!("{one}/comment"),
+        Some(json!({"comment": "lgtm?"})),
+        200,
+    )
+    .await;
+    c.admin(M::POST, &format!("{one}/comment"), Some(json!({})), 422)
+        .await;
+    c.admin(M::POST, &format!("{one}/apply"), None, 409).await;
+    // Its author cannot approve it; a viewer cannot either.
+    c.admin(M::POST, &format!("{one}/approve"), Some(json!({})), 409)
+        .await;
+    c.expect(v, M::POST, &format!("{one}/approve"), Some(json!({})), 403)
+        .await;
+    c.expect(
+        As::Token(&approver),
+        M::POST,
+        &format!("{one}/approve"),
+        Some(json!({"comment": "ok"})),
+        200,
+    )
+    .await;
+    c.admin(M::POST, &format!("{one}/apply"), None, 200).await;
+    c.admin(M::POST, &format!("{one}/reject"), Some(json!({})), 409)
+        .await;
+    let other = c
+        .admin(M::POST, crs, Some(json!({"patch": {"on": true}})), 201)
+        .await;
+    c.expect(
+        As::Token(&approver),
+        M::POST,
+        &format!("{crs}/{}/reject", other["id"]),
+        Some(json!({"comment": "not now"})),
+        200,
+    )
+    .await;
+    c.admin(M::DELETE, policy, None, 204).await;
+    c.admin(M::DELETE, policy, None, 404).await;
+    // --- end approvals ---
+
     // Deletions.
     c.admin(M::DELETE, &format!("{segs}/s"), None, 409).await;
     c.admin(M::DELETE, "/api/v1/projects/p/flags/g", None, 409)

@@ -2,6 +2,7 @@
 //! delivered to a real HTTP receiver (signed, retried, auto-disabled), and exactly-once
 //! execution across server processes sharing one PostgreSQL.
 
+mod approvals;
 mod exactly_once;
 mod helpers;
 mod plans;

@@ -305,6 +305,9 @@ impl Store {
                 index: None,
             });
         }
+        // An environment under an approval policy takes changes only from change requests.
+        let path = (at.project, at.flag_key, at.environment);
+        crate::delivery::approvals::check_config_write(c, at.environment_id, path).await?;
         cfg.version = current.version + 1;
         let mut ix = self.take_index(c, at.environment_id, from).await?;
         let cfg = validate_config(&definition, cfg, &ix)?.into_inner();
@@ -406,6 +409,9 @@ impl Store {
                 result.already_off.push(e.key.clone());
                 continue;
             }
+            // Exempt from approval policies unless one says otherwise (audited as a bypass).
+            let path = (project, key, e.key.as_str());
+            crate::delivery::approvals::check_kill(&mut c, ctx, e.id, path, t).await?;
             let mut cfg = current.clone();
             cfg.on = false;
             cfg.version = to_u64(current_version) + 1;
