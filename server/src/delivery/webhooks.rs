@@ -48,6 +48,7 @@ pub const EVENTS: &[&str] = &[
     "plan.resume",
     "plan.abort",
     "plan.completed",
+    "plan.rolled_back",
 ];
 
 /// How the body is shaped.

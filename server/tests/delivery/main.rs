@@ -3,6 +3,7 @@
 //! execution across server processes sharing one PostgreSQL.
 
 mod exactly_once;
+mod guardrails;
 mod helpers;
 mod plans;
 mod schedules;
