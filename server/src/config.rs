@@ -169,6 +169,16 @@ pub struct Config {
     /// fails for good and its subscription is disabled.
     #[arg(long, env = "VEXIL_WEBHOOK_RETRY_HOURS", default_value_t = 24)]
     pub webhook_retry_hours: u64,
+
+    /// Seconds between two checks of a running release plan's guardrails: a breach is
+    /// rolled back within one interval.
+    #[arg(long, env = "VEXIL_GUARDRAIL_CHECK_SECS", default_value_t = 60)]
+    pub guardrail_check_secs: u64,
+
+    /// Base URL of the Prometheus that PromQL guardrails query (e.g.
+    /// `http://prometheus:9090`); without it they read as errors and never roll back.
+    #[arg(long, env = "VEXIL_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
     // --- end progressive delivery ---
 
     // --- admin console (issue 14) ---

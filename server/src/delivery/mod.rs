@@ -8,6 +8,8 @@
 //!   scheduler;
 //! - [`approvals`]: per-environment approval policies and change requests, the only way to
 //!   change a flag's configuration where a policy applies;
+//! - [`guardrails`]: metric and PromQL checks of running plans, whose breach rolls the plan
+//!   back (run by the scheduler worker, [`plans::Checker`]);
 //! - [`webhooks`]: subscriptions, the outbox the store's audit function fills in the
 //!   transaction of each change, and the signed, retried deliveries.
 //!
@@ -17,6 +19,7 @@
 pub mod approvals;
 pub mod clock;
 pub(crate) mod patch;
+pub mod guardrails;
 pub mod plans;
 pub mod schedule;
 pub mod webhooks;
@@ -60,11 +63,17 @@ impl Workers {
                     .saturating_mul(3),
             ),
         };
+        let checker = plans::Checker::new(
+            config.prometheus_url.clone(),
+            Duration::from_millis(config.webhook_timeout_ms.max(1)),
+            time::Duration::seconds(i64::try_from(config.guardrail_check_secs).unwrap_or(60)),
+        );
         let scheduler = tokio::spawn(every(poll, clock.clone(), {
             let store = store.clone();
             move |now| {
                 let store = store.clone();
                 let runner = runner.clone();
+                let checker = checker.clone();
                 async move {
                     match schedule::run_due(&store, &runner, now).await {
                         Ok(0) => {}
@@ -75,6 +84,11 @@ impl Workers {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(advanced = n, "release plan steps applied"),
                         Err(e) => tracing::warn!(error = %e, "release plan round failed"),
+                    }
+                    match plans::check_due(&store, &checker, &runner.me, now).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(rolled_back = n, "guardrails rolled plans back"),
+                        Err(e) => tracing::warn!(error = %e, "guardrail round failed"),
                     }
                 }
             }

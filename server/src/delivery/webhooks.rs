@@ -57,6 +57,7 @@ pub const EVENTS: &[&str] = &[
     "plan.resume",
     "plan.abort",
     "plan.completed",
+    "plan.rolled_back",
 ];
 
 /// How the body is shaped.

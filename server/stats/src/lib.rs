@@ -12,6 +12,8 @@
 //!   relative lift (delta method) under a fixed-horizon, sequential (always-valid) or Bayesian
 //!   [`Method`].
 //! - [`srm`](mod@srm): the sample-ratio-mismatch chi-square test ([`srm()`]).
+//! - [`guardrail`](mod@guardrail): the one-sided always-valid test of a release plan's
+//!   guardrail ([`guardrail()`]): has the new variation regressed a metric beyond a threshold?
 //! - [`holm`](mod@holm): Holm's correction across treatments ([`holm()`]).
 //! - [`family`]: every treatment against the control with Holm applied ([`compare_family`]).
 //! - [`power`](mod@power): sample size and time to significance ([`sample_size`]).
@@ -52,6 +54,7 @@ pub mod cuped;
 pub mod dist;
 mod error;
 pub mod family;
+pub mod guardrail;
 pub mod holm;
 pub mod power;
 pub mod sample;
@@ -61,6 +64,9 @@ pub use compare::{Comparison, DEFAULT_TAU, Effect, Method, Posterior, compare, c
 pub use cuped::{Cuped, CupedAdjusted, cuped};
 pub use error::StatsError;
 pub use family::{FamilyMember, compare_family};
+pub use guardrail::{
+    DEFAULT_GUARDRAIL_TAU, Direction, GuardrailReading, GuardrailTest, guardrail, one_sided_log_lr,
+};
 pub use holm::holm;
 pub use power::{SampleSize, SampleSizeInput, sample_size};
 pub use sample::{Moments, Sample};

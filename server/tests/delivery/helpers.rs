@@ -45,8 +45,27 @@ pub async fn spawn(backend: Backend) -> App {
     .await
 }
 
+/// [`spawn`] with `tweak` applied to the server's configuration.
+pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> App {
+    vexil_testkit::init_tracing();
+    let database = TestDatabase::create(backend).await;
+    let clock = ManualClock::new(OffsetDateTime::now_utc());
+    let token = format!("vxa_{}", uuid::Uuid::new_v4().simple());
+    start_with(database, clock, token, tweak).await
+}
+
 /// Starts a server on `database` (which may hold data from an earlier server).
 pub async fn start(database: TestDatabase, clock: Arc<ManualClock>, admin_token: String) -> App {
+    start_with(database, clock, admin_token, |_| {}).await
+}
+
+/// [`start`] with `tweak` applied to the server's configuration.
+pub async fn start_with(
+    database: TestDatabase,
+    clock: Arc<ManualClock>,
+    admin_token: String,
+    tweak: impl FnOnce(&mut Config),
+) -> App {
     let mut config = Config::with_database(database.url.clone());
     config.bootstrap_token = Some(admin_token.clone());
     config.database_max_connections = 8;
@@ -54,6 +73,7 @@ pub async fn start(database: TestDatabase, clock: Arc<ManualClock>, admin_token:
     config.metrics = false;
     config.delivery_poll_ms = 50;
     config.webhook_timeout_ms = 5_000;
+    tweak(&mut config);
     let server = Server::build(config)
         .await
         .expect("the server starts")

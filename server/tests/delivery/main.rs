@@ -4,6 +4,7 @@
 
 mod approvals;
 mod exactly_once;
+mod guardrails;
 mod helpers;
 mod plans;
 mod schedules;

@@ -527,3 +527,55 @@ fn version_of(r: VersionRow) -> Result<FlagVersion, StoreError> {
         config,
     })
 }
+
+impl Store {
+    /// Sets a flag's fallthrough in one environment through the one configuration write
+    /// (validation, version, change log, history, audit, distribution), then runs `then` in
+    /// the same transaction before it commits: a caller's own record of the change (a release
+    /// plan rolled back by its guardrail) commits with the configuration or not at all.
+    /// `then` runs, and commits, even when the fallthrough is already the one asked for.
+    pub(crate) async fn write_fallthrough_then<T, F>(
+        &self,
+        ctx: &WriteContext,
+        (project, key, environment): (&str, &str, &str),
+        fallthrough: Serve,
+        then: F,
+    ) -> Result<(FlagConfigView, T), StoreError>
+    where
+        F: for<'a, 'b> FnOnce(
+                &'a mut Conn<'b>,
+            ) -> futures::future::BoxFuture<'a, Result<T, StoreError>>
+            + Send,
+    {
+        let (flag_id, env_id) = self.resolve_config(project, key, environment).await?;
+        let _local = self.local_locks(vec![env_id]).await;
+        let mut tx = self.db.begin().await?;
+        let mut c = tx.conn();
+        let at = ConfigTarget {
+            project,
+            flag_key: key,
+            flag_id,
+            environment,
+            environment_id: env_id,
+            targets_delta: None,
+        };
+        let written = self
+            .write_config(&mut c, ctx, &at, None, "flag.config.update", |mut cfg| {
+                cfg.fallthrough = fallthrough;
+                Ok(cfg)
+            })
+            .await?;
+        let out = then(&mut c).await?;
+        tx.commit().await?;
+        if let Some(index) = written.index {
+            self.put_index(env_id, written.environment_version, index);
+        }
+        Ok((
+            FlagConfigView {
+                config: written.config,
+                environment_version: written.environment_version,
+            },
+            out,
+        ))
+    }
+}
