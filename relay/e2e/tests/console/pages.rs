@@ -265,7 +265,7 @@ async fn release_plans_and_scheduled_changes_run_from_the_console_and_sessions_e
         .find(|c| c.name == "vexil_session")
         .expect("the session cookie");
     let session_cookie = format!("vexil_session={}", session.value);
-    app.clock.advance(Duration::from_secs(50 * 60));
+    app.clock.advance(Duration::from_secs(40 * 60));
     tab.open("/projects").await;
     tab.shows("release-editor").await;
     app.clock.advance(Duration::from_secs(11 * 60));
