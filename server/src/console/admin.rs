@@ -147,25 +147,31 @@ async fn render_settings(
     let nav = Nav::load(app, Some(project), None, "settings").await?;
     let p = enc(project);
     let body = html! {
-        h1 { "Environments" }
+        div.row style="justify-content:space-between;align-items:center" {
+            h1 { "Environments" }
+            @if session.can(Role::Editor) { a.button.secondary href=(format!("/projects/{p}/edit")) { "Rename or delete the project" } }
+        }
         (general_errors(errors))
         @if nav.environments.is_empty() {
             (page::empty("No environments yet", html! { "Flags are configured per environment: create one (e.g. production) below." }))
         } @else {
             table {
-                thead { tr { th scope="col" { "Environment" } th scope="col" { "Key" } th scope="col" { "Data version" } th scope="col" { "Allowed browser origins" } @if session.can(Role::Admin) { th scope="col" { "Actions" } } } }
+                thead { tr { th scope="col" { "Environment" } th scope="col" { "Key" } th scope="col" { "Data version" } th scope="col" { "Allowed browser origins" } @if session.can(Role::Editor) { th scope="col" { "Actions" } } } }
                 tbody {
                     @for e in &nav.environments {
                         tr {
                             td { (e.name) } td { code { (e.key) } } td { (e.version) }
                             td { @if e.allowed_origins.is_empty() { span.muted { "none" } } @else { (e.allowed_origins.join(", ")) } }
-                            @if session.can(Role::Admin) {
-                                td {
-                                    form method="post" action=(format!("/projects/{p}/environments/{}/delete", enc(&e.key))) {
-                                        (page::csrf(session))
-                                        button.secondary.small type="submit" aria-label=(format!("Delete environment {}", e.name)) { "Delete…" }
+                            @if session.can(Role::Editor) {
+                                td { div.row {
+                                    a href=(format!("/projects/{p}/environments/{}/edit", enc(&e.key))) aria-label=(format!("Edit environment {}", e.name)) { "Edit" }
+                                    @if session.can(Role::Admin) {
+                                        form method="post" action=(format!("/projects/{p}/environments/{}/delete", enc(&e.key))) {
+                                            (page::csrf(session))
+                                            button.secondary.small type="submit" aria-label=(format!("Delete environment {}", e.name)) { "Delete…" }
+                                        }
                                     }
-                                }
+                                } }
                             }
                         }
                     }

@@ -532,13 +532,17 @@ fn render_flag(
                                 @if editor { "Edit targeting" } @else { "View targeting" }
                             }
                             a href=(format!("/projects/{p}/flags/{f}/environments/{}/history", enc(&e.key))) { "History" }
+                            a href=(format!("/projects/{p}/flags/{f}/environments/{}/releases", enc(&e.key))) { "Releases" }
                         }
                         p.muted { "Version " (cfg.version) }
                     }
                 }
             }
         }
-        h2 { "Variations" }
+        div.row style="justify-content:space-between;align-items:center" {
+            h2 { "Variations" }
+            @if editor { a.button.secondary href=(format!("/projects/{p}/flags/{f}/edit")) { "Edit definition" } }
+        }
         table {
             thead { tr { th scope="col" { "#" } th scope="col" { "Name" } th scope="col" { "Value" } } }
             tbody {
@@ -581,6 +585,7 @@ fn done_message(done: &str) -> &'static str {
         "archived" => "Archived.",
         "unarchived" => "Unarchived.",
         "saved" => "Targeting saved.",
+        "defined" => "Definition saved.",
         "rolled-back" => "Rolled back: the earlier version is now the current one.",
         _ => "Done.",
     }

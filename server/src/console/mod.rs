@@ -9,6 +9,10 @@
 //!   [`targeting`] (the targeting editor with its diff and conflict view), [`history`]
 //!   (versions, side-by-side diff, rollback), [`audit`], [`segments`], [`admin`] (projects,
 //!   environments, keys and tokens), [`explain`];
+//! - [`definition`] (a flag's name, tags, variations…), [`environments`] (rename an
+//!   environment, its allowed browser origins; rename or delete a project), [`releases`]
+//!   (release plans and scheduled changes of a flag in an environment), [`experiments`]
+//!   (results with lift intervals drawn as SVG, the SRM warning);
 //! - [`diff`]: the line diff the editor and history show (pure); [`reads`]: queries only the
 //!   console needs (the flags list with each environment's on/off state, sessions).
 //!
@@ -19,12 +23,16 @@
 pub mod admin;
 pub mod assets;
 pub mod audit;
+pub mod definition;
 pub mod diff;
+pub mod environments;
+pub mod experiments;
 pub mod explain;
 pub mod flags;
 pub mod history;
 pub mod page;
 pub mod reads;
+pub mod releases;
 pub mod segments;
 pub mod session;
 pub mod targeting;
@@ -121,6 +129,50 @@ pub fn routes(state: &AppState) -> Router {
             "/projects/{project}/environments/{environment}/keys/{id}/revoke",
             post(admin::revoke_key),
         )
+        .route(
+            "/projects/{project}/edit",
+            get(environments::edit_project).post(environments::update_project),
+        )
+        .route(
+            "/projects/{project}/delete",
+            post(environments::delete_project),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/edit",
+            get(environments::edit_environment).post(environments::update_environment),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/edit",
+            get(definition::edit).post(definition::submit),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/environments/{environment}/releases",
+            get(releases::page),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/environments/{environment}/releases/plans",
+            post(releases::create_plan),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/environments/{environment}/releases/plans/{id}",
+            post(releases::act),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/environments/{environment}/releases/schedules",
+            post(releases::create_schedule),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/environments/{environment}/releases/schedules/{id}/cancel",
+            post(releases::cancel_schedule),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/experiments",
+            get(experiments::list),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/experiments/{experiment}",
+            get(experiments::results),
+        )
         .route("/audit", get(audit::page))
         .route("/tokens", get(admin::tokens).post(admin::create_token))
         .route("/tokens/{id}/revoke", post(admin::revoke_token))
@@ -166,6 +218,7 @@ async fn switch(
     let to = match (q.section.as_str(), env) {
         ("segments", Some(e)) => format!("/projects/{p}/environments/{}/segments", enc(&e)),
         ("keys", Some(e)) => format!("/projects/{p}/environments/{}/keys", enc(&e)),
+        ("experiments", Some(e)) => format!("/projects/{p}/environments/{}/experiments", enc(&e)),
         ("explain", Some(e)) => format!("/projects/{p}/explain?env={}", enc(&e)),
         ("settings", _) => format!("/projects/{p}/settings"),
         (_, Some(e)) => format!("/projects/{p}/flags?env={}", enc(&e)),

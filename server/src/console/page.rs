@@ -161,10 +161,10 @@ pub fn layout(session: &Session, nav: &Nav, title: &str, body: Markup) -> Markup
                                 @let e = enc(e);
                                 (item("segments", format!("/projects/{p}/environments/{e}/segments"), "Segments"))
                                 (item("keys", format!("/projects/{p}/environments/{e}/keys"), "SDK & relay keys"))
+                                (item("experiments", format!("/projects/{p}/environments/{e}/experiments"), "Experiments"))
                             }
                             (item("explain", format!("/projects/{p}/explain{env_q}"), "Explain"))
                             (item("settings", format!("/projects/{p}/settings"), "Environments"))
-                            li.placeholder { span title="Release plans, schedules and change requests arrive with the progressive-delivery work" { "Releases (coming)" } }
                         }
                         (item("projects", "/projects".to_owned(), "Projects"))
                         (item("audit", "/audit".to_owned(), "Audit log"))

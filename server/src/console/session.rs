@@ -5,6 +5,7 @@
 //! token it acts for, a per-session CSRF token and the expiry. Every request re-reads the
 //! token's name and role and whether it is revoked, so revoking a token ends its sessions
 //! at once. Every state-changing form carries the CSRF token, compared in constant time.
+//! Expiry is read on the server's injectable clock ([`crate::delivery::Clock`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -22,7 +23,7 @@ use super::ConsoleError;
 use super::page;
 use crate::app::AppState;
 use crate::auth::{Actor, Role, digests_equal, generate_secret, hash_secret};
-use crate::db::{args, now};
+use crate::db::args;
 use crate::store::{StoreError, WriteContext};
 
 /// The session cookie's name.
@@ -107,7 +108,7 @@ impl FromRequestParts<AppState> for Session {
                  FROM console_sessions s JOIN api_tokens t ON t.id = s.token_id
                  WHERE s.id_hash = $1 AND s.expires_at > $2 AND t.revoked_at IS NULL
                    AND t.scopes IS NULL",
-                args![id_hash.clone(), now()],
+                args![id_hash.clone(), clock_now(app)],
             )
             .await
             .map_err(StoreError::from)?;
@@ -210,7 +211,7 @@ pub async fn sign_in(
     };
     let id = generate_secret("");
     let csrf = generate_secret("");
-    let created = now();
+    let created = clock_now(&app);
     let hours = i64::try_from(app.config.console_session_hours.clamp(1, 24 * 30)).unwrap_or(12);
     let expires: OffsetDateTime = created + time::Duration::hours(hours);
     let mut tx = app.store.db().begin().await.map_err(StoreError::from)?;
@@ -242,6 +243,13 @@ pub async fn sign_in(
         res.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(res)
+}
+
+/// The server's clock (injectable, so tests can move past a session's expiry), truncated to
+/// the microseconds both engines store.
+fn clock_now(app: &AppState) -> OffsetDateTime {
+    let t = app.clock.now();
+    t.replace_microsecond(t.microsecond()).unwrap_or(t)
 }
 
 /// The CSRF field of the sign-out form.

@@ -1,7 +1,9 @@
 //! The admin console in real headless Chromium against the real server (in process on a real
 //! socket, PostgreSQL and SQLite): sign in, create a flag, add a rule with a segment, turn
 //! it on and see an SDK stream receive it, a stale edit's conflict view, rollback from
-//! history, a viewer who cannot edit, sign out; tokens and keys shown once and revoked.
+//! history, a viewer who cannot edit, sign out; tokens and keys shown once and revoked;
+//! release plans and scheduled changes on a moved clock, session expiry, flag definitions,
+//! environments and projects, experiment results.
 //! axe-core runs in every page (no serious or critical violation) and each page is saved as
 //! a screenshot under `<target>/console-screenshots/`.
 //!
@@ -10,6 +12,7 @@
 
 mod browser;
 mod flows;
+mod pages;
 #[path = "../shared/chromium.rs"]
 mod shared_chromium;
 
@@ -19,11 +22,16 @@ use vexil_testkit::TestApp;
 
 /// A browser with one page on `app`'s console.
 pub async fn open_console(app: &TestApp) -> (chromiumoxide::Browser, tempfile::TempDir, Tab) {
+    open_console_at(&app.base_url).await
+}
+
+/// A browser with one page on the console served at `base_url`.
+pub async fn open_console_at(base_url: &str) -> (chromiumoxide::Browser, tempfile::TempDir, Tab) {
     let (browser, profile) = shared_chromium::chromium_sized(1280, 860).await;
     let page = browser.new_page("about:blank").await.expect("a page opens");
     let tab = Tab {
         page,
-        base: app.base_url.clone(),
+        base: base_url.to_owned(),
     };
     (browser, profile, tab)
 }
