@@ -7,6 +7,7 @@ mod binary;
 mod deploy;
 mod outage;
 mod throttle;
+mod tls;
 mod upgrade;
 
 use reqwest::{Response, StatusCode};
