@@ -3,6 +3,7 @@
 //! restarts (never the shared server).
 
 mod admin;
+mod backup;
 mod binary;
 mod deploy;
 mod outage;
