@@ -71,6 +71,17 @@ pub enum RelayError {
     /// The metrics listener (`VEXIL_METRICS_LISTEN`) could not be bound.
     #[error("cannot listen for metrics: {0}")]
     MetricsListen(#[source] std::io::Error),
+    /// `VEXIL_UPSTREAM_CA` cannot be read or holds no PEM certificate.
+    #[error("cannot use the upstream CA file {path}: {reason}")]
+    UpstreamCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TLS certificate or key (`VEXIL_TLS_CERT`, `VEXIL_TLS_KEY`) could not be loaded.
+    #[error("cannot load the TLS certificate: {0}")]
+    Tls(#[source] vexil_fanout::tls::TlsError),
 }
 
 /// A configured relay, not yet serving. Cheap handles to its hub and state let tests and
@@ -87,6 +98,8 @@ pub struct Relay {
     /// The listener of `/metrics` when it is served apart (`VEXIL_METRICS_LISTEN`), bound
     /// in [`Relay::new`] so that its address is known before serving.
     metrics_listener: Option<std::net::TcpListener>,
+    /// HTTPS for SDKs and chained relays, when configured.
+    tls: Option<vexil_fanout::tls::ReloadingTls>,
 }
 
 impl Relay {
@@ -109,7 +122,30 @@ impl Relay {
         {
             return Err(RelayError::RelayKey);
         }
-        let client = upstream::client().map_err(RelayError::HttpClient)?;
+        let roots = match &config.upstream_ca {
+            Some(path) => {
+                let bad = |reason: String| RelayError::UpstreamCa {
+                    path: path.clone(),
+                    reason,
+                };
+                let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+                let roots =
+                    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+                if roots.is_empty() {
+                    return Err(bad("no CERTIFICATE in the file".into()));
+                }
+                roots
+            }
+            None => Vec::new(),
+        };
+        let tls = match config.tls.files() {
+            Some((cert, key)) => Some(
+                vexil_fanout::tls::ReloadingTls::load(&cert, &key, &[b"http/1.1"])
+                    .map_err(RelayError::Tls)?,
+            ),
+            None => None,
+        };
+        let client = upstream::client(&roots).map_err(RelayError::HttpClient)?;
         let metrics = if config.metrics {
             vexil_fanout::metrics::install_prometheus()
         } else {
@@ -123,6 +159,7 @@ impl Relay {
             concurrency: config.events_upstream_concurrency,
             attempts: config.events_upstream_attempts,
             timeout: config.events_upstream_timeout,
+            roots,
         })
         .map_err(RelayError::HttpClient)?;
         let exposures = Arc::new(ExposureRecorder::new(
@@ -146,6 +183,7 @@ impl Relay {
             forwarder,
             exposures,
             metrics_listener,
+            tls,
         })
     }
 
@@ -303,11 +341,24 @@ impl Relay {
             tracing::info!(drain = ?self.config.drain_window, "shutting down: draining streams");
             let _ = signal_tx.send(true);
         };
-        tokio::join!(
-            trigger,
-            serve_lean(listener, app, lean, signalled(signal_rx.clone())),
-            drain
-        );
+        let serving = async {
+            match &self.tls {
+                // TLS sessions hold rustls buffers per connection anyway: the lean path's
+                // saving does not apply, and hyper serves every route.
+                Some(tls) => {
+                    tls.watch(self.config.tls.tls_reload_interval);
+                    let listener = vexil_fanout::tls::TlsListener::new(listener, tls.clone());
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(signalled(signal_rx.clone()))
+                        .await
+                    {
+                        tracing::error!(error = %e, "serving over TLS failed");
+                    }
+                }
+                None => serve_lean(listener, app, lean, signalled(signal_rx.clone())).await,
+            }
+        };
+        tokio::join!(trigger, serving, drain);
         let _ = stop_tx.send(true);
         if let Err(e) = upstream.await {
             tracing::error!(error = %e, "upstream task failed");

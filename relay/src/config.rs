@@ -90,6 +90,17 @@ pub struct RelayConfig {
     #[arg(long, env = "VEXIL_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
 
+    /// HTTPS for SDKs and chained relays: `VEXIL_TLS_CERT` and `VEXIL_TLS_KEY` (PEM files,
+    /// reloaded on SIGHUP and on change). With TLS on, SDK streams are served by hyper rather
+    /// than the lean plain-TCP path.
+    #[command(flatten)]
+    pub tls: vexil_fanout::tls::TlsArgs,
+
+    /// PEM file of certificate authorities trusted for the upstream's certificate, besides
+    /// the public roots (a private CA or a self-signed control plane).
+    #[arg(long, env = "VEXIL_UPSTREAM_CA")]
+    pub upstream_ca: Option<std::path::PathBuf>,
+
     /// Log format.
     #[arg(long, env = "VEXIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -142,6 +153,8 @@ impl std::fmt::Debug for RelayConfig {
                 "metrics_token",
                 &self.metrics_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("tls", &self.tls)
+            .field("upstream_ca", &self.upstream_ca)
             .field("log_format", &self.log_format)
             .field("events_buffer", &self.events_buffer)
             .field(

@@ -74,6 +74,9 @@ pub struct ForwarderConfig {
     pub attempts: u32,
     /// Timeout of one upstream request.
     pub timeout: Duration,
+    /// Certificate authorities trusted for the upstream besides the public roots
+    /// (`VEXIL_UPSTREAM_CA`).
+    pub roots: Vec<reqwest::Certificate>,
 }
 
 /// Why events could not be forwarded.
@@ -122,7 +125,14 @@ impl std::fmt::Debug for Pending {
 impl Forwarder {
     /// A forwarder with its own HTTP client.
     pub fn new(config: ForwarderConfig) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder().timeout(config.timeout).build()?;
+        let client = config
+            .roots
+            .iter()
+            .fold(reqwest::Client::builder(), |b, c| {
+                b.add_root_certificate(c.clone())
+            })
+            .timeout(config.timeout)
+            .build()?;
         // Registered at zero so that alerts on their increase see a series from the start.
         metrics::counter!(RECEIVED).increment(0);
         metrics::counter!(FORWARDED).increment(0);

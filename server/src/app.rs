@@ -11,6 +11,7 @@ use axum::http::{Request, StatusCode};
 use axum::middleware::from_fn;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -79,6 +80,9 @@ pub enum StartError {
     /// The event partitions could not be prepared.
     #[error("cannot prepare event storage: {0}")]
     Events(#[source] StoreError),
+    /// The TLS certificate or key (`VEXIL_TLS_CERT`, `VEXIL_TLS_KEY`) could not be loaded.
+    #[error("cannot load the TLS certificate: {0}")]
+    Tls(#[source] vexil_fanout::tls::TlsError),
 }
 
 /// A server ready to serve: database open and migrated, admin token bootstrapped.
@@ -91,11 +95,23 @@ pub struct Server {
     /// The listener of `/metrics` when it is served apart (`VEXIL_METRICS_LISTEN`), bound at
     /// build so that its address is known before serving.
     metrics_listener: Option<TcpListener>,
+    /// The HTTPS configuration when `VEXIL_TLS_CERT` and `VEXIL_TLS_KEY` are set.
+    tls: Option<vexil_fanout::tls::ReloadingTls>,
 }
 
 impl Server {
     /// Opens and migrates the database and bootstraps the admin token.
-    pub async fn build(config: Config) -> Result<Self, StartError> {
+    pub async fn build(mut config: Config) -> Result<Self, StartError> {
+        // Loaded first: a wrong certificate fails the start before anything else happens.
+        let tls = match config.tls.files() {
+            Some((cert, key)) => Some(
+                vexil_fanout::tls::ReloadingTls::load(&cert, &key, &[b"h2", b"http/1.1"])
+                    .map_err(StartError::Tls)?,
+            ),
+            None => None,
+        };
+        // Behind its own TLS every request is HTTPS: the console cookie is always `Secure`.
+        config.console_secure_cookie |= tls.is_some();
         let db = Db::connect(&DbOptions {
             url: config.database_url.clone(),
             max_connections: config.database_max_connections,
@@ -161,6 +177,7 @@ impl Server {
             },
             generated_admin_token,
             metrics_listener,
+            tls,
         })
     }
 
@@ -241,13 +258,26 @@ impl Server {
         let drain = Duration::from_millis(self.state.config.drain_ms);
         // The peer address is the key of authentication throttling.
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                hub.shutdown(drain).await;
-            })
-            .await
-            .map_err(StartError::Serve);
+        let shutdown = async move {
+            shutdown.await;
+            hub.shutdown(drain).await;
+        };
+        let result = match self.tls {
+            Some(tls) => {
+                tls.watch(self.state.config.tls.tls_reload_interval);
+                // `tap_io` gives the TLS listener axum's peer-address `ConnectInfo`.
+                let listener = vexil_fanout::tls::TlsListener::new(listener, tls).tap_io(|_| {});
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        }
+        .map_err(StartError::Serve);
         purge.abort();
         probe.abort();
         events.abort();

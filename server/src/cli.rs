@@ -76,12 +76,17 @@ pub async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr().context("no local address")?;
     // Never the password: logs and consoles are read by more people than the database.
     let database = config.database_url_redacted();
+    let scheme = if config.tls.files().is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = Server::build(config).await.context("cannot start")?;
-    tracing::info!(%addr, %database, "vexil control plane listening");
+    tracing::info!(%addr, %database, scheme, "vexil control plane listening");
     // The console banner is the command's output, not a log line: operators read it once.
-    println!("Vexil control plane listening on http://{addr}");
+    println!("Vexil control plane listening on {scheme}://{addr}");
     println!(
-        "  API:      http://{addr}/api/v1   (OpenAPI: /api/v1/openapi.json, docs: /api/v1/docs)"
+        "  API:      {scheme}://{addr}/api/v1   (OpenAPI: /api/v1/openapi.json, docs: /api/v1/docs)"
     );
     println!("  database: {database}");
     if let Some(token) = server.generated_admin_token() {

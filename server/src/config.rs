@@ -86,6 +86,11 @@ pub struct Config {
     #[command(flatten)]
     pub distribution: DistributionArgs,
 
+    /// HTTPS: `VEXIL_TLS_CERT` and `VEXIL_TLS_KEY` (PEM files, reloaded on SIGHUP and on
+    /// change). With TLS on, the console's session cookie is `Secure`.
+    #[command(flatten)]
+    pub tls: vexil_fanout::tls::TlsArgs,
+
     /// Milliseconds over which open SDK and relay streams are closed on shutdown.
     #[arg(long, env = "VEXIL_DRAIN_MS", default_value_t = 5_000)]
     pub drain_ms: u64,

@@ -28,6 +28,7 @@
 //!   streams straight to the socket with no per-connection buffers (used by the relay).
 //! - [`trace`]: OpenTelemetry traces (OTLP set-up from `OTEL_*`, HTTP spans, the
 //!   `traceparent` a change carries to SDK frames).
+//! - [`tls`]: HTTPS for both binaries, the certificate reloaded on SIGHUP and file change.
 //! - [`signal`]: the shutdown signal both binaries wait for; [`config`]: the distribution
 //!   options both binaries take ([`DistributionArgs`]); [`telemetry`]: their log set-up and
 //!   [`telemetry::redact_url`].
@@ -78,6 +79,7 @@ pub mod serve;
 pub mod signal;
 pub mod subscriber;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 
 pub use auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};

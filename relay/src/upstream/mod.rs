@@ -119,8 +119,12 @@ pub(crate) async fn run(
 
 /// The HTTP client for the upstream stream: no overall timeout (the stream lasts hours;
 /// reads are bounded by the read timeout instead).
-pub(crate) fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+pub(crate) fn client(roots: &[reqwest::Certificate]) -> Result<reqwest::Client, reqwest::Error> {
+    roots
+        .iter()
+        .fold(reqwest::Client::builder(), |b, c| {
+            b.add_root_certificate(c.clone())
+        })
         .connect_timeout(Duration::from_secs(10))
         .tcp_keepalive(Duration::from_secs(30))
         .build()

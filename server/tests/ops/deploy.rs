@@ -147,3 +147,63 @@ fn kubernetes_manifests_are_complete_pinned_and_hardened() {
     }
     assert!(seen >= 4, "{seen} variables found");
 }
+
+#[test]
+fn compose_pins_its_images_and_mounts_files_that_exist() {
+    let compose = deploy("docker-compose.yml");
+    let mut images = 0;
+    for line in compose.lines().map(str::trim) {
+        if let Some(image) = line.strip_prefix("image: ") {
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(
+                !tag.is_empty() && tag != "latest",
+                "docker-compose.yml: image '{image}' is not pinned"
+            );
+            images += 1;
+        }
+        // Bind mounts of repository files: `- ./path:/in/container[:ro]`.
+        if let Some(mount) = line.strip_prefix("- ./") {
+            let local = mount.split(':').next().unwrap();
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy")
+                .join(local);
+            assert!(
+                path.exists(),
+                "docker-compose.yml mounts {local}, which does not exist"
+            );
+        }
+    }
+    assert_eq!(images, 5, "postgres, server, relay, prometheus, grafana");
+    for service in ["postgres:", "server:", "relay:", "prometheus:", "grafana:"] {
+        assert!(
+            compose.contains(&format!("\n  {service}\n")),
+            "no {service} service"
+        );
+    }
+}
+
+#[test]
+fn compose_prometheus_config_and_alerts_pass_promtool() {
+    let promtool = Path::new("/usr/bin/promtool");
+    assert!(
+        promtool.exists(),
+        "promtool is needed (apt-get install prometheus)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/observability/alerts.yml");
+    let config = deploy("compose/prometheus.yml")
+        .replace("/etc/prometheus/alerts.yml", &alerts.to_string_lossy());
+    let path = dir.path().join("prometheus.yml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(promtool)
+        .args(["check", "config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -3,10 +3,12 @@
 //! restarts (never the shared server).
 
 mod admin;
+mod backup;
 mod binary;
 mod deploy;
 mod outage;
 mod throttle;
+mod tls;
 mod upgrade;
 
 use reqwest::{Response, StatusCode};
