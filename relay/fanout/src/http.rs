@@ -21,6 +21,7 @@ use futures::StreamExt;
 use vexil_schema::stream::EnvironmentId;
 
 use crate::auth::{AuthError, SdkAuth, hash_sdk_key};
+use crate::frame::Frame;
 use crate::hub::{Hub, NotServing};
 
 /// Path of the SSE stream.
@@ -96,6 +97,9 @@ async fn snapshot<A: SdkAuth>(State(s): State<SdkState<A>>, headers: HeaderMap) 
         return (StatusCode::NOT_MODIFIED, out).into_response();
     }
     out.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let Some(put) = current.put().map(Frame::data) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     let body = if accepts_gzip(&headers) {
         match current.gzip().await {
             Ok(gz) => {
@@ -104,11 +108,11 @@ async fn snapshot<A: SdkAuth>(State(s): State<SdkState<A>>, headers: HeaderMap) 
             }
             Err(e) => {
                 tracing::warn!(environment = %env, error = %e, "gzip failed; sending identity");
-                current.put.data()
+                put
             }
         }
     } else {
-        current.put.data()
+        put
     };
     (out, body).into_response()
 }

@@ -187,8 +187,9 @@ fn frames(
         let _gauge = SubscriberGauge::enter(&counted.subscribers);
         match start {
             Start::Put(current) => {
+                let Some(put) = current.put() else { return };
                 counted.events_sent.increment(1);
-                yield current.put.bytes().clone();
+                yield put.bytes().clone();
             }
             Start::Replay { frames, .. } => {
                 for frame in frames {
@@ -211,9 +212,10 @@ fn frames(
                 Ok(Signal::Snapshot { seq }) => {
                     if seq > floor {
                         let Some(current) = chan.current() else { break };
+                        let Some(put) = current.put() else { break };
                         floor = current.seq;
                         counted.events_sent.increment(1);
-                        yield current.put.bytes().clone();
+                        yield put.bytes().clone();
                     }
                 }
                 Ok(Signal::KeepAlive) => yield Bytes::from_static(KEEP_ALIVE),
@@ -239,9 +241,10 @@ fn frames(
                     }
                     chan.metrics.lag_resyncs.increment(1);
                     tracing::debug!(environment = %chan.id, missed, "resyncing a lagging subscriber");
+                    let Some(put) = current.put() else { break };
                     floor = current.seq;
                     counted.events_sent.increment(1);
-                    yield current.put.bytes().clone();
+                    yield put.bytes().clone();
                 }
                 Err(RecvError::Closed) => break,
             }

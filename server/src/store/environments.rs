@@ -221,13 +221,14 @@ impl Store {
             .collect();
         if let Some(src) = &source {
             c.execute(
-                "INSERT INTO segments (environment_id, key, name, body, included, excluded,
+                "INSERT INTO segments (environment_id, key, name, body,
                                        included_count, excluded_count, version, created_at, updated_at)
-                 SELECT $1, key, name, body, included, excluded, included_count, excluded_count, 1, $2, $2
+                 SELECT $1, key, name, body, included_count, excluded_count, 1, $2, $2
                  FROM segments WHERE environment_id = $3",
                 args![id, t, src.id],
             )
             .await?;
+            super::segment_keys::copy_environment(&mut c, src.id, id).await?;
             for s in self.load_segments(&mut c, id).await? {
                 let key = s.key.to_string();
                 changes.push((Op::Put, Entity::Segment, key, Some(encode(&s))));

@@ -23,6 +23,7 @@ mod flags;
 mod idempotency;
 mod keys;
 mod projects;
+mod segment_keys;
 mod segments;
 mod snapshot;
 pub(crate) use changes::LogEntry;

@@ -1,10 +1,10 @@
 //! Segments: reusable sets of contexts, per environment.
 //!
-//! A segment's `included` and `excluded` key lists (up to 1,000,000 keys each) are stored as
-//! one JSON array value each, written and read in a single statement, and kept out of listings
-//! (which show counts). Keys can be added and removed without sending the lists
-//! ([`Store::edit_segment_keys`], [`Store::sync_segment_list`]); such edits are logged and
-//! distributed as deltas.
+//! A segment's `included` and `excluded` key lists (up to 1,000,000 keys each) are stored one
+//! key per row ([`super::segment_keys`]), read in one statement per segment and kept out of
+//! listings (which show counts). Keys can be added and removed without sending the lists
+//! ([`Store::edit_segment_keys`], [`Store::sync_segment_list`]): such an edit reads and writes
+//! only the rows of the keys it names, and is logged and distributed as a delta.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -20,6 +20,7 @@ use vexil_schema::validate::validate_segment;
 use super::changes::{AuditRecord, Entity, Op, audit, record_changes};
 use super::environments::{EnvironmentRow, environment_row};
 use super::projects::{paginate, project_row};
+use super::segment_keys::{self, EXCLUDED, INCLUDED};
 use super::{
     Page, Store, StoreError, WriteContext, decode, encode, new_salt, page_limit, to_u64, unique_or,
 };
@@ -95,6 +96,7 @@ pub struct SegmentSummary {
 
 #[derive(sqlx::FromRow)]
 struct SegmentRow {
+    id: i64,
     body: Json<Value>,
     included: Json<Vec<String>>,
     excluded: Json<Vec<String>>,
@@ -111,7 +113,7 @@ fn assemble(row: SegmentRow) -> Result<(Segment, OffsetDateTime, OffsetDateTime)
     Ok((seg, row.created_at, row.updated_at))
 }
 
-/// The stored body: the segment without its key lists (which have their own columns).
+/// The stored body: the segment without its key lists (which have their own rows).
 fn body_of(seg: &Segment) -> Value {
     let mut body = seg.clone();
     body.included = Vec::new();
@@ -123,17 +125,29 @@ fn list_len(v: &[String]) -> i64 {
     i64::try_from(v.len()).unwrap_or(i64::MAX)
 }
 
+/// Writes both key lists of segment `id` (which holds none).
+async fn insert_lists(c: &mut Conn<'_>, id: i64, seg: &Segment) -> Result<(), StoreError> {
+    segment_keys::insert_list(c, id, INCLUDED, &seg.included).await?;
+    segment_keys::insert_list(c, id, EXCLUDED, &seg.excluded).await
+}
+
+/// The head of a segment: everything but its key lists.
+#[derive(sqlx::FromRow)]
+struct SegmentHead {
+    id: i64,
+    body: Json<Value>,
+    included_count: i64,
+    excluded_count: i64,
+    version: i64,
+}
+
 async fn segment_row(
     c: &mut Conn<'_>,
     environment_id: i64,
     key: &str,
 ) -> Result<Option<SegmentRow>, StoreError> {
-    Ok(c.fetch_optional(
-        "SELECT body, included, excluded, version, created_at, updated_at FROM segments
-         WHERE environment_id = $1 AND key = $2",
-        args![environment_id, key],
-    )
-    .await?)
+    let sql = segment_keys::row_by_key_sql(c);
+    Ok(c.fetch_optional(sql, args![environment_id, key]).await?)
 }
 
 /// A segment that must exist (404 otherwise).
@@ -217,56 +231,65 @@ impl Store {
     ) -> Result<SegmentView, StoreError> {
         check_list_edit("included", &included)?;
         check_list_edit("excluded", &excluded)?;
-        let (env, _local, mut tx) = self.begin_segment_write(project, environment).await?;
+        let (env, local, mut tx) = self.begin_segment_write(project, environment).await?;
         let mut c = tx.conn();
         let from = c.lock_environment(env.id).await?;
-        let row = existing_segment(&mut c, env.id, key).await?;
-        let (mut seg, created_at, updated_before) = assemble(row)?;
+        // Only the segment's head is read: the lists stay in their rows.
+        let head: SegmentHead = c
+            .fetch_optional(
+                "SELECT id, body, included_count, excluded_count, version
+                 FROM segments WHERE environment_id = $1 AND key = $2",
+                args![env.id, key],
+            )
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("segment '{key}'")))?;
+        let current = to_u64(head.version);
         if let Some(expected) = if_match
-            && expected != seg.version
+            && expected != current
         {
-            return Err(StoreError::PreconditionFailed {
-                current: seg.version,
-            });
+            return Err(StoreError::PreconditionFailed { current });
         }
-        let version = seg.version + 1;
+        let (inc, included_count) = segment_keys::edit_list(
+            &mut c,
+            (head.id, INCLUDED, head.included_count),
+            "included",
+            &included,
+        )
+        .await?;
+        let (exc, excluded_count) = segment_keys::edit_list(
+            &mut c,
+            (head.id, EXCLUDED, head.excluded_count),
+            "excluded",
+            &excluded,
+        )
+        .await?;
+        let seg_key: vexil_schema::SegmentKey = decode::<Segment>("segment", head.body.0)?.key;
         let effective = SegmentDelta {
-            key: seg.key.clone(),
-            version,
-            included,
-            excluded,
-        }
-        .apply(&mut seg);
-        if effective.is_empty() {
-            seg.version = version - 1;
-            return Ok(SegmentView {
-                segment: seg,
-                environment_version: Some(from),
-                created_at,
-                updated_at: updated_before,
-            });
-        }
-        let mut ix = self.take_index(&mut c, env.id, from).await?;
-        let seg = match validate_segment(seg, &ix) {
-            Ok(seg) => seg.into_inner(),
-            Err(e) => {
-                self.put_index(env.id, from, ix);
-                return Err(e.into());
-            }
+            key: seg_key,
+            version: current + 1,
+            included: inc,
+            excluded: exc,
         };
+        if effective.is_empty() {
+            // Nothing changes: nothing is written, versioned, logged or audited (the
+            // transaction, which wrote nothing, is dropped).
+            drop(tx);
+            drop(local);
+            let mut view = self.get_segment(project, environment, key).await?;
+            view.environment_version = Some(from);
+            return Ok(view);
+        }
         let t = now();
         c.execute(
-            "UPDATE segments SET included = $3, excluded = $4, included_count = $5,
-                    excluded_count = $6, version = $7, updated_at = $8
+            "UPDATE segments SET included_count = $3, excluded_count = $4, version = $5,
+                    updated_at = $6
              WHERE environment_id = $1 AND key = $2",
             args![
                 env.id,
                 key,
-                serde_json::json!(seg.included),
-                serde_json::json!(seg.excluded),
-                list_len(&seg.included),
-                list_len(&seg.excluded),
-                i64::try_from(seg.version).unwrap_or(i64::MAX),
+                included_count,
+                excluded_count,
+                i64::try_from(effective.version).unwrap_or(i64::MAX),
                 t
             ],
         )
@@ -289,14 +312,14 @@ impl Store {
             .after(payload);
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
-        ix.insert_segment(&seg);
-        self.put_index(env.id, to, ix);
-        Ok(SegmentView {
-            segment: seg,
-            environment_version: Some(to),
-            created_at,
-            updated_at: t,
-        })
+        // The rules did not change: the cached validation index only moves to the new version.
+        self.advance_index(env.id, from, to, |_| {});
+        drop(local);
+        // The answer carries the lists (read after the commit, off the write path; the
+        // subscribers already have the delta). A write landing meanwhile is what it shows.
+        let mut view = self.get_segment(project, environment, key).await?;
+        view.environment_version = Some(to);
+        Ok(view)
     }
 
     /// Replaces one list of a segment (`included` or `excluded`) with `keys`, computing the
@@ -365,13 +388,8 @@ impl Store {
         c: &mut Conn<'_>,
         environment_id: i64,
     ) -> Result<Vec<Segment>, StoreError> {
-        let rows: Vec<SegmentRow> = c
-            .fetch_all(
-                "SELECT body, included, excluded, version, created_at, updated_at FROM segments
-                 WHERE environment_id = $1 ORDER BY key",
-                args![environment_id],
-            )
-            .await?;
+        let sql = segment_keys::rows_of_environment_sql(c);
+        let rows: Vec<SegmentRow> = c.fetch_all(sql, args![environment_id]).await?;
         rows.into_iter()
             .map(|r| assemble(r).map(|(s, _, _)| s))
             .collect()
@@ -401,24 +419,24 @@ impl Store {
         segment.version = 1;
         let seg = validate_segment(segment, &ix)?.into_inner();
         let t = now();
-        c.execute(
-            "INSERT INTO segments (environment_id, key, name, body, included, excluded,
-                                   included_count, excluded_count, version, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)",
-            args![
-                env.id,
-                seg.key.as_str(),
-                seg.name.as_str(),
-                body_of(&seg),
-                serde_json::json!(seg.included),
-                serde_json::json!(seg.excluded),
-                list_len(&seg.included),
-                list_len(&seg.excluded),
-                t
-            ],
-        )
-        .await
-        .map_err(|e| unique_or(e, || format!("segment '{}'", seg.key)))?;
+        let (id,): (i64,) = c
+            .fetch_one(
+                "INSERT INTO segments (environment_id, key, name, body,
+                                       included_count, excluded_count, version, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7) RETURNING id",
+                args![
+                    env.id,
+                    seg.key.as_str(),
+                    seg.name.as_str(),
+                    body_of(&seg),
+                    list_len(&seg.included),
+                    list_len(&seg.excluded),
+                    t
+                ],
+            )
+            .await
+            .map_err(|e| unique_or(e, || format!("segment '{}'", seg.key)))?;
+        insert_lists(&mut c, id, &seg).await?;
         let rec = AuditRecord::new("segment.create", "segment", seg.key.as_str())
             .scoped(Some(project), Some(environment))
             .after(encode(&seg));
@@ -502,6 +520,7 @@ impl Store {
         let mut c = tx.conn();
         let from = c.lock_environment(env.id).await?;
         let row = existing_segment(&mut c, env.id, key).await?;
+        let id = row.id;
         let (before, created_at, updated_before) = assemble(row)?;
         if let Some(expected) = if_match
             && expected != before.version
@@ -528,16 +547,14 @@ impl Store {
         let seg = validate_segment(segment, &ix)?.into_inner();
         let t = now();
         c.execute(
-            "UPDATE segments SET name = $3, body = $4, included = $5, excluded = $6,
-                    included_count = $7, excluded_count = $8, version = $9, updated_at = $10
+            "UPDATE segments SET name = $3, body = $4,
+                    included_count = $5, excluded_count = $6, version = $7, updated_at = $8
              WHERE environment_id = $1 AND key = $2",
             args![
                 env.id,
                 key,
                 seg.name.as_str(),
                 body_of(&seg),
-                serde_json::json!(seg.included),
-                serde_json::json!(seg.excluded),
                 list_len(&seg.included),
                 list_len(&seg.excluded),
                 i64::try_from(seg.version).unwrap_or(i64::MAX),
@@ -545,6 +562,10 @@ impl Store {
             ],
         )
         .await?;
+        if (&seg.included, &seg.excluded) != (&before.included, &before.excluded) {
+            segment_keys::clear(&mut c, id).await?;
+            insert_lists(&mut c, id, &seg).await?;
+        }
         let rec = AuditRecord::new("segment.update", "segment", key)
             .scoped(Some(project), Some(environment))
             .before(encode(&before))

@@ -343,6 +343,7 @@ impl TestDatabase {
                 "SELECT COUNT(*) FROM flag_config_versions",
             ),
             ("segments", "SELECT COUNT(*) FROM segments"),
+            ("segment_keys", "SELECT COUNT(*) FROM segment_keys"),
             ("change_log", "SELECT COUNT(*) FROM change_log"),
             ("audit_log", "SELECT COUNT(*) FROM audit_log"),
             ("api_tokens", "SELECT COUNT(*) FROM api_tokens"),

@@ -18,4 +18,5 @@ mod kill_rollback;
 mod openapi;
 mod portable;
 mod schema_check;
+mod segment_storage;
 mod segments;

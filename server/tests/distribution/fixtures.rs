@@ -138,21 +138,33 @@ async fn load_raw(app: &TestApp, project: &str, snapshot: &EnvironmentSnapshot) 
             included.as_array().map_or(0, Vec::len) as i64,
             excluded.as_array().map_or(0, Vec::len) as i64,
         );
-        sqlx::query(
-            "INSERT INTO segments (environment_id, key, name, body, included, excluded, included_count,
+        let (segment_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO segments (environment_id, key, name, body, included_count,
                                    excluded_count, version, created_at, updated_at)
-             VALUES ($1, $2, $2, $3, $4, $5, $6, $7, 1, now(), now())",
+             VALUES ($1, $2, $2, $3, $4, $5, 1, now(), now()) RETURNING id",
         )
         .bind(env_id)
         .bind(seg.key.as_str())
         .bind(sqlx::types::Json(&body))
-        .bind(sqlx::types::Json(&included))
-        .bind(sqlx::types::Json(&excluded))
         .bind(ni)
         .bind(ne)
-        .execute(&mut c)
+        .fetch_one(&mut c)
         .await
         .unwrap();
+        // Key lists are stored one key per row (migration 0013), in order.
+        for (list, keys) in [(0i64, &included), (1, &excluded)] {
+            sqlx::query(
+                "INSERT INTO segment_keys (segment_id, list, pos, key)
+                 SELECT $1, $2, e.ord, e.k
+                 FROM jsonb_array_elements_text($3) WITH ORDINALITY AS e (k, ord)",
+            )
+            .bind(segment_id)
+            .bind(list)
+            .bind(sqlx::types::Json(keys))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        }
     }
     sqlx::query("UPDATE environments SET version = version + 1 WHERE id = $1")
         .bind(env_id)

@@ -1,9 +1,11 @@
 //! The hub: per-environment state, the publishing API and subscriptions.
 //!
-//! Each environment has an [`EnvChannel`]: its items (for applying changes), the current `put`
-//! frame (for new and resynced subscribers and the snapshot endpoint), the ring of recent
-//! change frames (for `Last-Event-ID` resume) and one `broadcast` channel to its subscribers.
-//! Everything is encoded once, at publish time; subscribers only clone `Bytes`.
+//! Each environment has an [`EnvChannel`]: its items (for applying changes), the current state
+//! (for new and resynced subscribers and the snapshot endpoint), the ring of recent change
+//! frames (for `Last-Event-ID` resume) and one `broadcast` channel to its subscribers. A
+//! change's frame is encoded once, at publish time; the full `put` frame of a version is
+//! encoded once, when first needed (so a one-key edit of a large list never re-encodes the
+//! list unless someone needs the whole state); subscribers only clone `Bytes`.
 //!
 //! Ordering: publishers and new subscribers meet under the environment's writer lock, so a
 //! subscriber's starting point (a `put` or a replay) and its broadcast receiver always agree:
@@ -56,18 +58,52 @@ pub(crate) struct Current {
     pub(crate) version: u64,
     /// Sequence number of the broadcast message that published this state.
     pub(crate) seq: u64,
-    pub(crate) put: Frame,
+    /// The items at this version (shared with the writer's, not copied).
+    items: Items,
+    /// The `put` frame, built on first need: a change publishes only its own small frame, and
+    /// the whole state is encoded once per version a subscriber or the snapshot endpoint
+    /// actually asks for (`None`: it could not be encoded, which the schema never causes).
+    put: std::sync::OnceLock<Option<Frame>>,
     gzip: OnceCell<Bytes>,
 }
 
 impl Current {
+    fn new(version: u64, seq: u64, items: Items, put: Option<Frame>) -> Self {
+        let cell = std::sync::OnceLock::new();
+        if let Some(frame) = put {
+            let _ = cell.set(Some(frame));
+        }
+        Self {
+            version,
+            seq,
+            items,
+            put: cell,
+            gzip: OnceCell::new(),
+        }
+    }
+
+    /// The `put` frame of this version, encoded the first time it is asked for (concurrent
+    /// callers wait for that one encoding). `None` if it cannot be encoded (logged).
+    pub(crate) fn put(&self) -> Option<&Frame> {
+        self.put
+            .get_or_init(|| match self.items.put_frame() {
+                Ok(frame) => Some(frame),
+                Err(e) => {
+                    tracing::error!(version = self.version, error = %e, "cannot encode the put");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
     /// The snapshot JSON gzip-compressed, computed at most once per version (off the async
     /// threads: a large snapshot takes milliseconds to compress).
     pub(crate) async fn gzip(&self) -> Result<Bytes, std::io::Error> {
         self.gzip
             .get_or_try_init(|| {
-                let json = self.put.data();
+                let json = self.put().map(Frame::data);
                 async move {
+                    let json = json.ok_or_else(|| std::io::Error::other("no put frame"))?;
                     tokio::task::spawn_blocking(move || gzip(&json))
                         .await
                         .map_err(std::io::Error::other)?
@@ -292,14 +328,14 @@ impl Hub {
         }
         w.seq += 1;
         let seq = w.seq;
-        w.items = Some(items);
+        w.items = Some(items.clone());
         w.ring.clear();
-        chan.current.store(Some(Arc::new(Current {
-            version: snapshot.version,
+        chan.current.store(Some(Arc::new(Current::new(
+            snapshot.version,
             seq,
-            put,
-            gzip: OnceCell::new(),
-        })));
+            items,
+            Some(put),
+        ))));
         // An error only means nobody is subscribed.
         let _ = chan.tx.send(Signal::Snapshot { seq });
         drop(w);
@@ -373,16 +409,12 @@ impl Hub {
             frame = crate::trace::frame_with_traceparent(&frame, tp)
                 .map_err(crate::EncodeError::from)?;
         }
-        let put = items.put_frame()?;
         w.seq += 1;
         let seq = w.seq;
         w.ring.push(got, frame.bytes().clone());
-        chan.current.store(Some(Arc::new(Current {
-            version: got,
-            seq,
-            put,
-            gzip: OnceCell::new(),
-        })));
+        // The `put` of this version is built when first needed (see [`Current::put`]).
+        chan.current
+            .store(Some(Arc::new(Current::new(got, seq, items.clone(), None))));
         let _ = chan.tx.send(Signal::Change {
             seq,
             frame: frame.bytes().clone(),
