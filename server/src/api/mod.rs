@@ -17,6 +17,8 @@ mod evaluate;
 mod experiments;
 mod explain;
 mod flags;
+// The fleet view and stale flags (issue 16): handlers beside their store.
+use crate::fleet::api as fleet;
 #[path = "../portable/api.rs"]
 mod portable;
 mod projects;
@@ -156,6 +158,11 @@ pub fn routes(state: AppState) -> (Router, Router) {
         .routes(routes!(delivery::resume_release_plan))
         .routes(routes!(delivery::abort_release_plan))
         // --- end progressive delivery ---
+        // --- fleet view and stale flags (issue 16) ---
+        .routes(routes!(fleet::get_fleet))
+        .routes(routes!(fleet::get_flag_usage))
+        .routes(routes!(fleet::get_stale_flags))
+        // --- end fleet ---
         // --- flags as code (issue 17) ---
         .routes(routes!(portable::export_project))
         .routes(routes!(portable::import_project))
