@@ -532,6 +532,7 @@ fn render_flag(
                                 @if editor { "Edit targeting" } @else { "View targeting" }
                             }
                             a href=(format!("/projects/{p}/flags/{f}/environments/{}/history", enc(&e.key))) { "History" }
+                            a href=(format!("/projects/{p}/environments/{}/fleet", enc(&e.key))) { "Fleet" }
                         }
                         p.muted { "Version " (cfg.version) }
                     }

@@ -22,6 +22,7 @@ pub mod audit;
 pub mod diff;
 pub mod explain;
 pub mod flags;
+pub mod fleet;
 pub mod history;
 pub mod page;
 pub mod reads;
@@ -120,6 +121,10 @@ pub fn routes(state: &AppState) -> Router {
         .route(
             "/projects/{project}/environments/{environment}/keys/{id}/revoke",
             post(admin::revoke_key),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/fleet",
+            get(fleet::page),
         )
         .route("/audit", get(audit::page))
         .route("/tokens", get(admin::tokens).post(admin::create_token))

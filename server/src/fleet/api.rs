@@ -137,6 +137,39 @@ pub(crate) async fn stale_report(
     Ok(super::stale::report(q, now, &flags, &usage))
 }
 
+/// The page of the flag list (`filter`, its cursor and limit) keeping only the flags the
+/// stale report of `environment` lists: the store's pages are read in turn until the page is
+/// full, and the next cursor is the last flag returned.
+pub(crate) async fn stale_flag_page(
+    app: &AppState,
+    project: &str,
+    environment: &str,
+    filter: crate::store::FlagFilter,
+) -> Result<crate::store::Page<crate::store::FlagSummary>, crate::store::StoreError> {
+    let report = stale_report(app, project, environment, StaleQuery::default()).await?;
+    let stale: std::collections::HashSet<String> =
+        report.flags.into_iter().map(|f| f.key).collect();
+    let limit = usize::try_from(crate::store::page_limit(filter.limit)).unwrap_or(50);
+    let mut scan = filter;
+    scan.limit = Some(500);
+    let mut items = Vec::new();
+    loop {
+        let page = app.store.list_flags(project, &scan).await?;
+        items.extend(page.items.into_iter().filter(|f| stale.contains(&f.key)));
+        if items.len() > limit || page.next_cursor.is_none() {
+            break;
+        }
+        scan.cursor = page.next_cursor;
+    }
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|f| f.key.clone())
+    } else {
+        None
+    };
+    Ok(crate::store::Page { items, next_cursor })
+}
+
 /// `POST /relay/v1/fleet`.
 pub fn relay_routes(state: &AppState) -> Router {
     Router::new()

@@ -19,7 +19,7 @@ use super::store::{FlagRow, FlagUsage};
 const DAY_MS: u64 = 86_400_000;
 
 /// The thresholds of the report (query parameters).
-#[derive(Debug, Clone, Copy, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StaleQuery {
     /// A flag no SDK evaluated for this many days is stale (default 30).

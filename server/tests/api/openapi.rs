@@ -1108,6 +1108,15 @@ async fn every_route_answers_as_the_document_says() {
         200,
     )
     .await;
+    c.admin(
+        M::GET,
+        "/api/v1/projects/p/flags?stale=true&environment=e&limit=2",
+        None,
+        200,
+    )
+    .await;
+    c.admin(M::GET, "/api/v1/projects/p/flags?stale=true", None, 422)
+        .await;
 
     // Every operation was seen to succeed and to fail.
     for op in c.doc.operations() {

@@ -160,7 +160,7 @@ async fn a_change_converges_across_a_relay_and_two_server_instances() {
     config.relay_key = relay_key;
     config.relay_id = Some("edge-1".into());
     config.fleet_report_min_gap = Duration::from_millis(100);
-    let relay = InProcessRelay::start(config).await;
+    let mut relay = InProcessRelay::start(config).await;
     relay.wait_ready().await;
 
     let mut streams = Vec::new();
@@ -461,12 +461,23 @@ async fn usage_and_stale_flags(backend: Backend) {
     assert_eq!(kinds("used"), ["not_evaluated", "uniform"]);
     let used = reasons("used");
     assert_eq!(used[0]["last_evaluated_ms"].as_u64(), Some(now));
-    assert_eq!(used[0]["days"].as_u64(), Some(45));
+    // Whole days from the summary's end (real time, just after the clock started) to the
+    // clock's now.
+    let clock_ms = u64::try_from(clock.now().unix_timestamp_nanos() / 1_000_000).unwrap();
+    assert_eq!(
+        used[0]["days"].as_u64(),
+        Some((clock_ms - now) / 86_400_000)
+    );
     assert_eq!(used[1]["because"], "off");
     assert_eq!(used[1]["variation"].as_u64(), Some(1));
     let temp = reasons("old-temp");
     assert!(temp[0]["last_evaluated_ms"].is_null());
-    assert_eq!(temp[1]["age_days"].as_u64(), Some(45));
+    let created = temp[1]["created_at_ms"].as_u64().unwrap();
+    assert!(created >= clock_ms - 45 * 86_400_000 && created < clock_ms);
+    assert_eq!(
+        temp[1]["age_days"].as_u64(),
+        Some((clock_ms - created) / 86_400_000)
+    );
 
     // Thresholds from the query.
     let lenient = expect(
