@@ -303,6 +303,13 @@ impl Relay {
             Arc::clone(&self.config),
             self.hub.clone(),
             self.state.clone(),
+            stop_rx.clone(),
+        ));
+        let fleet = tokio::spawn(crate::fleet::run(
+            self.client.clone(),
+            Arc::clone(&self.config),
+            self.hub.clone(),
+            self.state.clone(),
             stop_rx,
         ));
         let app = self.router();
@@ -362,6 +369,9 @@ impl Relay {
         let _ = stop_tx.send(true);
         if let Err(e) = upstream.await {
             tracing::error!(error = %e, "upstream task failed");
+        }
+        if let Err(e) = fleet.await {
+            tracing::error!(error = %e, "fleet report task failed");
         }
         if let Some(m) = metrics_server {
             match m.await {

@@ -130,6 +130,19 @@ pub struct RelayConfig {
     /// Exposures of OFREP evaluations remembered for deduplication.
     #[arg(long, env = "VEXIL_EVENTS_EXPOSURE_CACHE", default_value_t = 100_000)]
     pub events_exposure_cache: usize,
+
+    /// This relay's name in the fleet view (`GET …/fleet`); by default the host name.
+    #[arg(long, env = "VEXIL_RELAY_ID")]
+    pub relay_id: Option<String>,
+
+    /// How often the relay reports its SDK streams upstream for the fleet view (also after
+    /// every change, at most every `VEXIL_FLEET_REPORT_MIN_GAP`); `0s` turns reports off.
+    #[arg(long, env = "VEXIL_FLEET_REPORT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub fleet_report_interval: Duration,
+
+    /// Shortest gap between two fleet reports sent because something changed.
+    #[arg(long, env = "VEXIL_FLEET_REPORT_MIN_GAP", default_value = "1s", value_parser = parse_duration)]
+    pub fleet_report_min_gap: Duration,
 }
 
 impl std::fmt::Debug for RelayConfig {
@@ -165,6 +178,9 @@ impl std::fmt::Debug for RelayConfig {
             .field("events_upstream_timeout", &self.events_upstream_timeout)
             .field("events_max_body_bytes", &self.events_max_body_bytes)
             .field("events_exposure_cache", &self.events_exposure_cache)
+            .field("relay_id", &self.relay_id)
+            .field("fleet_report_interval", &self.fleet_report_interval)
+            .field("fleet_report_min_gap", &self.fleet_report_min_gap)
             .finish()
     }
 }
@@ -190,6 +206,31 @@ impl RelayConfig {
         };
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config
+    }
+
+    /// The URL of the upstream's fleet report endpoint.
+    pub fn fleet_url(&self) -> String {
+        format!(
+            "{}{}",
+            self.upstream_url.trim_end_matches('/'),
+            vexil_schema::fleet::FLEET_REPORT_PATH
+        )
+    }
+
+    /// This relay's name in the fleet view: `VEXIL_RELAY_ID`, else the host name, else
+    /// `relay`.
+    pub fn relay_name(&self) -> String {
+        self.relay_id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| "relay".to_owned())
     }
 
     /// The URL of the upstream's relay stream.

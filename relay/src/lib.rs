@@ -7,6 +7,7 @@
 //! - [`relay_state`]: readiness, scope and compiled snapshots ([`RelayState`]).
 //! - [`events`]: analytics events (`/events/v1/bulk`, OFREP exposures) forwarded upstream,
 //!   acknowledged only once upstream acknowledged.
+//! - [`fleet`]: fleet reports (SDK streams, versions, change delivery) sent upstream.
 //! - [`app`]: [`Relay`] and [`run`]: routes, readiness gate, probes, metrics, drain.
 //! - [`listener`]: the listening socket (`SO_REUSEPORT`) and the raised `RLIMIT_NOFILE`.
 //! - [`telemetry`]: logging setup; [`cli`]: the command, which `src/bin/vexil-relay.rs`
@@ -20,6 +21,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod fleet;
 pub mod listener;
 pub mod relay_state;
 pub mod telemetry;

@@ -21,6 +21,7 @@ pub mod context;
 pub mod delta;
 pub mod events;
 pub mod fixture;
+pub mod fleet;
 pub mod key;
 pub mod limits;
 pub mod model;

@@ -254,6 +254,8 @@ impl Server {
         };
         let delivery = Workers::spawn(store.clone(), self.state.clock.clone(), &self.state.config);
         let feed = self.state.feed.start();
+        let fleet =
+            crate::fleet::Reporter::spawn(store.db().clone(), self.state.feed.hub().clone());
         let hub = self.state.feed.hub().clone();
         let drain = Duration::from_millis(self.state.config.drain_ms);
         // The peer address is the key of authentication throttling.
@@ -290,6 +292,7 @@ impl Server {
             }
         }
         delivery.stop();
+        fleet.stop().await;
         feed.stop().await;
         store.db().close().await;
         result
@@ -412,6 +415,7 @@ pub fn router(state: AppState) -> Router {
         .merge(control)
         .merge(distribution::routes(&state))
         .merge(events::routes(&state))
+        .merge(crate::fleet::api::relay_routes(&state))
         // The admin console answers in HTML, its error pages too: the problem layer skips its
         // paths, and still answers every unknown path (the fallback) with problem+json.
         .merge(crate::console::routes(&state))

@@ -39,6 +39,7 @@ pub mod events;
 pub mod experiments;
 pub mod extract;
 pub mod feed;
+pub mod fleet;
 pub mod health;
 pub mod metrics;
 pub mod middleware;

@@ -30,6 +30,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "evaluate", description = "Evaluation"),
         (name = "experiments", description = "Metrics, experiments and their results"),
         (name = "delivery", description = "Scheduled changes and webhooks"),
+        (name = "fleet", description = "The fleet view (SDK streams, convergence), flag usage and stale flags"),
     )
 )]
 pub struct ApiDoc;

@@ -58,7 +58,12 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 
 /// Histograms rendered as Prometheus histograms (buckets that aggregate across instances)
 /// rather than the exporter's default summaries.
-const BUCKETED: [&str; 3] = [HTTP_DURATION, DB_QUERY_DURATION, DB_ACQUIRE_DURATION];
+const BUCKETED: [&str; 4] = [
+    HTTP_DURATION,
+    DB_QUERY_DURATION,
+    DB_ACQUIRE_DURATION,
+    DELIVERY_SECONDS,
+];
 
 fn with_buckets(mut builder: PrometheusBuilder) -> PrometheusBuilder {
     for name in BUCKETED {
@@ -214,6 +219,10 @@ pub const LAG_DISCONNECTS: &str = "vexil_fanout_lagged_disconnects_total";
 pub const KEY_DISCONNECTS: &str = "vexil_fanout_key_revoked_disconnects_total";
 /// Gauge: an environment's current version.
 pub const VERSION: &str = "vexil_fanout_environment_version";
+/// Histogram, by `environment`: seconds from publishing a change to handing its frame to an
+/// SDK stream's connection (the fleet view's per-change curves come from the same
+/// measurements).
+pub const DELIVERY_SECONDS: &str = "vexil_fanout_delivery_seconds";
 /// Counter: stream connections by how they started (`outcome` = `put`, `replay`, `current`).
 pub const CONNECTS: &str = "vexil_fanout_connects_total";
 /// Counter: published changes refused (`reason` = `duplicate`, `stale`, `gap`,

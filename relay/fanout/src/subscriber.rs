@@ -19,6 +19,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use vexil_schema::stream::SdkKeyHash;
 
 use crate::frame::KEEP_ALIVE;
+use crate::hub::fleet::Held;
 use crate::hub::{Current, EnvChannel, Shared, Signal};
 use crate::metrics::SubscriberGauge;
 
@@ -115,7 +116,16 @@ impl Subscription {
         Self {
             version,
             start: kind,
-            inner: Box::pin(frames(shared, chan, rx, start, seq, ends, counted)),
+            inner: Box::pin(frames(
+                shared,
+                chan,
+                rx,
+                start,
+                seq,
+                ends,
+                counted,
+                audience == Audience::Sdk,
+            )),
         }
     }
 
@@ -174,6 +184,7 @@ impl EndsWhen {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn frames(
     shared: Arc<Shared>,
     chan: Arc<EnvChannel>,
@@ -182,31 +193,49 @@ fn frames(
     mut floor: u64,
     ends: EndsWhen,
     counted: Counted,
+    tracked: bool,
 ) -> impl Stream<Item = Bytes> + Send {
     async_stream::stream! {
         let _gauge = SubscriberGauge::enter(&counted.subscribers);
+        // Where this stream stands, for the fleet view: it holds a version once its frame
+        // was taken by the connection (the code after a `yield` runs on the next poll).
+        let mut held = None;
         match start {
             Start::Put(current) => {
                 let Some(put) = current.put() else { return };
                 counted.events_sent.increment(1);
+                let version = current.version;
                 yield put.bytes().clone();
+                if tracked {
+                    held = Some(Held::join(&chan.fleet, version));
+                }
             }
-            Start::Replay { frames, .. } => {
+            Start::Replay { frames, version } => {
                 for frame in frames {
                     counted.events_sent.increment(1);
                     yield frame;
                 }
+                if tracked {
+                    held = Some(Held::join(&chan.fleet, version));
+                }
             }
-            Start::Current { .. } => {}
+            Start::Current { version } => {
+                if tracked {
+                    held = Some(Held::join(&chan.fleet, version));
+                }
+            }
         }
         let mut resyncs = 0u32;
         loop {
             match rx.recv().await {
-                Ok(Signal::Change { seq, frame }) => {
+                Ok(Signal::Change { seq, version, frame }) => {
                     if seq > floor {
                         floor = seq;
                         counted.events_sent.increment(1);
                         yield frame;
+                        if let Some(h) = held.as_mut() {
+                            h.move_to(version);
+                        }
                     }
                 }
                 Ok(Signal::Snapshot { seq }) => {
@@ -216,6 +245,9 @@ fn frames(
                         floor = current.seq;
                         counted.events_sent.increment(1);
                         yield put.bytes().clone();
+                        if let Some(h) = held.as_mut() {
+                            h.move_to(current.version);
+                        }
                     }
                 }
                 Ok(Signal::KeepAlive) => yield Bytes::from_static(KEEP_ALIVE),
@@ -245,6 +277,9 @@ fn frames(
                     floor = current.seq;
                     counted.events_sent.increment(1);
                     yield put.bytes().clone();
+                    if let Some(h) = held.as_mut() {
+                        h.move_to(current.version);
+                    }
                 }
                 Err(RecvError::Closed) => break,
             }

@@ -39,7 +39,8 @@ pub(crate) async fn create_flag(
 }
 
 /// Lists flags by key, filtered by tag (`tag`), text in key or name (`q`), archived state
-/// (`archived`) and lifetime (`temporary`); every filter runs in the database.
+/// (`archived`) and lifetime (`temporary`); every filter runs in the database. With
+/// `stale=true&environment=…`, only the flags that environment's stale-flag report lists.
 #[utoipa::path(get, path = "/api/v1/projects/{project}/flags", tag = "flags",
     params(("project" = String, Path, description = "Project key"), FlagListQuery),
     responses((status = 200, body = Page<FlagSummary>), (status = 404, body = Problem)))]
@@ -50,8 +51,23 @@ pub(crate) async fn list_flags(
     StrictQuery(q): StrictQuery<FlagListQuery>,
 ) -> Result<Json<Page<FlagSummary>>, ApiError> {
     caller.check(Role::Viewer)?;
+    let stale = q.stale.unwrap_or(false).then(|| q.environment.clone());
     let filter = q.into();
-    Ok(Json(opaque(app.store.list_flags(&project, &filter).await?)))
+    match stale {
+        None => Ok(Json(opaque(app.store.list_flags(&project, &filter).await?))),
+        Some(environment) => {
+            let environment = environment.ok_or_else(|| {
+                super::query::parameter_error(
+                    "environment",
+                    "required",
+                    "stale=true needs the environment whose report to read".into(),
+                )
+            })?;
+            let page =
+                crate::fleet::api::stale_flag_page(&app, &project, &environment, filter).await?;
+            Ok(Json(opaque(page)))
+        }
+    }
 }
 
 /// A flag: definition and configuration in every environment. `ETag`: the definition version.

@@ -20,6 +20,8 @@ mod evaluate;
 mod experiments;
 mod explain;
 mod flags;
+// The fleet view and stale flags (issue 16): handlers beside their store.
+use crate::fleet::api as fleet;
 #[path = "../portable/api.rs"]
 mod portable;
 mod projects;
@@ -175,6 +177,11 @@ pub fn routes(state: AppState) -> (Router, Router) {
         .routes(routes!(approvals::comment_change_request))
         .routes(routes!(approvals::apply_change_request))
         // --- end approvals ---
+        // --- fleet view and stale flags (issue 16) ---
+        .routes(routes!(fleet::get_fleet))
+        .routes(routes!(fleet::get_flag_usage))
+        .routes(routes!(fleet::get_stale_flags))
+        // --- end fleet ---
         // --- flags as code (issue 17) ---
         .routes(routes!(portable::export_project))
         .routes(routes!(portable::import_project))

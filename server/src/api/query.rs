@@ -223,6 +223,11 @@ pub(crate) struct FlagListQuery {
     archived: Option<Archived>,
     /// `true`: only temporary (release) flags; `false`: only permanent ones; absent: both.
     temporary: Option<bool>,
+    /// `true`: only flags the stale-flag report of `environment` lists (default thresholds:
+    /// see `GET …/environments/{environment}/stale-flags`).
+    pub(crate) stale: Option<bool>,
+    /// The environment whose stale report `stale=true` reads (required with it).
+    pub(crate) environment: Option<String>,
     /// Cursor from the previous page's `next_cursor`, unchanged.
     #[param(value_type = Option<String>, pattern = "^([0-9a-f]{2})+$")]
     cursor: Option<Cursor>,

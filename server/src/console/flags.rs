@@ -533,6 +533,7 @@ fn render_flag(
                             }
                             a href=(format!("/projects/{p}/flags/{f}/environments/{}/history", enc(&e.key))) { "History" }
                             a href=(format!("/projects/{p}/flags/{f}/environments/{}/releases", enc(&e.key))) { "Releases" }
+                            a href=(format!("/projects/{p}/environments/{}/fleet", enc(&e.key))) { "Fleet" }
                         }
                         p.muted { "Version " (cfg.version) }
                     }

@@ -29,6 +29,7 @@ pub mod environments;
 pub mod experiments;
 pub mod explain;
 pub mod flags;
+pub mod fleet;
 pub mod history;
 pub mod page;
 pub mod reads;
@@ -172,6 +173,10 @@ pub fn routes(state: &AppState) -> Router {
         .route(
             "/projects/{project}/environments/{environment}/experiments/{experiment}",
             get(experiments::results),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/fleet",
+            get(fleet::page),
         )
         .route("/audit", get(audit::page))
         .route("/tokens", get(admin::tokens).post(admin::create_token))

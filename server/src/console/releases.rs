@@ -87,6 +87,7 @@ fn plan_state(s: PlanState) -> Markup {
             PlanState::Paused => span.badge.off { "Paused" },
             PlanState::Completed => span.badge.on { "Completed" },
             PlanState::Aborted => span.badge.off { "Aborted" },
+            PlanState::RolledBack => span.badge.off { "Rolled back" },
         }
     }
 }
@@ -447,6 +448,8 @@ pub async fn create_plan(
         to_variation,
         steps,
         description: f.description.trim().to_owned(),
+        // Guardrails are set through the API (docs/progressive-delivery.md).
+        guardrails: Vec::new(),
     };
     match app
         .store

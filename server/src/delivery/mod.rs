@@ -18,8 +18,8 @@
 
 pub mod approvals;
 pub mod clock;
-pub(crate) mod patch;
 pub mod guardrails;
+pub(crate) mod patch;
 pub mod plans;
 pub mod schedule;
 pub mod webhooks;

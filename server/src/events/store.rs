@@ -187,6 +187,7 @@ impl EventStore {
         insert(&mut tx, environment_id, received, &rows).await?;
         crate::experiments::on_ingest(&mut tx.conn(), environment_id, received_at_ms, events)
             .await?;
+        crate::fleet::store::on_ingest(&mut tx.conn(), environment_id, events, sdk).await?;
         tx.commit().await?;
         Ok(())
     }

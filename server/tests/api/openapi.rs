@@ -1183,6 +1183,30 @@ async fn every_route_answers_as_the_document_says() {
     c.admin(M::DELETE, "/api/v1/projects/doomed", None, 404)
         .await;
 
+    // --- fleet view and stale flags (issue 16) ---
+    for what in ["fleet", "flag-usage", "stale-flags"] {
+        let at = format!("/api/v1/projects/p/environments/e/{what}");
+        c.admin(M::GET, &at, None, 200).await;
+        let nope = format!("/api/v1/projects/p/environments/nope/{what}");
+        c.admin(M::GET, &nope, None, 404).await;
+    }
+    c.admin(
+        M::GET,
+        "/api/v1/projects/p/environments/e/stale-flags?unused_days=1&lifetime_days=2&uniform_days=3",
+        None,
+        200,
+    )
+    .await;
+    c.admin(
+        M::GET,
+        "/api/v1/projects/p/flags?stale=true&environment=e&limit=2",
+        None,
+        200,
+    )
+    .await;
+    c.admin(M::GET, "/api/v1/projects/p/flags?stale=true", None, 422)
+        .await;
+
     // Every operation was seen to succeed and to fail.
     for op in c.doc.operations() {
         let statuses = c.seen.get(&op).cloned().unwrap_or_default();

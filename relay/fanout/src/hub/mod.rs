@@ -33,9 +33,11 @@ use crate::ring::{Resume, Ring};
 use crate::subscriber::{Audience, EndsWhen, Start, Subscription};
 
 mod config;
+pub(crate) mod fleet;
 mod outcome;
 
 pub use config::HubConfig;
+pub use fleet::TRACKED_CHANGES;
 pub use outcome::{NotServing, PublishError, SnapshotOutcome};
 
 /// A message on an environment's broadcast channel. Small and cheap to clone: the channel
@@ -43,7 +45,11 @@ pub use outcome::{NotServing, PublishError, SnapshotOutcome};
 #[derive(Debug, Clone)]
 pub(crate) enum Signal {
     /// A change frame, already encoded.
-    Change { seq: u64, frame: Bytes },
+    Change {
+        seq: u64,
+        version: u64,
+        frame: Bytes,
+    },
     /// The state was replaced: send the current `put` unless already past `seq`.
     Snapshot { seq: u64 },
     /// Send a keep-alive comment.
@@ -145,6 +151,8 @@ pub(crate) struct EnvChannel {
     /// Set once the environment is removed: its subscribers close.
     removed: AtomicBool,
     pub(crate) metrics: EnvMetrics,
+    /// Where its SDK streams stand (the fleet view).
+    pub(crate) fleet: fleet::FleetTracker,
 }
 
 impl EnvChannel {
@@ -184,6 +192,9 @@ pub(crate) struct Shared {
     /// gets its first state or is removed, a key set changes, relay scopes change, or a drain
     /// step passes. Relay streams hold receivers; SDK streams never look at it.
     catalog: watch::Sender<Catalog>,
+    /// Bumped whenever a fleet report would change (a change published, a stream started,
+    /// moved past a change or ended): what reporters wait on besides their interval.
+    fleet_changed: watch::Sender<u64>,
 }
 
 /// Generations of what relay streams watch (see [`Shared::catalog`]).
@@ -233,6 +244,7 @@ impl Hub {
             keys: SdkKeyTable::new(),
             client_keys: crate::client::ClientKeyTable::new(),
             catalog: watch::Sender::new(Catalog::default()),
+            fleet_changed: watch::Sender::new(0),
         });
         tokio::spawn(keep_alive(Arc::downgrade(&shared)));
         Self { shared }
@@ -275,6 +287,7 @@ impl Hub {
                     }),
                     removed: AtomicBool::new(false),
                     metrics: EnvMetrics::new(env),
+                    fleet: fleet::FleetTracker::new(env, self.shared.fleet_changed.clone()),
                 })
             })
             .clone()
@@ -412,11 +425,13 @@ impl Hub {
         w.seq += 1;
         let seq = w.seq;
         w.ring.push(got, frame.bytes().clone());
+        chan.fleet.published(got);
         // The `put` of this version is built when first needed (see [`Current::put`]).
         chan.current
             .store(Some(Arc::new(Current::new(got, seq, items.clone(), None))));
         let _ = chan.tx.send(Signal::Change {
             seq,
+            version: got,
             frame: frame.bytes().clone(),
         });
         Ok(got)
@@ -523,6 +538,41 @@ impl Hub {
             .collect();
         out.sort();
         out
+    }
+
+    /// Where `env`'s SDK streams stand: how many hold each version and how the last
+    /// [`TRACKED_CHANGES`] changes reached them. `None` if the environment has no state.
+    pub fn fleet_report(
+        &self,
+        env: &EnvironmentId,
+    ) -> Option<vexil_schema::fleet::EnvironmentReport> {
+        let chan = self.channel(env)?;
+        let version = chan.current()?.version;
+        Some(chan.fleet.report(env, version))
+    }
+
+    /// [`Hub::fleet_report`] of every environment with a state.
+    pub fn fleet_reports(&self) -> Vec<vexil_schema::fleet::EnvironmentReport> {
+        let chans: Vec<_> = self
+            .shared
+            .envs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<_> = chans
+            .iter()
+            .filter_map(|c| Some(c.fleet.report(&c.id, c.current()?.version)))
+            .collect();
+        out.sort_by(|a, b| a.environment.cmp(&b.environment));
+        out
+    }
+
+    /// A receiver that sees a new value whenever a fleet report would change: reporters
+    /// send on it (debounced) besides their interval.
+    pub fn fleet_changes(&self) -> watch::Receiver<u64> {
+        self.shared.fleet_changed.subscribe()
     }
 
     /// Subscribers currently connected to `env`.
