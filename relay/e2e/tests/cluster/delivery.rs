@@ -161,13 +161,15 @@ async fn a_key_revoked_on_one_server_stops_working_on_the_other() {
             200,
         )
         .await;
-    // The open stream on the other server is closed…
+    // The open stream on the other server is closed… (normally well within a second; the
+    // deadline leaves room for a CI machine loaded by the whole suite, where one run in four
+    // took over 5 s)
     assert!(
-        open.ends_within(Duration::from_secs(5)).await,
-        "server B closed the key's open stream within 5 s"
+        open.ends_within(Duration::from_secs(15)).await,
+        "server B closed the key's open stream within 15 s"
     );
     // …and a new request with the key is refused there, within a few seconds.
-    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+    let refused = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             let status = cluster
                 .client
@@ -187,6 +189,6 @@ async fn a_key_revoked_on_one_server_stops_working_on_the_other() {
     .await;
     assert!(
         refused.is_ok(),
-        "server B refuses the revoked key within 5 s"
+        "server B refuses the revoked key within 15 s"
     );
 }
