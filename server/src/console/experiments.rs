@@ -167,14 +167,14 @@ fn render_results(view: &ExperimentView, r: &ExperimentResults) -> Markup {
             @if srm.mismatch {
                 (page::notice("error", html! {
                     strong { "Sample ratio mismatch." }
-                    " Units were not split the way the weights say (χ² p = " (fmt_p(srm.p_value)) "; observed "
+                    " Units were not split the way the weights say (χ² p " (p_relation(srm.p_value)) "; observed "
                     @for (i, n) in srm.observed.iter().enumerate() { @if i > 0 { " / " } (n) }
                     ", expected shares "
                     @for (i, s) in srm.expected_shares.iter().enumerate() { @if i > 0 { " / " } (pct(*s, 1)) }
                     "). Assignment or exposure logging is broken: do not trust these results until the cause is found."
                 }))
             } @else {
-                p.muted { "Sample ratio check passed (χ² p = " (fmt_p(srm.p_value)) ")." }
+                p.muted { "Sample ratio check passed (χ² p " (p_relation(srm.p_value)) ")." }
             }
         }
         p {
@@ -299,7 +299,7 @@ fn lift_chart(view: &ExperimentView, r: &ExperimentResults, m: &MetricResult) ->
     let title = format!("Relative lift of {} against control", m.metric);
     html! {
         figure {
-            svg.chart role="img" aria-label=(format!("{title}. {}", summary.join("; "))) viewBox=(format!("0 0 {} {height}", left + width + 20.0)) width="100%" style="max-width:740px" {
+            svg.chart role="img" aria-label=(format!("{title}. {}", summary.join("; "))) viewBox=(format!("0 0 {} {height}", left + width + 40.0)) width="100%" style="max-width:740px" {
                 title { (title) }
                 // Axis: ticks at −reach, 0 and +reach.
                 @for t in [-reach, 0.0, reach] {
@@ -332,6 +332,16 @@ fn pct(v: f64, digits: usize) -> String {
 
 fn signed_pct(v: f64) -> String {
     format!("{:+.1} %", v * 100.0)
+}
+
+/// A p-value after "p": "= 0.0389", or "< 0.0001" (never "= < 0.0001").
+fn p_relation(p: f64) -> String {
+    let f = fmt_p(p);
+    if f.starts_with('<') {
+        f
+    } else {
+        format!("= {f}")
+    }
 }
 
 fn fmt_p(p: f64) -> String {
