@@ -85,6 +85,7 @@ fn plan_state(s: PlanState) -> Markup {
         @match s {
             PlanState::Running => span.badge.on { "Running" },
             PlanState::Paused => span.badge.off { "Paused" },
+            PlanState::WaitingForApproval => span.badge.off { "Waiting for approval" },
             PlanState::Completed => span.badge.on { "Completed" },
             PlanState::Aborted => span.badge.off { "Aborted" },
             PlanState::RolledBack => span.badge.off { "Rolled back" },

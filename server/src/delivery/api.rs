@@ -281,11 +281,9 @@ pub(crate) async fn create_release_plan(
     Path((project, flag, environment)): Path<(String, String, String)>,
     StrictJson(body): StrictJson<NewReleasePlan>,
 ) -> Result<Created<ReleasePlan>, ApiError> {
+    // Under an approval policy, each step is proposed as a change request and the plan waits
+    // for its approval (state `waiting_for_approval`).
     let ctx = caller.require(Role::Editor)?;
-    // Under an approval policy, changes go through change requests.
-    app.store
-        .refuse_under_policy((&project, &flag, &environment), false)
-        .await?;
     let view = app
         .store
         .create_release_plan(&ctx, (&project, &flag, &environment), body, app.clock.now())

@@ -22,6 +22,7 @@ pub mod guardrails;
 pub(crate) mod patch;
 pub mod plans;
 pub mod schedule;
+pub(crate) mod shared;
 pub mod webhooks;
 
 use std::time::Duration;

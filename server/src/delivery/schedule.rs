@@ -20,11 +20,10 @@ use utoipa::ToSchema;
 use vexil_schema::FlagConfig;
 
 use super::patch::{Decision, decide, parse_patch, touched_fields};
-use crate::auth::{Actor, Role};
+use super::shared::{id_cursor, ids, on_behalf};
 use crate::db::{Conn, args};
 use crate::store::{
-    AuditRecord, ConfigPatch, Page, Store, StoreError, WriteContext, audit, environment_row,
-    paginate, project_row,
+    AuditRecord, ConfigPatch, Page, Store, StoreError, WriteContext, audit, paginate,
 };
 
 /// A request to schedule a change. Give exactly one of `patch` and `kill`.
@@ -197,43 +196,14 @@ impl Row {
     }
 }
 
-/// The ids of a flag path.
-pub(crate) async fn ids(
-    c: &mut Conn<'_>,
-    project: &str,
-    flag: &str,
-    environment: &str,
-) -> Result<(i64, i64, i64), StoreError> {
-    let p = project_row(c, project).await?;
-    let e = environment_row(c, p.id, environment).await?;
-    let f: Option<(i64,)> = c
-        .fetch_optional(
-            "SELECT id FROM flags WHERE project_id = $1 AND key = $2",
-            args![p.id, flag],
-        )
-        .await?;
-    let (f,) = f.ok_or_else(|| StoreError::NotFound(format!("flag '{flag}'")))?;
-    Ok((p.id, e.id, f))
-}
-
 async fn fetch(c: &mut Conn<'_>, id: i64) -> Result<Option<Row>, StoreError> {
     Ok(c.fetch_optional(select!("WHERE s.id = $1"), args![id])
         .await?)
 }
 
-/// The actor a schedule writes as: itself, on behalf of its author (whose token id it
-/// keeps, so the audit log links the change to a person).
+/// The actor a schedule writes as: itself, on behalf of its author.
 fn schedule_actor(id: i64, author: &str, author_token_id: Option<i64>) -> WriteContext {
-    WriteContext {
-        actor: Actor {
-            token_id: author_token_id,
-            name: format!("schedule {id} (on behalf of {author})"),
-            role: Role::Editor,
-            // Checked against the author's scope when the work was created.
-            scope: crate::auth::Scope::unrestricted(),
-        },
-        request_id: None,
-    }
+    on_behalf(format!("schedule {id}"), author, author_token_id)
 }
 
 impl Store {
@@ -266,15 +236,9 @@ impl Store {
                 "at most 1024 bytes",
             ));
         }
-        let current = self.get_config(project, flag, environment).await?;
-        let base = match req.base_version {
-            Some(v) if v != current.version => {
-                self.get_version(project, flag, environment, v)
-                    .await?
-                    .config
-            }
-            _ => current,
-        };
+        let base = self
+            .base_config((project, flag, environment), req.base_version)
+            .await?;
         let base_version = i64::try_from(base.version).unwrap_or(i64::MAX);
         let mut tx = self.db().begin().await?;
         let mut c = tx.conn();
@@ -327,12 +291,7 @@ impl Store {
         limit: Option<u32>,
     ) -> Result<Page<ScheduledChange>, StoreError> {
         let limit = crate::store::page_limit(limit);
-        let before = match cursor {
-            None => i64::MAX,
-            Some(c) => c.parse::<i64>().map_err(|_| {
-                StoreError::invalid("cursor", "cursor", "not a cursor from this API")
-            })?,
-        };
+        let before = id_cursor(cursor)?;
         let state = state.map(|s| crate::store::encode(&s).as_str().unwrap_or("").to_owned());
         let mut pc = self.db().acquire().await?;
         let mut c = pc.conn();

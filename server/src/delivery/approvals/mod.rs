@@ -30,6 +30,20 @@ tokio::task_local! {
     /// The change request whose approved patch the current task is writing: the one write a
     /// policy lets through.
     static APPLYING: i64;
+    /// The safety action (`plan.abort`, `plan.rolled_back`) the current task is writing: it
+    /// passes a policy that exempts the kill switch, audited as `approval.bypass`.
+    static SAFETY: &'static str;
+}
+
+/// Runs `f` as the safety action `operation` (restoring the configuration from before a
+/// release plan): like the kill switch, configuration writes inside it pass a policy that
+/// exempts the kill switch (`kill_switch_exempt`), each audited as `approval.bypass` in the
+/// write's transaction, and are refused by one that does not.
+pub(crate) async fn safety_action<F: std::future::Future>(
+    operation: &'static str,
+    f: F,
+) -> F::Output {
+    SAFETY.scope(operation, f).await
 }
 
 /// Runs `f` as the application of change request `id`: configuration writes inside it pass
@@ -166,21 +180,52 @@ fn refusal(req: &Requirement, project: &str, environment: &str, flag: &str) -> S
 }
 
 /// The approval guard of a configuration write (called by the store under the environment
-/// lock): refuses the write if the environment has a policy, unless the task is applying an
-/// approved change request.
+/// lock, in the write's transaction): refuses the write if the environment has a policy,
+/// unless the task is applying an approved change request, or is a safety action under a
+/// policy exempting the kill switch (then audited as `approval.bypass`).
 pub(crate) async fn check_config_write(
     c: &mut Conn<'_>,
+    ctx: &WriteContext,
     environment_id: i64,
     (project, flag, environment): (&str, &str, &str),
+    now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     if APPLYING.try_with(|_| ()).is_ok() {
         return Ok(());
     }
     let req = requirement(c, environment_id).await?;
-    if req.governed {
-        return Err(refusal(&req, project, environment, flag));
+    if !req.governed {
+        return Ok(());
     }
-    Ok(())
+    match SAFETY.try_with(|op| *op) {
+        Ok(operation) if req.kill_switch_exempt => {
+            let rec = bypass(&req, (project, flag, environment), operation);
+            audit(c, ctx, rec, now).await
+        }
+        Ok(operation) => Err(StoreError::ApprovalRequired(format!(
+            "environment '{project}/{environment}' does not exempt safety actions from its \
+             approval policy (kill_switch_exempt is false): {operation} cannot restore the \
+             configuration from before the plan; propose that change as a change request \
+             (POST /api/v1/projects/{project}/flags/{flag}/environments/{environment}/change-requests)"
+        ))),
+        Err(_) => Err(refusal(&req, project, environment, flag)),
+    }
+}
+
+/// The `approval.bypass` audit entry of `operation` under the policy `req`.
+fn bypass<'a>(
+    req: &Requirement,
+    (project, flag, environment): (&'a str, &'a str, &'a str),
+    operation: &str,
+) -> AuditRecord<'a> {
+    AuditRecord::new("approval.bypass", "flag", flag)
+        .scoped(Some(project), Some(environment))
+        .after(json!({
+            "bypass": "kill_switch_exempt",
+            "operation": operation,
+            "required_approvals": req.approvals,
+            "approver_role": req.role,
+        }))
 }
 
 /// The approval guard of the kill switch in one environment (called by the store in the
@@ -204,14 +249,7 @@ pub(crate) async fn check_kill(
              ({{\"on\": false}} at POST /api/v1/projects/{project}/flags/{flag}/environments/{environment}/change-requests)"
         )));
     }
-    let rec = AuditRecord::new("approval.bypass", "flag", flag)
-        .scoped(Some(project), Some(environment))
-        .after(json!({
-            "bypass": "kill_switch_exempt",
-            "operation": "flag.kill",
-            "required_approvals": req.approvals,
-            "approver_role": req.role,
-        }));
+    let rec = bypass(&req, (project, flag, environment), "flag.kill");
     audit(c, ctx, rec, now).await
 }
 

@@ -21,7 +21,7 @@ use super::{Requirement, applying, requirement};
 use crate::auth::Role;
 use crate::db::{Conn, args};
 use crate::delivery::patch::{Decision, decide, parse_patch, touched_fields};
-use crate::delivery::schedule::ids;
+use crate::delivery::shared::{id_cursor, ids};
 use crate::store::{
     AuditRecord, ConfigPatch, Page, Store, StoreError, WriteContext, audit, paginate,
 };
@@ -353,6 +353,140 @@ fn check_comment(comment: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A change request to insert: the patch, the configuration it is written against, why.
+pub(crate) struct Proposal<'a> {
+    /// The configuration fields to set (already checked by `parse_patch`).
+    pub patch: &'a Value,
+    /// The configuration the patch is written against.
+    pub base: &'a FlagConfig,
+    /// Why.
+    pub description: &'a str,
+}
+
+/// Opens a change request in the caller's transaction and audits `change_request.create`
+/// as `ctx` (a person over the API, or a release plan on behalf of its author).
+pub(crate) async fn propose_in(
+    c: &mut Conn<'_>,
+    ctx: &WriteContext,
+    path: (&str, &str, &str),
+    p: Proposal<'_>,
+    now: OffsetDateTime,
+) -> Result<ChangeRequest, StoreError> {
+    let (project, flag, environment) = path;
+    let (project_id, environment_id, flag_id) = ids(c, project, flag, environment).await?;
+    let (id,): (i64,) = c
+        .fetch_one(
+            "INSERT INTO change_requests (project_id, environment_id, flag_id, patch,
+                 base_version, base_config, description, author, author_token_id, state,
+                 created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', $10, $10)
+             RETURNING id",
+            args![
+                project_id,
+                environment_id,
+                flag_id,
+                p.patch.clone(),
+                i64::try_from(p.base.version).unwrap_or(i64::MAX),
+                crate::store::encode(p.base),
+                p.description,
+                ctx.actor.name.as_str(),
+                ctx.actor.token_id,
+                now
+            ],
+        )
+        .await?;
+    let row = row_in(c, path, id).await?;
+    let view = view(c, row).await?;
+    let key = id.to_string();
+    let rec = AuditRecord::new("change_request.create", "change_request", &key)
+        .scoped(Some(project), Some(environment))
+        .after(crate::store::encode(&view));
+    audit(c, ctx, rec, now).await?;
+    Ok(view)
+}
+
+/// Inserts one review row.
+async fn record_review(
+    c: &mut Conn<'_>,
+    ctx: &WriteContext,
+    id: i64,
+    (kind, role): (ReviewKind, Role),
+    comment: &str,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO change_request_reviews (change_request_id, kind, actor, actor_token_id,
+             reviewer_key, role, comment, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        args![
+            id,
+            kind.as_str(),
+            ctx.actor.name.as_str(),
+            ctx.actor.token_id,
+            reviewer_key(ctx),
+            role.as_str(),
+            comment,
+            now
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Rejects change request `id` in the caller's transaction if it is still open or approved
+/// (a release plan withdrawing the request of its pending step when aborted, paused or
+/// rolled back), audited as `change_request.reject` by `ctx` with `comment`. Returns
+/// whether it did.
+pub(crate) async fn withdraw_in(
+    c: &mut Conn<'_>,
+    ctx: &WriteContext,
+    id: i64,
+    comment: &str,
+    now: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let Some(row): Option<Row> = c
+        .fetch_optional(select!("WHERE r.id = $1"), args![id])
+        .await?
+    else {
+        return Ok(false);
+    };
+    let (project, environment) = (row.project.clone(), row.environment.clone());
+    let before = view(c, row).await?;
+    if !matches!(
+        before.state,
+        ChangeRequestState::Open | ChangeRequestState::Approved
+    ) {
+        return Ok(false);
+    }
+    record_review(
+        c,
+        ctx,
+        id,
+        (ReviewKind::Reject, ctx.actor.role),
+        comment,
+        now,
+    )
+    .await?;
+    c.execute(
+        "UPDATE change_requests SET state = 'rejected', updated_at = $2
+         WHERE id = $1 AND state IN ('open', 'approved')",
+        args![id, now],
+    )
+    .await?;
+    let row: Row = c
+        .fetch_optional(select!("WHERE r.id = $1"), args![id])
+        .await?
+        .ok_or_else(|| StoreError::Gone(format!("change request {id}")))?;
+    let after = view(c, row).await?;
+    let key = id.to_string();
+    let rec = AuditRecord::new("change_request.reject", "change_request", &key)
+        .scoped(Some(&project), Some(&environment))
+        .before(crate::store::encode(&before))
+        .after(crate::store::encode(&after));
+    audit(c, ctx, rec, now).await?;
+    Ok(true)
+}
+
 impl Store {
     /// Opens a change request: a patch of a flag's configuration in one environment, written
     /// against `base_version` (default: the current version). Audited as
@@ -364,7 +498,6 @@ impl Store {
         req: NewChangeRequest,
         now: OffsetDateTime,
     ) -> Result<ChangeRequest, StoreError> {
-        let (project, flag, environment) = path;
         parse_patch(&req.patch)?;
         if req.description.len() > 4096 {
             return Err(StoreError::invalid(
@@ -373,46 +506,15 @@ impl Store {
                 "at most 4096 bytes",
             ));
         }
-        let current = self.get_config(project, flag, environment).await?;
-        let base = match req.base_version {
-            Some(v) if v != current.version => {
-                self.get_version(project, flag, environment, v)
-                    .await?
-                    .config
-            }
-            _ => current,
-        };
+        let base = self.base_config(path, req.base_version).await?;
         let mut tx = self.db().begin().await?;
         let mut c = tx.conn();
-        let (project_id, environment_id, flag_id) = ids(&mut c, project, flag, environment).await?;
-        let (id,): (i64,) = c
-            .fetch_one(
-                "INSERT INTO change_requests (project_id, environment_id, flag_id, patch,
-                     base_version, base_config, description, author, author_token_id, state,
-                     created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', $10, $10)
-                 RETURNING id",
-                args![
-                    project_id,
-                    environment_id,
-                    flag_id,
-                    req.patch.clone(),
-                    i64::try_from(base.version).unwrap_or(i64::MAX),
-                    crate::store::encode(&base),
-                    req.description.as_str(),
-                    ctx.actor.name.as_str(),
-                    ctx.actor.token_id,
-                    now
-                ],
-            )
-            .await?;
-        let row = row_in(&mut c, path, id).await?;
-        let view = view(&mut c, row).await?;
-        let key = id.to_string();
-        let rec = AuditRecord::new("change_request.create", "change_request", &key)
-            .scoped(Some(project), Some(environment))
-            .after(crate::store::encode(&view));
-        audit(&mut c, ctx, rec, now).await?;
+        let proposal = Proposal {
+            patch: &req.patch,
+            base: &base,
+            description: &req.description,
+        };
+        let view = propose_in(&mut c, ctx, path, proposal, now).await?;
         tx.commit().await?;
         Ok(view)
     }
@@ -428,12 +530,7 @@ impl Store {
     ) -> Result<Page<ChangeRequest>, StoreError> {
         let (project, flag, environment) = path;
         let limit = crate::store::page_limit(limit);
-        let before = match cursor {
-            None => i64::MAX,
-            Some(c) => c.parse::<i64>().map_err(|_| {
-                StoreError::invalid("cursor", "cursor", "not a cursor from this API")
-            })?,
-        };
+        let before = id_cursor(cursor)?;
         let mut pc = self.db().acquire().await?;
         let mut c = pc.conn();
         let (_, environment_id, flag_id) = ids(&mut c, project, flag, environment).await?;
@@ -546,22 +643,7 @@ impl Store {
                 });
             }
         }
-        c.execute(
-            "INSERT INTO change_request_reviews (change_request_id, kind, actor, actor_token_id,
-                 reviewer_key, role, comment, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            args![
-                id,
-                kind.as_str(),
-                ctx.actor.name.as_str(),
-                ctx.actor.token_id,
-                reviewer_key(ctx),
-                role.as_str(),
-                input.comment.as_str(),
-                now
-            ],
-        )
-        .await?;
+        record_review(&mut c, ctx, id, (kind, role), &input.comment, now).await?;
         let mut reached = false;
         match kind {
             ReviewKind::Approve => {

@@ -14,6 +14,8 @@ use std::time::Duration;
 use vexil_stats::GuardrailTest;
 
 use super::*;
+use crate::delivery::approvals::requests::withdraw_in;
+use crate::delivery::approvals::safety_action;
 use crate::delivery::guardrails::{self, metric, prometheus};
 use crate::experiments::model::Direction;
 
@@ -50,30 +52,15 @@ pub(crate) async fn check_due(
     me: &str,
     now: OffsetDateTime,
 ) -> Result<usize, StoreError> {
-    let due: Vec<(i64,)> = {
-        let mut pc = store.db().acquire().await?;
-        pc.conn()
-            .fetch_all(
-                "SELECT id FROM release_plans WHERE state = 'running' AND next_check_at <= $1
-                   AND (lease_until IS NULL OR lease_until < $1)
-                 ORDER BY next_check_at LIMIT 16",
-                args![now],
-            )
-            .await?
-    };
+    let sql = "SELECT id FROM release_plans
+               WHERE state IN ('running', 'waiting_for_approval') AND next_check_at <= $1
+                 AND (lease_until IS NULL OR lease_until < $1)
+               ORDER BY next_check_at LIMIT 16";
     let mut rolled_back = 0;
-    for (id,) in due {
-        if !lease(store, id, me, now).await? {
+    for id in due(store, sql, now).await? {
+        let Some(row) = lease_row(store, id, me, now, |r| r.is_live()).await? else {
             continue;
-        }
-        let row = {
-            let mut pc = store.db().acquire().await?;
-            fetch(&mut pc.conn(), id).await?
         };
-        if row.state != "running" {
-            unlease(store, id, me).await?;
-            continue;
-        }
         let evidence = match measure(store, checker, &row, now).await {
             Ok(e) => e,
             Err(e) => {
@@ -88,8 +75,19 @@ pub(crate) async fn check_due(
                 breach.guardrail, breach.message
             );
             tracing::warn!(plan = id, %reason, "release plan rolled back");
-            match roll_back(store, &row, me, &evidence, reason, now).await {
+            match roll_back(store, &row, me, &evidence, reason.clone(), now).await {
                 Ok(_) => rolled_back += 1,
+                Err(StoreError::ApprovalRequired(why)) => {
+                    // The policy does not exempt safety actions: stop the ramp where it is.
+                    let reason = format!("{reason}; not rolled back: {why}");
+                    let t = Transition {
+                        remaining_ms: Some(0),
+                        reason: Some(reason),
+                        evidence: Some(encode(&evidence)),
+                        ..Transition::to(PlanState::Paused, &row, "plan.pause")
+                    };
+                    transition(store, &guardrail_actor(&row), &row, me, t, now).await?;
+                }
                 Err(e) => {
                     tracing::warn!(plan = id, error = %e, "guardrail rollback failed, will retry");
                     unlease(store, id, me).await?;
@@ -123,7 +121,7 @@ async fn measure(
                 tau,
             } => {
                 let def = store.get_metric(&row.project, &metric).await?.metric;
-                let environment_id = environment_id(store, row).await?;
+                let environment_id = row.environment_id;
                 let q = metric::Query {
                     environment_id,
                     flag: &row.flag,
@@ -165,18 +163,6 @@ async fn measure(
     })
 }
 
-async fn environment_id(store: &Store, row: &Row) -> Result<i64, StoreError> {
-    let mut pc = store.db().acquire().await?;
-    let (id,): (i64,) = pc
-        .conn()
-        .fetch_one(
-            "SELECT environment_id FROM release_plans WHERE id = $1",
-            args![row.id],
-        )
-        .await?;
-    Ok(id)
-}
-
 /// Keeps the readings of a healthy check and gives the lease back.
 async fn record(
     store: &Store,
@@ -190,11 +176,21 @@ async fn record(
         .execute(
             "UPDATE release_plans SET evidence = $3, next_check_at = $4,
                  claimed_by = NULL, lease_until = NULL
-             WHERE id = $1 AND claimed_by = $2 AND state = 'running'",
+             WHERE id = $1 AND claimed_by = $2
+               AND state IN ('running', 'waiting_for_approval')",
             args![id, me, encode(evidence), next],
         )
         .await?;
     Ok(())
+}
+
+/// The guardrail of a plan, acting on behalf of the plan's author.
+fn guardrail_actor(row: &Row) -> WriteContext {
+    on_behalf(
+        format!("guardrail of release plan {}", row.id),
+        &row.author,
+        row.author_token_id,
+    )
 }
 
 /// Restores the fallthrough from before the plan and records the rollback, in one
@@ -208,52 +204,54 @@ async fn roll_back(
     now: OffsetDateTime,
 ) -> Result<ReleasePlan, StoreError> {
     let pre: Serve = crate::store::decode("plan fallthrough", row.pre_fallthrough.0.clone())?;
-    let mut ctx = row.actor();
-    ctx.actor.name = format!(
-        "guardrail of release plan {} (on behalf of {})",
-        row.id, row.author
-    );
-    let (id, me, project, environment) = (
+    let ctx = guardrail_actor(row);
+    let (id, me, project, environment, request) = (
         row.id,
         me.to_owned(),
         row.project.clone(),
         row.environment.clone(),
+        row.change_request_id,
     );
     let evidence = encode(evidence);
     let audit_ctx = ctx.clone();
-    let (_, plan) = store
-        .write_fallthrough_then(
-            &ctx,
-            (&row.project, &row.flag, &row.environment),
-            pre,
-            move |c| {
-                Box::pin(async move {
-                    let n = c
-                        .execute(
-                            "UPDATE release_plans SET state = 'rolled_back', reason = $3,
+    // A safety action: it passes a policy that exempts the kill switch (audited as a bypass).
+    let write = store.write_fallthrough_then(
+        &ctx,
+        (&row.project, &row.flag, &row.environment),
+        pre,
+        move |c| {
+            Box::pin(async move {
+                let n = c
+                    .execute(
+                        "UPDATE release_plans SET state = 'rolled_back', reason = $3,
                                  evidence = $4, next_step_at = NULL, next_check_at = NULL,
                                  finished_at = $5, version = version + 1, updated_at = $5,
                                  claimed_by = NULL, lease_until = NULL
-                             WHERE id = $1 AND claimed_by = $2 AND state = 'running'",
-                            args![id, me.as_str(), reason, evidence, now],
-                        )
-                        .await?;
-                    if n != 1 {
-                        return Err(StoreError::Conflict {
-                            message: format!("release plan {id} changed during its check"),
-                            blockers: Vec::new(),
-                        });
-                    }
-                    let view = fetch(c, id).await?.view()?;
-                    let key = id.to_string();
-                    let rec = AuditRecord::new("plan.rolled_back", "release_plan", &key)
-                        .scoped(Some(&project), Some(&environment))
-                        .after(encode(&view));
-                    audit(c, &audit_ctx, rec, now).await?;
-                    Ok(view)
-                })
-            },
-        )
-        .await?;
+                             WHERE id = $1 AND claimed_by = $2
+                               AND state IN ('running', 'waiting_for_approval')",
+                        args![id, me.as_str(), reason, evidence, now],
+                    )
+                    .await?;
+                if n != 1 {
+                    return Err(StoreError::Conflict {
+                        message: format!("release plan {id} changed during its check"),
+                        blockers: Vec::new(),
+                    });
+                }
+                let view = fetch(c, id).await?.view()?;
+                let key = id.to_string();
+                let rec = AuditRecord::new("plan.rolled_back", "release_plan", &key)
+                    .scoped(Some(&project), Some(&environment))
+                    .after(encode(&view));
+                audit(c, &audit_ctx, rec, now).await?;
+                if let Some(cr) = request {
+                    let why = format!("withdrawn: release plan {id} was rolled back");
+                    withdraw_in(c, &audit_ctx, cr, &why, now).await?;
+                }
+                Ok(view)
+            })
+        },
+    );
+    let (_, plan) = safety_action("plan.rolled_back", write).await?;
     Ok(plan)
 }

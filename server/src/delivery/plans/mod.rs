@@ -18,12 +18,11 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use vexil_schema::{FlagConfig, Rollout, Serve, WeightedVariation};
 
-use crate::auth::{Actor, Role};
 use crate::db::{Conn, args};
 use crate::delivery::guardrails::{Evidence, Guardrail};
+use crate::delivery::shared::{id_cursor, ids, on_behalf};
 use crate::store::{
-    AuditRecord, ConfigPatch, Page, Store, StoreError, WriteContext, audit, encode,
-    environment_row, paginate, project_row,
+    AuditRecord, ConfigPatch, Page, Store, StoreError, WriteContext, audit, encode, paginate,
 };
 
 /// Total rollout weight (100 %).
@@ -71,6 +70,9 @@ pub enum PlanState {
     Running,
     /// Held at the current step until resumed.
     Paused,
+    /// Under an approval policy: the next step is a change request (`change_request_id`);
+    /// the scheduler applies it once approved and the plan runs on.
+    WaitingForApproval,
     /// The last step (100 %) is in force.
     Completed,
     /// Stopped, the fallthrough from before the plan restored.
@@ -85,6 +87,7 @@ impl PlanState {
         match self {
             Self::Running => "running",
             Self::Paused => "paused",
+            Self::WaitingForApproval => "waiting_for_approval",
             Self::Completed => "completed",
             Self::Aborted => "aborted",
             Self::RolledBack => "rolled_back",
@@ -95,6 +98,7 @@ impl PlanState {
         Ok(match s {
             "running" => Self::Running,
             "paused" => Self::Paused,
+            "waiting_for_approval" => Self::WaitingForApproval,
             "completed" => Self::Completed,
             "aborted" => Self::Aborted,
             "rolled_back" => Self::RolledBack,
@@ -136,6 +140,10 @@ pub struct ReleasePlan {
     /// Why it paused or stopped, when not by hand.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// While waiting for approval: the change request of the next step (same flag and
+    /// environment, `…/change-requests/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_request_id: Option<i64>,
     /// Its guardrails.
     pub guardrails: Vec<Guardrail>,
     /// When the step in force began (guardrails count units from then).
@@ -169,6 +177,7 @@ struct Row {
     id: i64,
     project: String,
     environment: String,
+    environment_id: i64,
     flag: String,
     from_variation: i64,
     to_variation: i64,
@@ -189,16 +198,18 @@ struct Row {
     guardrails: Json<Value>,
     step_started_at: Option<OffsetDateTime>,
     evidence: Option<Json<Value>>,
+    change_request_id: Option<i64>,
 }
 
 macro_rules! select {
     ($tail:literal) => {
         concat!(
-            "SELECT r.id, p.key AS project, e.key AS environment, f.key AS flag,
+            "SELECT r.id, p.key AS project, e.key AS environment, r.environment_id,
+                f.key AS flag,
                 r.from_variation, r.to_variation, r.steps, r.current_step, r.state,
                 r.next_step_at, r.remaining_ms, r.pre_fallthrough, r.last_fallthrough, r.reason,
                 r.description, r.author, r.author_token_id, r.version, r.created_at,
-                r.finished_at, r.guardrails, r.step_started_at, r.evidence
+                r.finished_at, r.guardrails, r.step_started_at, r.evidence, r.change_request_id
              FROM release_plans r
              JOIN projects p ON p.id = r.project_id
              JOIN environments e ON e.id = r.environment_id
@@ -245,6 +256,7 @@ impl Row {
             next_step_at: self.next_step_at,
             remaining_ms: self.remaining_ms,
             reason: self.reason,
+            change_request_id: self.change_request_id,
             description: self.description,
             author: self.author,
             version: self.version,
@@ -253,21 +265,39 @@ impl Row {
         })
     }
 
+    /// Whether a step is in force and may be checked: running, or waiting to approve the
+    /// next one.
+    fn is_live(&self) -> bool {
+        self.current_step >= 0 && matches!(&self.state[..], "running" | "waiting_for_approval")
+    }
+
     fn path(&self) -> (&str, &str, &str) {
         (&self.project, &self.flag, &self.environment)
     }
 
+    /// The plan writing on behalf of its author.
     fn actor(&self) -> WriteContext {
-        WriteContext {
-            actor: Actor {
-                token_id: self.author_token_id,
-                name: format!("release plan {} (on behalf of {})", self.id, self.author),
-                role: Role::Editor,
-                // Checked against the author's scope when the work was created.
-                scope: crate::auth::Scope::unrestricted(),
-            },
-            request_id: None,
-        }
+        on_behalf(
+            format!("release plan {}", self.id),
+            &self.author,
+            self.author_token_id,
+        )
+    }
+
+    /// The fallthrough of step `i`.
+    fn step_serve(&self, i: usize) -> Result<Serve, StoreError> {
+        let steps = self.steps()?;
+        let step = steps
+            .get(i)
+            .ok_or_else(|| StoreError::Corrupt(format!("release plan {}: no step {i}", self.id)))?;
+        let from = usize::try_from(self.from_variation).unwrap_or(0);
+        let to = usize::try_from(self.to_variation).unwrap_or(0);
+        Ok(step_fallthrough(
+            from,
+            to,
+            step.percentage,
+            self.measures_exposures(),
+        ))
     }
 }
 
@@ -337,24 +367,6 @@ fn check_steps(steps: &[PlanStep]) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn ids(
-    c: &mut Conn<'_>,
-    project: &str,
-    flag: &str,
-    environment: &str,
-) -> Result<(i64, i64, i64), StoreError> {
-    let p = project_row(c, project).await?;
-    let e = environment_row(c, p.id, environment).await?;
-    let f: Option<(i64,)> = c
-        .fetch_optional(
-            "SELECT id FROM flags WHERE project_id = $1 AND key = $2",
-            args![p.id, flag],
-        )
-        .await?;
-    let (f,) = f.ok_or_else(|| StoreError::NotFound(format!("flag '{flag}'")))?;
-    Ok((p.id, e.id, f))
-}
-
 /// Refuses (409, naming it) while a plan on the flag is running or paused.
 async fn active_plan(
     c: &mut Conn<'_>,
@@ -364,7 +376,7 @@ async fn active_plan(
     let active: Option<(i64,)> = c
         .fetch_optional(
             "SELECT id FROM release_plans WHERE flag_id = $1 AND environment_id = $2
-             AND state IN ('running', 'paused')",
+             AND state IN ('running', 'paused', 'waiting_for_approval')",
             args![flag_id, environment_id],
         )
         .await?;

@@ -1,9 +1,11 @@
 //! The store functions of release plans: create, list, get and the manual actions.
 
 use super::*;
+use crate::delivery::approvals::safety_action;
 
 impl Store {
-    /// Creates a release plan and applies its first step.
+    /// Creates a release plan and applies its first step (under an approval policy: proposes
+    /// it as a change request, and the plan waits for its approval).
     pub async fn create_release_plan(
         &self,
         ctx: &WriteContext,
@@ -134,12 +136,7 @@ impl Store {
         limit: Option<u32>,
     ) -> Result<Page<ReleasePlan>, StoreError> {
         let limit = crate::store::page_limit(limit);
-        let before = match cursor {
-            None => i64::MAX,
-            Some(c) => c.parse::<i64>().map_err(|_| {
-                StoreError::invalid("cursor", "cursor", "not a cursor from this API")
-            })?,
-        };
+        let before = id_cursor(cursor)?;
         let mut pc = self.db().acquire().await?;
         let mut c = pc.conn();
         let (_, environment_id, flag_id) = ids(&mut c, project, flag, environment).await?;
@@ -235,18 +232,14 @@ impl Store {
                 step_to(self, ctx, &row, me, next, now).await
             }
             (PlanAction::Advance, _) => Err(refuse("advanced")),
-            (PlanAction::Pause, PlanState::Running) => {
+            (PlanAction::Pause, PlanState::Running | PlanState::WaitingForApproval) => {
+                // Waiting, the hold is over: resuming proposes the step again.
                 let left = row
                     .next_step_at
                     .map_or(0, |t| (t - now).whole_milliseconds().max(0));
                 let t = Transition {
-                    state: PlanState::Paused,
-                    current_step: row.current_step,
-                    next_step_at: None,
                     remaining_ms: Some(i64::try_from(left).unwrap_or(0)),
-                    last_fallthrough: None,
-                    reason: None,
-                    action: "plan.pause",
+                    ..Transition::to(PlanState::Paused, &row, "plan.pause")
                 };
                 transition(self, ctx, &row, me, t, now).await
             }
@@ -259,35 +252,32 @@ impl Store {
                     .await?;
                 let left = time::Duration::milliseconds(row.remaining_ms.unwrap_or(0));
                 let t = Transition {
-                    state: PlanState::Running,
-                    current_step: row.current_step,
                     next_step_at: Some(now + left),
-                    remaining_ms: None,
                     last_fallthrough: Some(encode(&current.fallthrough)),
-                    reason: None,
-                    action: "plan.resume",
+                    ..Transition::to(PlanState::Running, &row, "plan.resume")
                 };
                 transition(self, ctx, &row, me, t, now).await
             }
             (PlanAction::Resume, _) => Err(refuse("resumed")),
-            (PlanAction::Abort, PlanState::Running | PlanState::Paused) => {
+            (
+                PlanAction::Abort,
+                PlanState::Running | PlanState::Paused | PlanState::WaitingForApproval,
+            ) => {
                 let pre: Serve =
                     crate::store::decode("plan fallthrough", row.pre_fallthrough.0.clone())?;
                 let patch = ConfigPatch {
                     fallthrough: Some(pre),
                     ..ConfigPatch::default()
                 };
-                self.patch_config(ctx, &row.project, &row.flag, &row.environment, patch, None)
-                    .await?;
-                let t = Transition {
-                    state: PlanState::Aborted,
-                    current_step: row.current_step,
-                    next_step_at: None,
-                    remaining_ms: None,
-                    last_fallthrough: None,
-                    reason: None,
-                    action: "plan.abort",
-                };
+                // Restoring the configuration from before the plan is a safety action: it
+                // passes a policy that exempts the kill switch (audited as a bypass).
+                let (project, flag, environment) = row.path();
+                safety_action(
+                    "plan.abort",
+                    self.patch_config(ctx, project, flag, environment, patch, None),
+                )
+                .await?;
+                let t = Transition::to(PlanState::Aborted, &row, "plan.abort");
                 transition(self, ctx, &row, me, t, now).await
             }
             (PlanAction::Abort, _) => Err(refuse("aborted")),

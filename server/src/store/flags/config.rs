@@ -307,11 +307,12 @@ impl Store {
         }
         // An environment under an approval policy takes changes only from change requests.
         let path = (at.project, at.flag_key, at.environment);
-        crate::delivery::approvals::check_config_write(c, at.environment_id, path).await?;
+        let now = now();
+        crate::delivery::approvals::check_config_write(c, ctx, at.environment_id, path, now)
+            .await?;
         cfg.version = current.version + 1;
         let mut ix = self.take_index(c, at.environment_id, from).await?;
         let cfg = validate_config(&definition, cfg, &ix)?.into_inner();
-        let now = now();
         c.execute(
             "UPDATE flag_configs SET config = $3, version = $4, updated_at = $5
              WHERE flag_id = $1 AND environment_id = $2",
