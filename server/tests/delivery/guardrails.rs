@@ -41,12 +41,17 @@ macro_rules! both {
     };
 }
 
-fn plans_path(flag: &str) -> String {
+pub(crate) fn plans_path(flag: &str) -> String {
     format!("{}/release-plans", config_path("shop", flag))
 }
 
 /// Polls the plan until `done` holds (the worker runs on its own), failing after [`WAIT`].
-async fn plan_until(app: &App, flag: &str, id: &Value, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn plan_until(
+    app: &App,
+    flag: &str,
+    id: &Value,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let path = format!("{}/{id}", plans_path(flag));
     tokio::time::timeout(WAIT, async {
         loop {
@@ -77,7 +82,7 @@ async fn sdk_key(app: &App) -> String {
 }
 
 /// A real SDK client of `prod`, ready.
-async fn client(app: &App) -> Client {
+pub(crate) async fn client(app: &App) -> Client {
     let client = Client::builder(sdk_key(app).await)
         .base_url(app.base_url.clone())
         .events(EventsConfig::default().flush_interval(Duration::from_secs(3600)))
@@ -92,7 +97,7 @@ async fn client(app: &App) -> Client {
 
 /// Waits until the SDK has sent `n` events (exposures and custom events) and the server has
 /// acknowledged them, i.e. stored them.
-async fn sent(client: &Client, n: u64) {
+pub(crate) async fn sent(client: &Client, n: u64) {
     client.flush();
     tokio::time::timeout(WAIT, async {
         loop {

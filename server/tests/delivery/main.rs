@@ -6,6 +6,7 @@ mod approvals;
 mod exactly_once;
 mod guardrails;
 mod helpers;
+mod plan_approvals;
 mod plans;
 mod schedules;
 mod webhooks;
