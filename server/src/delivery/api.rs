@@ -27,6 +27,20 @@ impl Versioned for Webhook {
     }
 }
 
+/// The `201 Created` answer of a resource `id` created in `collection` under a flag path
+/// (`…/flags/{flag}/environments/{environment}/{collection}/{id}`).
+pub(super) fn created_under<T>(
+    (project, flag, environment): (&str, &str, &str),
+    collection: &str,
+    id: i64,
+    view: T,
+) -> Created<T> {
+    let location = format!(
+        "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/{collection}/{id}"
+    );
+    Created::at(location, view)
+}
+
 /// Filters and page parameters of the scheduled-change list.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -68,11 +82,13 @@ pub(crate) async fn create_scheduled_change(
         .store
         .create_scheduled_change(&ctx, (&project, &flag, &environment), body, app.clock.now())
         .await?;
-    let location = format!(
-        "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/scheduled-changes/{}",
-        view.id
-    );
-    Ok(Created::at(location, view))
+    let id = view.id;
+    Ok(created_under(
+        (&project, &flag, &environment),
+        "scheduled-changes",
+        id,
+        view,
+    ))
 }
 
 /// The flag's scheduled changes in the environment, newest first.
@@ -288,11 +304,13 @@ pub(crate) async fn create_release_plan(
         .store
         .create_release_plan(&ctx, (&project, &flag, &environment), body, app.clock.now())
         .await?;
-    let location = format!(
-        "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/release-plans/{}",
-        view.id
-    );
-    Ok(Created::at(location, view))
+    let id = view.id;
+    Ok(created_under(
+        (&project, &flag, &environment),
+        "release-plans",
+        id,
+        view,
+    ))
 }
 
 /// The flag's release plans in the environment, newest first.

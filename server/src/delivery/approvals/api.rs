@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::Created;
+use super::delivery::created_under;
 use super::query::{Cursor, Limit, opaque};
 use crate::app::AppState;
 use crate::auth::Role;
@@ -118,11 +119,13 @@ pub(crate) async fn create_change_request(
         .store
         .create_change_request(&ctx, (&project, &flag, &environment), body, app.clock.now())
         .await?;
-    let location = format!(
-        "/api/v1/projects/{project}/flags/{flag}/environments/{environment}/change-requests/{}",
-        view.id
-    );
-    Ok(Created::at(location, view))
+    let id = view.id;
+    Ok(created_under(
+        (&project, &flag, &environment),
+        "change-requests",
+        id,
+        view,
+    ))
 }
 
 /// The flag's change requests in the environment, newest first.
