@@ -13,29 +13,6 @@ use crate::helpers::*;
 
 const SECRET: &str = "a-very-secret-signing-key";
 
-macro_rules! both {
-    ($(async fn $name:ident($app:ident) $body:block)*) => {
-        $(
-            mod $name {
-                #[allow(unused_imports)]
-                use super::*;
-
-                async fn run($app: App) $body
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    run(spawn(Backend::Postgres).await).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    run(spawn(Backend::Sqlite).await).await;
-                }
-            }
-        )*
-    };
-}
-
 pub(crate) fn policy_path(project: &str) -> String {
     format!("/api/v1/projects/{project}/environments/prod/approval-policy")
 }

@@ -461,3 +461,29 @@ pub async fn spawn_process(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, base)
 }
+
+/// Defines each test once and runs it against both engines: `mod $name { postgres, sqlite }`,
+/// each with a fresh database and server ([`spawn`]) passed as `$app`.
+macro_rules! both {
+    ($(async fn $name:ident($app:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn run($app: App) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    run(spawn(Backend::Postgres).await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    run(spawn(Backend::Sqlite).await).await;
+                }
+            }
+        )*
+    };
+}
+pub(crate) use both;

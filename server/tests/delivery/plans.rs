@@ -10,29 +10,6 @@ use crate::helpers::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-macro_rules! both {
-    ($(async fn $name:ident($app:ident) $body:block)*) => {
-        $(
-            mod $name {
-                #[allow(unused_imports)]
-                use super::*;
-
-                async fn run($app: App) $body
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    run(spawn(Backend::Postgres).await).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    run(spawn(Backend::Sqlite).await).await;
-                }
-            }
-        )*
-    };
-}
-
 fn plans_path(flag: &str) -> String {
     format!("{}/release-plans", config_path("shop", flag))
 }

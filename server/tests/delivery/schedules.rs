@@ -10,30 +10,6 @@ use crate::helpers::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Runs `$body` as `name::postgres` and `name::sqlite`, each with its own server.
-macro_rules! both {
-    ($(async fn $name:ident($app:ident) $body:block)*) => {
-        $(
-            mod $name {
-                #[allow(unused_imports)]
-                use super::*;
-
-                async fn run($app: App) $body
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    run(spawn(Backend::Postgres).await).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    run(spawn(Backend::Sqlite).await).await;
-                }
-            }
-        )*
-    };
-}
-
 both! {
     async fn a_schedule_fires_when_the_clock_reaches_it(app) {
         app.setup("shop", &["checkout"]).await;
