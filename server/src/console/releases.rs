@@ -80,16 +80,23 @@ fn when(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
+/// A plan's state by its API name (`rolled_back` → "Rolled back"), so that a state added
+/// on the API side shows without a console change.
 fn plan_state(s: PlanState) -> Markup {
-    html! {
-        @match s {
-            PlanState::Running => span.badge.on { "Running" },
-            PlanState::Paused => span.badge.off { "Paused" },
-            PlanState::Completed => span.badge.on { "Completed" },
-            PlanState::Aborted => span.badge.off { "Aborted" },
-            PlanState::RolledBack => span.badge.off { "Rolled back" },
-        }
+    let name = serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut label = name.replace('_', " ");
+    if let Some(first) = label.get(..1) {
+        label = first.to_uppercase() + &label[1..];
     }
+    let class = if matches!(name.as_str(), "running" | "completed") {
+        "badge on"
+    } else {
+        "badge off"
+    };
+    html! { span class=(class) { (label) } }
 }
 
 fn schedule_state(s: ScheduleState) -> &'static str {
@@ -203,14 +210,14 @@ async fn render(
                         (page::field_errors(errors, "to_variation"))
                     }
                 }
-                div {
+                div.field {
                     label for="plan-steps" { "Steps: one per line, “percentage, minutes to hold” (the last one 100)" }
                     textarea.code #plan-steps name="steps" rows="4" aria-describedby="plan-steps-help"
                         aria-invalid=[errors.iter().any(|(p, _)| p.starts_with("steps")).then_some("true")] { "1, 60\n10, 240\n50, 1440\n100" }
                     span #plan-steps-help .muted { "Percentages strictly increase; the hold of the last step is ignored." }
                     (page::field_errors(errors, "steps"))
                 }
-                div { label for="plan-desc" { "Description" } input #plan-desc type="text" name="description"; }
+                div.field { label for="plan-desc" { "Description" } input #plan-desc type="text" name="description"; }
                 div { button type="submit" { "Start release plan" } }
             }
         } @else if editor && active {
@@ -276,7 +283,7 @@ async fn render(
                         (page::field_errors(errors, "patch"))
                     }
                 }
-                div { label for="sc-desc" { "Description" } input #sc-desc type="text" name="description"; }
+                div.field { label for="sc-desc" { "Description" } input #sc-desc type="text" name="description"; }
                 div { button type="submit" { "Schedule change" } }
             }
         }
