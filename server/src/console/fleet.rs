@@ -140,11 +140,16 @@ pub async fn converge(
     Ok(panel(&project, &environment, q.v, q.t, &fleet).into_response())
 }
 
-/// Whether the change of `version` has reached every stream.
-fn converged(fleet: &FleetView, version: u64) -> bool {
+/// How long an environment must report no stream before the panel says there is nothing
+/// to reach (a stream that connected just before the flip is reported within
+/// [`crate::fleet::REPORT_MIN_GAP`]).
+const NO_STREAM_GRACE_MS: u64 = 3_000;
+
+/// Whether the change of `version` has reached every stream, `elapsed_ms` after the flip.
+fn converged(fleet: &FleetView, version: u64, elapsed_ms: u64) -> bool {
     match change_of(fleet, version) {
         Some(c) => c.delivered >= c.streams && c.p100_ms.is_some(),
-        None => fleet.sdk_streams == 0,
+        None => fleet.sdk_streams == 0 && elapsed_ms >= NO_STREAM_GRACE_MS,
     }
 }
 
@@ -166,8 +171,9 @@ fn panel(
     since_ms: u64,
     fleet: &FleetView,
 ) -> Markup {
-    let done = converged(fleet, version);
-    let live = !done && crate::events::now_ms().saturating_sub(since_ms) < WATCH_MS;
+    let elapsed = crate::events::now_ms().saturating_sub(since_ms);
+    let done = converged(fleet, version, elapsed);
+    let live = !done && elapsed < WATCH_MS;
     let url = format!(
         "/projects/{}/environments/{}/fleet/converge?v={version}&t={since_ms}",
         super::enc(project),
@@ -197,8 +203,8 @@ fn panel(
                         div { dt { "100 %" } dd { (ms(c.p100_ms)) } }
                     }
                 }
-                None if fleet.sdk_streams == 0 => p.muted { "No SDK stream is connected to this environment: there is nothing to reach." },
-                None => p.muted { "Waiting for the first report of the " (fleet.sdk_streams) " connected streams…" },
+                None if done => p.muted { "No SDK stream is connected to this environment: there is nothing to reach." },
+                None => p.muted { "Waiting for the streams' first report ( " (fleet.sdk_streams) " connected)…" },
             }
             p.muted {
                 @if done { "Every connected stream has this change. " }

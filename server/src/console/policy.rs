@@ -105,7 +105,7 @@ pub async fn section(
                                 @if policy.is_some() {
                                     form method="post" action=(format!("{action}/delete")) {
                                         (page::csrf(session))
-                                        button.secondary.small type="submit" aria-label=(format!("Remove the approval policy of {}", e.name)) { "Remove policy" }
+                                        button.secondary.small type="submit" aria-label=(format!("Remove policy of {}", e.name)) { "Remove policy" }
                                     }
                                 }
                             }
