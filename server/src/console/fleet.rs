@@ -204,7 +204,7 @@ fn panel(
                     }
                 }
                 None if done => p.muted { "No SDK stream is connected to this environment: there is nothing to reach." },
-                None => p.muted { "Waiting for the streams' first report ( " (fleet.sdk_streams) " connected)…" },
+                None => p.muted { "Waiting for the streams' first report (" (fleet.sdk_streams) " connected)…" },
             }
             p.muted {
                 @if done { "Every connected stream has this change. " }
