@@ -146,6 +146,7 @@ async fn render_settings(
 ) -> Result<Response, ConsoleError> {
     let nav = Nav::load(app, Some(project), None, "settings").await?;
     let p = enc(project);
+    let approvals = super::policy::section(app, session, project, &nav.environments).await?;
     let body = html! {
         div.row style="justify-content:space-between;align-items:center" {
             h1 { "Environments" }
@@ -178,6 +179,7 @@ async fn render_settings(
                 }
             }
         }
+        (approvals)
         @if session.can(Role::Editor) {
             h2 { "New environment" }
             form.row method="post" action=(format!("/projects/{p}/environments")) {

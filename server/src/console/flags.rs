@@ -436,6 +436,9 @@ pub struct ShowQuery {
     /// What was just done (shown as a notice).
     #[serde(default)]
     pub done: Option<String>,
+    /// When a flip was made (ms since the epoch): shows its convergence.
+    #[serde(default)]
+    pub t: Option<u64>,
 }
 
 /// `GET /projects/{project}/flags/{flag}`.
@@ -447,13 +450,13 @@ pub async fn show(
 ) -> Result<Response, ConsoleError> {
     let nav = Nav::load(&app, Some(&project), q.env.as_deref(), "flags").await?;
     let view = app.store.get_flag(&project, &flag).await?;
-    Ok(page::layout(
-        &session,
-        &nav,
-        &view.definition.name,
-        render_flag(&session, &nav, &project, &view, q.done.as_deref()),
-    )
-    .into_response())
+    // After a flip: how the change reaches the environment's SDK streams.
+    let converge = match (q.t, nav.environment.as_deref()) {
+        (Some(t), Some(env)) => Some(super::fleet::after_flip(&app, &project, env, t).await?),
+        _ => None,
+    };
+    let body = render_flag(&session, &nav, &project, &view, q.done.as_deref(), converge);
+    Ok(page::layout(&session, &nav, &view.definition.name, body).into_response())
 }
 
 /// A human sentence for a variation: its name or value.
@@ -473,6 +476,7 @@ fn render_flag(
     project: &str,
     view: &FlagView,
     done: Option<&str>,
+    converge: Option<Markup>,
 ) -> Markup {
     let p = enc(project);
     let key = view.definition.key.to_string();
@@ -484,6 +488,7 @@ fn render_flag(
         @if let Some(d) = done {
             (page::notice("ok", html! { (done_message(d)) }))
         }
+        @if let Some(c) = converge { (c) }
         @if view.archived {
             (page::notice("warn", html! { "This flag is archived: SDKs no longer receive it and its configurations are frozen." }))
         }
@@ -534,6 +539,7 @@ fn render_flag(
                             a href=(format!("/projects/{p}/flags/{f}/environments/{}/history", enc(&e.key))) { "History" }
                             a href=(format!("/projects/{p}/flags/{f}/environments/{}/releases", enc(&e.key))) { "Releases" }
                             a href=(format!("/projects/{p}/environments/{}/fleet", enc(&e.key))) { "Fleet" }
+                            a href=(format!("{}?flag={f}", super::changes::list_path(project, &e.key))) { "Change requests" }
                         }
                         p.muted { "Version " (cfg.version) }
                     }
@@ -588,6 +594,7 @@ fn done_message(done: &str) -> &'static str {
         "saved" => "Targeting saved.",
         "defined" => "Definition saved.",
         "rolled-back" => "Rolled back: the earlier version is now the current one.",
+        "applied" => "Change request applied.",
         _ => "Done.",
     }
 }
@@ -633,13 +640,18 @@ pub async fn toggle(
         Ok(_) => {
             settle(&app).await;
             Ok(Redirect::to(&format!(
-                "/projects/{}/flags/{}?env={}&done={}",
+                "/projects/{}/flags/{}?env={}&done={}&t={}",
                 enc(&project),
                 enc(&flag),
                 enc(&f.environment),
-                if f.on { "on" } else { "off" }
+                if f.on { "on" } else { "off" },
+                crate::events::now_ms()
             ))
             .into_response())
+        }
+        Err(StoreError::ApprovalRequired(why)) => {
+            let path = (project.as_str(), flag.as_str(), f.environment.as_str());
+            super::changes::proposal_page(&app, &session, path, &json!({"on": f.on}), &why).await
         }
         Err(StoreError::PreconditionFailed { current }) => {
             let nav = Nav::load(&app, Some(&project), Some(&f.environment), "flags").await?;
@@ -736,7 +748,7 @@ pub async fn kill(
     }
     app.store.kill_flag(&ctx, &project, &flag).await?;
     settle(&app).await;
-    Ok(Redirect::to(&format!("{back}?done=killed")).into_response())
+    Ok(Redirect::to(&format!("{back}?done=killed&t={}", crate::events::now_ms())).into_response())
 }
 
 /// `POST …/archive`: archives (after confirmation) or unarchives.

@@ -13,6 +13,9 @@
 //!   environment, its allowed browser origins; rename or delete a project), [`releases`]
 //!   (release plans and scheduled changes of a flag in an environment), [`experiments`]
 //!   (results with lift intervals drawn as SVG, the SRM warning);
+//! - [`changes`] (change requests: list, review, apply, and the proposal offered when a save
+//!   needs approval), [`policy`] (each environment's approval policy on the environments
+//!   page), [`fleet`] (the fleet panel, and a change's convergence shown after each flip);
 //! - [`diff`]: the line diff the editor and history show (pure); [`reads`]: queries only the
 //!   console needs (the flags list with each environment's on/off state, sessions).
 //!
@@ -23,6 +26,7 @@
 pub mod admin;
 pub mod assets;
 pub mod audit;
+pub mod changes;
 pub mod definition;
 pub mod diff;
 pub mod environments;
@@ -32,6 +36,7 @@ pub mod flags;
 pub mod fleet;
 pub mod history;
 pub mod page;
+pub mod policy;
 pub mod reads;
 pub mod releases;
 pub mod segments;
@@ -178,6 +183,34 @@ pub fn routes(state: &AppState) -> Router {
             "/projects/{project}/environments/{environment}/fleet",
             get(fleet::page),
         )
+        .route(
+            "/projects/{project}/environments/{environment}/change-requests",
+            get(changes::list),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/environments/{environment}/change-requests",
+            post(changes::create),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/environments/{environment}/change-requests/{id}",
+            get(changes::show),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/environments/{environment}/change-requests/{id}/{form}",
+            post(changes::act),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/approval-policy",
+            post(policy::set),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/approval-policy/delete",
+            post(policy::remove),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/fleet/converge",
+            get(fleet::converge),
+        )
         .route("/audit", get(audit::page))
         .route("/tokens", get(admin::tokens).post(admin::create_token))
         .route("/tokens/{id}/revoke", post(admin::revoke_token))
@@ -224,6 +257,7 @@ async fn switch(
         ("segments", Some(e)) => format!("/projects/{p}/environments/{}/segments", enc(&e)),
         ("keys", Some(e)) => format!("/projects/{p}/environments/{}/keys", enc(&e)),
         ("experiments", Some(e)) => format!("/projects/{p}/environments/{}/experiments", enc(&e)),
+        ("changes", Some(e)) => changes::list_path(&q.project, &e),
         ("explain", Some(e)) => format!("/projects/{p}/explain?env={}", enc(&e)),
         ("settings", _) => format!("/projects/{p}/settings"),
         (_, Some(e)) => format!("/projects/{p}/flags?env={}", enc(&e)),
@@ -291,6 +325,7 @@ pub(crate) fn store_status(e: &StoreError) -> (StatusCode, &'static str) {
         }
         StoreError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
         StoreError::Gone(_) => (StatusCode::CONFLICT, "Deleted meanwhile"),
+        StoreError::ApprovalRequired(_) => (StatusCode::CONFLICT, "Approval required"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "Server error"),
     }
 }

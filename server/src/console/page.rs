@@ -162,6 +162,7 @@ pub fn layout(session: &Session, nav: &Nav, title: &str, body: Markup) -> Markup
                                 (item("segments", format!("/projects/{p}/environments/{e}/segments"), "Segments"))
                                 (item("keys", format!("/projects/{p}/environments/{e}/keys"), "SDK & relay keys"))
                                 (item("experiments", format!("/projects/{p}/environments/{e}/experiments"), "Experiments"))
+                                (item("changes", format!("/projects/{p}/environments/{e}/change-requests"), "Change requests"))
                             }
                             (item("explain", format!("/projects/{p}/explain{env_q}"), "Explain"))
                             (item("settings", format!("/projects/{p}/settings"), "Environments"))

@@ -80,6 +80,7 @@ fn when(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
+/// A plan's state as a badge; green while it is moving or done, grey otherwise.
 fn plan_state(s: PlanState) -> Markup {
     html! {
         @match s {
@@ -204,14 +205,14 @@ async fn render(
                         (page::field_errors(errors, "to_variation"))
                     }
                 }
-                div {
+                div.field {
                     label for="plan-steps" { "Steps: one per line, “percentage, minutes to hold” (the last one 100)" }
                     textarea.code #plan-steps name="steps" rows="4" aria-describedby="plan-steps-help"
                         aria-invalid=[errors.iter().any(|(p, _)| p.starts_with("steps")).then_some("true")] { "1, 60\n10, 240\n50, 1440\n100" }
                     span #plan-steps-help .muted { "Percentages strictly increase; the hold of the last step is ignored." }
                     (page::field_errors(errors, "steps"))
                 }
-                div { label for="plan-desc" { "Description" } input #plan-desc type="text" name="description"; }
+                div.field { label for="plan-desc" { "Description" } input #plan-desc type="text" name="description"; }
                 div { button type="submit" { "Start release plan" } }
             }
         } @else if editor && active {
@@ -277,7 +278,7 @@ async fn render(
                         (page::field_errors(errors, "patch"))
                     }
                 }
-                div { label for="sc-desc" { "Description" } input #sc-desc type="text" name="description"; }
+                div.field { label for="sc-desc" { "Description" } input #sc-desc type="text" name="description"; }
                 div { button type="submit" { "Schedule change" } }
             }
         }

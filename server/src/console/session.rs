@@ -72,6 +72,30 @@ impl Session {
     pub fn can(&self, role: Role) -> bool {
         self.actor.can(role)
     }
+
+    /// Whether the signed-in token's role in `project/environment` (its grant there, for a
+    /// scoped token) includes `role`.
+    pub fn can_in(&self, role: Role, project: &str, environment: &str) -> bool {
+        self.actor.can_in(role, Some(project), Some(environment))
+    }
+
+    /// As [`Session::write`], for a write in one environment: the role is the token's
+    /// role there (a scoped token's grant counts), as the API's checks read it.
+    pub fn write_in(
+        &self,
+        role: Role,
+        csrf: &str,
+        (project, environment): (&str, &str),
+    ) -> Result<WriteContext, ConsoleError> {
+        self.check_csrf(csrf)?;
+        if !self.can_in(role, project, environment) {
+            return Err(ConsoleError::Forbidden(role));
+        }
+        Ok(WriteContext {
+            actor: self.actor.clone(),
+            request_id: self.request_id.clone(),
+        })
+    }
 }
 
 #[derive(sqlx::FromRow)]

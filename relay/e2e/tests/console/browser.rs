@@ -125,6 +125,22 @@ impl Tab {
         );
     }
 
+    /// Waits (up to [`WAIT`]) until the page shows `text`: for content that updates itself.
+    pub async fn waits_for(&self, text: &str) {
+        let start = Instant::now();
+        loop {
+            let body = self.text().await;
+            if body.contains(text) {
+                return;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "the page should come to show {text:?}; it shows:\n{body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Whether `selector` matches something.
     pub async fn has(&self, selector: &str) -> bool {
         self.js(&format!("!!document.querySelector({})", json!(selector)))

@@ -3,7 +3,8 @@
 //! it on and see an SDK stream receive it, a stale edit's conflict view, rollback from
 //! history, a viewer who cannot edit, sign out; tokens and keys shown once and revoked;
 //! release plans and scheduled changes on a moved clock, session expiry, flag definitions,
-//! environments and projects, experiment results.
+//! environments and projects, experiment results; change requests under an approval policy
+//! and each flip's convergence shown inline.
 //! axe-core runs in every page (no serious or critical violation) and each page is saved as
 //! a screenshot under `<target>/console-screenshots/`.
 //!
@@ -11,6 +12,7 @@
 //! without it.
 
 mod browser;
+mod changes;
 mod flows;
 mod pages;
 #[path = "../shared/chromium.rs"]

@@ -321,7 +321,7 @@ pub(super) fn new_rule_id() -> String {
 
 /// The editable part of a configuration, as compared in the diff (without salt and
 /// version, which the editor does not change).
-pub(super) fn comparable(c: &FlagConfig) -> String {
+pub(crate) fn comparable(c: &FlagConfig) -> String {
     let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         m.remove("salt");

@@ -22,8 +22,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use vexil_schema::{Clause, FlagConfig, Operator, Rule, Serve};
 
+pub(crate) use form::comparable;
 pub use form::serve_text;
-use form::{Errors, Fields, comparable, new_rule_id, parse_config, reapply};
+use form::{Errors, Fields, new_rule_id, parse_config, reapply};
 use view::Editor;
 
 use super::diff;
@@ -254,12 +255,20 @@ pub async fn submit(
             Ok(_) => {
                 settle(&app).await;
                 Ok(Redirect::to(&format!(
-                    "/projects/{}/flags/{}?env={}&done=saved",
+                    "/projects/{}/flags/{}?env={}&done=saved&t={}",
                     enc(&project),
                     enc(&flag),
-                    enc(&environment)
+                    enc(&environment),
+                    crate::events::now_ms()
                 ))
                 .into_response())
+            }
+            Err(StoreError::ApprovalRequired(why)) => {
+                // A governed environment: offer the same change as a change request.
+                let patch = super::changes::patch_between(&current, &cfg);
+                let path = (project.as_str(), flag.as_str(), environment.as_str());
+                let offer = super::changes::proposal(&session, path, &current, &patch, &why);
+                page_with(cfg, errors, base, StatusCode::CONFLICT, Some(offer)).await
             }
             Err(StoreError::Invalid(v)) => {
                 let errors = v.errors.into_iter().map(|e| (e.path, e.message)).collect();
