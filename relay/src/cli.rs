@@ -84,6 +84,9 @@ pub async fn main() -> anyhow::Result<()> {
             }
         )
     })?;
+    if config.tls.files().is_none() {
+        vexil_fanout::signal::hangup_reloads_nothing();
+    }
     let ran = crate::run(listener, config, vexil_fanout::signal::shutdown_signal()).await;
     if let Some(p) = traces {
         // Blocking: the exporter's thread sends the last batch.

@@ -81,6 +81,9 @@ pub async fn main() -> anyhow::Result<()> {
     } else {
         "http"
     };
+    if scheme == "http" {
+        vexil_fanout::signal::hangup_reloads_nothing();
+    }
     let server = Server::build(config).await.context("cannot start")?;
     tracing::info!(%addr, %database, scheme, "vexil control plane listening");
     // The console banner is the command's output, not a log line: operators read it once.

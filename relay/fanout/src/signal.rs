@@ -29,3 +29,25 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
 }
+
+/// Keeps SIGHUP from terminating a process that has nothing to reload on it. The systemd
+/// units' `ExecReload` and `kill -HUP` send SIGHUP to reload the TLS certificate files; when
+/// TLS is off no one listens for it and the signal's default action would end the process.
+/// This listens for it (registered before returning) and logs that nothing was reloaded.
+/// Call it from within a tokio runtime, only when TLS is off (the TLS reloader listens
+/// otherwise).
+pub fn hangup_reloads_nothing() {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!(
+                        "SIGHUP received: nothing to reload (TLS is off; other settings take a restart)"
+                    );
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP: it would end the process"),
+    }
+}

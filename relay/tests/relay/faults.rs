@@ -1,5 +1,6 @@
 //! Faults: the upstream killed and restarted, the relay serving while its upstream is down,
-//! the relay killed and restarted, SIGTERM, a silent upstream, a refused relay key.
+//! the relay killed and restarted, SIGTERM, SIGHUP without TLS, a silent upstream, a refused
+//! relay key.
 
 use serde_json::{Value, json};
 
@@ -258,4 +259,30 @@ async fn a_refused_relay_key_is_reported_and_not_retried_soon() {
         "{metrics}"
     );
     assert_eq!(origin.stream_requests(), 1);
+}
+
+/// The systemd unit's `ExecReload` sends SIGHUP, which reloads TLS files. A relay without TLS
+/// has nothing to reload: it logs so and keeps serving (the signal's default action would
+/// have ended it), and its subscribers keep receiving changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_tls_is_logged_and_the_relay_keeps_serving() {
+    let mut origin = Origin::start(&["shop/prod"]).await;
+    let mut relay = RelayProcess::start(&origin.url(), free_port().await, &[]).await;
+    relay.wait_ready().await;
+    let mut sub = Subscriber::start(&relay.url(), &sdk_key("shop/prod"));
+    sub.wait_version(1).await;
+
+    for _ in 0..2 {
+        relay.hangup();
+        relay.wait_log("SIGHUP received: nothing to reload").await;
+    }
+    assert!(relay.running(), "the relay exited on SIGHUP");
+    let health = reqwest::get(format!("{}/healthz", relay.url()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    origin.set("shop/prod", "checkout", json!("on"));
+    sub.wait_version(origin.model.version(&env("shop/prod")))
+        .await;
+    assert!(sub.seen().violations.is_empty());
 }

@@ -464,14 +464,29 @@ impl RelayProcess {
         self.child.kill().await.unwrap();
     }
 
-    /// SIGTERM, then waits for the process to exit on its own.
-    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+    /// Sends the process a signal (`TERM`, `HUP`, ...) with `kill`.
+    fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .unwrap();
-        assert!(status.success());
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// SIGHUP: what the systemd unit's `ExecReload` sends.
+    pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Whether the process is still running (has not exited, by any signal or on its own).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("process status").is_none()
+    }
+
+    /// SIGTERM, then waits for the process to exit on its own.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
         tokio::time::timeout(WAIT, self.child.wait())
             .await
             .expect("relay did not exit after SIGTERM")

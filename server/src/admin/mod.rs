@@ -83,6 +83,10 @@ pub enum AdminCommand {
     /// Checks the configuration: the database answers, migrations are applied, secrets are
     /// well-formed. Exits non-zero on any problem.
     CheckConfig,
+    /// The last step of restoring a backup, before the servers start: raises every
+    /// environment's data version above any issued before the restore, so relays and SDKs
+    /// that saw the lost versions resynchronise with a full state (audited).
+    Restored,
     /// Exports a project as a JSON document (flags as code).
     Export {
         /// Project key.
@@ -374,6 +378,22 @@ pub async fn run(mut config: Config, args: AdminArgs) -> anyhow::Result<()> {
             if problems > 0 {
                 bail!("{problems} problem(s) found");
             }
+        }
+        AdminCommand::Restored => {
+            let store = open_store(&config).await?;
+            let fenced = store
+                .fence_restored_versions(&cli_context())
+                .await
+                .map_err(store_error)?;
+            writeln!(
+                out,
+                "Restore fenced: {} environment version(s) raised by {} (highest {} -> {}); \
+                 relays and SDKs resynchronise when the servers start.",
+                fenced.environments,
+                crate::store::RESTORE_FENCE,
+                fenced.highest.0,
+                fenced.highest.1
+            )?;
         }
         AdminCommand::Export { project, output } => {
             let store = open_store(&config).await?;

@@ -10,7 +10,8 @@
 //! - `tokens`, `keys`: API tokens, SDK keys and relay keys (hashed secrets);
 //! - `idempotency`: stored responses for `Idempotency-Key` retries;
 //! - `changes`: what every write to an environment shares: the environment lock, the version
-//!   bump, the change-log row and the cached validation index.
+//!   bump, the change-log row and the cached validation index;
+//! - `restore`: the version fence run after restoring a backup.
 //!
 //! Every write that changes an environment's flags or segments locks that environment (row
 //! lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite), bumps `environments.version`, appends a
@@ -23,6 +24,8 @@ mod flags;
 mod idempotency;
 mod keys;
 mod projects;
+mod restore;
+pub use restore::{Fenced, RESTORE_FENCE};
 mod segment_keys;
 mod segments;
 mod snapshot;

@@ -1,7 +1,10 @@
-//! Backup and restore, as docs/operations.md describes them: PostgreSQL with `pg_dump` and
-//! `pg_restore`, SQLite with `VACUUM INTO` on the live database. After a restore the data
-//! versions go back; a relay and an SDK stream that saw the later versions must converge on
-//! the restored state with no manual step.
+//! Backup and restore, as docs/runbooks/backup-restore.md describes them: PostgreSQL with
+//! `pg_dump` and `pg_restore`, SQLite with `VACUUM INTO` on the live database, then
+//! `vexil-server admin restored`. After a restore the data versions go back; relays and SDKs
+//! (the real Rust client) that saw the later versions, connected or offline, must converge on
+//! the restored state with no step taken on them, even when the restored installation has
+//! since written as many changes as were lost (a resume from the lost timeline naming a
+//! version that now means other data).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -13,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use vexil_relay::{Relay, RelayConfig};
+use vexil_sdk::{Client, Context, Reason, StreamingConfig};
 use vexil_server::{Config, StartError};
 use vexil_testkit::sse::{Event, SseReader};
 use vexil_testkit::{Backend, TestDatabase};
@@ -77,13 +81,64 @@ async fn next_event(sse: &mut SseReader) -> Event {
         .expect("the stream stays open")
 }
 
-fn run(cmd: &mut Command) {
+fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The restore runbook's last step, with the real binary: `vexil-server admin restored`.
+fn fence(database_url: &str) -> String {
+    let said = run(Command::new(env!("CARGO_BIN_EXE_vexil-server"))
+        .args(["admin", "restored"])
+        .env("VEXIL_DATABASE_URL", database_url)
+        .env_remove("VEXIL_BOOTSTRAP_TOKEN"));
+    assert!(said.contains("Restore fenced: "), "{said}");
+    said
+}
+
+/// A real SDK client streaming from `base`, reconnecting quickly.
+async fn sdk_client(base: &str, key: &str) -> Client {
+    let client = Client::builder(key)
+        .base_url(base)
+        .streaming(
+            StreamingConfig::default()
+                .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200)),
+        )
+        .build()
+        .expect("the SDK client builds");
+    client.wait_for_initialization(WAIT).await.unwrap();
+    client
+}
+
+/// Waits until `client` holds `version`, with f switched on or off and g present or not
+/// (read from the evaluation reasons: `Off`, `Fallthrough`, or flag-not-found).
+async fn until_holds(client: &Client, version: u64, f_on: bool, g_exists: bool) {
+    let ctx = Context::new("someone");
+    let want = (Some(version), f_on, g_exists);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = (
+            client.version(),
+            client.bool_variation_detail("f", &ctx, false).reason == Reason::Fallthrough,
+            !matches!(
+                client.bool_variation_detail("g", &ctx, false).reason,
+                Reason::Error { .. }
+            ),
+        );
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the SDK client holds (version, f on, g exists) = {now:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The flags of a `put` event, as key → `on`.
@@ -196,6 +251,13 @@ async fn postgres_restore_from_pg_dump_converges_relay_and_sdk() {
     assert_eq!(put.event, "put");
     let backed_up = put.version().unwrap();
     assert_eq!(flags_on(&put.json()), vec![("f".to_owned(), false)]);
+    // Real SDK clients: one through the relay, one straight on the control plane (offline
+    // while it is down for the restore).
+    let via_relay = sdk_client(&relay_base, &sdk).await;
+    let direct = sdk_client(&api.base, &sdk).await;
+    for c in [&via_relay, &direct] {
+        until_holds(c, backed_up, false, false).await;
+    }
 
     // The backup, taken while the server runs.
     let dump = dir.path().join("vexil.dump");
@@ -225,9 +287,12 @@ async fn postgres_restore_from_pg_dump_converges_relay_and_sdk() {
         assert_eq!(ev.event, "patch", "{ev:?}");
         latest = ev.version().unwrap();
     }
+    for c in [&via_relay, &direct] {
+        until_holds(c, latest, true, true).await;
+    }
 
-    // Restore: stop the server, restore the dump over the database, start the server again
-    // on the same address. Nothing is done to the relay or the SDK.
+    // Restore: stop the server, restore the dump over the database, fence its versions,
+    // start the server again on the same address. Nothing is done to the relay or the SDKs.
     server.stop().await;
     run(Command::new("pg_restore")
         .args([
@@ -238,19 +303,26 @@ async fn postgres_restore_from_pg_dump_converges_relay_and_sdk() {
         ])
         .arg(format!("--dbname={}", db.url))
         .arg(&dump));
+    fence(&db.url);
+    let fenced = backed_up + (1 << 32);
     let listener = TcpListener::bind(addr).await.unwrap();
     let server = start(&db.url, listener).await;
 
-    // The SDK, still connected to the relay, is sent the restored state: a `put` at the
-    // backed-up version, lower than the one it holds, with f off and no g.
+    // The SDK stream, still connected to the relay, is sent the restored state: a `put` at
+    // the fenced version, above any it saw, with f off and no g.
     let put = loop {
         let ev = next_event(&mut sse).await;
         if ev.event == "put" {
             break ev;
         }
     };
-    assert_eq!(put.version(), Some(backed_up));
+    assert_eq!(put.version(), Some(fenced));
     assert_eq!(flags_on(&put.json()), vec![("f".to_owned(), false)]);
+    // The SDK clients converge on it: the one through the relay, and the one that was
+    // offline and resumes from the lost timeline.
+    for c in [&via_relay, &direct] {
+        until_holds(c, fenced, false, false).await;
+    }
     // An SDK that held the later version and reconnects gets the restored state too.
     let res = reqwest::Client::new()
         .get(format!("{relay_base}/sdk/v1/stream"))
@@ -262,9 +334,9 @@ async fn postgres_restore_from_pg_dump_converges_relay_and_sdk() {
     let mut again = SseReader::new(res);
     let put = next_event(&mut again).await;
     assert_eq!(put.event, "put");
-    assert_eq!(put.version(), Some(backed_up));
+    assert_eq!(put.version(), Some(fenced));
     assert_eq!(flags_on(&put.json()), vec![("f".to_owned(), false)]);
-    // And the restored server keeps serving writes from there.
+    // And the restored server keeps serving writes from there, as patches.
     api.send(
         Method::PATCH,
         "/api/v1/projects/p/flags/f/environments/prod",
@@ -274,7 +346,41 @@ async fn postgres_restore_from_pg_dump_converges_relay_and_sdk() {
     .await;
     let patch = next_event(&mut sse).await;
     assert_eq!(patch.event, "patch");
-    assert_eq!(patch.version(), Some(backed_up + 1));
+    assert_eq!(patch.version(), Some(fenced + 1));
+    for c in [&via_relay, &direct] {
+        until_holds(c, fenced + 1, true, false).await;
+    }
+
+    // A second write: the restored installation has now made as many changes since the
+    // backup as were lost. A client offline since before the restore resumes with the lost
+    // timeline's last id; without the fence that id would name the current version (other
+    // data) and it would be sent nothing. It is sent the whole current state.
+    api.send(
+        Method::PATCH,
+        "/api/v1/projects/p/flags/f/environments/prod",
+        json!({"on": false}),
+        200,
+    )
+    .await;
+    assert_eq!(next_event(&mut sse).await.version(), Some(fenced + 2));
+    for base in [&api.base, &relay_base] {
+        let res = reqwest::Client::new()
+            .get(format!("{base}/sdk/v1/stream"))
+            .header("authorization", &sdk)
+            .header("last-event-id", latest.to_string())
+            .send()
+            .await
+            .unwrap();
+        let mut offline = SseReader::new(res);
+        let put = next_event(&mut offline).await;
+        assert_eq!(put.event, "put", "{base}");
+        assert_eq!(put.version(), Some(fenced + 2), "{base}");
+        assert_eq!(flags_on(&put.json()), vec![("f".to_owned(), false)]);
+    }
+    for c in [&via_relay, &direct] {
+        until_holds(c, fenced + 2, false, false).await;
+        c.close();
+    }
 
     let _ = relay_stop.send(());
     relay_task.await.unwrap();
@@ -341,6 +447,7 @@ async fn sqlite_online_backup_with_vacuum_into_restores() {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.url));
     }
     std::fs::copy(&backup, &db.url).unwrap();
+    fence(&db.url);
     let listener = TcpListener::bind(addr).await.unwrap();
     let server = start(&db.url, listener).await;
     let flag = api

@@ -1,7 +1,9 @@
 //! The deploy files, checked as far as this machine allows (no container engine, no
-//! cluster): the systemd units with `systemd-analyze verify`, and the Kubernetes manifests
-//! for their structure, pinned images, hardening and the server options they set. This is
-//! not a Kubernetes schema validation (see deploy/README.md).
+//! cluster): the systemd units with `systemd-analyze verify`; the Kubernetes manifests and
+//! the compose file against their schemas (`deploy/validate/validate.sh`: kubernetes-validate,
+//! strict, and the compose-spec JSON schema), with broken copies that must be rejected; and
+//! the manifests for what a schema cannot say: pinned images, hardening and the server
+//! options they set.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,6 +13,111 @@ fn deploy(path: &str) -> String {
         .join("../deploy")
         .join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Runs `deploy/validate/validate.sh` with these arguments.
+fn validate(args: &[&str]) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/validate/validate.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    // Exit status 2 is "could not install the validators": never a pass, never a skip.
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "validate.sh could not install its tools: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn deploy_files_pass_kubernetes_and_compose_schemas() {
+    let out = validate(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("all valid"), "{stdout}{stderr}");
+}
+
+/// A copy of a deploy file with one edit, which must change it.
+fn mutated(dir: &Path, file: &str, from: &str, to: &str) -> std::path::PathBuf {
+    let text = deploy(file);
+    assert!(text.contains(from), "{file} has no '{from}' to break");
+    let name = Path::new(file).file_name().unwrap();
+    // Named by the edit, so each case has a file of its own.
+    let tag: String = to.chars().filter(char::is_ascii_alphanumeric).collect();
+    let path = dir.join(format!("{tag}-{}", name.to_string_lossy()));
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    path
+}
+
+#[test]
+fn schema_validation_rejects_broken_deploy_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // A misspelt field, which Kubernetes would silently drop without strict validation.
+        (
+            "kubernetes",
+            mutated(
+                dir.path(),
+                "kubernetes/server.yaml",
+                "readOnlyRootFilesystem: true",
+                "readOnlyRootFileSystem: true",
+            ),
+            "readOnlyRootFileSystem",
+        ),
+        // A wrong type.
+        (
+            "kubernetes",
+            mutated(
+                dir.path(),
+                "kubernetes/relay.yaml",
+                "minReplicas: 2",
+                "minReplicas: two",
+            ),
+            "two",
+        ),
+        // An unknown service key.
+        (
+            "compose",
+            mutated(
+                dir.path(),
+                "docker-compose.yml",
+                "    profiles:",
+                "    profile:",
+            ),
+            "profile",
+        ),
+        // A wrong type in compose.
+        (
+            "compose",
+            mutated(
+                dir.path(),
+                "docker-compose.yml",
+                "stop_grace_period: 20s",
+                "stop_grace_period: [20s]",
+            ),
+            "stop_grace_period",
+        ),
+    ];
+    for (kind, path, named) in cases {
+        let out = validate(&[kind, path.to_str().unwrap()]);
+        // kubernetes-validate reports on standard output, the compose check on standard error.
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{}: {said}", path.display());
+        assert!(
+            said.contains("ERROR") && said.contains(named),
+            "{}: {said}",
+            path.display()
+        );
+    }
 }
 
 #[test]
