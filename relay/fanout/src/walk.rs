@@ -27,7 +27,7 @@
 //!   receiver (every subscriber behind gets the current `put`) work as for subscriptions.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use bytes::Bytes;
@@ -89,6 +89,9 @@ impl Walkers {
 #[derive(Debug, Default)]
 struct Inbox {
     pending: Mutex<Vec<Arc<Slot>>>,
+    /// Set when a client closed: the writer drops ended slots (closing their sockets) at
+    /// once rather than at its next message.
+    departed: AtomicBool,
     notify: Notify,
 }
 
@@ -190,6 +193,8 @@ pub(crate) struct Slot {
     phase: Mutex<Phase>,
     /// Wakes the connection's task when the writer hands the socket back.
     handed: Notify,
+    /// The writer's inbox, once registered.
+    inbox: OnceLock<Arc<Inbox>>,
 }
 
 impl Slot {
@@ -198,6 +203,7 @@ impl Slot {
             tcp,
             phase: Mutex::new(Phase::Walked(walked)),
             handed: Notify::new(),
+            inbox: OnceLock::new(),
         })
     }
 
@@ -224,6 +230,10 @@ impl Slot {
                     if client_gone(&self.tcp, ready) {
                         let ended = std::mem::replace(&mut *lock(&self.phase), Phase::Gone);
                         drop(ended);
+                        if let Some(inbox) = self.inbox.get() {
+                            inbox.departed.store(true, Ordering::Release);
+                            inbox.notify.notify_one();
+                        }
                         return None;
                     }
                 }
@@ -282,8 +292,11 @@ pub(crate) fn register(shared: &Arc<Shared>, slot: Arc<Slot>) {
             inbox
         }
     };
-    drop(shards);
+    let _ = slot.inbox.set(Arc::clone(&inbox));
+    // Pushed before the registry lock is released: a writer retires under that lock, after
+    // finding its inbox empty.
     lock(&inbox.pending).push(slot);
+    drop(shards);
     inbox.notify.notify_one();
 }
 
@@ -321,6 +334,10 @@ impl Writer {
                 () = self.inbox.notify.notified() => None,
             };
             self.admit();
+            if self.inbox.departed.swap(false, Ordering::AcqRel) {
+                self.slots
+                    .retain(|slot| matches!(*lock(&slot.phase), Phase::Walked(_)));
+            }
             match received {
                 Some(Ok(signal)) => self.walk(&signal),
                 Some(Err(RecvError::Lagged(missed))) => {
@@ -525,3 +542,7 @@ fn visit<'a>(slot: &Slot, step: &mut impl FnMut(&Slot, &Walked) -> Step<'a>) -> 
     );
     false
 }
+
+#[cfg(test)]
+#[path = "walk_tests.rs"]
+mod tests;
