@@ -7,7 +7,10 @@
 //! temporary buffer and parsed with `httparse`. A `GET /sdk/v1/stream` that will succeed
 //! (ready, key known, subscription granted) is then answered directly: a fixed response head,
 //! then the hub's pre-encoded frames written straight to the socket, the response delimited
-//! by closing the connection. Nothing is buffered per subscriber while idle. Every other
+//! by closing the connection. Nothing is buffered per subscriber while idle. Once its
+//! starting frames are written, the stream's socket is walked by its environment's writer
+//! ([`crate::walk`]) and its task stays parked; a slow subscriber is handed back to its task,
+//! which continues it as a [`Subscription`]. Every other
 //! request — and any stream request that would fail, so that errors come from the one
 //! implementation in [`crate::http`] — is handed to hyper with the bytes already read,
 //! through the same `axum` router.
@@ -24,7 +27,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use vexil_schema::stream::EnvironmentId;
@@ -32,7 +35,8 @@ use vexil_schema::stream::EnvironmentId;
 use crate::auth::{SdkAuth, hash_sdk_key};
 use crate::http::{STREAM_PATH, authorization_key};
 use crate::hub::Hub;
-use crate::subscriber::Subscription;
+use crate::subscriber::{Start, Subscription};
+use crate::walk::{self, Exit, Slot, Walked};
 
 /// Largest request head read before giving the connection to hyper (which then answers
 /// 431 or 400 as it sees fit).
@@ -88,20 +92,20 @@ impl<A: SdkAuth> LeanSse<A> {
         self
     }
 
-    /// The subscription for this request head, if it is an SDK stream request that would
-    /// succeed; `None` hands the request to the router.
-    async fn accept(&self, head: &Head) -> Option<Subscription> {
+    /// The starting point and walked state for this request head, if it is an SDK stream
+    /// request that would succeed; `None` hands the request to the router.
+    async fn accept(&self, head: &Head) -> Option<(Start, Box<Walked>)> {
         if !head.is_stream || !(self.ready)() {
             return None;
         }
         let key = head.key.as_deref()?;
         let env: EnvironmentId = self.auth.authenticate(key).await.ok()?;
-        let sub = self
+        let accepted = self
             .hub
-            .subscribe_with_key(&env, head.last_event_id.as_deref(), hash_sdk_key(key))
+            .subscribe_walked(&env, head.last_event_id.as_deref(), hash_sdk_key(key))
             .ok()?;
-        tracing::debug!(environment = %env, start = ?sub.start(), "SDK stream opened (lean)");
-        Some(sub)
+        tracing::debug!(environment = %env, version = accepted.1.version(), "SDK stream opened (lean)");
+        Some(accepted)
     }
 }
 
@@ -190,50 +194,98 @@ async fn connection<A: SdkAuth>(
         }
     };
     if let Some(head) = head
-        && let Some(sub) = lean.accept(&head).await
+        && let Some((start, walked)) = lean.accept(&head).await
     {
         drop(buf);
-        Box::pin(stream(tcp, sub)).await;
+        Box::pin(stream(tcp, &lean.hub, start, walked)).await;
         return;
     }
     Box::pin(hyper_connection(tcp, Bytes::from(buf), app, stop)).await;
 }
 
-/// Writes the response head and then every frame of `sub`, until the stream ends (drain,
-/// environment removed, lagging), the client goes away or a write stalls.
-async fn stream(mut tcp: TcpStream, mut sub: Subscription) {
-    if write(&mut tcp, RESPONSE_HEAD).await.is_err() {
+/// Writes the response head and the starting frames, then leaves the socket to its
+/// environment's writer until it is handed back: to close, or (slow) to continue here as a
+/// subscription until the stream ends (drain, environment removed, lagging), the client
+/// goes away or a write stalls.
+async fn stream(tcp: TcpStream, hub: &Hub, start: Start, mut walked: Box<Walked>) {
+    if write(&tcp, RESPONSE_HEAD).await.is_err() {
         return;
     }
+    match &start {
+        Start::Put(current) => {
+            let Some(put) = current.put() else { return };
+            if write(&tcp, put.bytes()).await.is_err() {
+                return;
+            }
+            walked.sent();
+        }
+        Start::Replay { frames, .. } => {
+            for frame in frames {
+                if write(&tcp, frame).await.is_err() {
+                    return;
+                }
+                walked.sent();
+            }
+        }
+        Start::Current { .. } => {}
+    }
+    drop(start);
+    walked.settle();
+    let slot = Slot::new(tcp, walked);
+    walk::register(&hub.shared, Arc::clone(&slot));
+    let Some((exit, mut walked)) = slot.parked().await else {
+        return; // the client closed
+    };
+    let tcp = slot.tcp();
+    let rest = match exit {
+        Exit::Close => return,
+        Exit::Continue { rest } => rest,
+    };
+    if write(tcp, &rest).await.is_err() {
+        return;
+    }
+    walked.settle();
+    let Some(sub) = hub.continue_walked(&walked) else {
+        return;
+    };
+    drop(walked);
+    pump(tcp, sub).await;
+}
+
+/// Writes every frame of `sub` until it ends, the client goes away or a write stalls.
+async fn pump(tcp: &TcpStream, mut sub: Subscription) {
     loop {
         tokio::select! {
             frame = sub.next() => {
                 let Some(frame) = frame else { break };
-                if write(&mut tcp, &frame).await.is_err() {
+                if write(tcp, &frame).await.is_err() {
                     return;
                 }
             }
-            // The client sends nothing on an SSE connection: readable means it closed (or
-            // sent junk, which is discarded).
             ready = tcp.readable() => {
-                if ready.is_err() {
+                if walk::client_gone(tcp, ready) {
                     return;
-                }
-                let mut sink = [0u8; 64];
-                match tcp.try_read(&mut sink) {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
                 }
             }
         }
     }
-    let _ = tcp.shutdown().await;
 }
 
-async fn write(tcp: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, tcp.write_all(bytes)).await {
+/// Writes all of `bytes`, failing if the socket does not take them within [`WRITE_TIMEOUT`].
+async fn write(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    let all = async {
+        while !bytes.is_empty() {
+            tcp.writable().await?;
+            match tcp.try_write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, all).await {
         Ok(result) => result,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }

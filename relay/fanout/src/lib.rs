@@ -81,6 +81,8 @@ pub mod subscriber;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;
+#[cfg(feature = "lean")]
+mod walk;
 
 pub use auth::{AuthError, SdkAuth, SdkKeyTable, hash_sdk_key};
 pub use client::{ClientEnv, ClientKeyTable, client_router, cors};

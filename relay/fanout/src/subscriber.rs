@@ -41,6 +41,10 @@ pub(crate) enum Audience {
     Sdk,
     /// One environment of a relay stream, which counts its own connections and events.
     Relay,
+    /// An SDK stream the lean path's writer handed back to its connection (see
+    /// [`crate::walk`]): counted like [`Audience::Sdk`], but not as a new connection.
+    #[cfg_attr(not(feature = "lean"), allow(dead_code))]
+    SdkContinued,
 }
 
 /// How a subscription began.
@@ -97,11 +101,9 @@ impl Subscription {
             Start::Current { version } => (*version, StartKind::Current),
         };
         let counted = match audience {
-            Audience::Sdk => {
-                match kind {
-                    StartKind::Put => chan.metrics.connect_put.increment(1),
-                    StartKind::Replay { .. } => chan.metrics.connect_replay.increment(1),
-                    StartKind::Current => chan.metrics.connect_current.increment(1),
+            Audience::Sdk | Audience::SdkContinued => {
+                if audience == Audience::Sdk {
+                    count_connect(&chan, &start);
                 }
                 Counted {
                     subscribers: chan.metrics.subscribers.clone(),
@@ -124,7 +126,7 @@ impl Subscription {
                 seq,
                 ends,
                 counted,
-                audience == Audience::Sdk,
+                audience != Audience::Relay,
             )),
         }
     }
@@ -145,6 +147,15 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// Counts an SDK connection by how it starts.
+pub(crate) fn count_connect(chan: &EnvChannel, start: &Start) {
+    match start {
+        Start::Put(_) => chan.metrics.connect_put.increment(1),
+        Start::Replay { .. } => chan.metrics.connect_replay.increment(1),
+        Start::Current { .. } => chan.metrics.connect_current.increment(1),
     }
 }
 
@@ -169,7 +180,7 @@ impl EndsWhen {
     /// up, or the key no longer reads the environment. The key is checked only against an
     /// environment whose key set the hub holds (the relay's, and the server's registry);
     /// with any other [`crate::SdkAuth`] the hub has no say.
-    fn now(&self, shared: &Shared, chan: &EnvChannel) -> bool {
+    pub(crate) fn now(&self, shared: &Shared, chan: &EnvChannel) -> bool {
         if chan.is_removed() || shared.must_close(self.ticket) {
             return true;
         }

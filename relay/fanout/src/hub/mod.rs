@@ -153,6 +153,9 @@ pub(crate) struct EnvChannel {
     pub(crate) metrics: EnvMetrics,
     /// Where its SDK streams stand (the fleet view).
     pub(crate) fleet: fleet::FleetTracker,
+    /// The lean path's writers walking this environment's subscribers (see [`crate::walk`]).
+    #[cfg(feature = "lean")]
+    pub(crate) walk: crate::walk::Walkers,
 }
 
 impl EnvChannel {
@@ -168,6 +171,54 @@ impl EnvChannel {
 
     pub(crate) fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
+    }
+
+    /// Streams open on this environment: broadcast receivers, plus the lean path's walked
+    /// subscribers less the receivers their writers hold.
+    fn streams(&self) -> usize {
+        let receivers = self.tx.receiver_count();
+        #[cfg(feature = "lean")]
+        let receivers = self.walk.streams(receivers);
+        receivers
+    }
+
+    /// A broadcast receiver and the sequence number of the last message sent before it, taken
+    /// together under the writer lock: every message after that number reaches the receiver.
+    #[cfg(feature = "lean")]
+    pub(crate) fn subscribe_at(&self) -> (broadcast::Receiver<Signal>, u64) {
+        let w = self.writer();
+        (self.tx.subscribe(), w.seq)
+    }
+
+    /// Where a subscriber holding `last_seen` (if anything) starts, chosen under the writer
+    /// lock, with a receiver of everything after it (`None` when `with_rx` is false) and
+    /// the sequence number its start covers.
+    fn start_point(
+        &self,
+        last_seen: Option<u64>,
+        with_rx: bool,
+    ) -> Result<(Start, Option<broadcast::Receiver<Signal>>, u64), NotServing> {
+        let w = self.writer();
+        let Some(items) = w.items.as_ref() else {
+            return Err(NotServing::NotReady);
+        };
+        let current = items.version();
+        let resume = match last_seen {
+            Some(l) => w.ring.resume(l, current),
+            None => Resume::Snapshot,
+        };
+        let start = match resume {
+            Resume::Current => Start::Current { version: current },
+            Resume::Replay(frames) => Start::Replay {
+                version: current,
+                frames,
+            },
+            Resume::Snapshot => match self.current() {
+                Some(c) => Start::Put(c),
+                None => return Err(NotServing::NotReady),
+            },
+        };
+        Ok((start, with_rx.then(|| self.tx.subscribe()), w.seq))
     }
 }
 
@@ -288,6 +339,8 @@ impl Hub {
                     removed: AtomicBool::new(false),
                     metrics: EnvMetrics::new(env),
                     fleet: fleet::FleetTracker::new(env, self.shared.fleet_changed.clone()),
+                    #[cfg(feature = "lean")]
+                    walk: crate::walk::Walkers::new(),
                 })
             })
             .clone()
@@ -577,7 +630,7 @@ impl Hub {
 
     /// Subscribers currently connected to `env`.
     pub fn subscriber_count(&self, env: &EnvironmentId) -> usize {
-        self.channel(env).map_or(0, |c| c.tx.receiver_count())
+        self.channel(env).map_or(0, |c| c.streams())
     }
 
     /// The current state of `env`: the body of `GET /sdk/v1/snapshot` (served by
@@ -639,29 +692,8 @@ impl Hub {
             return Err(NotServing::ShuttingDown);
         }
         let chan = self.channel(env).ok_or(NotServing::NotReady)?;
-        let (start, rx, seq) = {
-            let w = chan.writer();
-            let Some(items) = w.items.as_ref() else {
-                return Err(NotServing::NotReady);
-            };
-            let current = items.version();
-            let resume = match last_seen {
-                Some(l) => w.ring.resume(l, current),
-                None => Resume::Snapshot,
-            };
-            let start = match resume {
-                Resume::Current => Start::Current { version: current },
-                Resume::Replay(frames) => Start::Replay {
-                    version: current,
-                    frames,
-                },
-                Resume::Snapshot => match chan.current() {
-                    Some(c) => Start::Put(c),
-                    None => return Err(NotServing::NotReady),
-                },
-            };
-            (start, chan.tx.subscribe(), w.seq)
-        };
+        let (start, rx, seq) = chan.start_point(last_seen, true)?;
+        let rx = rx.ok_or(NotServing::NotReady)?;
         Ok(Subscription::new(
             Arc::clone(&self.shared),
             chan,
@@ -673,6 +705,52 @@ impl Hub {
                 ticket: self.shared.ticket(),
                 key,
             },
+        ))
+    }
+
+    /// [`Hub::subscribe_with_key`] for the lean path's walked streams (see [`crate::walk`]):
+    /// the starting frames, to be written by the connection, and the subscriber's state, to
+    /// be registered with its environment's writer once they are.
+    #[cfg(feature = "lean")]
+    pub(crate) fn subscribe_walked(
+        &self,
+        env: &EnvironmentId,
+        last_event_id: Option<&str>,
+        key: SdkKeyHash,
+    ) -> Result<(Start, Box<crate::walk::Walked>), NotServing> {
+        if self.is_draining() {
+            return Err(NotServing::ShuttingDown);
+        }
+        let last_seen = last_event_id.and_then(|s| parse_version(s.trim()));
+        let chan = self.channel(env).ok_or(NotServing::NotReady)?;
+        let (start, _, seq) = chan.start_point(last_seen, false)?;
+        crate::subscriber::count_connect(&chan, &start);
+        let ends = EndsWhen {
+            ticket: self.shared.ticket(),
+            key: Some(key),
+        };
+        let walked = crate::walk::Walked::new(chan, &start, seq, ends);
+        Ok((start, walked))
+    }
+
+    /// Continues a walked stream that its writer handed back (a slow subscriber, or one
+    /// that registered behind the writer) as an ordinary subscription, from the version its
+    /// client holds; `None` if the environment is gone.
+    #[cfg(feature = "lean")]
+    pub(crate) fn continue_walked(&self, walked: &crate::walk::Walked) -> Option<Subscription> {
+        let chan = walked.channel();
+        if chan.is_removed() {
+            return None;
+        }
+        let (start, rx, seq) = chan.start_point(Some(walked.version()), true).ok()?;
+        Some(Subscription::new(
+            Arc::clone(&self.shared),
+            Arc::clone(chan),
+            rx?,
+            start,
+            seq,
+            Audience::SdkContinued,
+            walked.ends(),
         ))
     }
 
@@ -726,7 +804,7 @@ impl Hub {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .map(|c| c.tx.receiver_count())
+            .map(|c| c.streams())
             .sum()
     }
 
@@ -738,7 +816,7 @@ impl Hub {
 fn broadcast_all(shared: &Shared, signal: Signal) {
     let envs = shared.envs.read().unwrap_or_else(PoisonError::into_inner);
     for chan in envs.values() {
-        if chan.tx.receiver_count() > 0 {
+        if chan.streams() > 0 {
             let _ = chan.tx.send(signal.clone());
         }
     }
