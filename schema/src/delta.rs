@@ -25,6 +25,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::KeyList;
 use crate::key::{FlagKey, SegmentKey};
 use crate::model::{Flag, Segment, Target};
 
@@ -49,42 +50,98 @@ impl ListDelta {
         self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// Applies the delta to `list` by the canonical rules (module documentation). Returns
-    /// the *effective* delta: the keys actually appended and actually removed.
-    pub fn apply(&self, list: &mut Vec<String>) -> ListDelta {
+    /// Applies the delta to `list` (a `Vec<String>` or a [`KeyList`]) by the canonical
+    /// rules (module documentation). Returns the *effective* delta: the keys actually
+    /// appended and actually removed.
+    pub fn apply<L: EditList>(&self, list: &mut L) -> ListDelta {
         let mut effective = ListDelta::default();
         if !self.remove.is_empty() {
             let remove: HashSet<&str> = self.remove.iter().map(String::as_str).collect();
-            list.retain(|k| {
-                let gone = remove.contains(k.as_str());
+            list.retain_keys(|k| {
+                let gone = remove.contains(k);
                 if gone {
-                    effective.remove.push(k.clone());
+                    effective.remove.push(k.to_owned());
                 }
                 !gone
             });
         }
         if !self.add.is_empty() {
-            let start = list.len();
-            if self.add.len() <= SCAN_LIMIT {
+            let start = list.key_count();
+            let fresh: Vec<&String> = if self.add.len() <= SCAN_LIMIT {
+                let mut fresh: Vec<&String> = Vec::new();
                 for key in &self.add {
-                    if !list.iter().any(|k| k == key) {
-                        list.push(key.clone());
+                    let present = (0..list.key_count()).any(|i| list.key_at(i) == key);
+                    if !present && !fresh.contains(&key) {
+                        fresh.push(key);
                     }
                 }
+                fresh
             } else {
-                let present: HashSet<&str> = list.iter().map(String::as_str).collect();
+                let present: HashSet<&str> =
+                    (0..list.key_count()).map(|i| list.key_at(i)).collect();
                 let mut seen: HashSet<&str> = HashSet::with_capacity(self.add.len());
-                let fresh: Vec<String> = self
-                    .add
+                self.add
                     .iter()
                     .filter(|k| !present.contains(k.as_str()) && seen.insert(k.as_str()))
-                    .cloned()
-                    .collect();
-                list.extend(fresh);
+                    .collect()
+            };
+            for key in fresh {
+                list.push_key(key);
             }
-            effective.add.extend(list[start..].iter().cloned());
+            effective
+                .add
+                .extend((start..list.key_count()).map(|i| list.key_at(i).to_owned()));
         }
         effective
+    }
+}
+
+/// A list of keys a [`ListDelta`] edits: `Vec<String>` (a flag's target values) or
+/// [`KeyList`] (a segment's lists). Sealed.
+pub trait EditList: sealed::Sealed {
+    /// The number of keys.
+    fn key_count(&self) -> usize;
+    /// The key at `index` (< `key_count()`).
+    fn key_at(&self, index: usize) -> &str;
+    /// Keeps the keys for which `keep` is true, in order.
+    fn retain_keys(&mut self, keep: impl FnMut(&str) -> bool);
+    /// Appends `key`.
+    fn push_key(&mut self, key: &str);
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for Vec<String> {}
+    impl Sealed for crate::KeyList {}
+}
+
+impl EditList for Vec<String> {
+    fn key_count(&self) -> usize {
+        self.len()
+    }
+    fn key_at(&self, index: usize) -> &str {
+        &self[index]
+    }
+    fn retain_keys(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.retain(|k| keep(k));
+    }
+    fn push_key(&mut self, key: &str) {
+        self.push(key.to_owned());
+    }
+}
+
+impl EditList for KeyList {
+    fn key_count(&self) -> usize {
+        self.len()
+    }
+    fn key_at(&self, index: usize) -> &str {
+        self.get(index).unwrap_or("")
+    }
+    fn retain_keys(&mut self, keep: impl FnMut(&str) -> bool) {
+        self.retain(keep);
+    }
+    fn push_key(&mut self, key: &str) {
+        self.push(key);
     }
 }
 

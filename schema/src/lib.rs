@@ -4,6 +4,7 @@
 //! - [`model`]: projects, environments, flag definitions and configurations, segments, and
 //!   the [`model::EnvironmentSnapshot`] an SDK evaluates.
 //! - [`context`]: the evaluation context.
+//! - [`keylist`]: [`KeyList`], the compact form of a segment's key lists.
 //! - [`events`]: analytics events (exposures, custom events, summaries) and their bulk upload.
 //! - [`fixture`]: the shared evaluation and benchmark fixtures (`testdata/`) and their loader.
 //! - [`operand`]: parsers for clause operands (dates, semvers, size-limited regexes).
@@ -23,6 +24,7 @@ pub mod events;
 pub mod fixture;
 pub mod fleet;
 pub mod key;
+pub mod keylist;
 pub mod limits;
 pub mod model;
 pub mod operand;
@@ -32,6 +34,7 @@ pub mod validate;
 
 pub use context::{AttributeName, Context, ContextBuilder};
 pub use key::{EnvironmentKey, FlagKey, KeyError, ProjectKey, SegmentKey};
+pub use keylist::KeyList;
 pub use model::{
     Clause, Environment, EnvironmentSnapshot, Flag, FlagConfig, FlagDefinition, FlagKind, Operator,
     Prerequisite, Project, Rollout, Rule, Segment, SegmentRule, Serve, Target, Variation,

@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::KeyList;
 use crate::key::{EnvironmentKey, FlagKey, ProjectKey, SegmentKey};
 
 /// Rollout weights are in thousandths of a percent: all weights of a rollout sum to this.
@@ -369,11 +370,11 @@ pub struct Segment {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// Context keys always in the segment.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub included: Vec<String>,
+    #[serde(default, skip_serializing_if = "KeyList::is_empty")]
+    pub included: KeyList,
     /// Context keys never in the segment (unless also included).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub excluded: Vec<String>,
+    #[serde(default, skip_serializing_if = "KeyList::is_empty")]
+    pub excluded: KeyList,
     /// Rules; a context matching any of them is in the segment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<SegmentRule>,

@@ -226,7 +226,7 @@ fn a_segment_at_the_key_limits_passes() {
     eprintln!("validated a segment with 2 x {MAX_SEGMENT_KEYS} keys in {elapsed:?}");
 
     let mut seg = result.unwrap().into_inner();
-    seg.included.push("one-too-many".into());
+    seg.included.push("one-too-many");
     let err = validate_segment(seg, &EnvironmentIndex::new()).unwrap_err();
     assert!(err.contains("included", rules::LIMIT_EXCEEDED));
 }

@@ -7,6 +7,7 @@ use super::config::{check_bucket_by, check_context_key, check_rule_id, check_wei
 use super::index::EnvironmentIndex;
 use super::path::Collector;
 use super::rules;
+use crate::KeyList;
 use crate::limits::{
     MAX_DESCRIPTION_LEN, MAX_NAME_LEN, MAX_SALT_LEN, MAX_SEGMENT_KEYS, MAX_SEGMENT_RULES,
 };
@@ -48,7 +49,7 @@ pub(super) fn check_segment(c: &mut Collector, seg: &Segment, env: &EnvironmentI
 }
 
 /// Checks one of a segment's context-key lists: size, each key, no key twice.
-fn check_keys(c: &mut Collector, keys: &[String], list: &str) {
+fn check_keys(c: &mut Collector, keys: &KeyList, list: &str) {
     if !c.max_count(
         keys.len(),
         MAX_SEGMENT_KEYS,

@@ -333,7 +333,7 @@ mod tests {
     fn a_nested_segment_change_reaches_the_flags_matching_on_it() {
         let old = base();
         let mut inner = old.segment("inner").unwrap().clone();
-        inner.included.push("u2".into());
+        inner.included.push("u2");
         let new = old.with_segment(inner, 2);
         assert_eq!(
             changed_flags(Some(&old), &new, Touched::Segment("inner")),

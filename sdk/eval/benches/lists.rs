@@ -8,7 +8,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use vexil_eval::CompiledSnapshot;
 use vexil_schema::delta::{ListDelta, SegmentDelta};
 use vexil_schema::stream::{Change, Delta, DeltaItem};
-use vexil_schema::{Context, EnvironmentSnapshot, Segment, SegmentKey};
+use vexil_schema::{Context, EnvironmentSnapshot, KeyList, Segment, SegmentKey};
 
 const KEYS: usize = 1_000_000;
 
@@ -18,7 +18,7 @@ fn snapshot() -> EnvironmentSnapshot {
         name: String::new(),
         description: String::new(),
         included: (0..KEYS).map(|i| format!("account-{i:07}")).collect(),
-        excluded: Vec::new(),
+        excluded: KeyList::new(),
         rules: Vec::new(),
         salt: String::new(),
         version: 1,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use vexil_eval::CompiledSnapshot;
-use vexil_schema::{EnvironmentSnapshot, Segment, SegmentKey};
+use vexil_schema::{EnvironmentSnapshot, KeyList, Segment, SegmentKey};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -22,8 +22,8 @@ fn net(stats: stats_alloc::Stats) -> isize {
 fn main() {
     const KEYS: usize = 1_000_000;
     let region = Region::new(GLOBAL);
-    let included: Vec<String> = (0..KEYS).map(|i| format!("account-{i:07}")).collect();
-    let key_bytes: usize = included.iter().map(String::len).sum();
+    let included: KeyList = (0..KEYS).map(|i| format!("account-{i:07}")).collect();
+    let key_bytes: usize = included.key_bytes();
     let source = net(region.change());
     let snapshot = EnvironmentSnapshot {
         version: 1,
@@ -33,7 +33,7 @@ fn main() {
             name: String::new(),
             description: String::new(),
             included,
-            excluded: Vec::new(),
+            excluded: KeyList::new(),
             rules: Vec::new(),
             salt: String::new(),
             version: 1,
@@ -50,7 +50,7 @@ fn main() {
         "{KEYS} keys ({key_bytes} bytes of keys): compile {took:?}; compiled snapshot holds {held} bytes, {per_key:.1} bytes per key beyond the key's bytes"
     );
     println!(
-        "source Vec<String> for comparison: {source} bytes, {:.1} bytes per key beyond the key's bytes",
+        "source KeyList for comparison: {source} bytes, {:.1} bytes per key beyond the key's bytes",
         (source as f64 - key_bytes as f64) / KEYS as f64
     );
     drop(compiled);

@@ -117,8 +117,8 @@ impl CompiledSegment {
     /// The source definition with its key lists, in list order.
     pub(crate) fn to_segment(&self) -> Segment {
         let mut s = self.source.clone();
-        s.included = self.included.to_vec();
-        s.excluded = self.excluded.to_vec();
+        s.included = self.included.to_list();
+        s.excluded = self.excluded.to_list();
         s
     }
 

@@ -21,6 +21,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use vexil_schema::KeyList;
 use vexil_schema::delta::ListDelta;
 
 use crate::table::HashIndex;
@@ -234,13 +235,22 @@ impl Leaf {
 
 impl KeySet {
     /// Compiles `keys`, in order; a repeated key keeps its first place.
-    pub(crate) fn build(keys: &[String]) -> Self {
+    pub(crate) fn build<'k, S, I>(keys: I) -> Self
+    where
+        S: AsRef<str> + ?Sized + 'k,
+        I: IntoIterator<Item = &'k S>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let keys = keys.into_iter();
         Self::from_entries(
             keys.len(),
-            keys.iter().enumerate().map(|(i, k)| Entry {
-                key: k,
-                hash: HashIndex::hash(k),
-                seq: i as u64,
+            keys.enumerate().map(|(i, k)| {
+                let key = k.as_ref();
+                Entry {
+                    key,
+                    hash: HashIndex::hash(key),
+                    seq: i as u64,
+                }
             }),
         )
     }
@@ -319,7 +329,7 @@ impl KeySet {
     }
 
     /// The keys, in list order.
-    pub(crate) fn to_vec(&self) -> Vec<String> {
+    pub(crate) fn to_list(&self) -> KeyList {
         let mut all: Vec<(u64, &str)> = Vec::with_capacity(self.len);
         for mid in self.top.iter() {
             for leaf in mid.iter() {
@@ -327,7 +337,7 @@ impl KeySet {
             }
         }
         all.sort_unstable_by_key(|e| e.0);
-        all.into_iter().map(|(_, k)| k.to_owned()).collect()
+        all.into_iter().map(|(_, k)| k).collect()
     }
 
     /// Whether both hold the same keys in the same order (shared structure compares in
@@ -338,7 +348,7 @@ impl KeySet {
         if Arc::ptr_eq(&self.top, &other.top) {
             return true;
         }
-        self.len == other.len && self.marks == other.marks && self.to_vec() == other.to_vec()
+        self.len == other.len && self.marks == other.marks && self.to_list() == other.to_list()
     }
 
     /// This set with `delta` applied by the canonical list rules: removed keys leave, added
@@ -350,7 +360,7 @@ impl KeySet {
         }
         if self.is_empty() || delta.add.len() + delta.remove.len() > self.len / 2 {
             // A large edit: rebuilding whole costs about the same and rebalances.
-            let mut list = self.to_vec();
+            let mut list = self.to_list();
             delta.apply(&mut list);
             return Self::build(&list);
         }
@@ -466,7 +476,7 @@ impl KeySet {
         };
         if oversized {
             // Edits grew a leaf far past its size: spread the keys over more leaves.
-            return Self::build(&next.to_vec());
+            return Self::build(&next.to_list());
         }
         next
     }
@@ -556,7 +566,7 @@ mod tests {
             let list = keys(n);
             let set = KeySet::build(&list);
             assert_eq!(set.len(), n);
-            assert_eq!(set.to_vec(), list, "{n}");
+            assert_eq!(set.to_list(), list, "{n}");
             assert!(list.iter().all(|k| set.contains(k)));
             assert!(!set.contains("user-x"));
             assert!(!set.contains(""));
@@ -568,7 +578,7 @@ mod tests {
         let list: Vec<String> = ["b", "a", "b", "c", "a"].map(String::from).to_vec();
         let set = KeySet::build(&list);
         assert_eq!(set.len(), 3);
-        assert_eq!(set.to_vec(), ["b", "a", "c"]);
+        assert_eq!(set.to_list(), ["b", "a", "c"]);
     }
 
     #[test]
@@ -586,7 +596,7 @@ mod tests {
         };
         let next = set.apply(&delta);
         delta.apply(&mut list);
-        assert_eq!(next.to_vec(), list);
+        assert_eq!(next.to_list(), list);
         assert_eq!(next.len(), list.len());
         assert!(next.contains("new-2") && next.contains("user-3") && !next.contains("user-4"));
         assert!(
@@ -629,7 +639,7 @@ mod tests {
             set = set.apply(&delta);
             delta.apply(&mut list);
         }
-        assert_eq!(set.to_vec(), list);
+        assert_eq!(set.to_list(), list);
         assert!(set.bits > 0);
     }
 
@@ -678,12 +688,12 @@ mod tests {
                     proptest::prop_assert_eq!(set.contains(k), list.contains(k), "{}", k);
                 }
             }
-            proptest::prop_assert_eq!(set.to_vec(), list.clone());
+            proptest::prop_assert_eq!(set.to_list(), list.clone());
             proptest::prop_assert!(list.iter().all(|k| set.contains(k)));
             let rebuilt = KeySet::build(&list);
             proptest::prop_assert_eq!(set.marks, rebuilt.marks, "marks kept up to date");
             proptest::prop_assert!(set.same_list(&rebuilt));
-            proptest::prop_assert_eq!(original.to_vec(), keys(2_000));
+            proptest::prop_assert_eq!(original.to_list(), keys(2_000));
         }
     }
 }

@@ -215,8 +215,8 @@ proptest! {
             let item = match e {
                 Edit::Segment { included, excluded } => {
                     let s = &mut model.segments[0];
-                    s.included = naive(&s.included, &included.0, &included.1);
-                    s.excluded = naive(&s.excluded, &excluded.0, &excluded.1);
+                    s.included = naive(&s.included.to_vec(), &included.0, &included.1).into();
+                    s.excluded = naive(&s.excluded.to_vec(), &excluded.0, &excluded.1).into();
                     s.version = version;
                     DeltaItem::Segment(SegmentDelta {
                         key: s.key.clone(),

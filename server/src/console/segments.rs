@@ -197,7 +197,7 @@ async fn render_segment(
         enc(environment),
         enc(segment)
     );
-    let list = |title: &str, keys: &[String]| -> Markup {
+    let list = |title: &str, keys: &vexil_schema::KeyList| -> Markup {
         html! {
             h2 { (title) " (" (keys.len()) ")" }
             @if keys.is_empty() { p.muted { "None." } }

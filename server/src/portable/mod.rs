@@ -696,7 +696,7 @@ mod tests {
         let mut seg2 = seg.clone();
         seg2.version = 3;
         assert!(segment_matches(&seg2, &seg));
-        seg2.included.push("u2".into());
+        seg2.included.push("u2");
         assert!(!segment_matches(&seg2, &seg));
     }
 

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use vexil_schema::KeyList;
 use vexil_schema::delta::ListDelta;
 use vexil_schema::limits::MAX_SEGMENT_KEYS;
 
@@ -73,9 +74,12 @@ pub(super) async fn insert_list(
     c: &mut Conn<'_>,
     segment_id: i64,
     list: i64,
-    keys: &[String],
+    keys: &KeyList,
 ) -> Result<(), StoreError> {
-    insert_after(c, segment_id, list, 0, keys).await
+    if keys.is_empty() {
+        return Ok(());
+    }
+    insert_json(c, segment_id, list, 0, serde_json::json!(keys)).await
 }
 
 /// Inserts `keys` at positions `after + 1`, `after + 2`, ….
@@ -89,6 +93,17 @@ async fn insert_after(
     if keys.is_empty() {
         return Ok(());
     }
+    insert_json(c, segment_id, list, after, serde_json::json!(keys)).await
+}
+
+/// Inserts the keys of the JSON array `keys` at positions `after + 1`, `after + 2`, ….
+async fn insert_json(
+    c: &mut Conn<'_>,
+    segment_id: i64,
+    list: i64,
+    after: i64,
+    keys: serde_json::Value,
+) -> Result<(), StoreError> {
     let sql = match c {
         Conn::Pg(_) => {
             "INSERT INTO segment_keys (segment_id, list, pos, key)
@@ -100,8 +115,7 @@ async fn insert_after(
              SELECT $1, $2, $3 + j.key + 1, j.value FROM json_each($4) AS j"
         }
     };
-    c.execute(sql, args![segment_id, list, after, serde_json::json!(keys)])
-        .await?;
+    c.execute(sql, args![segment_id, list, after, keys]).await?;
     Ok(())
 }
 

@@ -12,10 +12,10 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 use tokio::sync::OwnedMutexGuard;
 use utoipa::ToSchema;
-use vexil_schema::Segment;
 use vexil_schema::delta::{ListDelta, SegmentDelta};
 use vexil_schema::limits::MAX_CONTEXT_KEY_LEN;
 use vexil_schema::validate::validate_segment;
+use vexil_schema::{KeyList, Segment};
 
 use super::changes::{AuditRecord, Entity, Op, audit, record_changes};
 use super::environments::{EnvironmentRow, environment_row};
@@ -98,8 +98,8 @@ pub struct SegmentSummary {
 struct SegmentRow {
     id: i64,
     body: Json<Value>,
-    included: Json<Vec<String>>,
-    excluded: Json<Vec<String>>,
+    included: Json<KeyList>,
+    excluded: Json<KeyList>,
     version: i64,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
@@ -116,12 +116,12 @@ fn assemble(row: SegmentRow) -> Result<(Segment, OffsetDateTime, OffsetDateTime)
 /// The stored body: the segment without its key lists (which have their own rows).
 fn body_of(seg: &Segment) -> Value {
     let mut body = seg.clone();
-    body.included = Vec::new();
-    body.excluded = Vec::new();
+    body.included = KeyList::new();
+    body.excluded = KeyList::new();
     encode(&body)
 }
 
-fn list_len(v: &[String]) -> i64 {
+fn list_len(v: &KeyList) -> i64 {
     i64::try_from(v.len()).unwrap_or(i64::MAX)
 }
 
@@ -341,8 +341,8 @@ impl Store {
         let wanted: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
         let remove: Vec<String> = old
             .iter()
-            .filter(|k| !wanted.contains(k.as_str()))
-            .cloned()
+            .filter(|k| !wanted.contains(k))
+            .map(str::to_owned)
             .collect();
         let edit = ListDelta { add: keys, remove };
         // The segment read above may change before the write: `If-Match` (defaulting to the

@@ -78,10 +78,10 @@ async fn lists_move_to_rows(backend: Backend) {
 
     let s = store.get_segment("p", "e", "s").await.unwrap().segment;
     assert_eq!(
-        (s.included.as_slice(), s.excluded.as_slice()),
+        (s.included.to_vec(), s.excluded.to_vec()),
         (
-            &["c".to_owned(), "a".to_owned(), "b".to_owned()][..],
-            &["x".to_owned()][..]
+            vec!["c".to_owned(), "a".to_owned(), "b".to_owned()],
+            vec!["x".to_owned()]
         )
     );
     assert_eq!(s.version, 4);

@@ -203,8 +203,8 @@ async fn a_segment_delta_is_applied_and_persisted() {
     assert_eq!(Some(persisted.version), version);
     let list = &persisted.segments[0].included;
     assert_eq!(list.len(), 10_000);
-    assert_eq!(list.first().map(String::as_str), Some("acct-1"));
-    assert_eq!(list.last().map(String::as_str), Some("newcomer"));
+    assert_eq!(list.first(), Some("acct-1"));
+    assert_eq!(list.last(), Some("newcomer"));
     app.stop().await;
 }
 
