@@ -182,6 +182,18 @@ async fn metric_families_are_exported(backend: Backend, project: &str) {
         200,
     )
     .await;
+    expect(
+        app.post(
+            "/api/v1/evaluate/batch",
+            &json!({"project": project, "environment": "prod", "flags": [flag],
+                    "context": {"key": "e"}}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        200,
+    )
+    .await;
     assert_eq!(
         app.get("/api/v1/projects/nope")
             .send()
@@ -252,8 +264,9 @@ async fn metric_families_are_exported(backend: Backend, project: &str) {
             ],
         )
     };
-    // Three OFREP fallthroughs and one through /api/v1/evaluate; one OFREP target match.
-    assert_eq!(evals("0", "FALLTHROUGH"), Some(4.0));
+    // Three OFREP fallthroughs, one through /api/v1/evaluate and one through its batch; one
+    // OFREP target match.
+    assert_eq!(evals("0", "FALLTHROUGH"), Some(5.0));
     assert_eq!(evals("1", "TARGET_MATCH"), Some(1.0));
     assert_eq!(
         value(

@@ -368,3 +368,128 @@ async fn every_metric_the_dashboard_and_rules_use_is_exported() {
     relay.stop().await;
     app.stop().await;
 }
+
+/// The samples of `name` whose labels include every one of `labels`, summed, from a text
+/// exposition.
+fn sum_of(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum()
+}
+
+/// A relay binary in its own process (so that its registry holds its own series only):
+/// HTTP requests by route template and status, OFREP evaluations by flag and reason, events
+/// received and forwarded, each counted exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_process_counts_its_requests_evaluations_and_events() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (sdk, relay_key) = setup(&app).await;
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut relay = crate::harness::RelayProcess::start(
+        &app.base_url,
+        listen,
+        &["--relay-key", &relay_key, "--fleet-report-interval", "0s"],
+    )
+    .await;
+    relay.wait_ready().await;
+    for _ in 0..3 {
+        ofrep(&relay.url(), &sdk).await;
+    }
+    let unknown = reqwest::Client::new()
+        .post(format!("{}/ofrep/v1/evaluate/flags/nope", relay.url()))
+        .bearer_auth(&sdk)
+        .json(&json!({"context": {"targetingKey": "u1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let events = reqwest::Client::new()
+        .post(format!("{}/events/v1/bulk", relay.url()))
+        .bearer_auth(&sdk)
+        .header("x-vexil-event-schema", "1")
+        .json(&json!({"schema_version": 1,
+            "sdk": {"name": "test", "version": "0", "instance_id": "i-1"},
+            "events": [{"kind": "custom", "time": now_ms(), "event_key": "buy", "context_key": "u1"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+
+    let res = scrape(&format!("{}/metrics", relay.url()), None).await;
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    families(&text);
+    let env = ("environment", "shop/prod");
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_flag_evaluations_total",
+            &[env, ("flag", "checkout")]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_flag_evaluations_total",
+            &[env, ("flag", "checkout"), ("reason", "OFF")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_flag_evaluations_total",
+            &[env, ("flag", "__unknown__")]
+        ),
+        1.0
+    );
+    let route = ("route", "/ofrep/v1/evaluate/flags/{key}");
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_http_requests_total",
+            &[route, ("status", "200")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_http_requests_total",
+            &[route, ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_http_request_duration_seconds_bucket",
+            &[route, ("status", "200"), ("le", "+Inf")]
+        ),
+        3.0
+    );
+    assert!(
+        !text.contains("flags/nope"),
+        "raw paths never become labels"
+    );
+    // The custom event, plus the OFREP exposures, handed to the forwarder and acknowledged.
+    let received = sum_of(&text, "vexil_relay_events_received_total", &[]);
+    let forwarded = sum_of(&text, "vexil_relay_events_forwarded_total", &[]);
+    assert!(
+        received >= 1.0 && forwarded >= 1.0,
+        "{received} {forwarded}"
+    );
+    relay.kill().await;
+    app.stop().await;
+}
