@@ -125,8 +125,8 @@ pub(crate) async fn run(
             }
             Err(error) => {
                 counter!(REPORTS, "outcome" => "error").increment(1);
-                // Once per failing spell: a parent relay (which does not take reports) or an
-                // upstream down would otherwise log every few seconds.
+                // Once per failing spell: an upstream down (or an older one without the
+                // route) would otherwise log every few seconds.
                 if !failing {
                     tracing::warn!(%error, "cannot send the fleet report upstream");
                 }

@@ -151,6 +151,14 @@ async fn relays_chained_below_a_relay_appear_in_the_fleet_and_converge() {
     drop(streams);
     c.stop().await;
     b.stop().await;
-    a.stop().await;
+    // With the control plane gone, the parent says the report did not go through.
     app.stop().await;
+    let report = json!({"relay_id": "edge-b", "version": "0", "upstream_connected": true, "environments": []});
+    let lost = post(report, Some(&relay_key)).await.unwrap();
+    assert_eq!(lost.status(), 502);
+    assert_eq!(
+        lost.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    a.stop().await;
 }
