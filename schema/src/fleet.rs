@@ -244,4 +244,19 @@ mod tests {
             merged
         );
     }
+
+    #[test]
+    fn a_report_without_a_parent_reads_and_writes_as_before() {
+        let old =
+            r#"{"relay_id":"edge","version":"1","upstream_connected":true,"environments":[]}"#;
+        let r: FleetReport = serde_json::from_str(old).unwrap();
+        assert_eq!(r.parent, None);
+        assert_eq!(serde_json::to_string(&r).unwrap(), old);
+        let chained = FleetReport {
+            parent: Some("edge-a".into()),
+            ..r
+        };
+        let json = serde_json::to_value(&chained).unwrap();
+        assert_eq!(json["parent"], "edge-a");
+    }
 }
