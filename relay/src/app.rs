@@ -9,6 +9,8 @@
 //!   evaluation on the relay's compiled snapshots;
 //! - `GET /relay/v1/stream`: relays chained below this one (this relay's own key or one of
 //!   `VEXIL_DOWNSTREAM_RELAY_KEYS`; scope: everything this relay serves);
+//! - `POST /relay/v1/fleet` (relay key, from relays chained below): their fleet reports,
+//!   forwarded upstream ([`crate::fleet`]);
 //! - `POST /events/v1/bulk` (SDK key), `POST /relay/v1/events/{project}/{environment}`
 //!   (relay key, from relays chained below): analytics events, forwarded upstream
 //!   ([`crate::events`]);
@@ -249,7 +251,7 @@ impl Relay {
                 self.hub.clone(),
                 self.state.clone(),
             ))
-            .merge(relay_router(self.hub.clone(), downstream))
+            .merge(relay_router(self.hub.clone(), downstream.clone()))
             .merge(events)
             .layer(middleware::from_fn_with_state(
                 Gate {
@@ -265,7 +267,10 @@ impl Relay {
                 hub: self.hub.clone(),
                 state: self.state.clone(),
             });
-        let mut app = gated.merge(probes);
+        // Chained relays' fleet reports are forwarded even while this relay loads: they
+        // say nothing of its own state.
+        let fleet = crate::fleet::router(self.client.clone(), Arc::clone(&self.config), downstream);
+        let mut app = gated.merge(probes).merge(fleet);
         if let Some(handle) = self.metrics.clone()
             && self.metrics_listener.is_none()
         {

@@ -395,7 +395,8 @@ pub(crate) fn router<S: SdkAuth, R: RelayAuth>(routes: EventRoutes<S, R>) -> Rou
         .with_state(routes)
 }
 
-fn problem(status: StatusCode, detail: &str) -> Response {
+/// An RFC 9457 problem response (`Retry-After: 1` on 503).
+pub(crate) fn problem(status: StatusCode, detail: &str) -> Response {
     let body = json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),
@@ -418,7 +419,8 @@ fn problem(status: StatusCode, detail: &str) -> Response {
     r
 }
 
-fn authorization_key(headers: &HeaderMap) -> Option<&str> {
+/// The key of a `Bearer` (or bare) `Authorization` header.
+pub(crate) fn authorization_key(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
     let key = match value.split_once(' ') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
@@ -428,7 +430,8 @@ fn authorization_key(headers: &HeaderMap) -> Option<&str> {
     (!key.is_empty()).then_some(key)
 }
 
-fn auth_refusal(e: AuthError) -> Response {
+/// The response refusing a key.
+pub(crate) fn auth_refusal(e: AuthError) -> Response {
     match e {
         AuthError::Forbidden(why) => problem(StatusCode::FORBIDDEN, &why),
         AuthError::Unavailable => problem(

@@ -9,6 +9,11 @@
 //! delivery latencies measured from the moment the reporting process published the change,
 //! with that moment as a wall-clock time so the server can shift every report onto the
 //! change's earliest publication before merging.
+//!
+//! A relay chained below another relay posts to its parent relay, which forwards the report
+//! to its own upstream with its own relay key, naming itself as the report's
+//! [`FleetReport::parent`]; a chain of relays forwards hop by hop, so the control plane sees
+//! every relay of the chain under its own id.
 
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +130,10 @@ pub struct FleetReport {
     pub version: String,
     /// Whether its upstream stream is connected.
     pub upstream_connected: bool,
+    /// The relay this one is chained below, which forwarded the report to the control plane
+    /// (set by that relay; absent when the relay reports to the control plane directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// One entry per environment it serves.
     pub environments: Vec<EnvironmentReport>,
 }
@@ -234,5 +243,20 @@ mod tests {
             serde_json::from_str::<LatencyHistogram>(&json).unwrap(),
             merged
         );
+    }
+
+    #[test]
+    fn a_report_without_a_parent_reads_and_writes_as_before() {
+        let old =
+            r#"{"relay_id":"edge","version":"1","upstream_connected":true,"environments":[]}"#;
+        let r: FleetReport = serde_json::from_str(old).unwrap();
+        assert_eq!(r.parent, None);
+        assert_eq!(serde_json::to_string(&r).unwrap(), old);
+        let chained = FleetReport {
+            parent: Some("edge-a".into()),
+            ..r
+        };
+        let json = serde_json::to_value(&chained).unwrap();
+        assert_eq!(json["parent"], "edge-a");
     }
 }

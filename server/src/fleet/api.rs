@@ -272,6 +272,12 @@ async fn store_report(
         id: report.relay_id.trim().to_owned(),
         version: report.version.chars().take(64).collect(),
         upstream_connected: report.upstream_connected,
+        parent: report
+            .parent
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| p.chars().take(200).collect()),
     };
     store::save(
         app.store.db(),

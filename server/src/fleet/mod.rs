@@ -42,8 +42,42 @@ pub const ON_LATEST: &str = "vexil_fleet_streams_on_latest_ratio";
 /// Gauge, by `environment`: relays reporting.
 pub const RELAYS: &str = "vexil_fleet_relays";
 /// Gauge, by `environment` and `quantile` (`0.5`, `0.9`, `0.99`, `1`): seconds until that
-/// share of the streams had the latest tracked change (absent until reached).
+/// share of the streams had the latest tracked change (`NaN` until reached).
 pub const CONVERGENCE: &str = "vexil_fleet_convergence_seconds";
+/// Gauge, by `environment` and `lag` (`0`, `1`, `2`, `3-9`, `10+`): SDK streams that many
+/// versions behind the latest (the fleet's streams per version, relative to the latest, so
+/// that the series stay few whatever the version numbers).
+pub const STREAMS_BY_LAG: &str = "vexil_fleet_sdk_streams_by_lag";
+/// Gauge, by `environment`: when the latest tracked change was first published (Unix
+/// seconds), so that alerts can tell how long a change has been converging.
+pub const LATEST_CHANGE_TIME: &str = "vexil_fleet_latest_change_timestamp_seconds";
+/// Gauge, by `environment`: share (0–1) of the streams to reach that have the latest tracked
+/// change.
+pub const LATEST_CHANGE_DELIVERED: &str = "vexil_fleet_latest_change_delivered_ratio";
+
+/// The `lag` labels of [`STREAMS_BY_LAG`], with the lags each covers (inclusive).
+const LAGS: [(&str, u64, u64); 5] = [
+    ("0", 0, 0),
+    ("1", 1, 1),
+    ("2", 2, 2),
+    ("3-9", 3, 9),
+    ("10+", 10, u64::MAX),
+];
+
+/// Streams per [`LAGS`] bucket: how many versions behind `view`'s latest each stream is.
+fn streams_by_lag(view: &view::FleetView) -> [u64; LAGS.len()] {
+    let mut out = [0; LAGS.len()];
+    for v in &view.by_version {
+        let lag = view.environment_version.saturating_sub(v.version);
+        if let Some(i) = LAGS
+            .iter()
+            .position(|(_, lo, hi)| (*lo..=*hi).contains(&lag))
+        {
+            out[i] += v.streams;
+        }
+    }
+    out
+}
 
 fn now_ms() -> u64 {
     crate::events::now_ms()
@@ -83,6 +117,7 @@ async fn report_loop(db: Db, hub: Hub, id: String, mut stop: watch::Receiver<boo
         id,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         upstream_connected: true,
+        parent: None,
     };
     let mut changes = hub.fleet_changes();
     let mut ticker = tokio::time::interval(REPORT_INTERVAL);
@@ -154,16 +189,48 @@ fn set_gauges(environment: &str, v: &view::FleetView) {
     gauge!(ON_LATEST, "environment" => env.clone())
         .set(v.on_latest_percent.map_or(1.0, |p| p / 100.0));
     gauge!(RELAYS, "environment" => env.clone()).set(v.relays.len() as f64);
+    for ((lag, _, _), n) in LAGS.iter().zip(streams_by_lag(v)) {
+        gauge!(STREAMS_BY_LAG, "environment" => env.clone(), "lag" => *lag).set(n as f64);
+    }
     if let Some(c) = v.changes.first() {
+        gauge!(LATEST_CHANGE_TIME, "environment" => env.clone())
+            .set(c.published_at_ms as f64 / 1000.0);
+        gauge!(LATEST_CHANGE_DELIVERED, "environment" => env.clone())
+            .set(c.delivered_percent / 100.0);
         for (q, at) in [
             ("0.5", c.p50_ms),
             ("0.9", c.p90_ms),
             ("0.99", c.p99_ms),
             ("1", c.p100_ms),
         ] {
-            if let Some(ms) = at {
-                gauge!(CONVERGENCE, "environment" => env.clone(), "quantile" => q).set(ms / 1000.0);
-            }
+            // NaN until reached: a quantile of the previous change must not linger.
+            gauge!(CONVERGENCE, "environment" => env.clone(), "quantile" => q)
+                .set(at.map_or(f64::NAN, |ms| ms / 1000.0));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_bucketed_by_how_far_behind_the_latest_they_are() {
+        let by_version = [(100, 5), (99, 2), (98, 1), (95, 3), (91, 4), (80, 6)]
+            .into_iter()
+            .map(|(version, streams)| view::VersionStreams { version, streams })
+            .collect();
+        let v = view::FleetView {
+            environment_version: 100,
+            sdk_streams: 21,
+            direct_sdk_streams: 0,
+            streams_on_latest: 5,
+            on_latest_percent: None,
+            by_version,
+            relays: vec![],
+            servers: vec![],
+            changes: vec![],
+        };
+        assert_eq!(streams_by_lag(&v), [5, 2, 1, 7, 6]);
     }
 }

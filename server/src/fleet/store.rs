@@ -46,6 +46,10 @@ pub(crate) struct Meta {
     pub id: String,
     pub version: String,
     pub upstream_connected: bool,
+    /// The relay a chained relay reports through (rows written before chains forwarded
+    /// their reports have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// Stores `reports` (one per environment id) from `source` of `kind`, valid until
@@ -125,6 +129,7 @@ pub(crate) async fn load(
                     SourceKind::Server
                 },
                 id: meta.id,
+                parent: meta.parent,
                 version: meta.version,
                 upstream_connected: meta.upstream_connected,
                 received_at_ms: u64_of(received),

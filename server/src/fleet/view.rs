@@ -27,6 +27,8 @@ pub struct Source {
     pub kind: SourceKind,
     /// Its name.
     pub id: String,
+    /// The relay it is chained below (relays whose report a parent relay forwarded).
+    pub parent: Option<String>,
     /// Its software version.
     pub version: String,
     /// Whether its upstream is connected (relays; servers always are).
@@ -75,6 +77,9 @@ pub struct VersionStreams {
 pub struct RelayView {
     /// Its name (`VEXIL_RELAY_ID`).
     pub id: String,
+    /// The relay it is chained below, which forwards its reports; absent for a relay
+    /// connected to the control plane.
+    pub parent: Option<String>,
     /// Its software version.
     pub version: String,
     /// `connected` or `disconnected`: its upstream stream.
@@ -151,6 +156,7 @@ pub fn combine(db_version: u64, sources: &[Source]) -> FleetView {
         .filter(|s| s.kind == SourceKind::Relay)
         .map(|s| RelayView {
             id: s.id.clone(),
+            parent: s.parent.clone(),
             version: s.version.clone(),
             upstream: if s.upstream_connected {
                 "connected"
@@ -255,6 +261,7 @@ mod tests {
         Source {
             kind,
             id: id.into(),
+            parent: None,
             version: "0.1.0".into(),
             upstream_connected: true,
             received_at_ms: 1,
@@ -333,5 +340,36 @@ mod tests {
         assert_eq!((c.streams, c.delivered), (4, 1));
         assert!(c.p50_ms.is_none() && c.p100_ms.is_none());
         assert_eq!(view.relays[0].environment_version, 5);
+    }
+
+    #[test]
+    fn a_chained_relay_counts_with_its_parent_named() {
+        let parent = source(
+            SourceKind::Relay,
+            "edge-a",
+            report(7, &[(7, 1)], vec![delivery(7, 1000, 1, &[1])]),
+        );
+        let mut child = source(
+            SourceKind::Relay,
+            "edge-b",
+            report(7, &[(7, 4)], vec![delivery(7, 1010, 4, &[2; 4])]),
+        );
+        child.parent = Some("edge-a".into());
+        let view = combine(7, &[parent, child]);
+        assert_eq!(view.sdk_streams, 5);
+        assert_eq!(view.on_latest_percent, Some(100.0));
+        let ids: Vec<_> = view
+            .relays
+            .iter()
+            .map(|r| (r.id.as_str(), r.parent.as_deref(), r.subscribers))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![("edge-a", None, 1), ("edge-b", Some("edge-a"), 4)]
+        );
+        let c = &view.changes[0];
+        assert_eq!((c.streams, c.delivered), (5, 5));
+        // The child published 10 ms after its parent: its streams reach 100 % after that.
+        assert!(c.p100_ms.unwrap() >= 12.0, "{c:?}");
     }
 }

@@ -1,5 +1,6 @@
 //! Metrics of the control plane on both engines: HTTP requests by route template and status,
-//! evaluations by flag/variation/reason, database latency and pool use, the feed; `/metrics`
+//! evaluations by flag/variation/reason, database latency and pool use, the feed, events
+//! received/accepted/stored/rejected; `/metrics`
 //! behind a token and on a listener of its own. Scraped over real sockets and parsed.
 
 use std::collections::BTreeMap;
@@ -92,6 +93,20 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<
         .map(|s| s.value)
 }
 
+/// The sum of the samples of `name` whose labels include `labels` (0 when none).
+pub fn total(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
 async fn scrape(url: &str, token: Option<&str>) -> reqwest::Response {
     let mut req = reqwest::Client::new().get(url);
     if let Some(t) = token {
@@ -167,6 +182,18 @@ async fn metric_families_are_exported(backend: Backend, project: &str) {
         200,
     )
     .await;
+    expect(
+        app.post(
+            "/api/v1/evaluate/batch",
+            &json!({"project": project, "environment": "prod", "flags": [flag],
+                    "context": {"key": "e"}}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        200,
+    )
+    .await;
     assert_eq!(
         app.get("/api/v1/projects/nope")
             .send()
@@ -176,7 +203,54 @@ async fn metric_families_are_exported(backend: Backend, project: &str) {
         404
     );
 
+    // Events: two valid ones and one of an unknown kind. The families carry no engine label
+    // and other tests of this binary post events too: each counter must grow by at least
+    // this batch.
+    let before = metrics_of(&app.url("/metrics")).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let events = json!({"schema_version": 1,
+    "sdk": {"name": "test", "version": "0", "instance_id": "i-1"},
+    "events": [
+        {"kind": "custom", "time": now, "event_key": "buy", "context_key": "u1"},
+        {"kind": "custom", "time": now, "event_key": "buy", "context_key": "u2"},
+        {"kind": "teleport", "time": now},
+    ]});
+    let answer = expect(
+        reqwest::Client::new()
+            .post(app.url("/events/v1/bulk"))
+            .bearer_auth(&key)
+            .header("x-vexil-event-schema", "1")
+            .json(&events)
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(answer["accepted"], 2, "{answer}");
+
     let samples = metrics_of(&app.url("/metrics")).await;
+    for (family, labels, at_least) in [
+        ("vexil_events_received_total", &[][..], 3.0),
+        ("vexil_events_accepted_total", &[], 2.0),
+        ("vexil_events_stored_total", &[], 2.0),
+        (
+            "vexil_events_rejected_total",
+            &[("reason", "malformed")],
+            1.0,
+        ),
+    ] {
+        let grew = total(&samples, family, labels) - total(&before, family, labels);
+        assert!(grew >= at_least, "{family} grew by {grew} on {backend:?}");
+    }
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.name == "vexil_events_batch_seconds_count" && s.value > 0.0)
+    );
     let env = format!("{project}/prod");
     let evals = |variation: &str, reason: &str| {
         value(
@@ -190,8 +264,9 @@ async fn metric_families_are_exported(backend: Backend, project: &str) {
             ],
         )
     };
-    // Three OFREP fallthroughs and one through /api/v1/evaluate; one OFREP target match.
-    assert_eq!(evals("0", "FALLTHROUGH"), Some(4.0));
+    // Three OFREP fallthroughs, one through /api/v1/evaluate and one through its batch; one
+    // OFREP target match.
+    assert_eq!(evals("0", "FALLTHROUGH"), Some(5.0));
     assert_eq!(evals("1", "TARGET_MATCH"), Some(1.0));
     assert_eq!(
         value(

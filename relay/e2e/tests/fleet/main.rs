@@ -3,10 +3,13 @@
 //! instance showing the whole fleet and the change's convergence curve reaching 100 %; the
 //! `vexil_fleet_*` and delivery metric families scraped and parsed; flag usage from SDK
 //! evaluation summaries and the stale-flag report under a manual clock, on both engines.
+//! `chain`: relays chained below a relay, whose reports their parent forwards.
 
 #[allow(dead_code)]
 #[path = "../../../tests/relay/harness.rs"]
 mod harness;
+
+mod chain;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -264,7 +267,10 @@ async fn a_change_converges_across_a_relay_and_two_server_instances() {
                 "vexil_fleet_convergence_seconds{{{env},quantile=\"1\"}}"
             ))
             .copied();
-        if on_latest == Some(1.0) && streams_now == Some(total as f64) && converged.is_some() {
+        if on_latest == Some(1.0)
+            && streams_now == Some(total as f64)
+            && converged.is_some_and(f64::is_finite)
+        {
             assert_eq!(
                 samples
                     .get(&format!("vexil_fleet_relays{{{env}}}"))

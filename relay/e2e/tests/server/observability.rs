@@ -1,4 +1,5 @@
-//! `deploy/observability/`: the alert rules pass `promtool check rules`, every alert has its
+//! `deploy/observability/`: the alert rules pass `promtool check rules` and their unit tests
+//! (`promtool test rules alerts.test.yml`), every alert has its
 //! runbook, the Grafana dashboard is well formed, and every metric the rules and the dashboard
 //! name is exported by a live control plane (PostgreSQL) or relay, scraped here. Also the
 //! relay's `/metrics` options: its own listener and a bearer token.
@@ -93,6 +94,18 @@ fn alert_rules_pass_promtool_and_each_has_a_runbook() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The rules' unit tests: the fleet alerts fire on the series that should raise them.
+    let out = std::process::Command::new(promtool)
+        .args(["test", "rules"])
+        .arg(repo_root().join("deploy/observability/alerts.test.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool test rules failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&rules).unwrap();
     let alerts: Vec<&str> = text
         .lines()
@@ -123,6 +136,13 @@ fn alert_rules_pass_promtool_and_each_has_a_runbook() {
         let path = repo_root().join(format!("docs/runbooks/{page}.md"));
         assert!(path.exists(), "{}", path.display());
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// The metric names the rules and the dashboard use, and a check of the dashboard's shape.
@@ -230,12 +250,20 @@ async fn every_metric_the_dashboard_and_rules_use_is_exported() {
     let app = spawn_app(Backend::Postgres).await;
     let (sdk, relay_key) = setup(&app).await;
     let mut config = relay_config(&app.base_url);
-    config.relay_key = relay_key;
+    config.relay_key = relay_key.clone();
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     config.metrics_token = Some("scrape-me".into());
+    config.fleet_report_min_gap = std::time::Duration::from_millis(100);
     let mut relay = InProcessRelay::start(config).await;
     relay.wait_ready().await;
     let metrics_addr = relay.metrics_addr.expect("a metrics listener");
+    // A relay chained below it, whose fleet reports it forwards.
+    let mut chained = relay_config(&relay.url());
+    chained.relay_key = relay_key;
+    chained.metrics = false;
+    chained.fleet_report_min_gap = std::time::Duration::from_millis(100);
+    let mut chained = InProcessRelay::start(chained).await;
+    chained.wait_ready().await;
 
     // Traffic that creates the series: an SDK stream, a change, evaluations on both, a
     // refused authentication, events through the relay.
@@ -246,6 +274,13 @@ async fn every_metric_the_dashboard_and_rules_use_is_exported() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
+    let chained_stream = reqwest::Client::new()
+        .get(format!("{}/sdk/v1/stream", chained.url()))
+        .header("authorization", &sdk)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chained_stream.status(), 200);
     expect(
         app.patch(
             "/api/v1/projects/shop/flags/checkout/environments/prod",
@@ -259,6 +294,17 @@ async fn every_metric_the_dashboard_and_rules_use_is_exported() {
     .await;
     ofrep(&app.base_url, &sdk).await;
     ofrep(&relay.url(), &sdk).await;
+    let events = reqwest::Client::new()
+        .post(format!("{}/events/v1/bulk", relay.url()))
+        .bearer_auth(&sdk)
+        .header("x-vexil-event-schema", "1")
+        .json(&json!({"schema_version": 1,
+            "sdk": {"name": "test", "version": "0", "instance_id": "i-1"},
+            "events": [{"kind": "custom", "time": now_ms(), "event_key": "buy", "context_key": "u1"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
     let refused = reqwest::Client::new()
         .get(app.url("/api/v1/projects"))
         .bearer_auth("vxa_wrong")
@@ -294,22 +340,156 @@ async fn every_metric_the_dashboard_and_rules_use_is_exported() {
     let relay_metrics = format!("http://{metrics_addr}/metrics");
     assert_eq!(scrape(&relay_metrics, None).await.status(), 401);
     assert_eq!(scrape(&relay_metrics, Some("nope")).await.status(), 401);
-    let res = scrape(&relay_metrics, Some("scrape-me")).await;
-    assert_eq!(res.status(), 200);
-    let mut exported = families(&res.text().await.unwrap());
-    let res = scrape(&app.url("/metrics"), None).await;
-    assert_eq!(res.status(), 200);
-    exported.extend(families(&res.text().await.unwrap()));
-
-    let missing: Vec<&String> = wanted
-        .iter()
-        .filter(|m| !exported.contains(*m) && !exported.contains(&format!("{m}_bucket")))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "named by the dashboard or the rules but not exported: {missing:?}"
-    );
-    drop(stream);
+    // Fleet series appear once reports (the chained relay's forwarded) reach the server and
+    // the change is tracked: scrape until every family is there.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let res = scrape(&relay_metrics, Some("scrape-me")).await;
+        assert_eq!(res.status(), 200);
+        let mut exported = families(&res.text().await.unwrap());
+        let res = scrape(&app.url("/metrics"), None).await;
+        assert_eq!(res.status(), 200);
+        exported.extend(families(&res.text().await.unwrap()));
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|m| !exported.contains(*m) && !exported.contains(&format!("{m}_bucket")))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "named by the dashboard or the rules but not exported: {missing:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop((stream, chained_stream));
+    chained.stop().await;
     relay.stop().await;
+    app.stop().await;
+}
+
+/// The samples of `name` whose labels include every one of `labels`, summed, from a text
+/// exposition.
+fn sum_of(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum()
+}
+
+/// A relay binary in its own process (so that its registry holds its own series only):
+/// HTTP requests by route template and status, OFREP evaluations by flag and reason, events
+/// received and forwarded, each counted exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_process_counts_its_requests_evaluations_and_events() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (sdk, relay_key) = setup(&app).await;
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut relay = crate::harness::RelayProcess::start(
+        &app.base_url,
+        listen,
+        &["--relay-key", &relay_key, "--fleet-report-interval", "0s"],
+    )
+    .await;
+    relay.wait_ready().await;
+    for _ in 0..3 {
+        ofrep(&relay.url(), &sdk).await;
+    }
+    let unknown = reqwest::Client::new()
+        .post(format!("{}/ofrep/v1/evaluate/flags/nope", relay.url()))
+        .bearer_auth(&sdk)
+        .json(&json!({"context": {"targetingKey": "u1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let events = reqwest::Client::new()
+        .post(format!("{}/events/v1/bulk", relay.url()))
+        .bearer_auth(&sdk)
+        .header("x-vexil-event-schema", "1")
+        .json(&json!({"schema_version": 1,
+            "sdk": {"name": "test", "version": "0", "instance_id": "i-1"},
+            "events": [{"kind": "custom", "time": now_ms(), "event_key": "buy", "context_key": "u1"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+
+    let res = scrape(&format!("{}/metrics", relay.url()), None).await;
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    families(&text);
+    let env = ("environment", "shop/prod");
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_flag_evaluations_total",
+            &[env, ("flag", "checkout")]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_flag_evaluations_total",
+            &[env, ("flag", "checkout"), ("reason", "OFF")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_flag_evaluations_total",
+            &[env, ("flag", "__unknown__")]
+        ),
+        1.0
+    );
+    let route = ("route", "/ofrep/v1/evaluate/flags/{key}");
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_http_requests_total",
+            &[route, ("status", "200")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_http_requests_total",
+            &[route, ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum_of(
+            &text,
+            "vexil_http_request_duration_seconds_bucket",
+            &[route, ("status", "200"), ("le", "+Inf")]
+        ),
+        3.0
+    );
+    assert!(
+        !text.contains("flags/nope"),
+        "raw paths never become labels"
+    );
+    // The custom event, plus the OFREP exposures, handed to the forwarder and acknowledged.
+    let received = sum_of(&text, "vexil_relay_events_received_total", &[]);
+    let forwarded = sum_of(&text, "vexil_relay_events_forwarded_total", &[]);
+    assert!(
+        received >= 1.0 && forwarded >= 1.0,
+        "{received} {forwarded}"
+    );
+    relay.kill().await;
     app.stop().await;
 }
