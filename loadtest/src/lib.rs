@@ -30,6 +30,7 @@ pub mod cli;
 pub mod edge;
 pub mod fleet;
 pub mod floor;
+pub mod otlp;
 pub mod preflight;
 pub mod procstat;
 pub mod report;

@@ -18,6 +18,8 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::api::Api;
+use crate::otlp::OtlpSink;
+use crate::report::Row;
 
 /// How to get a running system.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -46,6 +48,12 @@ pub struct StackOptions {
     /// measures evaluations, and counts any 429 as a failure of the run.
     #[arg(long, default_value_t = 0)]
     pub ofrep_rate_limit: u32,
+    /// Turn traces on in the started server and relays (OTLP over HTTP to a receiver the load
+    /// test runs, which counts and discards them); without it they run with
+    /// `OTEL_SDK_DISABLED=true`, whatever the environment says. Compare a run with and
+    /// without to see what tracing costs.
+    #[arg(long)]
+    pub otlp_sink: bool,
 }
 
 /// A child process with its log file.
@@ -81,6 +89,7 @@ pub struct Stack {
     relay_key: Option<String>,
     relay_bin: Option<PathBuf>,
     ofrep_rate_limit: u32,
+    otlp: Option<OtlpSink>,
     server: Option<Managed>,
     /// The relay processes (several share one port with `SO_REUSEPORT`).
     relays: Vec<Managed>,
@@ -105,6 +114,13 @@ impl Stack {
             .prefix("vexil-loadtest-")
             .tempdir()
             .context("no temporary directory")?;
+        let otlp = match (options.otlp_sink, &options.server_url) {
+            (false, _) => None,
+            (true, None) => Some(OtlpSink::start().await?),
+            (true, Some(_)) => {
+                bail!("--otlp-sink configures the processes the load test starts, not --server-url")
+            }
+        };
         let (api, server, server_addr) = match &options.server_url {
             Some(url) => {
                 let token = options
@@ -143,7 +159,8 @@ impl Stack {
                             "VEXIL_OFREP_RATE_LIMIT",
                             options.ofrep_rate_limit.to_string(),
                         )
-                        .env("RUST_LOG", "warn"),
+                        .env("RUST_LOG", "warn")
+                        .tracing(otlp.as_ref(), "vexil-server"),
                     &log,
                 )?;
                 let managed = Managed { child, log };
@@ -184,6 +201,7 @@ impl Stack {
             relay_key: None,
             relay_bin: None,
             ofrep_rate_limit: options.ofrep_rate_limit,
+            otlp,
             server,
             relays: Vec::new(),
             relay_starts: 0,
@@ -248,7 +266,8 @@ impl Stack {
                     .env(
                         "RUST_LOG",
                         "warn,vexil_relay::cli=info,vexil_relay::upstream::apply=info",
-                    ),
+                    )
+                    .tracing(self.otlp.as_ref(), "vexil-relay"),
                 &log,
             )?;
             self.relays.push(Managed { child, log });
@@ -309,6 +328,21 @@ impl Stack {
         kinds
     }
 
+    /// What the started processes exported (`--otlp-sink`): rows for the report, none
+    /// when traces were off.
+    pub fn trace_rows(&self) -> Vec<Row> {
+        match &self.otlp {
+            None => vec![Row::info("traces", "off (OTEL_SDK_DISABLED=true)")],
+            Some(sink) => {
+                let (requests, bytes) = sink.totals();
+                vec![Row::info(
+                    "traces (OTLP/HTTP to the load test's receiver)",
+                    format!("on: {requests} export requests, {bytes} bytes"),
+                )]
+            }
+        }
+    }
+
     /// The control plane's process id, when this stack started it.
     pub fn server_pid(&self) -> Option<u32> {
         self.server.as_ref().and_then(Managed::pid)
@@ -366,6 +400,24 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()
+}
+
+/// Tracing settings of a started process: on with [`OtlpSink`], explicitly off without.
+trait TracingEnv {
+    fn tracing(&mut self, otlp: Option<&OtlpSink>, service: &str) -> &mut Self;
+}
+
+impl TracingEnv for Command {
+    fn tracing(&mut self, otlp: Option<&OtlpSink>, service: &str) -> &mut Self {
+        match otlp {
+            Some(sink) => self
+                .env_remove("OTEL_SDK_DISABLED")
+                .env("OTEL_TRACES_EXPORTER", "otlp")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint())
+                .env("OTEL_SERVICE_NAME", service),
+            None => self.env("OTEL_SDK_DISABLED", "true"),
+        }
+    }
 }
 
 pub(crate) fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {

@@ -211,6 +211,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
     if let Some(e) = edge {
         e.stop().await;
     }
+    let trace_rows = stack.trace_rows();
     stack.shutdown().await;
 
     let mut rows = Vec::new();
@@ -294,6 +295,7 @@ pub async fn run(args: &OfrepArgs) -> anyhow::Result<Report> {
         "edge_agreement": agreement,
         "relay_over_edge": ratios,
     });
+    rows.extend(trace_rows);
     Ok(Report {
         scenario: "ofrep".into(),
         command: command_line(),

@@ -229,6 +229,7 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
     let ledger = fleet.stop().await;
     let relay_tail = stack.relay_log_tail();
     let accept_errors = stack.relay_accept_errors();
+    let trace_rows = stack.trace_rows();
     stack.shutdown().await;
     // The floor, with the subscribers' descriptors released: two per socket in this process.
     let floor: Option<Floor> = match frame {
@@ -420,6 +421,7 @@ pub async fn run(args: &PropagationArgs) -> anyhow::Result<Report> {
         "source_addresses": (args.subscribers.saturating_sub(1) / args.fleet.per_address.max(1)) + 1,
         "workers": (args.subscribers.saturating_sub(1) / args.fleet.per_worker.max(1)) + 1,
     });
+    rows.extend(trace_rows);
     Ok(Report {
         scenario: "propagation".into(),
         command: command_line(),
