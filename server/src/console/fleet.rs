@@ -73,10 +73,10 @@ pub async fn page(
             (page::empty("No relay reports", html! { "Relays report every 10 s; one silent for 35 s is left out." }))
         } @else {
             table {
-                thead { tr { th scope="col" { "Relay" } th scope="col" { "Version" } th scope="col" { "Upstream" } th scope="col" { "Streams" } th scope="col" { "Holds" } } }
+                thead { tr { th scope="col" { "Relay" } th scope="col" { "Version" } th scope="col" { "Upstream" } th scope="col" { "Chained below" } th scope="col" { "Streams" } th scope="col" { "Holds" } } }
                 tbody {
                     @for r in &fleet.relays {
-                        tr { td { code { (r.id) } } td { (r.version) } td { (r.upstream) } td { (r.subscribers) } td { (r.environment_version) } }
+                        tr { td { code { (r.id) } } td { (r.version) } td { (r.upstream) } td { @match &r.parent { Some(p) => code { (p) }, None => "—" } } td { (r.subscribers) } td { (r.environment_version) } }
                     }
                 }
             }
