@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use vexil_schema::Segment;
@@ -16,7 +17,7 @@ use crate::auth::Role;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Caller, IfMatch, StrictJson, StrictQuery};
 use crate::openapi::SegmentDoc;
-use crate::store::{Page, SegmentList, SegmentSummary, SegmentView, StoreError};
+use crate::store::{Page, SegmentKeysEdited, SegmentList, SegmentSummary, SegmentView, StoreError};
 
 /// Creates a segment. An empty `salt` gets a random one.
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/segments", tag = "segments",
@@ -162,21 +163,28 @@ pub(crate) struct SegmentKeysEdit {
 /// absent one changes nothing (and an edit that changes nothing makes no version). Removed
 /// keys leave, the others keep their order, added keys are appended. Honours `If-Match`.
 /// Subscribers receive the keys actually added and removed as a `delta` event.
+///
+/// The answer is the segment with its lists; with `Prefer: return=minimal` (RFC 7240) it is
+/// the segment's counts and version instead (`Preference-Applied: return=minimal`), which
+/// keeps a one-key edit of a large list cheap for the server and the caller.
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}/keys", tag = "segments",
     params(("project" = String, Path, description = "Project key"),
            ("environment" = String, Path, description = "Environment key"),
            ("segment" = String, Path, description = "Segment key"),
-           ("If-Match" = Option<String>, Header, description = "Segment version, e.g. \"3\"")),
+           ("If-Match" = Option<String>, Header, description = "Segment version, e.g. \"3\""),
+           ("Prefer" = Option<String>, Header, description = "`return=minimal`: answer with the counts, not the lists")),
     request_body = SegmentKeysEdit,
-    responses((status = 200, body = SegmentView), (status = 404, body = Problem),
+    responses((status = 200, description = "The segment (with `Prefer: return=minimal`: `SegmentKeysEdited`)", body = SegmentView),
+              (status = 404, body = Problem),
               (status = 412, body = Problem), (status = 422, body = Problem)))]
 pub(crate) async fn edit_segment_keys(
     State(app): State<AppState>,
     caller: Caller,
     Path((project, environment, segment)): Path<(String, String, String)>,
     IfMatch(if_match): IfMatch,
+    headers: HeaderMap,
     StrictJson(body): StrictJson<SegmentKeysEdit>,
-) -> Result<Tagged<SegmentView>, ApiError> {
+) -> Result<Response, ApiError> {
     let ctx = caller.require(Role::Editor)?;
     let total = body.included.add.len()
         + body.included.remove.len()
@@ -190,17 +198,39 @@ pub(crate) async fn edit_segment_keys(
         )
         .into());
     }
+    let at = (project.as_str(), environment.as_str(), segment.as_str());
+    let (included, excluded) = (body.included.into(), body.excluded.into());
+    if prefers_minimal(&headers) {
+        let edited = app
+            .store
+            .edit_segment_keys_summary(&ctx, at, included, excluded, if_match)
+            .await?;
+        let mut res = Tagged::of(edited).into_response();
+        res.headers_mut().insert(
+            HeaderName::from_static("preference-applied"),
+            HeaderValue::from_static("return=minimal"),
+        );
+        return Ok(res);
+    }
     let view = app
         .store
-        .edit_segment_keys(
-            &ctx,
-            (project.as_str(), environment.as_str(), segment.as_str()),
-            body.included.into(),
-            body.excluded.into(),
-            if_match,
-        )
+        .edit_segment_keys(&ctx, at, included, excluded, if_match)
         .await?;
-    Ok(Tagged::of(view))
+    Ok(Tagged::of(view).into_response())
+}
+
+/// Whether the request asks for `return=minimal` (RFC 7240 `Prefer`, any of its values).
+fn prefers_minimal(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(HeaderName::from_static("prefer"))
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            p.split(';')
+                .next()
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("return=minimal"))
+        })
 }
 
 /// Replaces a segment's `included` or `excluded` list with a newline-delimited upload (one
@@ -243,6 +273,13 @@ pub(crate) async fn sync_segment_list(
         )
         .await?;
     Ok(Tagged::of(view))
+}
+
+impl Versioned for SegmentKeysEdited {
+    /// The segment version.
+    fn etag(&self) -> u64 {
+        u64::try_from(self.segment.version).unwrap_or(0)
+    }
 }
 
 impl Versioned for SegmentView {

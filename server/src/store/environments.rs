@@ -219,6 +219,7 @@ impl Store {
                 (Op::Put, Entity::Flag, key, Some(encode(&flag)))
             })
             .collect();
+        let mut copied_keys = 0;
         if let Some(src) = &source {
             c.execute(
                 "INSERT INTO segments (environment_id, key, name, body,
@@ -228,7 +229,7 @@ impl Store {
                 args![id, t, src.id],
             )
             .await?;
-            super::segment_keys::copy_environment(&mut c, src.id, id).await?;
+            copied_keys = super::segment_keys::copy_environment(&mut c, src.id, id).await?;
             for s in self.load_segments(&mut c, id).await? {
                 let key = s.key.to_string();
                 changes.push((Op::Put, Entity::Segment, key, Some(encode(&s))));
@@ -257,6 +258,7 @@ impl Store {
             .after(after);
         audit(&mut c, ctx, rec, t).await?;
         tx.commit().await?;
+        self.refresh_key_statistics(usize::try_from(copied_keys).unwrap_or(usize::MAX));
         Ok(view)
     }
 

@@ -50,7 +50,7 @@ pub(crate) use idempotency::mark_idempotency_committed;
 pub use idempotency::{IdempotencyBegin, IdempotencyClaim, StoredResponse};
 pub use keys::{AccessKeyKind, AccessKeyView, CreatedAccessKey, KeyScope, RelayEnvironment};
 pub use projects::{ProjectView, UpdateProject};
-pub use segments::{SegmentList, SegmentSummary, SegmentView, segment_key_list};
+pub use segments::{SegmentKeysEdited, SegmentList, SegmentSummary, SegmentView, segment_key_list};
 pub use tokens::{CreatedToken, TokenView};
 // For the experiments module (`crate::experiments`), which keeps its own tables.
 pub(crate) use changes::{AuditRecord, audit};

@@ -130,23 +130,24 @@ pub(super) async fn clear(c: &mut Conn<'_>, segment_id: i64) -> Result<(), Store
 }
 
 /// Copies the key lists of environment `from`'s segments to the same-keyed segments of
-/// environment `to` (a new environment copied from another).
+/// environment `to` (a new environment copied from another). Returns the rows copied.
 pub(super) async fn copy_environment(
     c: &mut Conn<'_>,
     from: i64,
     to: i64,
-) -> Result<(), StoreError> {
-    c.execute(
-        "INSERT INTO segment_keys (segment_id, list, pos, key)
+) -> Result<u64, StoreError> {
+    let copied = c
+        .execute(
+            "INSERT INTO segment_keys (segment_id, list, pos, key)
          SELECT n.id, k.list, k.pos, k.key
          FROM segments o
          JOIN segments n ON n.environment_id = $1 AND n.key = o.key
          JOIN segment_keys k ON k.segment_id = o.id
          WHERE o.environment_id = $2",
-        args![to, from],
-    )
-    .await?;
-    Ok(())
+            args![to, from],
+        )
+        .await?;
+    Ok(copied)
 }
 
 #[derive(sqlx::FromRow)]
