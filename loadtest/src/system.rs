@@ -402,6 +402,9 @@ pub(crate) fn random_hex(bytes: usize) -> String {
         .collect()
 }
 
+/// `RUST_LOG` of a started process with traces on: request and change spans (`info`) pass.
+const TRACED_FILTER: &str = "info,tower_http=warn,sqlx=warn";
+
 /// Tracing settings of a started process: on with [`OtlpSink`], explicitly off without.
 trait TracingEnv {
     fn tracing(&mut self, otlp: Option<&OtlpSink>, service: &str) -> &mut Self;
@@ -414,7 +417,11 @@ impl TracingEnv for Command {
                 .env_remove("OTEL_SDK_DISABLED")
                 .env("OTEL_TRACES_EXPORTER", "otlp")
                 .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint())
-                .env("OTEL_SERVICE_NAME", service),
+                .env("OTEL_SERVICE_NAME", service)
+                // One filter decides both logs and spans (`vexil_fanout::telemetry`): at
+                // `warn` no request span would be exported. `info` as an operator runs it, with
+                // the per-request `tower_http` log lines (which would measure logging) off.
+                .env("RUST_LOG", TRACED_FILTER),
             None => self.env("OTEL_SDK_DISABLED", "true"),
         }
     }
