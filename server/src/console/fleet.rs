@@ -17,8 +17,8 @@ use super::ConsoleError;
 use super::page::{self, Nav};
 use super::session::Session;
 use crate::app::AppState;
+use crate::fleet::view;
 use crate::fleet::view::FleetView;
-use crate::fleet::{store, view};
 
 /// How long the inline convergence keeps refreshing after a flip.
 pub const WATCH_MS: u64 = 30_000;
@@ -93,16 +93,7 @@ pub async fn page(
 
 /// The environment's fleet now.
 async fn load(app: &AppState, project: &str, environment: &str) -> Result<FleetView, ConsoleError> {
-    let mut pc = app
-        .store
-        .db()
-        .acquire()
-        .await
-        .map_err(crate::store::StoreError::from)?;
-    let mut c = pc.conn();
-    let (env_id, version) = store::environment_id(&mut c, project, environment).await?;
-    let sources = store::load(&mut c, env_id, crate::events::now_ms()).await?;
-    Ok(view::combine(version, &sources))
+    Ok(crate::fleet::api::environment_fleet(app, project, environment).await?)
 }
 
 /// The inline convergence panel of the change a flip made at `since_ms` in `environment`:

@@ -44,16 +44,21 @@ pub(crate) async fn get_fleet(
     Path((project, environment)): Path<(String, String)>,
 ) -> Result<Json<FleetView>, ApiError> {
     caller.check(Role::Viewer)?;
-    let mut pc = app
-        .store
-        .db()
-        .acquire()
-        .await
-        .map_err(crate::store::StoreError::from)?;
+    Ok(Json(environment_fleet(&app, &project, &environment).await?))
+}
+
+/// An environment's fleet now: the reports of its relays and servers, combined (the API's
+/// answer and the console's fleet page and inline convergence panels).
+pub(crate) async fn environment_fleet(
+    app: &AppState,
+    project: &str,
+    environment: &str,
+) -> Result<FleetView, crate::store::StoreError> {
+    let mut pc = app.store.db().acquire().await?;
     let mut c = pc.conn();
-    let (env_id, version) = store::environment_id(&mut c, &project, &environment).await?;
+    let (env_id, version) = store::environment_id(&mut c, project, environment).await?;
     let sources = store::load(&mut c, env_id, crate::events::now_ms()).await?;
-    Ok(Json(view::combine(version, &sources)))
+    Ok(view::combine(version, &sources))
 }
 
 /// The usage window (query parameter).
