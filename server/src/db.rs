@@ -328,7 +328,7 @@ impl Conn<'_> {
     }
 
     /// Takes the environment's write lock for the rest of the transaction and returns its
-    /// current data version. On PostgreSQL this is a row lock; SQLite transactions are
+    /// current data version. On PostgreSQL this is a row lock (`FOR NO KEY UPDATE`); SQLite transactions are
     /// started with `BEGIN IMMEDIATE`, which already serialises writers.
     ///
     /// Callers found the environment a moment earlier; if it is gone now, a concurrent
@@ -338,7 +338,11 @@ impl Conn<'_> {
         environment_id: i64,
     ) -> Result<i64, StoreError> {
         let sql = match self {
-            Conn::Pg(_) => "SELECT version FROM environments WHERE id = $1 FOR UPDATE",
+            // NO KEY UPDATE: writers still exclude each other, but the KEY SHARE locks that
+            // foreign-key checks take (any row inserted with this environment_id) do not wait
+            // on it, so a writer holding one environment and a transaction inserting rows
+            // for two cannot deadlock.
+            Conn::Pg(_) => "SELECT version FROM environments WHERE id = $1 FOR NO KEY UPDATE",
             Conn::Lite(_) => "SELECT version FROM environments WHERE id = $1",
         };
         let row: Option<(i64,)> = self.fetch_optional(sql, args![environment_id]).await?;
@@ -352,7 +356,7 @@ impl Conn<'_> {
         if let Conn::Pg(_) = self {
             let _: Option<(i64,)> = self
                 .fetch_optional(
-                    "SELECT id FROM flags WHERE id = $1 FOR UPDATE",
+                    "SELECT id FROM flags WHERE id = $1 FOR NO KEY UPDATE",
                     args![flag_id],
                 )
                 .await?;
