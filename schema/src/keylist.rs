@@ -144,8 +144,10 @@ impl KeyList {
         }
         self.ends.truncate(kept);
         buf.truncate(write);
-        // Whole keys were moved to key boundaries: the bytes are still UTF-8.
-        self.bytes = String::from_utf8(buf).expect("whole keys keep the bytes UTF-8");
+        // Whole keys were moved to key boundaries, so the bytes are still UTF-8; the lossy
+        // fallback only keeps this free of a panic path.
+        self.bytes = String::from_utf8(buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     }
 
     /// The keys as owned strings.
